@@ -1,0 +1,3 @@
+//! flashledger's node.
+pub mod raft;
+pub mod state_machine;

@@ -1,0 +1,6 @@
+//! The ledger's state machine: a pure function of (state, command, leader timestamp).
+//!
+//! No I/O, no clock, no randomness, deterministic iteration (`BTreeMap` only). Storage and
+//! Raft live elsewhere and call [`LedgerState::apply`].
+
+pub mod command;
