@@ -12,8 +12,7 @@ pub mod v1 {
 }
 
 /// The encoded file descriptor set, for gRPC server reflection (`grpcurl list`).
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/flashledger_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flashledger_descriptor.bin"));
 
 /// Metadata keys the node sets on `UNAVAILABLE` (not leader) and `FAILED_PRECONDITION` (stale
 /// epoch) answers, which the client library follows.

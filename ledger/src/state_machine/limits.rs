@@ -1,0 +1,112 @@
+//! Input bounds shared by the gRPC layer (which rejects bad requests with INVALID_ARGUMENT
+//! naming the field) and the state machine (which re-checks everything it applies).
+
+/// A SKU is 1..=128 bytes (DESIGN.md).
+pub const SKU_BYTES_MAX: usize = 128;
+/// Order ids and user ids are 1..=128 bytes of UTF-8.
+pub const ID_BYTES_MAX: usize = 128;
+/// Units one operation may reserve or buy.
+pub const QTY_MAX: u64 = 1_000_000;
+/// Units one SKU may have on sale; keeps every sum far from u64 overflow.
+pub const TOTAL_MAX: u64 = 1_000_000_000_000;
+/// The longest reservation TTL (one day).
+pub const TTL_MS_MAX: u64 = 86_400_000;
+/// The TTL used when neither the request nor the SKU's rules name one (ten minutes).
+pub const TTL_MS_DEFAULT: u64 = 600_000;
+/// How long a rejected order id keeps answering its first rejection before it may be reused.
+pub const REJECTION_RETENTION_MS: u64 = 3_600_000;
+
+/// A request field that broke a bound: which field, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {reason}")]
+pub struct InvalidField {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl InvalidField {
+    pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        InvalidField {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+pub fn check_sku(sku: &[u8]) -> Result<(), InvalidField> {
+    if sku.is_empty() {
+        return Err(InvalidField::new("sku", "must not be empty"));
+    }
+    if sku.len() > SKU_BYTES_MAX {
+        return Err(InvalidField::new(
+            "sku",
+            format!("{} bytes, at most {SKU_BYTES_MAX}", sku.len()),
+        ));
+    }
+    Ok(())
+}
+
+pub fn check_id(field: &'static str, id: &str) -> Result<(), InvalidField> {
+    if id.is_empty() {
+        return Err(InvalidField::new(field, "must not be empty"));
+    }
+    if id.len() > ID_BYTES_MAX {
+        return Err(InvalidField::new(
+            field,
+            format!("{} bytes, at most {ID_BYTES_MAX}", id.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Converts a signed wire quantity into a checked one (1..=QTY_MAX).
+pub fn check_qty(qty: i64) -> Result<u64, InvalidField> {
+    if qty <= 0 {
+        return Err(InvalidField::new("qty", format!("{qty}, must be at least 1")));
+    }
+    let qty = qty as u64;
+    if qty > QTY_MAX {
+        return Err(InvalidField::new("qty", format!("{qty}, at most {QTY_MAX}")));
+    }
+    Ok(qty)
+}
+
+pub fn check_total(total: i64) -> Result<u64, InvalidField> {
+    if total < 0 {
+        return Err(InvalidField::new("total", format!("{total}, must not be negative")));
+    }
+    let total = total as u64;
+    if total > TOTAL_MAX {
+        return Err(InvalidField::new("total", format!("{total}, at most {TOTAL_MAX}")));
+    }
+    Ok(total)
+}
+
+pub fn check_delta(delta: i64) -> Result<i64, InvalidField> {
+    if delta == 0 {
+        return Err(InvalidField::new("delta", "must not be zero"));
+    }
+    if delta.unsigned_abs() > TOTAL_MAX {
+        return Err(InvalidField::new(
+            "delta",
+            format!("{delta}, magnitude at most {TOTAL_MAX}"),
+        ));
+    }
+    Ok(delta)
+}
+
+/// A TTL of 0 means "use the default"; otherwise 1..=TTL_MS_MAX.
+pub fn check_ttl(field: &'static str, ttl_ms: i64) -> Result<u64, InvalidField> {
+    if ttl_ms < 0 {
+        return Err(InvalidField::new(field, format!("{ttl_ms}, must not be negative")));
+    }
+    let ttl_ms = ttl_ms as u64;
+    if ttl_ms > TTL_MS_MAX {
+        return Err(InvalidField::new(field, format!("{ttl_ms} ms, at most {TTL_MS_MAX}")));
+    }
+    Ok(ttl_ms)
+}
+
+pub fn check_non_negative(field: &'static str, value: i64) -> Result<u64, InvalidField> {
+    u64::try_from(value).map_err(|_| InvalidField::new(field, format!("{value}, must not be negative")))
+}
