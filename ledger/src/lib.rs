@@ -1,3 +1,19 @@
-//! flashledger's node.
+//! flashledger's node: a Raft-replicated inventory ledger for flash sales.
+//!
+//! # Layout
+//!
+//! - [`state_machine`]: the ledger itself, a pure function of (state, command, log time).
+//! - [`applied`]: node-local persistence of each shard's applied state (sled / memory).
+//! - [`storage`]: the write-ahead log holding every shard's Raft log and vote (group commit).
+//! - [`raft`]: openraft glue: type config, runtime, state-machine adapter, network.
+//! - [`node`]: one node's shard replicas and the operations clients call on them.
+//! - [`server`]: the gRPC services (Inventory, Cluster, internal Raft, health, reflection).
+//! - [`config`]: `cluster.toml`.
+
+pub mod applied;
+pub mod config;
+pub mod node;
 pub mod raft;
+pub mod server;
 pub mod state_machine;
+pub mod storage;

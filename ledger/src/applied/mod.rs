@@ -1,0 +1,244 @@
+//! Node-local persistence of each shard's applied state (SKU records, orders, holdings,
+//! unshipped order events) and its latest snapshot.
+//!
+//! The Raft log (in the WAL) is the source of truth; this store only saves replaying it from the
+//! beginning. Every apply call commits one atomic batch holding exactly the keys that changed plus
+//! the applied log id, so the store is always a state the log actually passed through. It is
+//! not fsynced per batch: after a crash it may be behind, and openraft re-applies the log from
+//! the applied id it finds. It is flushed before a snapshot lets the log be purged.
+//!
+//! Key layout inside one shard's keyspace (all values bincode 1.3):
+//!
+//! | key                              | value                         |
+//! |----------------------------------|-------------------------------|
+//! | `m`                              | [`AppliedMeta`]               |
+//! | `s` + sku                        | `SkuRecord`                   |
+//! | `o` + order_id                   | `OrderRecord`                 |
+//! | `h` + len(sku):u8 + sku + user   | units held: u64               |
+//! | `e` + seq:u64 big-endian         | `OrderEvent`                  |
+//! | `S`                              | [`StoredSnapshot`]            |
+
+mod memory;
+#[cfg(not(madsim))]
+mod sled_backend;
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+pub use memory::MemoryKv;
+#[cfg(not(madsim))]
+pub use sled_backend::SledKv;
+
+use crate::raft::types::LogId;
+use crate::raft::types::SnapshotMeta;
+use crate::raft::types::StoredMembership;
+use crate::state_machine::state::Changes;
+use crate::state_machine::state::LedgerState;
+
+/// Failure of the applied-state store.
+#[derive(Debug, thiserror::Error)]
+pub enum AppliedStoreError {
+    #[error("applied-state backend: {0}")]
+    Backend(String),
+    #[error("applied-state record {key:?} does not decode: {message}")]
+    Decode { key: Vec<u8>, message: String },
+}
+
+impl From<AppliedStoreError> for std::io::Error {
+    fn from(error: AppliedStoreError) -> Self {
+        std::io::Error::other(error.to_string())
+    }
+}
+
+/// One write in a batch: `None` deletes the key.
+pub type KvWrite = (Vec<u8>, Option<Vec<u8>>);
+
+/// The bytes underneath one shard's applied state: sled on a real node, memory in the simulator.
+pub trait KvBackend: Send + Sync + 'static {
+    /// Applies all writes atomically.
+    fn write_batch(&self, writes: Vec<KvWrite>) -> Result<(), AppliedStoreError>;
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, AppliedStoreError>;
+    /// Every key/value pair, in key order.
+    fn scan(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, AppliedStoreError>;
+    /// Makes previous batches survive a process crash.
+    fn flush(&self) -> Result<(), AppliedStoreError>;
+}
+
+/// What Raft needs besides the ledger: how far it applied, the membership, the log clock.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AppliedMeta {
+    pub applied: Option<LogId>,
+    pub membership: StoredMembership,
+    pub clock_ms: u64,
+    pub next_event_seq: u64,
+}
+
+/// A shard's full applied state as loaded at start or carried in a snapshot.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ShardImage {
+    pub meta: AppliedMeta,
+    pub ledger: LedgerState,
+}
+
+/// The latest snapshot: its metadata and the encoded [`ShardImage`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredSnapshot {
+    pub meta: SnapshotMeta,
+    pub data: Vec<u8>,
+}
+
+const META_KEY: &[u8] = b"m";
+const SNAPSHOT_KEY: &[u8] = b"S";
+
+/// Typed access to one shard's applied state over a [`KvBackend`].
+#[derive(Clone)]
+pub struct AppliedStore {
+    backend: Arc<dyn KvBackend>,
+}
+
+impl AppliedStore {
+    pub fn new(backend: Arc<dyn KvBackend>) -> Self {
+        AppliedStore { backend }
+    }
+
+    /// Loads everything (an empty store loads as the empty state).
+    pub fn load(&self) -> Result<ShardImage, AppliedStoreError> {
+        let mut image = ShardImage::default();
+        for (key, value) in self.backend.scan()? {
+            let Some((&kind, rest)) = key.split_first() else {
+                continue;
+            };
+            match kind {
+                b'm' => image.meta = decode(&key, &value)?,
+                b's' => {
+                    image.ledger.skus.insert(rest.to_vec(), decode(&key, &value)?);
+                }
+                b'o' => {
+                    let order_id = String::from_utf8(rest.to_vec()).map_err(|e| decode_error(&key, e))?;
+                    image.ledger.orders.insert(order_id, decode(&key, &value)?);
+                }
+                b'h' => {
+                    let (sku, user) = split_holding_key(rest).ok_or_else(|| decode_error(&key, "holding key"))?;
+                    image.ledger.holdings.insert((sku, user), decode(&key, &value)?);
+                }
+                b'e' => {
+                    let seq = rest
+                        .try_into()
+                        .map(u64::from_be_bytes)
+                        .map_err(|_| decode_error(&key, "event key"))?;
+                    image.ledger.order_events.insert(seq, decode(&key, &value)?);
+                }
+                _ => {}
+            }
+        }
+        image.ledger.clock_ms = image.meta.clock_ms;
+        image.ledger.next_event_seq = image.meta.next_event_seq;
+        image.ledger.rebuild_indexes();
+        Ok(image)
+    }
+
+    /// Persists what one apply call changed, and the new meta, in one atomic batch.
+    pub fn commit(&self, ledger: &LedgerState, changes: &Changes, meta: &AppliedMeta) -> Result<(), AppliedStoreError> {
+        let mut writes: Vec<KvWrite> = Vec::new();
+        for sku in &changes.skus {
+            writes.push((prefixed(b's', sku), ledger.skus.get(sku).map(encode)));
+        }
+        for order_id in &changes.orders {
+            writes.push((prefixed(b'o', order_id.as_bytes()), ledger.orders.get(order_id).map(encode)));
+        }
+        for key in &changes.holdings {
+            writes.push((holding_key(&key.0, &key.1), ledger.holdings.get(key).map(encode)));
+        }
+        for seq in &changes.events_added {
+            writes.push((prefixed(b'e', &seq.to_be_bytes()), ledger.order_events.get(seq).map(encode)));
+        }
+        writes.push((META_KEY.to_vec(), Some(encode(meta))));
+        self.backend.write_batch(writes)
+    }
+
+    /// Replaces the whole state (installing a snapshot) in one atomic batch.
+    pub fn replace(&self, image: &ShardImage) -> Result<(), AppliedStoreError> {
+        let mut writes: Vec<KvWrite> = self
+            .backend
+            .scan()?
+            .into_iter()
+            .filter(|(key, _)| key.as_slice() != SNAPSHOT_KEY)
+            .map(|(key, _)| (key, None))
+            .collect();
+        let ledger = &image.ledger;
+        writes.extend(ledger.skus.iter().map(|(sku, r)| (prefixed(b's', sku), Some(encode(r)))));
+        writes.extend(ledger.orders.iter().map(|(id, o)| (prefixed(b'o', id.as_bytes()), Some(encode(o)))));
+        writes.extend(ledger.holdings.iter().map(|((sku, user), n)| (holding_key(sku, user), Some(encode(n)))));
+        writes.extend(ledger.order_events.iter().map(|(seq, e)| (prefixed(b'e', &seq.to_be_bytes()), Some(encode(e)))));
+        writes.push((META_KEY.to_vec(), Some(encode(&image.meta))));
+        self.backend.write_batch(writes)
+    }
+
+    pub fn save_snapshot(&self, snapshot: &StoredSnapshot) -> Result<(), AppliedStoreError> {
+        self.backend.write_batch(vec![(SNAPSHOT_KEY.to_vec(), Some(encode(snapshot)))])?;
+        self.backend.flush()
+    }
+
+    pub fn load_snapshot(&self) -> Result<Option<StoredSnapshot>, AppliedStoreError> {
+        match self.backend.get(SNAPSHOT_KEY)? {
+            Some(bytes) => Ok(Some(decode(SNAPSHOT_KEY, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn flush(&self) -> Result<(), AppliedStoreError> {
+        self.backend.flush()
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // bincode 1.3 cannot fail on these plain data types (no maps with non-string keys issues,
+    // no custom serializers), but keep the failure visible rather than silently writing nothing.
+    bincode::serialize(value).unwrap_or_else(|e| panic!("encoding applied state cannot fail: {e}"))
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> Result<T, AppliedStoreError> {
+    bincode::deserialize(bytes).map_err(|e| decode_error(key, e))
+}
+
+fn decode_error(key: &[u8], message: impl std::fmt::Display) -> AppliedStoreError {
+    AppliedStoreError::Decode { key: key.to_vec(), message: message.to_string() }
+}
+
+fn prefixed(kind: u8, rest: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + rest.len());
+    key.push(kind);
+    key.extend_from_slice(rest);
+    key
+}
+
+fn holding_key(sku: &[u8], user: &str) -> Vec<u8> {
+    // SKUs are at most 128 bytes (validated), so the length fits a byte.
+    let mut key = vec![b'h', sku.len() as u8];
+    key.extend_from_slice(sku);
+    key.extend_from_slice(user.as_bytes());
+    key
+}
+
+fn split_holding_key(rest: &[u8]) -> Option<(Vec<u8>, String)> {
+    let (&len, rest) = rest.split_first()?;
+    let len = usize::from(len);
+    if rest.len() < len {
+        return None;
+    }
+    let (sku, user) = rest.split_at(len);
+    Some((sku.to_vec(), String::from_utf8(user.to_vec()).ok()?))
+}
+
+/// Encodes a snapshot image; decoding failures of received snapshots are data errors.
+pub fn encode_image(image: &ShardImage) -> Vec<u8> {
+    encode(image)
+}
+
+pub fn decode_image(bytes: &[u8]) -> Result<ShardImage, AppliedStoreError> {
+    let mut image: ShardImage = decode(b"snapshot", bytes)?;
+    image.ledger.rebuild_indexes();
+    Ok(image)
+}

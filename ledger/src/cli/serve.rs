@@ -1,0 +1,59 @@
+//! `ledger serve`: loads the config, starts the node, serves gRPC until SIGTERM or Ctrl-C,
+//! then shuts down gracefully (stops accepting, stops every shard's Raft node).
+
+use std::path::Path;
+
+use anyhow::Context;
+use ledger::config::ClusterConfig;
+use ledger::node::Node;
+use ledger::node::NodeOptions;
+use ledger::node::storage::Storage;
+
+pub async fn run(config_path: &Path, node_id: u64) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        )
+        .init();
+    let config = ClusterConfig::load(config_path)?;
+    let addr = config
+        .node(node_id)
+        .map(|n| n.addr.clone())
+        .with_context(|| format!("node {node_id} is not in {}", config_path.display()))?;
+    let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
+    let node = Node::start(NodeOptions { node_id, config, storage: Storage::Disk }).await?;
+    tracing::info!(node = node_id, %addr, "serving");
+    ledger::server::serve(node.clone(), listener, shutdown_signal()).await?;
+    tracing::info!(node = node_id, "shutting down");
+    node.shutdown().await;
+    Ok(())
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

@@ -1,0 +1,420 @@
+//! `cluster.toml`: the nodes, their addresses and data dirs, the initial shards, and every
+//! bound the node enforces. Parsed into these structs (unknown fields are errors), every field
+//! that can have a default has one that runs on one machine, and [`ClusterConfig::validate`]
+//! names what is wrong.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::raft::types::NodeId;
+use crate::raft::types::ShardId;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {message}")]
+    Io { path: String, message: String },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("no [[nodes]] are configured")]
+    NoNodes,
+    #[error("no [[shards]] are configured")]
+    NoShards,
+    #[error("node id {0} appears more than once")]
+    DuplicateNodeId(NodeId),
+    #[error("node id 0 is reserved (it means \"no node\" on the wire)")]
+    ZeroNodeId,
+    #[error("address {0} is used by more than one node")]
+    DuplicateAddress(String),
+    #[error("address {addr:?} of node {node} is not host:port")]
+    InvalidAddress { node: NodeId, addr: String },
+    #[error("shard id {0} appears more than once")]
+    DuplicateShardId(ShardId),
+    #[error("shard {shard} names replica {node}, which is not a configured node")]
+    UnknownReplica { shard: ShardId, node: NodeId },
+    #[error("shard {shard} must have 1, 3 or 5 distinct replicas, has {count}")]
+    ReplicaCount { shard: ShardId, count: usize },
+    #[error("shard {shard} has an empty range [{start:?}, {end:?})")]
+    EmptyRange { shard: ShardId, start: String, end: String },
+    #[error("shards overlap or leave a gap at {at:?}: every SKU must belong to exactly one shard")]
+    RangesDoNotTile { at: String },
+    #[error("{field} is invalid: {reason}")]
+    Bound { field: &'static str, reason: String },
+}
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    #[serde(default)]
+    pub cluster: ClusterSection,
+    pub nodes: Vec<NodeConfig>,
+    pub shards: Vec<ShardConfig>,
+    #[serde(default)]
+    pub raft: RaftSection,
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub ledger: LedgerSection,
+    /// PostgreSQL shards that confirmed orders are shipped to; empty = no shipping.
+    #[serde(default)]
+    pub postgres: Vec<PostgresConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    pub name: String,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection { name: "flashledger".into() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    /// host:port for clients and peers (gRPC).
+    pub addr: String,
+    /// Where this node keeps its WAL and applied state; relative paths are relative to the
+    /// directory the node runs in.
+    pub data_dir: PathBuf,
+}
+
+/// A shard: the SKUs in `[start, end)` (UTF-8; an empty `end` is unbounded), replicated on
+/// `replicas`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardConfig {
+    pub id: ShardId,
+    #[serde(default)]
+    pub start: String,
+    #[serde(default)]
+    pub end: String,
+    pub replicas: Vec<NodeId>,
+}
+
+impl ShardConfig {
+    pub fn contains(&self, sku: &[u8]) -> bool {
+        sku >= self.start.as_bytes() && (self.end.is_empty() || sku < self.end.as_bytes())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftSection {
+    pub election_timeout_ms_min: u64,
+    pub election_timeout_ms_max: u64,
+    pub heartbeat_interval_ms: u64,
+    /// Deadline of every Raft RPC between nodes.
+    pub rpc_timeout_ms: u64,
+    /// Build a snapshot (and let the log be purged) after this many entries.
+    pub snapshot_logs_since_last: u64,
+}
+
+impl Default for RaftSection {
+    fn default() -> Self {
+        RaftSection {
+            election_timeout_ms_min: 500,
+            election_timeout_ms_max: 1000,
+            heartbeat_interval_ms: 100,
+            rpc_timeout_ms: 1000,
+            snapshot_logs_since_last: 20_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Concurrent requests per client connection.
+    pub inflight_requests_max: usize,
+    /// Largest client request or reply.
+    pub message_bytes_max: usize,
+    /// Operations one Batch RPC (one log entry) may carry.
+    pub batch_ops_max: usize,
+    /// How long a write or linearizable read may wait for consensus.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            inflight_requests_max: 4096,
+            message_bytes_max: 4 * 1024 * 1024,
+            batch_ops_max: 1024,
+            request_timeout_ms: 5000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerSection {
+    /// How often each shard leader checks for due reservations.
+    pub expire_interval_ms: u64,
+}
+
+impl Default for LedgerSection {
+    fn default() -> Self {
+        LedgerSection { expire_interval_ms: 1000 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    pub url: String,
+}
+
+impl ClusterConfig {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Io { path: path.display().to_string(), message: e.to_string() })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: ClusterConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.to_string(), message: e.to_string() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_nodes()?;
+        self.validate_shards()?;
+        self.validate_bounds()
+    }
+
+    fn validate_nodes(&self) -> Result<(), ConfigError> {
+        if self.nodes.is_empty() {
+            return Err(ConfigError::NoNodes);
+        }
+        let mut ids = BTreeSet::new();
+        let mut addrs = BTreeSet::new();
+        for node in &self.nodes {
+            if node.id == 0 {
+                return Err(ConfigError::ZeroNodeId);
+            }
+            if !ids.insert(node.id) {
+                return Err(ConfigError::DuplicateNodeId(node.id));
+            }
+            let valid_addr = node
+                .addr
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !valid_addr {
+                return Err(ConfigError::InvalidAddress { node: node.id, addr: node.addr.clone() });
+            }
+            if !addrs.insert(node.addr.clone()) {
+                return Err(ConfigError::DuplicateAddress(node.addr.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_shards(&self) -> Result<(), ConfigError> {
+        if self.shards.is_empty() {
+            return Err(ConfigError::NoShards);
+        }
+        let mut ids = BTreeSet::new();
+        for shard in &self.shards {
+            if !ids.insert(shard.id) {
+                return Err(ConfigError::DuplicateShardId(shard.id));
+            }
+            let replicas: BTreeSet<NodeId> = shard.replicas.iter().copied().collect();
+            if replicas.len() != shard.replicas.len() || ![1, 3, 5].contains(&replicas.len()) {
+                return Err(ConfigError::ReplicaCount { shard: shard.id, count: replicas.len() });
+            }
+            if let Some(node) = replicas.iter().find(|id| self.node(**id).is_none()) {
+                return Err(ConfigError::UnknownReplica { shard: shard.id, node: *node });
+            }
+            if !shard.end.is_empty() && shard.end <= shard.start {
+                return Err(ConfigError::EmptyRange { shard: shard.id, start: shard.start.clone(), end: shard.end.clone() });
+            }
+        }
+        // Sorted by start, the ranges must tile the key space: "" .. e1, e1 .. e2, ..., en .. "".
+        let mut sorted: Vec<&ShardConfig> = self.shards.iter().collect();
+        sorted.sort_by(|a, b| a.start.cmp(&b.start));
+        let mut expected_start = String::new();
+        for (position, shard) in sorted.iter().enumerate() {
+            if shard.start != expected_start {
+                return Err(ConfigError::RangesDoNotTile { at: expected_start.min(shard.start.clone()) });
+            }
+            let last = position + 1 == sorted.len();
+            if shard.end.is_empty() != last {
+                return Err(ConfigError::RangesDoNotTile { at: shard.end.clone() });
+            }
+            expected_start = shard.end.clone();
+        }
+        Ok(())
+    }
+
+    fn validate_bounds(&self) -> Result<(), ConfigError> {
+        let raft = &self.raft;
+        let positive = [
+            ("raft.heartbeat_interval_ms", raft.heartbeat_interval_ms),
+            ("raft.rpc_timeout_ms", raft.rpc_timeout_ms),
+            ("raft.snapshot_logs_since_last", raft.snapshot_logs_since_last),
+            ("server.inflight_requests_max", self.server.inflight_requests_max as u64),
+            ("server.message_bytes_max", self.server.message_bytes_max as u64),
+            ("server.batch_ops_max", self.server.batch_ops_max as u64),
+            ("server.request_timeout_ms", self.server.request_timeout_ms),
+            ("ledger.expire_interval_ms", self.ledger.expire_interval_ms),
+        ];
+        if let Some((field, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(ConfigError::Bound { field, reason: "must be greater than 0".into() });
+        }
+        if raft.election_timeout_ms_min <= raft.heartbeat_interval_ms {
+            return Err(ConfigError::Bound {
+                field: "raft.election_timeout_ms_min",
+                reason: "must be greater than raft.heartbeat_interval_ms".into(),
+            });
+        }
+        if raft.election_timeout_ms_max <= raft.election_timeout_ms_min {
+            return Err(ConfigError::Bound {
+                field: "raft.election_timeout_ms_max",
+                reason: "must be greater than raft.election_timeout_ms_min".into(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn node(&self, id: NodeId) -> Option<&NodeConfig> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    pub fn shard_for_sku(&self, sku: &[u8]) -> Option<&ShardConfig> {
+        self.shards.iter().find(|s| s.contains(sku))
+    }
+
+    pub fn shards_on_node(&self, id: NodeId) -> impl Iterator<Item = &ShardConfig> {
+        self.shards.iter().filter(move |s| s.replicas.contains(&id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = r#"
+        [[nodes]]
+        id = 1
+        addr = "127.0.0.1:7101"
+        data_dir = "d1"
+        [[nodes]]
+        id = 2
+        addr = "127.0.0.1:7102"
+        data_dir = "d2"
+        [[nodes]]
+        id = 3
+        addr = "127.0.0.1:7103"
+        data_dir = "d3"
+        [[shards]]
+        id = 1
+        end = "m"
+        replicas = [1, 2, 3]
+        [[shards]]
+        id = 2
+        start = "m"
+        replicas = [1, 2, 3]
+    "#;
+
+    fn parse(text: &str) -> Result<ClusterConfig, ConfigError> {
+        ClusterConfig::parse(text, "test.toml")
+    }
+
+    #[test]
+    fn the_shipped_cluster_toml_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cluster.toml");
+        let config = ClusterConfig::load(&path).expect("cluster.toml loads");
+        assert_eq!(config.nodes.len(), 3);
+        assert!(config.shard_for_sku(b"apple").is_some());
+        assert!(config.shard_for_sku(b"zebra").is_some());
+    }
+
+    #[test]
+    fn defaults_fill_missing_sections_and_skus_route() {
+        let config = parse(VALID).expect("valid");
+        assert_eq!(config.raft, RaftSection::default());
+        assert_eq!(config.shard_for_sku(b"apple").map(|s| s.id), Some(1));
+        assert_eq!(config.shard_for_sku(b"m").map(|s| s.id), Some(2));
+        assert_eq!(config.shard_for_sku(&[0xff; 4]).map(|s| s.id), Some(2));
+        assert_eq!(config.shards_on_node(2).count(), 2);
+    }
+
+    #[test]
+    fn a_missing_field_is_a_parse_error_naming_it() {
+        let text = VALID.replacen("addr = \"127.0.0.1:7101\"", "", 1);
+        match parse(&text) {
+            Err(ConfigError::Parse { message, .. }) => assert!(message.contains("addr"), "{message}"),
+            other => panic!("expected a parse error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unknown_field_is_a_parse_error_naming_it() {
+        let text = format!("{VALID}\n[server]\nbatch_ops_maximum = 3\n");
+        match parse(&text) {
+            Err(ConfigError::Parse { message, .. }) => assert!(message.contains("batch_ops_maximum"), "{message}"),
+            other => panic!("expected a parse error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn invalid_toml_is_a_parse_error() {
+        assert!(matches!(parse("[[nodes]\nid = "), Err(ConfigError::Parse { .. })));
+    }
+
+    #[test]
+    fn duplicates_are_named() {
+        let text = VALID.replace("127.0.0.1:7102", "127.0.0.1:7101");
+        assert_eq!(parse(&text), Err(ConfigError::DuplicateAddress("127.0.0.1:7101".into())));
+        let text = VALID.replacen("id = 2", "id = 1", 1);
+        assert_eq!(parse(&text), Err(ConfigError::DuplicateNodeId(1)));
+    }
+
+    #[test]
+    fn bad_addresses_and_replicas_are_named() {
+        let text = VALID.replace("127.0.0.1:7103", "localhost");
+        assert_eq!(parse(&text), Err(ConfigError::InvalidAddress { node: 3, addr: "localhost".into() }));
+        let text = VALID.replacen("replicas = [1, 2, 3]", "replicas = [1, 2, 9]", 1);
+        assert_eq!(parse(&text), Err(ConfigError::UnknownReplica { shard: 1, node: 9 }));
+        let text = VALID.replacen("replicas = [1, 2, 3]", "replicas = [1, 2]", 1);
+        assert_eq!(parse(&text), Err(ConfigError::ReplicaCount { shard: 1, count: 2 }));
+        let text = VALID.replacen("replicas = [1, 2, 3]", "replicas = [1, 1, 2]", 1);
+        assert_eq!(parse(&text), Err(ConfigError::ReplicaCount { shard: 1, count: 2 }));
+    }
+
+    #[test]
+    fn shard_ranges_must_tile_the_key_space() {
+        let gap = VALID.replace("start = \"m\"", "start = \"n\"");
+        assert!(matches!(parse(&gap), Err(ConfigError::RangesDoNotTile { .. })));
+        let overlap = VALID.replace("start = \"m\"", "start = \"k\"");
+        assert!(matches!(parse(&overlap), Err(ConfigError::RangesDoNotTile { .. })));
+        let unbounded_twice = VALID.replace("end = \"m\"", "");
+        assert!(parse(&unbounded_twice).is_err());
+    }
+
+    #[test]
+    fn bounds_are_checked() {
+        let text = format!("{VALID}\n[raft]\nelection_timeout_ms_min = 50\nheartbeat_interval_ms = 100\n");
+        assert!(matches!(parse(&text), Err(ConfigError::Bound { field: "raft.election_timeout_ms_min", .. })));
+        let text = format!("{VALID}\n[server]\nbatch_ops_max = 0\n");
+        assert!(matches!(parse(&text), Err(ConfigError::Bound { field: "server.batch_ops_max", .. })));
+    }
+
+    #[test]
+    fn a_missing_file_is_an_io_error() {
+        assert!(matches!(ClusterConfig::load(Path::new("/nonexistent/cluster.toml")), Err(ConfigError::Io { .. })));
+    }
+}

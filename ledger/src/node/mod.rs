@@ -1,0 +1,341 @@
+//! A flashledger node: the Raft replicas of every shard this node hosts, and the operations
+//! the gRPC layer calls on them (write, read, status). Started from the same options struct by
+//! the `ledger` binary, the in-process tests and the simulator, so they all run the real code.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::Weak;
+use std::time::Duration;
+
+use openraft::BasicNode;
+use openraft::ReadPolicy;
+use openraft::ServerState;
+use openraft::SnapshotPolicy;
+use openraft::errors::RaftError;
+
+use crate::applied::AppliedStore;
+use crate::applied::KvBackend;
+use crate::config::ClusterConfig;
+use crate::config::ShardConfig;
+use crate::raft::network::PeerChannels;
+use crate::raft::network::ShardNetworkFactory;
+use crate::raft::state_store::ShardStateMachine;
+use crate::raft::state_store::ShardView;
+use crate::raft::types::NodeId;
+use crate::raft::types::Raft;
+use crate::raft::types::ShardId;
+use crate::state_machine::command::CommandBody;
+use crate::state_machine::command::LogCommand;
+use crate::state_machine::command::Operation;
+use crate::state_machine::command::Outcome;
+use crate::state_machine::state::StockCounts;
+pub mod storage;
+
+use crate::node::storage::Storage;
+
+/// Everything needed to start a node.
+pub struct NodeOptions {
+    pub node_id: NodeId,
+    pub config: ClusterConfig,
+    /// Where the WAL and applied state live: files, or the simulator's memory "disk".
+    pub storage: Storage,
+}
+
+/// Why a node could not do what was asked. The gRPC layer maps each to one status code.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NodeError {
+    #[error("not the leader of shard {shard_id}")]
+    NotLeader { shard_id: ShardId, leader_id: Option<NodeId>, leader_addr: Option<String> },
+    #[error("this node hosts no shard for sku {sku:?}")]
+    SkuNotHosted { sku: Vec<u8> },
+    #[error("this node does not host shard {shard_id}")]
+    ShardNotHosted { shard_id: ShardId },
+    #[error("batch spans shards {first} and {second}; send one batch per shard")]
+    BatchSpansShards { first: ShardId, second: ShardId },
+    #[error("shard {shard_id} is at epoch {current}, the request was routed at epoch {requested}")]
+    StaleEpoch { shard_id: ShardId, current: u64, requested: u64 },
+    #[error("shard {shard_id} did not answer within {timeout_ms} ms; the write may still be applied")]
+    Timeout { shard_id: ShardId, timeout_ms: u64 },
+    #[error("replica of shard {shard_id} lags by {lag} entries, more than the {max_lag} allowed")]
+    TooStale { shard_id: ShardId, lag: u64, max_lag: u64 },
+    #[error("shard {shard_id} is unavailable: {reason}")]
+    Unavailable { shard_id: ShardId, reason: String },
+    #[error("unknown sku {sku:?}")]
+    UnknownSku { sku: Vec<u8> },
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// How a read wants its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadConsistency {
+    /// Linearizable, served by the leader under its lease.
+    Linearizable,
+    /// From this replica's applied state if it lags the log it knows by at most `max_lag_entries`.
+    Stale { max_lag_entries: u64 },
+}
+
+/// One shard's replica on this node.
+pub struct ShardReplica {
+    pub config: ShardConfig,
+    /// Bumped by splits, merges and replica moves (none exist yet: always 1).
+    pub epoch: u64,
+    pub raft: Raft,
+    pub view: Arc<ShardView>,
+}
+
+/// A shard's state as `Status` reports it.
+#[derive(Debug, Clone)]
+pub struct ShardStatus {
+    pub shard_id: ShardId,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub role: String,
+    pub replicas: Vec<NodeId>,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    pub snapshot_index: u64,
+    pub sku_count: u64,
+    pub state_digest: u64,
+    pub invariant_ok: bool,
+}
+
+pub struct Node {
+    pub id: NodeId,
+    pub config: ClusterConfig,
+    pub shards: BTreeMap<ShardId, Arc<ShardReplica>>,
+    peer_addresses: BTreeMap<NodeId, String>,
+}
+
+/// Milliseconds since the Unix epoch by this node's clock (madsim's under the simulator). Only
+/// the leader reads it, to stamp entries; the state machine never does.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Node {
+    /// Opens storage, starts one Raft node per hosted shard, and bootstraps shards that have
+    /// never been initialized (every initial replica proposes the same membership, which Raft
+    /// allows; whichever wins the election commits it).
+    pub async fn start(options: NodeOptions) -> Result<Arc<Node>, NodeError> {
+        let NodeOptions { node_id, config, storage } = options;
+        let node_config = config.node(node_id).ok_or(NodeError::Storage(format!("node {node_id} is not in the config")))?;
+        let peer_addresses: BTreeMap<NodeId, String> = config.nodes.iter().map(|n| (n.id, n.addr.clone())).collect();
+        let peers = PeerChannels::new(peer_addresses.clone(), Duration::from_millis(config.raft.rpc_timeout_ms));
+        let opened = storage.open(&node_config.data_dir).await.map_err(|e| NodeError::Storage(e.to_string()))?;
+        let raft_config = Arc::new(raft_config(&config)?);
+        let mut shards = BTreeMap::new();
+        for shard in config.shards.iter().filter(|s| s.replicas.contains(&node_id)) {
+            let kv: Arc<dyn KvBackend> = opened.applied_kv(shard.id).map_err(|e| NodeError::Storage(e.to_string()))?;
+            let state_machine = ShardStateMachine::open(shard.id, AppliedStore::new(kv))
+                .map_err(|e| NodeError::Storage(format!("shard {}: {e}", shard.id)))?;
+            let view = state_machine.view();
+            let network = ShardNetworkFactory { shard_id: shard.id, peers: peers.clone() };
+            let raft = Raft::new(node_id, raft_config.clone(), network, opened.log_store(shard.id), state_machine)
+                .await
+                .map_err(|e| NodeError::Raft(format!("shard {}: {e}", shard.id)))?;
+            if !raft.is_initialized().await.map_err(|e| NodeError::Raft(e.to_string()))? {
+                let members: BTreeMap<NodeId, BasicNode> = shard
+                    .replicas
+                    .iter()
+                    .map(|id| (*id, BasicNode::new(peer_addresses.get(id).cloned().unwrap_or_default())))
+                    .collect();
+                if let Err(error) = raft.initialize(members).await {
+                    tracing::info!(shard = shard.id, %error, "shard already initialized elsewhere");
+                }
+            }
+            shards.insert(shard.id, Arc::new(ShardReplica { config: shard.clone(), epoch: 1, raft, view }));
+        }
+        let node = Arc::new(Node { id: node_id, config, shards, peer_addresses });
+        for shard in node.shards.values() {
+            tokio::spawn(expire_reservations(Arc::downgrade(&node), shard.config.id));
+        }
+        tracing::info!(node = node_id, shards = node.shards.len(), "node started");
+        Ok(node)
+    }
+
+    /// Stops every shard's Raft node (graceful shutdown).
+    pub async fn shutdown(&self) {
+        for shard in self.shards.values() {
+            if let Err(error) = shard.raft.shutdown().await {
+                tracing::warn!(shard = shard.config.id, %error, "raft shutdown");
+            }
+        }
+    }
+
+    pub fn address_of(&self, node: NodeId) -> Option<&str> {
+        self.peer_addresses.get(&node).map(String::as_str)
+    }
+
+    /// The shard this node hosts for `sku`.
+    pub fn shard_for_sku(&self, sku: &[u8]) -> Result<&Arc<ShardReplica>, NodeError> {
+        let shard_id = self.config.shard_for_sku(sku).map(|s| s.id);
+        shard_id
+            .and_then(|id| self.shards.get(&id))
+            .ok_or_else(|| NodeError::SkuNotHosted { sku: sku.to_vec() })
+    }
+
+    /// Proposes `operations` (all for one shard) as one log entry; one outcome each.
+    pub async fn write(&self, operations: Vec<Operation>, route_epoch: u64) -> Result<(Vec<Outcome>, u64), NodeError> {
+        let shard = self.shard_for_operations(&operations)?;
+        if route_epoch != 0 && route_epoch != shard.epoch {
+            return Err(NodeError::StaleEpoch { shard_id: shard.config.id, current: shard.epoch, requested: route_epoch });
+        }
+        let command = LogCommand { timestamp_ms: now_ms(), body: CommandBody::Batch(operations) };
+        let response = self.propose(shard, command).await?;
+        Ok((response.0, response.1))
+    }
+
+    fn shard_for_operations(&self, operations: &[Operation]) -> Result<&Arc<ShardReplica>, NodeError> {
+        let mut chosen: Option<&Arc<ShardReplica>> = None;
+        for operation in operations {
+            let shard = self.shard_for_sku(operation.sku())?;
+            match chosen {
+                Some(first) if first.config.id != shard.config.id => {
+                    return Err(NodeError::BatchSpansShards { first: first.config.id, second: shard.config.id });
+                }
+                _ => chosen = Some(shard),
+            }
+        }
+        chosen.ok_or(NodeError::SkuNotHosted { sku: Vec::new() })
+    }
+
+    async fn propose(&self, shard: &ShardReplica, command: LogCommand) -> Result<(Vec<Outcome>, u64), NodeError> {
+        let shard_id = shard.config.id;
+        if let Some(violation) = shard.view.halted() {
+            return Err(NodeError::Unavailable { shard_id, reason: violation.to_string() });
+        }
+        let timeout_ms = self.config.server.request_timeout_ms;
+        let write = shard.raft.client_write(command);
+        match tokio::time::timeout(Duration::from_millis(timeout_ms), write).await {
+            Err(_) => Err(NodeError::Timeout { shard_id, timeout_ms }),
+            Ok(Ok(response)) => Ok((response.data.outcomes, response.log_id.index)),
+            Ok(Err(error)) => Err(self.raft_error(shard_id, error)),
+        }
+    }
+
+    fn raft_error<E>(&self, shard_id: ShardId, error: RaftError<crate::raft::types::TypeConfig, E>) -> NodeError
+    where E: std::error::Error + openraft::TryAsRef<openraft::errors::ForwardToLeader<crate::raft::types::TypeConfig>> {
+        if let Some(forward) = error.forward_to_leader() {
+            let leader_id = forward.leader_id;
+            let leader_addr = leader_id.and_then(|id| self.address_of(id).map(str::to_string));
+            return NodeError::NotLeader { shard_id, leader_id, leader_addr };
+        }
+        NodeError::Unavailable { shard_id, reason: error.to_string() }
+    }
+
+    /// Reads one SKU's counts and the applied index they reflect.
+    pub async fn get_stock(&self, sku: &[u8], consistency: ReadConsistency) -> Result<(StockCounts, u64), NodeError> {
+        let shard = self.shard_for_sku(sku)?;
+        let shard_id = shard.config.id;
+        match consistency {
+            ReadConsistency::Linearizable => {
+                let timeout_ms = self.config.server.request_timeout_ms;
+                let ensure = shard.raft.ensure_linearizable(ReadPolicy::LeaseRead);
+                match tokio::time::timeout(Duration::from_millis(timeout_ms), ensure).await {
+                    Err(_) => return Err(NodeError::Timeout { shard_id, timeout_ms }),
+                    Ok(Err(error)) => return Err(self.raft_error(shard_id, error)),
+                    Ok(Ok(_read_log_id)) => {}
+                }
+            }
+            ReadConsistency::Stale { max_lag_entries } => {
+                let last_log_index = shard.raft.metrics().borrow_watched().last_log_index.unwrap_or(0);
+                let lag = last_log_index.saturating_sub(shard.view.applied_index());
+                if lag > max_lag_entries {
+                    return Err(NodeError::TooStale { shard_id, lag, max_lag: max_lag_entries });
+                }
+            }
+        }
+        shard.view.read(|image| match image.ledger.stock(sku) {
+            Some(counts) => Ok((counts, image.meta.applied.map(|id| id.index).unwrap_or(0))),
+            None => Err(NodeError::UnknownSku { sku: sku.to_vec() }),
+        })
+    }
+
+    /// Per-shard Raft and ledger state, for `Status` and the operator CLI.
+    pub fn status(&self) -> Vec<ShardStatus> {
+        self.shards
+            .values()
+            .map(|shard| {
+                let metrics = shard.raft.metrics().borrow_watched().clone();
+                let (sku_count, state_digest, invariant_ok, applied_index) = shard.view.read(|image| {
+                    (
+                        image.ledger.skus.len() as u64,
+                        image.ledger.digest(),
+                        image.ledger.check_all().is_ok(),
+                        image.meta.applied.map(|id| id.index).unwrap_or(0),
+                    )
+                });
+                ShardStatus {
+                    shard_id: shard.config.id,
+                    leader: metrics.current_leader,
+                    term: metrics.current_term,
+                    role: role_name(metrics.state).to_string(),
+                    replicas: shard.config.replicas.clone(),
+                    last_log_index: metrics.last_log_index.unwrap_or(0),
+                    applied_index,
+                    snapshot_index: metrics.snapshot.map(|id| id.index).unwrap_or(0),
+                    sku_count,
+                    state_digest,
+                    invariant_ok: invariant_ok && shard.view.halted().is_none(),
+                }
+            })
+            .collect()
+    }
+}
+
+fn role_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+fn raft_config(config: &ClusterConfig) -> Result<openraft::Config, NodeError> {
+    let raft = &config.raft;
+    openraft::Config {
+        cluster_name: config.cluster.name.clone(),
+        election_timeout_min: raft.election_timeout_ms_min,
+        election_timeout_max: raft.election_timeout_ms_max,
+        heartbeat_interval: raft.heartbeat_interval_ms,
+        install_snapshot_timeout: raft.rpc_timeout_ms.max(10_000),
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(raft.snapshot_logs_since_last),
+        max_in_snapshot_log_to_keep: raft.snapshot_logs_since_last / 2,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| NodeError::Raft(format!("raft config: {e}")))
+}
+
+/// The leader of each shard proposes `Expire` when a reservation is due, so expiry is a
+/// replicated decision at a log-stamped time. Ends when the node is dropped.
+async fn expire_reservations(node: Weak<Node>, shard_id: ShardId) {
+    loop {
+        let interval_ms = match node.upgrade() {
+            Some(node) => node.config.ledger.expire_interval_ms,
+            None => return,
+        };
+        tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+        let Some(node) = node.upgrade() else { return };
+        let Some(shard) = node.shards.get(&shard_id) else { return };
+        if !shard.raft.is_leader() {
+            continue;
+        }
+        let now = now_ms();
+        let due = shard.view.read(|image| image.ledger.next_expiry_ms().is_some_and(|at| at <= now));
+        if due {
+            let command = LogCommand { timestamp_ms: now, body: CommandBody::Expire };
+            if let Err(error) = node.propose(shard, command).await {
+                tracing::debug!(shard = shard_id, %error, "expire proposal failed; retrying next tick");
+            }
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! Where a node keeps its bytes: the WAL (Raft logs and votes of every shard) and the applied
+//! state. A real node uses files under its `data_dir`; the simulator hands every node a
+//! [`MemoryDisk`] it owns, so a killed node restarts from exactly what it had synced.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::Mutex;
+
+use crate::applied::KvBackend;
+use crate::applied::MemoryKv;
+use crate::raft::types::ShardId;
+use crate::storage::backend::MemoryBackend;
+use crate::storage::backend::WalBackend;
+use crate::storage::log_store::ShardLogStore;
+use crate::storage::wal::Wal;
+use crate::storage::wal::WalOptions;
+
+/// How a node stores its data.
+#[derive(Clone)]
+pub enum Storage {
+    /// Files under the node's `data_dir`: `wal/` (fdatasynced) and `applied/` (sled).
+    Disk,
+    /// The simulator's in-memory disk, owned by the harness so it outlives a node kill.
+    Memory(Arc<MemoryDisk>),
+}
+
+/// An in-memory disk for one simulated node.
+#[derive(Default)]
+pub struct MemoryDisk {
+    pub wal: Arc<MemoryBackend>,
+    applied: Mutex<BTreeMap<ShardId, Arc<MemoryKv>>>,
+}
+
+impl MemoryDisk {
+    fn applied(&self, shard_id: ShardId) -> Arc<MemoryKv> {
+        let mut applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
+        applied.entry(shard_id).or_default().clone()
+    }
+}
+
+/// Storage failed to open.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("data directory {path}: {message}")]
+    DataDir { path: String, message: String },
+    #[error("write-ahead log: {0}")]
+    Wal(String),
+    #[error("applied state: {0}")]
+    Applied(String),
+}
+
+/// Storage opened for one node.
+pub struct OpenedStorage {
+    wal: Arc<Wal>,
+    applied: AppliedBackends,
+}
+
+enum AppliedBackends {
+    #[cfg(not(madsim))]
+    Sled(sled::Db),
+    Memory(Arc<MemoryDisk>),
+}
+
+impl Storage {
+    pub async fn open(&self, data_dir: &Path) -> Result<OpenedStorage, StorageError> {
+        match self {
+            Storage::Memory(disk) => {
+                let backend: Arc<dyn WalBackend> = disk.wal.clone();
+                let wal = Wal::open(backend, WalOptions::default()).map_err(|e| StorageError::Wal(e.to_string()))?;
+                Ok(OpenedStorage { wal, applied: AppliedBackends::Memory(disk.clone()) })
+            }
+            Storage::Disk => open_disk(data_dir),
+        }
+    }
+}
+
+#[cfg(not(madsim))]
+fn open_disk(data_dir: &Path) -> Result<OpenedStorage, StorageError> {
+    use crate::storage::backend::FileBackend;
+    let dir_error = |e: std::io::Error| StorageError::DataDir { path: data_dir.display().to_string(), message: e.to_string() };
+    std::fs::create_dir_all(data_dir).map_err(dir_error)?;
+    let backend: Arc<dyn WalBackend> = Arc::new(FileBackend::open(data_dir.join("wal")).map_err(dir_error)?);
+    let wal = Wal::open(backend, WalOptions::default()).map_err(|e| StorageError::Wal(e.to_string()))?;
+    let db = sled::Config::new()
+        .path(data_dir.join("applied"))
+        .open()
+        .map_err(|e| StorageError::Applied(e.to_string()))?;
+    Ok(OpenedStorage { wal, applied: AppliedBackends::Sled(db) })
+}
+
+#[cfg(madsim)]
+fn open_disk(data_dir: &Path) -> Result<OpenedStorage, StorageError> {
+    Err(StorageError::DataDir {
+        path: data_dir.display().to_string(),
+        message: "the simulator has no real disk: use Storage::Memory".into(),
+    })
+}
+
+impl OpenedStorage {
+    pub fn log_store(&self, shard_id: ShardId) -> ShardLogStore {
+        self.wal.log_store(shard_id)
+    }
+
+    pub fn applied_kv(&self, shard_id: ShardId) -> Result<Arc<dyn KvBackend>, StorageError> {
+        match &self.applied {
+            #[cfg(not(madsim))]
+            AppliedBackends::Sled(db) => {
+                let kv = crate::applied::SledKv::open(db, shard_id).map_err(|e| StorageError::Applied(e.to_string()))?;
+                Ok(Arc::new(kv))
+            }
+            AppliedBackends::Memory(disk) => Ok(disk.applied(shard_id)),
+        }
+    }
+}

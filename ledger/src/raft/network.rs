@@ -1,0 +1,196 @@
+//! Raft traffic between nodes: openraft's [`RaftNetworkV2`] over the internal gRPC `Raft`
+//! service. Every message names its shard, and all shards share one HTTP/2 channel per peer
+//! node ([`PeerChannels`]). Payloads are openraft's own message types, bincode-encoded.
+//! Every RPC has a hard deadline: a partitioned link must fail fast, not hang a replication
+//! stream.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use flashledger_proto::v1::RaftRequest;
+use flashledger_proto::v1::raft_client::RaftClient;
+use openraft::BasicNode;
+use openraft::RaftNetworkFactory;
+use openraft::RaftNetworkV2;
+use openraft::errors::NetworkError;
+use openraft::errors::RPCError;
+use openraft::errors::ReplicationClosed;
+use openraft::errors::StreamingError;
+use openraft::errors::Unreachable;
+use openraft::network::RPCOption;
+use openraft::raft::AppendEntriesRequest;
+use openraft::raft::AppendEntriesResponse;
+use openraft::raft::SnapshotResponse;
+use openraft::raft::VoteRequest;
+use openraft::raft::VoteResponse;
+use serde::Deserialize;
+use serde::Serialize;
+use tonic::transport::Channel;
+use tonic::transport::Endpoint;
+
+use crate::raft::types::NodeId;
+use crate::raft::types::ShardId;
+use crate::raft::types::SnapshotMeta;
+use crate::raft::types::TypeConfig;
+use crate::raft::types::Vote;
+
+/// The largest Raft message (a whole snapshot travels as one message).
+pub const RAFT_MESSAGE_BYTES_MAX: usize = 512 * 1024 * 1024;
+
+/// A snapshot as it travels in one `InstallSnapshot` message.
+#[derive(Serialize, Deserialize)]
+pub struct SnapshotTransfer {
+    pub vote: Vote,
+    pub meta: SnapshotMeta,
+    pub data: Vec<u8>,
+}
+
+/// What the receiving node answers when the shard's Raft node has stopped or is unknown.
+pub type RemoteResult<T> = Result<T, String>;
+
+/// One lazily-connected gRPC channel per peer node, shared by every shard's replication.
+#[derive(Clone)]
+pub struct PeerChannels {
+    addresses: Arc<BTreeMap<NodeId, String>>,
+    channels: Arc<Mutex<BTreeMap<NodeId, Channel>>>,
+    connect_timeout: Duration,
+}
+
+impl PeerChannels {
+    pub fn new(addresses: BTreeMap<NodeId, String>, connect_timeout: Duration) -> Self {
+        PeerChannels { addresses: Arc::new(addresses), channels: Arc::default(), connect_timeout }
+    }
+
+    /// The shared channel to `node`, created on first use.
+    pub fn channel(&self, node: NodeId) -> Result<Channel, String> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(channel) = channels.get(&node) {
+            return Ok(channel.clone());
+        }
+        let addr = self.addresses.get(&node).ok_or_else(|| format!("node {node} is not in the cluster config"))?;
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("node {node} address {addr}: {e}"))?
+            .connect_timeout(self.connect_timeout);
+        let channel = endpoint.connect_lazy();
+        channels.insert(node, channel.clone());
+        Ok(channel)
+    }
+}
+
+/// Builds one [`ShardPeer`] per (shard, target) for openraft.
+#[derive(Clone)]
+pub struct ShardNetworkFactory {
+    pub shard_id: ShardId,
+    pub peers: PeerChannels,
+}
+
+impl RaftNetworkFactory<TypeConfig> for ShardNetworkFactory {
+    type Network = ShardPeer;
+
+    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> Self::Network {
+        ShardPeer { shard_id: self.shard_id, target, peers: self.peers.clone() }
+    }
+}
+
+/// The replication link from this node to `target` for one shard.
+pub struct ShardPeer {
+    shard_id: ShardId,
+    target: NodeId,
+    peers: PeerChannels,
+}
+
+#[derive(Debug)]
+enum CallError {
+    /// The peer could not be reached or did not answer in time: back off.
+    Unreachable(String),
+    /// The peer answered something we cannot use.
+    Network(String),
+}
+
+impl CallError {
+    fn into_rpc(self) -> RPCError<TypeConfig> {
+        match self {
+            CallError::Unreachable(message) => RPCError::Unreachable(Unreachable::from_string(message)),
+            CallError::Network(message) => RPCError::Network(NetworkError::from_string(message)),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum RaftRpc {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
+impl ShardPeer {
+    async fn call<Req: Serialize, Resp: for<'de> Deserialize<'de>>(
+        &self,
+        rpc: RaftRpc,
+        request: &Req,
+        deadline: Duration,
+    ) -> Result<Resp, CallError> {
+        let payload = bincode::serialize(request).map_err(|e| CallError::Network(format!("encode: {e}")))?;
+        let channel = self.peers.channel(self.target).map_err(CallError::Unreachable)?;
+        let mut client = RaftClient::new(channel)
+            .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
+        let request = RaftRequest { shard_id: self.shard_id, payload: payload.into() };
+        let call = async {
+            match rpc {
+                RaftRpc::AppendEntries => client.append_entries(request).await,
+                RaftRpc::Vote => client.vote(request).await,
+                RaftRpc::InstallSnapshot => client.install_snapshot(request).await,
+            }
+        };
+        let reply = match tokio::time::timeout(deadline, call).await {
+            Err(_) => return Err(CallError::Unreachable(format!("no answer from node {} in {deadline:?}", self.target))),
+            Ok(Err(status)) => return Err(CallError::Unreachable(format!("node {}: {status}", self.target))),
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        let answer: RemoteResult<Resp> =
+            bincode::deserialize(&reply.payload).map_err(|e| CallError::Network(format!("decode: {e}")))?;
+        answer.map_err(|remote| CallError::Unreachable(format!("node {} shard {}: {remote}", self.target, self.shard_id)))
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for ShardPeer {
+    type SnapshotData = std::io::Cursor<Vec<u8>>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(RaftRpc::AppendEntries, &rpc, option.hard_ttl()).await.map_err(CallError::into_rpc)
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(RaftRpc::Vote, &rpc, option.hard_ttl()).await.map_err(CallError::into_rpc)
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: openraft::alias::SnapshotOf<TypeConfig, Self::SnapshotData>,
+        cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let transfer = SnapshotTransfer { vote, meta: snapshot.meta, data: snapshot.snapshot.into_inner() };
+        let send = self.call(RaftRpc::InstallSnapshot, &transfer, option.hard_ttl());
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            result = send => result.map_err(|error| match error {
+                CallError::Unreachable(message) => StreamingError::Unreachable(Unreachable::from_string(message)),
+                CallError::Network(message) => StreamingError::Network(NetworkError::from_string(message)),
+            }),
+        }
+    }
+}

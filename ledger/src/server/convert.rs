@@ -1,0 +1,267 @@
+//! The one place where wire types (`flashledger_proto::v1`) become domain types and back.
+//!
+//! Incoming requests are validated here, field by field, before anything is proposed: a bad
+//! request is refused with `INVALID_ARGUMENT` naming the field and changes nothing.
+
+use flashledger_proto::v1 as pb;
+
+use crate::state_machine::command::Operation;
+use crate::state_machine::command::Outcome;
+use crate::state_machine::command::SaleRules;
+use crate::state_machine::limits;
+use crate::state_machine::limits::InvalidField;
+use crate::state_machine::state::StockCounts;
+
+/// A validation failure, prefixed with where in the request it happened (`ops[3].qty`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidRequest {
+    pub field: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for InvalidRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid {}: {}", self.field, self.reason)
+    }
+}
+
+impl From<InvalidField> for InvalidRequest {
+    fn from(invalid: InvalidField) -> Self {
+        InvalidRequest { field: invalid.field.to_string(), reason: invalid.reason }
+    }
+}
+
+impl InvalidRequest {
+    fn within(self, prefix: &str) -> Self {
+        InvalidRequest { field: format!("{prefix}.{}", self.field), reason: self.reason }
+    }
+}
+
+type Checked<T> = Result<T, InvalidRequest>;
+
+pub fn reserve(request: pb::ReserveRequest) -> Checked<Operation> {
+    limits::check_sku(&request.sku)?;
+    Ok(Operation::Reserve {
+        qty: limits::check_qty(request.qty)?,
+        user: checked_id("user", request.user)?,
+        order_id: checked_id("order_id", request.order_id)?,
+        ttl_ms: limits::check_ttl("ttl_ms", request.ttl_ms)?,
+        sku: request.sku.to_vec(),
+    })
+}
+
+pub fn purchase(request: pb::PurchaseRequest) -> Checked<Operation> {
+    limits::check_sku(&request.sku)?;
+    Ok(Operation::Purchase {
+        qty: limits::check_qty(request.qty)?,
+        user: checked_id("user", request.user)?,
+        order_id: checked_id("order_id", request.order_id)?,
+        sku: request.sku.to_vec(),
+    })
+}
+
+pub fn confirm(request: pb::ConfirmRequest) -> Checked<Operation> {
+    limits::check_sku(&request.sku)?;
+    Ok(Operation::Confirm { order_id: checked_id("order_id", request.order_id)?, sku: request.sku.to_vec() })
+}
+
+pub fn cancel(request: pb::CancelRequest) -> Checked<Operation> {
+    limits::check_sku(&request.sku)?;
+    Ok(Operation::Cancel { order_id: checked_id("order_id", request.order_id)?, sku: request.sku.to_vec() })
+}
+
+pub fn put_sku(request: pb::PutSkuRequest) -> Checked<Operation> {
+    limits::check_sku(&request.sku)?;
+    let rules = request.rules.unwrap_or_default();
+    let rules = SaleRules {
+        start_ms: limits::check_non_negative("rules.start_ms", rules.start_ms)?,
+        end_ms: limits::check_non_negative("rules.end_ms", rules.end_ms)?,
+        per_user_limit: limits::check_non_negative("rules.per_user_limit", rules.per_user_limit)?,
+        default_ttl_ms: limits::check_ttl("rules.default_ttl_ms", rules.default_ttl_ms)?,
+    };
+    if rules.end_ms != 0 && rules.end_ms <= rules.start_ms {
+        return Err(InvalidRequest { field: "rules.end_ms".into(), reason: "must be after rules.start_ms".into() });
+    }
+    Ok(Operation::PutSku { total: limits::check_total(request.total)?, rules, sku: request.sku.to_vec() })
+}
+
+pub fn restock(request: pb::RestockRequest) -> Checked<Operation> {
+    limits::check_sku(&request.sku)?;
+    Ok(Operation::Restock { delta: limits::check_delta(request.delta)?, sku: request.sku.to_vec() })
+}
+
+/// Converts a batch; `ops_max` bounds how many operations one RPC (one log entry) may carry.
+pub fn batch(request: pb::BatchRequest, ops_max: usize) -> Checked<Vec<Operation>> {
+    if request.ops.is_empty() {
+        return Err(InvalidRequest { field: "ops".into(), reason: "must not be empty".into() });
+    }
+    if request.ops.len() > ops_max {
+        return Err(InvalidRequest {
+            field: "ops".into(),
+            reason: format!("{} operations, at most {ops_max} per batch", request.ops.len()),
+        });
+    }
+    request
+        .ops
+        .into_iter()
+        .enumerate()
+        .map(|(position, op)| write_op(op).map_err(|invalid| invalid.within(&format!("ops[{position}]"))))
+        .collect()
+}
+
+fn write_op(op: pb::WriteOp) -> Checked<Operation> {
+    use pb::write_op::Op;
+    match op.op {
+        None => Err(InvalidRequest { field: "op".into(), reason: "no operation set".into() }),
+        Some(Op::Reserve(r)) => reserve(r),
+        Some(Op::Confirm(r)) => confirm(r),
+        Some(Op::Cancel(r)) => cancel(r),
+        Some(Op::Purchase(r)) => purchase(r),
+        Some(Op::PutSku(r)) => put_sku(r),
+        Some(Op::Restock(r)) => restock(r),
+    }
+}
+
+/// The epoch a request was routed by (0 = unchecked).
+pub fn route_epoch(op: &pb::WriteOp) -> u64 {
+    use pb::write_op::Op;
+    let route = match &op.op {
+        Some(Op::Reserve(r)) => &r.route,
+        Some(Op::Confirm(r)) => &r.route,
+        Some(Op::Cancel(r)) => &r.route,
+        Some(Op::Purchase(r)) => &r.route,
+        Some(Op::PutSku(r)) => &r.route,
+        Some(Op::Restock(r)) => &r.route,
+        None => &None,
+    };
+    route.as_ref().map(|r| r.epoch).unwrap_or(0)
+}
+
+fn checked_id(field: &'static str, id: String) -> Checked<String> {
+    limits::check_id(field, &id)?;
+    Ok(id)
+}
+
+pub fn outcome(outcome: &Outcome) -> pb::Outcome {
+    use pb::OutcomeCode as Code;
+    let mut wire = pb::Outcome::default();
+    let code = match outcome {
+        Outcome::Reserved { expires_at_ms } => {
+            wire.expires_at_ms = saturating_i64(*expires_at_ms);
+            Code::Reserved
+        }
+        Outcome::Confirmed => Code::Confirmed,
+        Outcome::Released => Code::Released,
+        Outcome::Ok => Code::Ok,
+        Outcome::SoldOut { available } => {
+            wire.available = saturating_i64(*available);
+            Code::SoldOut
+        }
+        Outcome::LimitExceeded { held, limit } => {
+            wire.held = saturating_i64(*held);
+            wire.limit = saturating_i64(*limit);
+            Code::LimitExceeded
+        }
+        Outcome::SaleClosed => Code::SaleClosed,
+        Outcome::UnknownSku => Code::UnknownSku,
+        Outcome::NotFound => Code::NotFound,
+        Outcome::Expired => Code::Expired,
+        Outcome::AlreadyConfirmed => Code::AlreadyConfirmed,
+        Outcome::OrderIdReused => {
+            wire.detail = "order_id already used by a different request".into();
+            Code::OrderIdReused
+        }
+        Outcome::Rejected { reason } => {
+            wire.detail = reason.clone();
+            Code::Rejected
+        }
+    };
+    wire.code = code as i32;
+    wire
+}
+
+pub fn counts(counts: StockCounts) -> pb::StockCounts {
+    pb::StockCounts {
+        total: saturating_i64(counts.total),
+        available: saturating_i64(counts.available),
+        reserved: saturating_i64(counts.reserved),
+        sold: saturating_i64(counts.sold),
+    }
+}
+
+fn saturating_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reserve_request() -> pb::ReserveRequest {
+        pb::ReserveRequest {
+            sku: b"sku-1".to_vec().into(),
+            qty: 2,
+            user: "alice".into(),
+            order_id: "order-1".into(),
+            ttl_ms: 0,
+            route: None,
+        }
+    }
+
+    fn field_of(result: Checked<Operation>) -> String {
+        result.expect_err("must be refused").field
+    }
+
+    #[test]
+    fn a_valid_reserve_converts() {
+        let op = reserve(reserve_request()).expect("valid");
+        assert_eq!(
+            op,
+            Operation::Reserve { sku: b"sku-1".to_vec(), qty: 2, user: "alice".into(), order_id: "order-1".into(), ttl_ms: 0 }
+        );
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases: Vec<(pb::ReserveRequest, &str)> = vec![
+            (pb::ReserveRequest { qty: 0, ..reserve_request() }, "qty"),
+            (pb::ReserveRequest { qty: -5, ..reserve_request() }, "qty"),
+            (pb::ReserveRequest { qty: i64::MAX, ..reserve_request() }, "qty"),
+            (pb::ReserveRequest { sku: Vec::new().into(), ..reserve_request() }, "sku"),
+            (pb::ReserveRequest { sku: vec![b'x'; 129].into(), ..reserve_request() }, "sku"),
+            (pb::ReserveRequest { user: String::new(), ..reserve_request() }, "user"),
+            (pb::ReserveRequest { user: "u".repeat(129), ..reserve_request() }, "user"),
+            (pb::ReserveRequest { order_id: String::new(), ..reserve_request() }, "order_id"),
+            (pb::ReserveRequest { order_id: "o".repeat(500), ..reserve_request() }, "order_id"),
+            (pb::ReserveRequest { ttl_ms: -1, ..reserve_request() }, "ttl_ms"),
+            (pb::ReserveRequest { ttl_ms: i64::MAX, ..reserve_request() }, "ttl_ms"),
+        ];
+        for (request, field) in cases {
+            assert_eq!(field_of(reserve(request.clone())), field, "{request:?}");
+        }
+    }
+
+    #[test]
+    fn admin_bounds_are_checked() {
+        let put = |total, rules| pb::PutSkuRequest { sku: b"s".to_vec().into(), total, rules, route: None };
+        assert_eq!(field_of(put_sku(put(-1, None))), "total");
+        assert_eq!(field_of(put_sku(put(i64::MAX, None))), "total");
+        let window = pb::SaleRules { start_ms: 10, end_ms: 5, ..Default::default() };
+        assert_eq!(field_of(put_sku(put(5, Some(window)))), "rules.end_ms");
+        let restock_request = |delta| pb::RestockRequest { sku: b"s".to_vec().into(), delta, route: None };
+        assert_eq!(field_of(restock(restock_request(0))), "delta");
+        assert_eq!(field_of(restock(restock_request(i64::MIN))), "delta");
+    }
+
+    #[test]
+    fn batch_errors_name_the_position() {
+        let good = pb::WriteOp { op: Some(pb::write_op::Op::Reserve(reserve_request())) };
+        let bad = pb::WriteOp { op: Some(pb::write_op::Op::Reserve(pb::ReserveRequest { qty: 0, ..reserve_request() })) };
+        let error = batch(pb::BatchRequest { ops: vec![good.clone(), bad] }, 10).expect_err("refused");
+        assert_eq!(error.field, "ops[1].qty");
+        let empty = batch(pb::BatchRequest { ops: vec![pb::WriteOp { op: None }] }, 10).expect_err("refused");
+        assert_eq!(empty.field, "ops[0].op");
+        let too_many = batch(pb::BatchRequest { ops: vec![good; 11] }, 10).expect_err("refused");
+        assert_eq!(too_many.field, "ops");
+    }
+}

@@ -1,0 +1,92 @@
+//! The node's gRPC server: `Inventory` and `Cluster` for clients and operators, `Raft` for
+//! peers, plus the standard health and reflection services (so `grpcurl` works).
+//!
+//! `serve` takes an already-bound listener and a shutdown future (mini-redis style), which makes
+//! it testable on port 0 and lets the binary shut down gracefully on SIGTERM. Message sizes and
+//! concurrent requests are bounded by the `[server]` config.
+
+pub mod cluster;
+pub mod convert;
+pub mod inventory;
+pub mod raft_service;
+pub mod status;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use flashledger_proto::v1::cluster_server::ClusterServer;
+use flashledger_proto::v1::inventory_server::InventoryServer;
+use flashledger_proto::v1::raft_server::RaftServer;
+
+use crate::node::Node;
+use crate::raft::network::RAFT_MESSAGE_BYTES_MAX;
+
+/// Serves every service of `node` on `listener` until `shutdown` completes.
+#[cfg(not(madsim))]
+pub async fn serve(
+    node: Arc<Node>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let limits = &node.config.server;
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<InventoryServer<inventory::InventoryService>>().await;
+    health_reporter.set_serving::<ClusterServer<cluster::ClusterService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(flashledger_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| {
+            tracing::error!(error = %e, "reflection service");
+            e
+        });
+    let (inventory, cluster, raft) = services(&node);
+    let mut router = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(limits.inflight_requests_max)
+        .max_concurrent_streams(Some(limits.inflight_requests_max as u32))
+        .add_service(health_service)
+        .add_service(inventory)
+        .add_service(cluster)
+        .add_service(raft);
+    if let Ok(reflection) = reflection {
+        router = router.add_service(reflection);
+    }
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    router.serve_with_incoming_shutdown(incoming, shutdown).await
+}
+
+/// Serves every service of `node` on `addr` (the simulator's network) until `shutdown`.
+#[cfg(madsim)]
+pub async fn serve(
+    node: Arc<Node>,
+    addr: std::net::SocketAddr,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let (inventory, cluster, raft) = services(&node);
+    tonic::transport::Server::builder()
+        .add_service(inventory)
+        .add_service(cluster)
+        .add_service(raft)
+        .serve_with_shutdown(addr, shutdown)
+        .await
+}
+
+type Services = (
+    InventoryServer<inventory::InventoryService>,
+    ClusterServer<cluster::ClusterService>,
+    RaftServer<raft_service::RaftService>,
+);
+
+fn services(node: &Arc<Node>) -> Services {
+    let message_bytes_max = node.config.server.message_bytes_max;
+    (
+        InventoryServer::new(inventory::InventoryService::new(node.clone()))
+            .max_decoding_message_size(message_bytes_max)
+            .max_encoding_message_size(message_bytes_max),
+        ClusterServer::new(cluster::ClusterService::new(node.clone()))
+            .max_decoding_message_size(message_bytes_max)
+            .max_encoding_message_size(message_bytes_max),
+        RaftServer::new(raft_service::RaftService::new(node.clone()))
+            .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX),
+    )
+}

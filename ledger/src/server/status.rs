@@ -1,0 +1,43 @@
+//! The one mapping from node errors to gRPC status codes (see the contract at the top of
+//! `proto/flashledger.proto`); the client library follows exactly these codes and metadata.
+
+use flashledger_proto::metadata;
+use tonic::Code;
+use tonic::Status;
+use tonic::metadata::MetadataValue;
+
+use crate::node::NodeError;
+use crate::server::convert::InvalidRequest;
+
+pub fn from_invalid(invalid: InvalidRequest) -> Status {
+    Status::invalid_argument(invalid.to_string())
+}
+
+pub fn from_node_error(error: NodeError) -> Status {
+    let message = error.to_string();
+    match error {
+        NodeError::NotLeader { leader_id, leader_addr, .. } => {
+            let mut status = Status::unavailable(message);
+            if let Some(addr) = leader_addr.and_then(|a| MetadataValue::try_from(a.as_str()).ok()) {
+                status.metadata_mut().insert(metadata::LEADER_ADDR, addr);
+            }
+            if let Some(id) = leader_id.and_then(|id| MetadataValue::try_from(id.to_string().as_str()).ok()) {
+                status.metadata_mut().insert(metadata::LEADER_ID, id);
+            }
+            status
+        }
+        NodeError::SkuNotHosted { .. } | NodeError::ShardNotHosted { .. } => Status::not_found(message),
+        NodeError::UnknownSku { .. } => Status::new(Code::NotFound, message),
+        NodeError::BatchSpansShards { .. } => Status::invalid_argument(message),
+        NodeError::StaleEpoch { current, .. } => {
+            let mut status = Status::failed_precondition(message);
+            if let Ok(epoch) = MetadataValue::try_from(current.to_string().as_str()) {
+                status.metadata_mut().insert(metadata::SHARD_EPOCH, epoch);
+            }
+            status
+        }
+        NodeError::Timeout { .. } => Status::deadline_exceeded(message),
+        NodeError::TooStale { .. } | NodeError::Unavailable { .. } => Status::unavailable(message),
+        NodeError::Storage(_) | NodeError::Raft(_) => Status::internal(message),
+    }
+}
