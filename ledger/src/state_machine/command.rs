@@ -28,36 +28,12 @@ pub struct SaleRules {
 /// before it is proposed; the state machine validates again (it never trusts the log's producer).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Operation {
-    Reserve {
-        sku: Sku,
-        qty: u64,
-        user: String,
-        order_id: String,
-        ttl_ms: u64,
-    },
-    Confirm {
-        sku: Sku,
-        order_id: String,
-    },
-    Cancel {
-        sku: Sku,
-        order_id: String,
-    },
-    Purchase {
-        sku: Sku,
-        qty: u64,
-        user: String,
-        order_id: String,
-    },
-    PutSku {
-        sku: Sku,
-        total: u64,
-        rules: SaleRules,
-    },
-    Restock {
-        sku: Sku,
-        delta: i64,
-    },
+    Reserve { sku: Sku, qty: u64, user: String, order_id: String, ttl_ms: u64 },
+    Confirm { sku: Sku, order_id: String },
+    Cancel { sku: Sku, order_id: String },
+    Purchase { sku: Sku, qty: u64, user: String, order_id: String },
+    PutSku { sku: Sku, total: u64, rules: SaleRules },
+    Restock { sku: Sku, delta: i64 },
 }
 
 impl Operation {
@@ -104,19 +80,12 @@ impl std::fmt::Display for LogCommand {
 /// The answer to one operation. Replayed verbatim when an `order_id` is repeated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
-    Reserved {
-        expires_at_ms: u64,
-    },
+    Reserved { expires_at_ms: u64 },
     Confirmed,
     Released,
     Ok,
-    SoldOut {
-        available: u64,
-    },
-    LimitExceeded {
-        held: u64,
-        limit: u64,
-    },
+    SoldOut { available: u64 },
+    LimitExceeded { held: u64, limit: u64 },
     SaleClosed,
     UnknownSku,
     NotFound,
@@ -126,9 +95,7 @@ pub enum Outcome {
     /// The `order_id` is already used by a different SKU, quantity or user.
     OrderIdReused,
     /// A well-formed request the ledger refuses (restock below what is held, ...).
-    Rejected {
-        reason: String,
-    },
+    Rejected { reason: String },
 }
 
 /// What applying one entry answers: one outcome per operation (none for `Expire`).
