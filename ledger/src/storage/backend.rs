@@ -68,8 +68,7 @@ impl FileBackend {
     }
 
     fn path(&self, segment: SegmentId) -> PathBuf {
-        self.directory
-            .join(format!("{segment:020}{SEGMENT_FILE_SUFFIX}"))
+        self.directory.join(format!("{segment:020}{SEGMENT_FILE_SUFFIX}"))
     }
 
     /// Make a create, rename or delete in the directory durable.
@@ -82,12 +81,7 @@ impl FileBackend {
         if let Some(file) = files.get(&segment) {
             return Ok(file.clone());
         }
-        let file = Arc::new(
-            OpenOptions::new()
-                .append(true)
-                .read(true)
-                .open(self.path(segment))?,
-        );
+        let file = Arc::new(OpenOptions::new().append(true).read(true).open(self.path(segment))?);
         files.insert(segment, file.clone());
         Ok(file)
     }
@@ -98,10 +92,7 @@ impl WalBackend for FileBackend {
         let mut segments = Vec::new();
         for dir_entry in std::fs::read_dir(&self.directory)? {
             let name = dir_entry?.file_name();
-            let Some(stem) = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(SEGMENT_FILE_SUFFIX))
-            else {
+            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(SEGMENT_FILE_SUFFIX)) else {
                 continue;
             };
             if let Ok(segment) = stem.parse::<SegmentId>() {
@@ -171,10 +162,7 @@ pub struct MemoryBackend {
 }
 
 fn not_found(segment: SegmentId) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::NotFound,
-        format!("segment {segment} does not exist"),
-    )
+    io::Error::new(io::ErrorKind::NotFound, format!("segment {segment} does not exist"))
 }
 
 impl MemoryBackend {
@@ -211,18 +199,14 @@ impl MemoryBackend {
     /// Bit rot: flip every bit of the byte at `offset` (synced or not) in `segment`.
     pub fn flip_byte(&self, segment: SegmentId, offset: usize) -> io::Result<()> {
         let mut disk = lock(&self.disk);
-        let data = disk
-            .segments
-            .get_mut(&segment)
-            .ok_or_else(|| not_found(segment))?;
+        let data = disk.segments.get_mut(&segment).ok_or_else(|| not_found(segment))?;
         let synced_len = data.synced.len();
         let byte = if offset < synced_len {
             data.synced.get_mut(offset)
         } else {
             data.unsynced.get_mut(offset - synced_len)
         };
-        let byte =
-            byte.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "offset past the end"))?;
+        let byte = byte.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "offset past the end"))?;
         *byte ^= 0xff;
         Ok(())
     }
@@ -255,10 +239,7 @@ impl WalBackend for MemoryBackend {
 
     fn append(&self, segment: SegmentId, bytes: &[u8]) -> io::Result<()> {
         let mut disk = lock(&self.disk);
-        let data = disk
-            .segments
-            .get_mut(&segment)
-            .ok_or_else(|| not_found(segment))?;
+        let data = disk.segments.get_mut(&segment).ok_or_else(|| not_found(segment))?;
         data.unsynced.extend_from_slice(bytes);
         Ok(())
     }
@@ -268,10 +249,7 @@ impl WalBackend for MemoryBackend {
         if disk.fail_syncs {
             return Err(io::Error::other("injected fdatasync failure"));
         }
-        let data = disk
-            .segments
-            .get_mut(&segment)
-            .ok_or_else(|| not_found(segment))?;
+        let data = disk.segments.get_mut(&segment).ok_or_else(|| not_found(segment))?;
         let tail = std::mem::take(&mut data.unsynced);
         data.synced.extend_from_slice(&tail);
         disk.syncs += 1;
@@ -280,19 +258,13 @@ impl WalBackend for MemoryBackend {
 
     fn read_segment(&self, segment: SegmentId) -> io::Result<Vec<u8>> {
         let disk = lock(&self.disk);
-        let data = disk
-            .segments
-            .get(&segment)
-            .ok_or_else(|| not_found(segment))?;
+        let data = disk.segments.get(&segment).ok_or_else(|| not_found(segment))?;
         Ok([data.synced.as_slice(), data.unsynced.as_slice()].concat())
     }
 
     fn truncate_segment(&self, segment: SegmentId, length_bytes: u64) -> io::Result<()> {
         let mut disk = lock(&self.disk);
-        let data = disk
-            .segments
-            .get_mut(&segment)
-            .ok_or_else(|| not_found(segment))?;
+        let data = disk.segments.get_mut(&segment).ok_or_else(|| not_found(segment))?;
         let mut all = std::mem::take(&mut data.synced);
         all.append(&mut data.unsynced);
         all.truncate(usize::try_from(length_bytes).unwrap_or(usize::MAX));

@@ -105,9 +105,7 @@ impl RaftLogStorage<TypeConfig> for ShardLogStore {
                 vote: *vote,
             })
             .await?;
-        durable
-            .await
-            .map_err(|_| io::Error::from(WalError::Closed))??;
+        durable.await.map_err(|_| io::Error::from(WalError::Closed))??;
         lock(&self.state).vote = Some(*vote);
         Ok(())
     }
@@ -127,11 +125,7 @@ impl RaftLogStorage<TypeConfig> for ShardLogStore {
         Ok(lock(&self.state).committed)
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: IOFlushed<TypeConfig>,
-    ) -> Result<(), io::Error>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,

@@ -129,14 +129,10 @@ pub fn encode_append(shard: ShardId, entries: &[Entry]) -> Result<Vec<u8>, Decod
 pub fn encode(record: &Record) -> Result<Vec<u8>, DecodeError> {
     match record {
         Record::Append { shard, entries } => encode_append(*shard, entries),
-        Record::TruncateAfter { shard, last_kept } => {
-            frame(Kind::TruncateAfter, *shard, &encode_body(last_kept)?)
-        }
+        Record::TruncateAfter { shard, last_kept } => frame(Kind::TruncateAfter, *shard, &encode_body(last_kept)?),
         Record::Purge { shard, upto } => frame(Kind::Purge, *shard, &encode_body(upto)?),
         Record::SaveVote { shard, vote } => frame(Kind::SaveVote, *shard, &encode_body(vote)?),
-        Record::SaveCommitted { shard, committed } => {
-            frame(Kind::SaveCommitted, *shard, &encode_body(committed)?)
-        }
+        Record::SaveCommitted { shard, committed } => frame(Kind::SaveCommitted, *shard, &encode_body(committed)?),
     }
 }
 
@@ -174,12 +170,8 @@ fn read_u64(bytes: &[u8], at: usize) -> Option<u64> {
 pub fn check_frame(bytes: &[u8]) -> Result<(&[u8], usize), DecodeError> {
     let length = read_u32(bytes, 0).ok_or(DecodeError::Torn)? as usize;
     let stored_crc = read_u32(bytes, 4).ok_or(DecodeError::Torn)?;
-    let end = FRAME_HEADER_BYTES
-        .checked_add(length)
-        .ok_or(DecodeError::Torn)?;
-    let payload = bytes
-        .get(FRAME_HEADER_BYTES..end)
-        .ok_or(DecodeError::Torn)?;
+    let end = FRAME_HEADER_BYTES.checked_add(length).ok_or(DecodeError::Torn)?;
+    let payload = bytes.get(FRAME_HEADER_BYTES..end).ok_or(DecodeError::Torn)?;
     if checksum(&bytes[..4], payload) != stored_crc {
         return Err(DecodeError::ChecksumMismatch);
     }
@@ -188,11 +180,8 @@ pub fn check_frame(bytes: &[u8]) -> Result<(&[u8], usize), DecodeError> {
 
 /// Decode a payload that passed [`check_frame`].
 pub fn decode_payload(payload: &[u8]) -> Result<Record, DecodeError> {
-    let kind_byte = *payload
-        .first()
-        .ok_or(DecodeError::Body("empty payload".into()))?;
-    let shard =
-        read_u64(payload, 1).ok_or(DecodeError::Body("payload shorter than its prefix".into()))?;
+    let kind_byte = *payload.first().ok_or(DecodeError::Body("empty payload".into()))?;
+    let shard = read_u64(payload, 1).ok_or(DecodeError::Body("payload shorter than its prefix".into()))?;
     let body = &payload[PAYLOAD_PREFIX_BYTES..];
     let record = match Kind::from_byte(kind_byte).ok_or(DecodeError::UnknownKind(kind_byte))? {
         Kind::Append => Record::Append {

@@ -68,9 +68,7 @@ impl WalOptions {
         }
         // Admission counts bytes as semaphore permits, which are u32 per acquisition.
         if self.pending_bytes_max == 0 || self.pending_bytes_max > u32::MAX as usize {
-            return Err(WalError::InvalidOptions(
-                "pending_bytes_max must be in 1..=u32::MAX",
-            ));
+            return Err(WalError::InvalidOptions("pending_bytes_max must be in 1..=u32::MAX"));
         }
         Ok(())
     }
@@ -82,13 +80,9 @@ pub enum WalError {
     Io(#[from] io::Error),
     #[error("segment {segment} has a bad header")]
     BadHeader { segment: SegmentId },
-    #[error(
-        "corrupt record in segment {segment} at offset {offset} (not the tail of the last segment)"
-    )]
+    #[error("corrupt record in segment {segment} at offset {offset} (not the tail of the last segment)")]
     Corrupt { segment: SegmentId, offset: usize },
-    #[error(
-        "record in segment {segment} at offset {offset} passed its checksum but does not decode: {reason}"
-    )]
+    #[error("record in segment {segment} at offset {offset} passed its checksum but does not decode: {reason}")]
     Decode {
         segment: SegmentId,
         offset: usize,
@@ -150,8 +144,7 @@ impl ShardState {
             return Err(format!("append at {first} leaves a hole after {last}"));
         }
         self.entries.split_off(&first);
-        self.entries
-            .extend(entries.into_iter().map(|e| (e.index(), e)));
+        self.entries.extend(entries.into_iter().map(|e| (e.index(), e)));
         Ok(())
     }
 
@@ -326,9 +319,7 @@ impl DurableShard {
                 self.truncate_from(*first);
                 self.runs.insert(*first, (*last, segment));
             }
-            Effect::TruncateAfter { last_kept, .. } => {
-                self.truncate_from(last_kept.map_or(0, |l| l.index() + 1))
-            }
+            Effect::TruncateAfter { last_kept, .. } => self.truncate_from(last_kept.map_or(0, |l| l.index() + 1)),
             Effect::Purge { upto, .. } => {
                 if self.last_purged.is_none_or(|purged| purged < *upto) {
                     self.last_purged = Some(*upto);
@@ -390,9 +381,7 @@ impl Writer {
         let mut bytes = record::segment_header(segment).to_vec();
         for (shard, durable) in &self.shards {
             for checkpoint in durable.checkpoint(*shard) {
-                bytes.extend(
-                    record::encode(&checkpoint).map_err(|e| WalError::Encode(e.to_string()))?,
-                );
+                bytes.extend(record::encode(&checkpoint).map_err(|e| WalError::Encode(e.to_string()))?);
             }
         }
         self.backend.create_segment(segment)?;
@@ -511,15 +500,9 @@ impl Shared {
     fn after_sync(&self, writer: &mut Writer, batch: &[Pending]) -> Result<(), String> {
         let bytes: usize = batch.iter().map(|p| p.bytes.len()).sum();
         self.counters.syncs.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .records
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        self.counters
-            .bytes_written
-            .fetch_add(bytes as u64, Ordering::Relaxed);
-        let deleted = writer
-            .delete_obsolete_segments()
-            .map_err(|e| e.to_string())?;
+        self.counters.records.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.counters.bytes_written.fetch_add(bytes as u64, Ordering::Relaxed);
+        let deleted = writer.delete_obsolete_segments().map_err(|e| e.to_string())?;
         self.counters
             .segments_deleted
             .fetch_add(deleted as u64, Ordering::Relaxed);
@@ -666,12 +649,7 @@ impl Wal {
         let bytes = record::encode(record).map_err(|e| WalError::Encode(e.to_string()))?;
         let admission = self.admit(bytes.len()).await?;
         let (sender, receiver) = oneshot::channel();
-        self.submit(
-            bytes,
-            Effect::of(record),
-            Completion::Notify(sender),
-            admission,
-        )?;
+        self.submit(bytes, Effect::of(record), Completion::Notify(sender), admission)?;
         Ok(receiver)
     }
 
@@ -685,13 +663,11 @@ impl Wal {
 
 #[cfg(not(madsim))]
 fn spawn_flusher(shared: Arc<Shared>) -> Result<std::thread::JoinHandle<()>, WalError> {
-    let thread = std::thread::Builder::new()
-        .name("wal-flusher".into())
-        .spawn(move || {
-            while let Some(batch) = shared.next_batch() {
-                shared.flush(batch);
-            }
-        })?;
+    let thread = std::thread::Builder::new().name("wal-flusher".into()).spawn(move || {
+        while let Some(batch) = shared.next_batch() {
+            shared.flush(batch);
+        }
+    })?;
     Ok(thread)
 }
 
