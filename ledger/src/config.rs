@@ -72,7 +72,9 @@ pub struct ClusterSection {
 
 impl Default for ClusterSection {
     fn default() -> Self {
-        ClusterSection { name: "flashledger".into() }
+        ClusterSection {
+            name: "flashledger".into(),
+        }
     }
 }
 
@@ -163,7 +165,9 @@ pub struct LedgerSection {
 
 impl Default for LedgerSection {
     fn default() -> Self {
-        LedgerSection { expire_interval_ms: 1000 }
+        LedgerSection {
+            expire_interval_ms: 1000,
+        }
     }
 }
 
@@ -176,15 +180,19 @@ pub struct PostgresConfig {
 impl ClusterConfig {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::Io { path: path.display().to_string(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
         Self::parse(&text, &path.display().to_string())
     }
 
     /// Parses and validates config text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let config: ClusterConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.to_string(), message: e.to_string() })?;
+        let config: ClusterConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string(),
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -213,7 +221,10 @@ impl ClusterConfig {
                 .rsplit_once(':')
                 .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
             if !valid_addr {
-                return Err(ConfigError::InvalidAddress { node: node.id, addr: node.addr.clone() });
+                return Err(ConfigError::InvalidAddress {
+                    node: node.id,
+                    addr: node.addr.clone(),
+                });
             }
             if !addrs.insert(node.addr.clone()) {
                 return Err(ConfigError::DuplicateAddress(node.addr.clone()));
@@ -233,13 +244,23 @@ impl ClusterConfig {
             }
             let replicas: BTreeSet<NodeId> = shard.replicas.iter().copied().collect();
             if replicas.len() != shard.replicas.len() || ![1, 3, 5].contains(&replicas.len()) {
-                return Err(ConfigError::ReplicaCount { shard: shard.id, count: replicas.len() });
+                return Err(ConfigError::ReplicaCount {
+                    shard: shard.id,
+                    count: replicas.len(),
+                });
             }
             if let Some(node) = replicas.iter().find(|id| self.node(**id).is_none()) {
-                return Err(ConfigError::UnknownReplica { shard: shard.id, node: *node });
+                return Err(ConfigError::UnknownReplica {
+                    shard: shard.id,
+                    node: *node,
+                });
             }
             if !shard.end.is_empty() && shard.end <= shard.start {
-                return Err(ConfigError::EmptyRange { shard: shard.id, start: shard.start.clone(), end: shard.end.clone() });
+                return Err(ConfigError::EmptyRange {
+                    shard: shard.id,
+                    start: shard.start.clone(),
+                    end: shard.end.clone(),
+                });
             }
         }
         // Sorted by start, the ranges must tile the key space: "" .. e1, e1 .. e2, ..., en .. "".
@@ -248,7 +269,9 @@ impl ClusterConfig {
         let mut expected_start = String::new();
         for (position, shard) in sorted.iter().enumerate() {
             if shard.start != expected_start {
-                return Err(ConfigError::RangesDoNotTile { at: expected_start.min(shard.start.clone()) });
+                return Err(ConfigError::RangesDoNotTile {
+                    at: expected_start.min(shard.start.clone()),
+                });
             }
             let last = position + 1 == sorted.len();
             if shard.end.is_empty() != last {
@@ -272,7 +295,10 @@ impl ClusterConfig {
             ("ledger.expire_interval_ms", self.ledger.expire_interval_ms),
         ];
         if let Some((field, _)) = positive.iter().find(|(_, value)| *value == 0) {
-            return Err(ConfigError::Bound { field, reason: "must be greater than 0".into() });
+            return Err(ConfigError::Bound {
+                field,
+                reason: "must be greater than 0".into(),
+            });
         }
         if raft.election_timeout_ms_min <= raft.heartbeat_interval_ms {
             return Err(ConfigError::Bound {
@@ -378,7 +404,10 @@ mod tests {
     #[test]
     fn duplicates_are_named() {
         let text = VALID.replace("127.0.0.1:7102", "127.0.0.1:7101");
-        assert_eq!(parse(&text), Err(ConfigError::DuplicateAddress("127.0.0.1:7101".into())));
+        assert_eq!(
+            parse(&text),
+            Err(ConfigError::DuplicateAddress("127.0.0.1:7101".into()))
+        );
         let text = VALID.replacen("id = 2", "id = 1", 1);
         assert_eq!(parse(&text), Err(ConfigError::DuplicateNodeId(1)));
     }
@@ -386,7 +415,13 @@ mod tests {
     #[test]
     fn bad_addresses_and_replicas_are_named() {
         let text = VALID.replace("127.0.0.1:7103", "localhost");
-        assert_eq!(parse(&text), Err(ConfigError::InvalidAddress { node: 3, addr: "localhost".into() }));
+        assert_eq!(
+            parse(&text),
+            Err(ConfigError::InvalidAddress {
+                node: 3,
+                addr: "localhost".into()
+            })
+        );
         let text = VALID.replacen("replicas = [1, 2, 3]", "replicas = [1, 2, 9]", 1);
         assert_eq!(parse(&text), Err(ConfigError::UnknownReplica { shard: 1, node: 9 }));
         let text = VALID.replacen("replicas = [1, 2, 3]", "replicas = [1, 2]", 1);
@@ -408,13 +443,28 @@ mod tests {
     #[test]
     fn bounds_are_checked() {
         let text = format!("{VALID}\n[raft]\nelection_timeout_ms_min = 50\nheartbeat_interval_ms = 100\n");
-        assert!(matches!(parse(&text), Err(ConfigError::Bound { field: "raft.election_timeout_ms_min", .. })));
+        assert!(matches!(
+            parse(&text),
+            Err(ConfigError::Bound {
+                field: "raft.election_timeout_ms_min",
+                ..
+            })
+        ));
         let text = format!("{VALID}\n[server]\nbatch_ops_max = 0\n");
-        assert!(matches!(parse(&text), Err(ConfigError::Bound { field: "server.batch_ops_max", .. })));
+        assert!(matches!(
+            parse(&text),
+            Err(ConfigError::Bound {
+                field: "server.batch_ops_max",
+                ..
+            })
+        ));
     }
 
     #[test]
     fn a_missing_file_is_an_io_error() {
-        assert!(matches!(ClusterConfig::load(Path::new("/nonexistent/cluster.toml")), Err(ConfigError::Io { .. })));
+        assert!(matches!(
+            ClusterConfig::load(Path::new("/nonexistent/cluster.toml")),
+            Err(ConfigError::Io { .. })
+        ));
     }
 }

@@ -8,7 +8,7 @@
 //! - [`raft`]: openraft glue: type config, runtime, state-machine adapter, network.
 //! - [`node`]: one node's shard replicas and the operations clients call on them.
 //! - [`server`]: the gRPC services (Inventory, Cluster, internal Raft, health, reflection).
-//! - [`config`]: `cluster.toml`.
+//! - [`config`]: the `cluster.toml` format and its validation.
 
 pub mod applied;
 pub mod config;

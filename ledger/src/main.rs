@@ -1,10 +1,20 @@
 //! The `ledger` binary: `serve` runs a node; the other subcommands are the operator CLI
 //! (cluster status, SKU admin, orders) and the flash-sale demo driver.
 
+#[cfg(not(madsim))]
 mod cli;
 
+#[cfg(not(madsim))]
 use clap::Parser;
 
+/// The simulator builds this crate with `--cfg madsim`, where there are no real sockets or
+/// signals: nodes run inside `sim/` instead.
+#[cfg(madsim)]
+fn main() {
+    eprintln!("the ledger binary does not run under --cfg madsim; see sim/");
+}
+
+#[cfg(not(madsim))]
 fn main() -> std::process::ExitCode {
     let command = cli::Command::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

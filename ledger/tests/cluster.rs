@@ -20,8 +20,14 @@ async fn elects_leaders_and_replicates_writes() {
     tracing::info!("--- writes to both shards are applied on every replica");
     cluster.put_sku("apple", 10).await;
     cluster.put_sku("zebra", 5).await;
-    let (outcomes, index_low) = cluster.write(vec![purchase("apple", "u1", "o1"), purchase("apple", "u2", "o2")]).await;
-    assert_eq!(outcomes, vec![Outcome::Confirmed, Outcome::Confirmed], "a batch answers each operation");
+    let (outcomes, index_low) = cluster
+        .write(vec![purchase("apple", "u1", "o1"), purchase("apple", "u2", "o2")])
+        .await;
+    assert_eq!(
+        outcomes,
+        vec![Outcome::Confirmed, Outcome::Confirmed],
+        "a batch answers each operation"
+    );
     let (_, index_high) = cluster.write(vec![purchase("zebra", "u1", "o3")]).await;
     for id in cluster.running_ids() {
         cluster.wait_applied(id, 1, index_low).await;
@@ -32,7 +38,11 @@ async fn elects_leaders_and_replicates_writes() {
     }
 
     tracing::info!("--- replicas agree byte for byte");
-    let digests: Vec<_> = cluster.running_ids().iter().map(|id| cluster.node(*id).status()).collect();
+    let digests: Vec<_> = cluster
+        .running_ids()
+        .iter()
+        .map(|id| cluster.node(*id).status())
+        .collect();
     for status in &digests[1..] {
         for (a, b) in status.iter().zip(&digests[0]) {
             assert_eq!(a.state_digest, b.state_digest, "shard {}", a.shard_id);
@@ -41,9 +51,19 @@ async fn elects_leaders_and_replicates_writes() {
     }
 
     tracing::info!("--- a linearizable read on a follower is refused with the leader's address");
-    let follower = cluster.running_ids().into_iter().find(|id| *id != leader_low).expect("a follower");
-    match cluster.node(follower).get_stock(b"apple", ReadConsistency::Linearizable).await {
-        Err(ledger::node::NodeError::NotLeader { leader_id, leader_addr, .. }) => {
+    let follower = cluster
+        .running_ids()
+        .into_iter()
+        .find(|id| *id != leader_low)
+        .expect("a follower");
+    match cluster
+        .node(follower)
+        .get_stock(b"apple", ReadConsistency::Linearizable)
+        .await
+    {
+        Err(ledger::node::NodeError::NotLeader {
+            leader_id, leader_addr, ..
+        }) => {
             assert_eq!(leader_id, Some(leader_low));
             assert_eq!(leader_addr.as_deref(), cluster.node(follower).address_of(leader_low));
         }
@@ -60,7 +80,9 @@ async fn killing_the_leader_loses_no_acknowledged_write() {
     tracing::info!("--- acknowledged purchases");
     let mut acknowledged = 0;
     for n in 0..50 {
-        let (outcomes, _) = cluster.write(vec![purchase("apple", "u", &format!("before-{n}"))]).await;
+        let (outcomes, _) = cluster
+            .write(vec![purchase("apple", "u", &format!("before-{n}"))])
+            .await;
         assert_eq!(outcomes, vec![Outcome::Confirmed]);
         acknowledged += 1;
     }
@@ -83,7 +105,11 @@ async fn killing_the_leader_loses_no_acknowledged_write() {
     tracing::info!("--- a retried order id answers its first answer and sells nothing more");
     let (outcomes, _) = cluster.write(vec![purchase("apple", "u", "before-7")]).await;
     assert_eq!(outcomes, vec![Outcome::Confirmed]);
-    let (counts, _) = cluster.node(new_leader).get_stock(b"apple", ReadConsistency::Linearizable).await.expect("read");
+    let (counts, _) = cluster
+        .node(new_leader)
+        .get_stock(b"apple", ReadConsistency::Linearizable)
+        .await
+        .expect("read");
     assert_eq!(counts.sold, acknowledged + 1);
     cluster.stop_all().await;
 }
@@ -93,26 +119,38 @@ async fn a_restarted_follower_catches_up_from_a_snapshot() {
     let mut cluster = TestCluster::start(3, |config| config.raft.snapshot_logs_since_last = 40).await;
     cluster.put_sku("apple", 100_000).await;
     let leader = cluster.leader(1).await;
-    let follower = cluster.running_ids().into_iter().find(|id| *id != leader).expect("a follower");
+    let follower = cluster
+        .running_ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("a follower");
 
     tracing::info!("--- a follower goes down while the log moves far ahead and is purged");
     cluster.kill(follower).await;
     let mut last_index = 0;
     for n in 0..300 {
-        let (outcomes, index) = cluster.write(vec![purchase("apple", &format!("u{}", n % 7), &format!("o{n}"))]).await;
+        let (outcomes, index) = cluster
+            .write(vec![purchase("apple", &format!("u{}", n % 7), &format!("o{n}"))])
+            .await;
         assert_eq!(outcomes, vec![Outcome::Confirmed]);
         last_index = index;
     }
     let leader_status = cluster.node(leader).status();
     let shard_status = leader_status.iter().find(|s| s.shard_id == 1).expect("shard 1");
-    assert!(shard_status.snapshot_index > 0, "the leader built a snapshot: {shard_status:?}");
+    assert!(
+        shard_status.snapshot_index > 0,
+        "the leader built a snapshot: {shard_status:?}"
+    );
 
     tracing::info!("--- it restarts and converges to the same state");
     cluster.restart(follower).await;
     cluster.wait_applied(follower, 1, last_index).await;
     let follower_status = cluster.node(follower).status();
     let follower_shard = follower_status.iter().find(|s| s.shard_id == 1).expect("shard 1");
-    assert!(follower_shard.snapshot_index > 0, "caught up through a snapshot: {follower_shard:?}");
+    assert!(
+        follower_shard.snapshot_index > 0,
+        "caught up through a snapshot: {follower_shard:?}"
+    );
     let leader_status = cluster.node(leader).status();
     let leader_shard = leader_status.iter().find(|s| s.shard_id == 1).expect("shard 1");
     assert_eq!(follower_shard.state_digest, leader_shard.state_digest);

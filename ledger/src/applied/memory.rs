@@ -7,16 +7,21 @@ use std::sync::Mutex;
 
 use crate::applied::AppliedStoreError;
 use crate::applied::KvBackend;
+use crate::applied::KvPair;
 use crate::applied::KvWrite;
+
+type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 
 #[derive(Debug, Default)]
 pub struct MemoryKv {
-    map: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
+    map: Mutex<Map>,
 }
 
 impl MemoryKv {
-    fn map(&self) -> Result<std::sync::MutexGuard<'_, BTreeMap<Vec<u8>, Vec<u8>>>, AppliedStoreError> {
-        self.map.lock().map_err(|_| AppliedStoreError::Backend("memory store lock poisoned".into()))
+    fn map(&self) -> Result<std::sync::MutexGuard<'_, Map>, AppliedStoreError> {
+        self.map
+            .lock()
+            .map_err(|_| AppliedStoreError::Backend("memory store lock poisoned".into()))
     }
 }
 
@@ -36,7 +41,7 @@ impl KvBackend for MemoryKv {
         Ok(self.map()?.get(key).cloned())
     }
 
-    fn scan(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, AppliedStoreError> {
+    fn scan(&self) -> Result<Vec<KvPair>, AppliedStoreError> {
         Ok(self.map()?.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
     }
 

@@ -54,6 +54,8 @@ impl From<AppliedStoreError> for std::io::Error {
 
 /// One write in a batch: `None` deletes the key.
 pub type KvWrite = (Vec<u8>, Option<Vec<u8>>);
+/// A stored key and its value.
+pub type KvPair = (Vec<u8>, Vec<u8>);
 
 /// The bytes underneath one shard's applied state: sled on a real node, memory in the simulator.
 pub trait KvBackend: Send + Sync + 'static {
@@ -61,7 +63,7 @@ pub trait KvBackend: Send + Sync + 'static {
     fn write_batch(&self, writes: Vec<KvWrite>) -> Result<(), AppliedStoreError>;
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, AppliedStoreError>;
     /// Every key/value pair, in key order.
-    fn scan(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, AppliedStoreError>;
+    fn scan(&self) -> Result<Vec<KvPair>, AppliedStoreError>;
     /// Makes previous batches survive a process crash.
     fn flush(&self) -> Result<(), AppliedStoreError>;
 }
@@ -146,13 +148,19 @@ impl AppliedStore {
             writes.push((prefixed(b's', sku), ledger.skus.get(sku).map(encode)));
         }
         for order_id in &changes.orders {
-            writes.push((prefixed(b'o', order_id.as_bytes()), ledger.orders.get(order_id).map(encode)));
+            writes.push((
+                prefixed(b'o', order_id.as_bytes()),
+                ledger.orders.get(order_id).map(encode),
+            ));
         }
         for key in &changes.holdings {
             writes.push((holding_key(&key.0, &key.1), ledger.holdings.get(key).map(encode)));
         }
         for seq in &changes.events_added {
-            writes.push((prefixed(b'e', &seq.to_be_bytes()), ledger.order_events.get(seq).map(encode)));
+            writes.push((
+                prefixed(b'e', &seq.to_be_bytes()),
+                ledger.order_events.get(seq).map(encode),
+            ));
         }
         writes.push((META_KEY.to_vec(), Some(encode(meta))));
         self.backend.write_batch(writes)
@@ -168,16 +176,37 @@ impl AppliedStore {
             .map(|(key, _)| (key, None))
             .collect();
         let ledger = &image.ledger;
-        writes.extend(ledger.skus.iter().map(|(sku, r)| (prefixed(b's', sku), Some(encode(r)))));
-        writes.extend(ledger.orders.iter().map(|(id, o)| (prefixed(b'o', id.as_bytes()), Some(encode(o)))));
-        writes.extend(ledger.holdings.iter().map(|((sku, user), n)| (holding_key(sku, user), Some(encode(n)))));
-        writes.extend(ledger.order_events.iter().map(|(seq, e)| (prefixed(b'e', &seq.to_be_bytes()), Some(encode(e)))));
+        writes.extend(
+            ledger
+                .skus
+                .iter()
+                .map(|(sku, r)| (prefixed(b's', sku), Some(encode(r)))),
+        );
+        writes.extend(
+            ledger
+                .orders
+                .iter()
+                .map(|(id, o)| (prefixed(b'o', id.as_bytes()), Some(encode(o)))),
+        );
+        writes.extend(
+            ledger
+                .holdings
+                .iter()
+                .map(|((sku, user), n)| (holding_key(sku, user), Some(encode(n)))),
+        );
+        writes.extend(
+            ledger
+                .order_events
+                .iter()
+                .map(|(seq, e)| (prefixed(b'e', &seq.to_be_bytes()), Some(encode(e)))),
+        );
         writes.push((META_KEY.to_vec(), Some(encode(&image.meta))));
         self.backend.write_batch(writes)
     }
 
     pub fn save_snapshot(&self, snapshot: &StoredSnapshot) -> Result<(), AppliedStoreError> {
-        self.backend.write_batch(vec![(SNAPSHOT_KEY.to_vec(), Some(encode(snapshot)))])?;
+        self.backend
+            .write_batch(vec![(SNAPSHOT_KEY.to_vec(), Some(encode(snapshot)))])?;
         self.backend.flush()
     }
 
@@ -204,7 +233,10 @@ fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> Result<T, A
 }
 
 fn decode_error(key: &[u8], message: impl std::fmt::Display) -> AppliedStoreError {
-    AppliedStoreError::Decode { key: key.to_vec(), message: message.to_string() }
+    AppliedStoreError::Decode {
+        key: key.to_vec(),
+        message: message.to_string(),
+    }
 }
 
 fn prefixed(kind: u8, rest: &[u8]) -> Vec<u8> {

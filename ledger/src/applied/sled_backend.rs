@@ -6,6 +6,7 @@
 
 use crate::applied::AppliedStoreError;
 use crate::applied::KvBackend;
+use crate::applied::KvPair;
 use crate::applied::KvWrite;
 
 pub struct SledKv {
@@ -40,7 +41,7 @@ impl KvBackend for SledKv {
         Ok(self.tree.get(key).map_err(backend_error)?.map(|v| v.to_vec()))
     }
 
-    fn scan(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, AppliedStoreError> {
+    fn scan(&self) -> Result<Vec<KvPair>, AppliedStoreError> {
         self.tree
             .iter()
             .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(backend_error))

@@ -8,7 +8,11 @@ use clap::Parser;
 use clap::Subcommand;
 
 #[derive(Debug, Parser)]
-#[command(name = "ledger", version, about = "flashledger: a Raft-replicated inventory ledger for flash sales")]
+#[command(
+    name = "ledger",
+    version,
+    about = "flashledger: a Raft-replicated inventory ledger for flash sales"
+)]
 pub struct Command {
     #[command(subcommand)]
     pub action: Action,

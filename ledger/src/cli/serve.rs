@@ -21,8 +21,15 @@ pub async fn run(config_path: &Path, node_id: u64) -> anyhow::Result<()> {
         .node(node_id)
         .map(|n| n.addr.clone())
         .with_context(|| format!("node {node_id} is not in {}", config_path.display()))?;
-    let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
-    let node = Node::start(NodeOptions { node_id, config, storage: Storage::Disk }).await?;
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let node = Node::start(NodeOptions {
+        node_id,
+        config,
+        storage: Storage::Disk,
+    })
+    .await?;
     tracing::info!(node = node_id, %addr, "serving");
     ledger::server::serve(node.clone(), listener, shutdown_signal()).await?;
     tracing::info!(node = node_id, "shutting down");

@@ -8,9 +8,10 @@ use std::sync::Weak;
 use std::time::Duration;
 
 use openraft::BasicNode;
-use openraft::ReadPolicy;
+use openraft::LinearizerOption;
 use openraft::ServerState;
 use openraft::SnapshotPolicy;
+use openraft::async_runtime::WatchReceiver;
 use openraft::errors::RaftError;
 
 use crate::applied::AppliedStore;
@@ -45,7 +46,11 @@ pub struct NodeOptions {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum NodeError {
     #[error("not the leader of shard {shard_id}")]
-    NotLeader { shard_id: ShardId, leader_id: Option<NodeId>, leader_addr: Option<String> },
+    NotLeader {
+        shard_id: ShardId,
+        leader_id: Option<NodeId>,
+        leader_addr: Option<String>,
+    },
     #[error("this node hosts no shard for sku {sku:?}")]
     SkuNotHosted { sku: Vec<u8> },
     #[error("this node does not host shard {shard_id}")]
@@ -53,7 +58,11 @@ pub enum NodeError {
     #[error("batch spans shards {first} and {second}; send one batch per shard")]
     BatchSpansShards { first: ShardId, second: ShardId },
     #[error("shard {shard_id} is at epoch {current}, the request was routed at epoch {requested}")]
-    StaleEpoch { shard_id: ShardId, current: u64, requested: u64 },
+    StaleEpoch {
+        shard_id: ShardId,
+        current: u64,
+        requested: u64,
+    },
     #[error("shard {shard_id} did not answer within {timeout_ms} ms; the write may still be applied")]
     Timeout { shard_id: ShardId, timeout_ms: u64 },
     #[error("replica of shard {shard_id} lags by {lag} entries, more than the {max_lag} allowed")]
@@ -123,23 +132,50 @@ impl Node {
     /// never been initialized (every initial replica proposes the same membership, which Raft
     /// allows; whichever wins the election commits it).
     pub async fn start(options: NodeOptions) -> Result<Arc<Node>, NodeError> {
-        let NodeOptions { node_id, config, storage } = options;
-        let node_config = config.node(node_id).ok_or(NodeError::Storage(format!("node {node_id} is not in the config")))?;
+        let NodeOptions {
+            node_id,
+            config,
+            storage,
+        } = options;
+        let node_config = config
+            .node(node_id)
+            .ok_or(NodeError::Storage(format!("node {node_id} is not in the config")))?;
         let peer_addresses: BTreeMap<NodeId, String> = config.nodes.iter().map(|n| (n.id, n.addr.clone())).collect();
-        let peers = PeerChannels::new(peer_addresses.clone(), Duration::from_millis(config.raft.rpc_timeout_ms));
-        let opened = storage.open(&node_config.data_dir).await.map_err(|e| NodeError::Storage(e.to_string()))?;
+        let peers = PeerChannels::new(
+            peer_addresses.clone(),
+            Duration::from_millis(config.raft.rpc_timeout_ms),
+        );
+        let opened = storage
+            .open(&node_config.data_dir)
+            .await
+            .map_err(|e| NodeError::Storage(e.to_string()))?;
         let raft_config = Arc::new(raft_config(&config)?);
         let mut shards = BTreeMap::new();
         for shard in config.shards.iter().filter(|s| s.replicas.contains(&node_id)) {
-            let kv: Arc<dyn KvBackend> = opened.applied_kv(shard.id).map_err(|e| NodeError::Storage(e.to_string()))?;
+            let kv: Arc<dyn KvBackend> = opened
+                .applied_kv(shard.id)
+                .map_err(|e| NodeError::Storage(e.to_string()))?;
             let state_machine = ShardStateMachine::open(shard.id, AppliedStore::new(kv))
                 .map_err(|e| NodeError::Storage(format!("shard {}: {e}", shard.id)))?;
             let view = state_machine.view();
-            let network = ShardNetworkFactory { shard_id: shard.id, peers: peers.clone() };
-            let raft = Raft::new(node_id, raft_config.clone(), network, opened.log_store(shard.id), state_machine)
+            let network = ShardNetworkFactory {
+                shard_id: shard.id,
+                peers: peers.clone(),
+            };
+            let raft = Raft::new(
+                node_id,
+                raft_config.clone(),
+                network,
+                opened.log_store(shard.id),
+                state_machine,
+            )
+            .await
+            .map_err(|e| NodeError::Raft(format!("shard {}: {e}", shard.id)))?;
+            if !raft
+                .is_initialized()
                 .await
-                .map_err(|e| NodeError::Raft(format!("shard {}: {e}", shard.id)))?;
-            if !raft.is_initialized().await.map_err(|e| NodeError::Raft(e.to_string()))? {
+                .map_err(|e| NodeError::Raft(e.to_string()))?
+            {
                 let members: BTreeMap<NodeId, BasicNode> = shard
                     .replicas
                     .iter()
@@ -149,9 +185,22 @@ impl Node {
                     tracing::info!(shard = shard.id, %error, "shard already initialized elsewhere");
                 }
             }
-            shards.insert(shard.id, Arc::new(ShardReplica { config: shard.clone(), epoch: 1, raft, view }));
+            shards.insert(
+                shard.id,
+                Arc::new(ShardReplica {
+                    config: shard.clone(),
+                    epoch: 1,
+                    raft,
+                    view,
+                }),
+            );
         }
-        let node = Arc::new(Node { id: node_id, config, shards, peer_addresses });
+        let node = Arc::new(Node {
+            id: node_id,
+            config,
+            shards,
+            peer_addresses,
+        });
         for shard in node.shards.values() {
             tokio::spawn(expire_reservations(Arc::downgrade(&node), shard.config.id));
         }
@@ -184,9 +233,16 @@ impl Node {
     pub async fn write(&self, operations: Vec<Operation>, route_epoch: u64) -> Result<(Vec<Outcome>, u64), NodeError> {
         let shard = self.shard_for_operations(&operations)?;
         if route_epoch != 0 && route_epoch != shard.epoch {
-            return Err(NodeError::StaleEpoch { shard_id: shard.config.id, current: shard.epoch, requested: route_epoch });
+            return Err(NodeError::StaleEpoch {
+                shard_id: shard.config.id,
+                current: shard.epoch,
+                requested: route_epoch,
+            });
         }
-        let command = LogCommand { timestamp_ms: now_ms(), body: CommandBody::Batch(operations) };
+        let command = LogCommand {
+            timestamp_ms: now_ms(),
+            body: CommandBody::Batch(operations),
+        };
         let response = self.propose(shard, command).await?;
         Ok((response.0, response.1))
     }
@@ -197,7 +253,10 @@ impl Node {
             let shard = self.shard_for_sku(operation.sku())?;
             match chosen {
                 Some(first) if first.config.id != shard.config.id => {
-                    return Err(NodeError::BatchSpansShards { first: first.config.id, second: shard.config.id });
+                    return Err(NodeError::BatchSpansShards {
+                        first: first.config.id,
+                        second: shard.config.id,
+                    });
                 }
                 _ => chosen = Some(shard),
             }
@@ -208,7 +267,10 @@ impl Node {
     async fn propose(&self, shard: &ShardReplica, command: LogCommand) -> Result<(Vec<Outcome>, u64), NodeError> {
         let shard_id = shard.config.id;
         if let Some(violation) = shard.view.halted() {
-            return Err(NodeError::Unavailable { shard_id, reason: violation.to_string() });
+            return Err(NodeError::Unavailable {
+                shard_id,
+                reason: violation.to_string(),
+            });
         }
         let timeout_ms = self.config.server.request_timeout_ms;
         let write = shard.raft.client_write(command);
@@ -220,13 +282,22 @@ impl Node {
     }
 
     fn raft_error<E>(&self, shard_id: ShardId, error: RaftError<crate::raft::types::TypeConfig, E>) -> NodeError
-    where E: std::error::Error + openraft::TryAsRef<openraft::errors::ForwardToLeader<crate::raft::types::TypeConfig>> {
+    where
+        E: std::error::Error + openraft::TryAsRef<openraft::errors::ForwardToLeader<crate::raft::types::TypeConfig>>,
+    {
         if let Some(forward) = error.forward_to_leader() {
             let leader_id = forward.leader_id;
             let leader_addr = leader_id.and_then(|id| self.address_of(id).map(str::to_string));
-            return NodeError::NotLeader { shard_id, leader_id, leader_addr };
+            return NodeError::NotLeader {
+                shard_id,
+                leader_id,
+                leader_addr,
+            };
         }
-        NodeError::Unavailable { shard_id, reason: error.to_string() }
+        NodeError::Unavailable {
+            shard_id,
+            reason: error.to_string(),
+        }
     }
 
     /// Reads one SKU's counts and the applied index they reflect.
@@ -236,7 +307,10 @@ impl Node {
         match consistency {
             ReadConsistency::Linearizable => {
                 let timeout_ms = self.config.server.request_timeout_ms;
-                let ensure = shard.raft.ensure_linearizable(ReadPolicy::LeaseRead);
+                // Served under the leader lease when a quorum acknowledged recently (no consensus
+                // round); otherwise the leader heartbeats and waits for a fresh quorum (read index).
+                let option = LinearizerOption::new(None, true).with_wait_timeout(Duration::from_millis(timeout_ms));
+                let ensure = shard.raft.ensure_linearizable(option);
                 match tokio::time::timeout(Duration::from_millis(timeout_ms), ensure).await {
                     Err(_) => return Err(NodeError::Timeout { shard_id, timeout_ms }),
                     Ok(Err(error)) => return Err(self.raft_error(shard_id, error)),
@@ -247,7 +321,11 @@ impl Node {
                 let last_log_index = shard.raft.metrics().borrow_watched().last_log_index.unwrap_or(0);
                 let lag = last_log_index.saturating_sub(shard.view.applied_index());
                 if lag > max_lag_entries {
-                    return Err(NodeError::TooStale { shard_id, lag, max_lag: max_lag_entries });
+                    return Err(NodeError::TooStale {
+                        shard_id,
+                        lag,
+                        max_lag: max_lag_entries,
+                    });
                 }
             }
         }
@@ -325,14 +403,21 @@ async fn expire_reservations(node: Weak<Node>, shard_id: ShardId) {
         };
         tokio::time::sleep(Duration::from_millis(interval_ms)).await;
         let Some(node) = node.upgrade() else { return };
-        let Some(shard) = node.shards.get(&shard_id) else { return };
+        let Some(shard) = node.shards.get(&shard_id) else {
+            return;
+        };
         if !shard.raft.is_leader() {
             continue;
         }
         let now = now_ms();
-        let due = shard.view.read(|image| image.ledger.next_expiry_ms().is_some_and(|at| at <= now));
+        let due = shard
+            .view
+            .read(|image| image.ledger.next_expiry_ms().is_some_and(|at| at <= now));
         if due {
-            let command = LogCommand { timestamp_ms: now, body: CommandBody::Expire };
+            let command = LogCommand {
+                timestamp_ms: now,
+                body: CommandBody::Expire,
+            };
             if let Err(error) = node.propose(shard, command).await {
                 tracing::debug!(shard = shard_id, %error, "expire proposal failed; retrying next tick");
             }

@@ -11,7 +11,6 @@ use crate::applied::KvBackend;
 use crate::applied::MemoryKv;
 use crate::raft::types::ShardId;
 use crate::storage::backend::MemoryBackend;
-use crate::storage::backend::WalBackend;
 use crate::storage::log_store::ShardLogStore;
 use crate::storage::wal::Wal;
 use crate::storage::wal::WalOptions;
@@ -28,7 +27,8 @@ pub enum Storage {
 /// An in-memory disk for one simulated node.
 #[derive(Default)]
 pub struct MemoryDisk {
-    pub wal: Arc<MemoryBackend>,
+    /// Clones share the same bytes (the backend is a handle).
+    pub wal: MemoryBackend,
     applied: Mutex<BTreeMap<ShardId, Arc<MemoryKv>>>,
 }
 
@@ -66,9 +66,12 @@ impl Storage {
     pub async fn open(&self, data_dir: &Path) -> Result<OpenedStorage, StorageError> {
         match self {
             Storage::Memory(disk) => {
-                let backend: Arc<dyn WalBackend> = disk.wal.clone();
-                let wal = Wal::open(backend, WalOptions::default()).map_err(|e| StorageError::Wal(e.to_string()))?;
-                Ok(OpenedStorage { wal, applied: AppliedBackends::Memory(disk.clone()) })
+                let wal =
+                    Wal::open(disk.wal.clone(), WalOptions::default()).map_err(|e| StorageError::Wal(e.to_string()))?;
+                Ok(OpenedStorage {
+                    wal,
+                    applied: AppliedBackends::Memory(disk.clone()),
+                })
             }
             Storage::Disk => open_disk(data_dir),
         }
@@ -78,15 +81,21 @@ impl Storage {
 #[cfg(not(madsim))]
 fn open_disk(data_dir: &Path) -> Result<OpenedStorage, StorageError> {
     use crate::storage::backend::FileBackend;
-    let dir_error = |e: std::io::Error| StorageError::DataDir { path: data_dir.display().to_string(), message: e.to_string() };
+    let dir_error = |e: std::io::Error| StorageError::DataDir {
+        path: data_dir.display().to_string(),
+        message: e.to_string(),
+    };
     std::fs::create_dir_all(data_dir).map_err(dir_error)?;
-    let backend: Arc<dyn WalBackend> = Arc::new(FileBackend::open(data_dir.join("wal")).map_err(dir_error)?);
+    let backend = FileBackend::open(data_dir.join("wal")).map_err(dir_error)?;
     let wal = Wal::open(backend, WalOptions::default()).map_err(|e| StorageError::Wal(e.to_string()))?;
     let db = sled::Config::new()
         .path(data_dir.join("applied"))
         .open()
         .map_err(|e| StorageError::Applied(e.to_string()))?;
-    Ok(OpenedStorage { wal, applied: AppliedBackends::Sled(db) })
+    Ok(OpenedStorage {
+        wal,
+        applied: AppliedBackends::Sled(db),
+    })
 }
 
 #[cfg(madsim)]
@@ -106,7 +115,8 @@ impl OpenedStorage {
         match &self.applied {
             #[cfg(not(madsim))]
             AppliedBackends::Sled(db) => {
-                let kv = crate::applied::SledKv::open(db, shard_id).map_err(|e| StorageError::Applied(e.to_string()))?;
+                let kv =
+                    crate::applied::SledKv::open(db, shard_id).map_err(|e| StorageError::Applied(e.to_string()))?;
                 Ok(Arc::new(kv))
             }
             AppliedBackends::Memory(disk) => Ok(disk.applied(shard_id)),

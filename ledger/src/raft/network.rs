@@ -61,7 +61,11 @@ pub struct PeerChannels {
 
 impl PeerChannels {
     pub fn new(addresses: BTreeMap<NodeId, String>, connect_timeout: Duration) -> Self {
-        PeerChannels { addresses: Arc::new(addresses), channels: Arc::default(), connect_timeout }
+        PeerChannels {
+            addresses: Arc::new(addresses),
+            channels: Arc::default(),
+            connect_timeout,
+        }
     }
 
     /// The shared channel to `node`, created on first use.
@@ -70,7 +74,10 @@ impl PeerChannels {
         if let Some(channel) = channels.get(&node) {
             return Ok(channel.clone());
         }
-        let addr = self.addresses.get(&node).ok_or_else(|| format!("node {node} is not in the cluster config"))?;
+        let addr = self
+            .addresses
+            .get(&node)
+            .ok_or_else(|| format!("node {node} is not in the cluster config"))?;
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| format!("node {node} address {addr}: {e}"))?
             .connect_timeout(self.connect_timeout);
@@ -91,7 +98,11 @@ impl RaftNetworkFactory<TypeConfig> for ShardNetworkFactory {
     type Network = ShardPeer;
 
     async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> Self::Network {
-        ShardPeer { shard_id: self.shard_id, target, peers: self.peers.clone() }
+        ShardPeer {
+            shard_id: self.shard_id,
+            target,
+            peers: self.peers.clone(),
+        }
     }
 }
 
@@ -138,7 +149,10 @@ impl ShardPeer {
         let mut client = RaftClient::new(channel)
             .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
-        let request = RaftRequest { shard_id: self.shard_id, payload: payload.into() };
+        let request = RaftRequest {
+            shard_id: self.shard_id,
+            payload: payload.into(),
+        };
         let call = async {
             match rpc {
                 RaftRpc::AppendEntries => client.append_entries(request).await,
@@ -147,13 +161,19 @@ impl ShardPeer {
             }
         };
         let reply = match tokio::time::timeout(deadline, call).await {
-            Err(_) => return Err(CallError::Unreachable(format!("no answer from node {} in {deadline:?}", self.target))),
+            Err(_) => {
+                return Err(CallError::Unreachable(format!(
+                    "no answer from node {} in {deadline:?}",
+                    self.target
+                )));
+            }
             Ok(Err(status)) => return Err(CallError::Unreachable(format!("node {}: {status}", self.target))),
             Ok(Ok(reply)) => reply.into_inner(),
         };
         let answer: RemoteResult<Resp> =
             bincode::deserialize(&reply.payload).map_err(|e| CallError::Network(format!("decode: {e}")))?;
-        answer.map_err(|remote| CallError::Unreachable(format!("node {} shard {}: {remote}", self.target, self.shard_id)))
+        answer
+            .map_err(|remote| CallError::Unreachable(format!("node {} shard {}: {remote}", self.target, self.shard_id)))
     }
 }
 
@@ -165,7 +185,9 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(RaftRpc::AppendEntries, &rpc, option.hard_ttl()).await.map_err(CallError::into_rpc)
+        self.call(RaftRpc::AppendEntries, &rpc, option.hard_ttl())
+            .await
+            .map_err(CallError::into_rpc)
     }
 
     async fn vote(
@@ -173,7 +195,9 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(RaftRpc::Vote, &rpc, option.hard_ttl()).await.map_err(CallError::into_rpc)
+        self.call(RaftRpc::Vote, &rpc, option.hard_ttl())
+            .await
+            .map_err(CallError::into_rpc)
     }
 
     async fn full_snapshot(
@@ -183,7 +207,11 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
         cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let transfer = SnapshotTransfer { vote, meta: snapshot.meta, data: snapshot.snapshot.into_inner() };
+        let transfer = SnapshotTransfer {
+            vote,
+            meta: snapshot.meta,
+            data: snapshot.snapshot.into_inner(),
+        };
         let send = self.call(RaftRpc::InstallSnapshot, &transfer, option.hard_ttl());
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),

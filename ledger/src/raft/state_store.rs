@@ -62,7 +62,12 @@ pub struct ShardView {
 impl ShardView {
     fn new(shard_id: ShardId, image: ShardImage) -> Self {
         let (changes, _) = broadcast::channel(WATCH_BUFFER_CHANGES_MAX);
-        ShardView { shard_id, state: RwLock::new(image), halted: Mutex::new(None), changes }
+        ShardView {
+            shard_id,
+            state: RwLock::new(image),
+            halted: Mutex::new(None),
+            changes,
+        }
     }
 
     /// Runs `read` against the current applied state.
@@ -93,7 +98,11 @@ impl ShardView {
         for sku in &changes.skus {
             if let Some(counts) = image.ledger.stock(sku) {
                 // A send error only means every subscriber left meanwhile.
-                let _ = self.changes.send(StockChange { sku: sku.clone(), counts, log_index });
+                let _ = self.changes.send(StockChange {
+                    sku: sku.clone(),
+                    counts,
+                    log_index,
+                });
             }
         }
     }
@@ -111,7 +120,10 @@ impl ShardStateMachine {
     /// Loads the shard's applied state from `store`.
     pub fn open(shard_id: ShardId, store: AppliedStore) -> Result<Self, io::Error> {
         let image = store.load()?;
-        Ok(ShardStateMachine { view: Arc::new(ShardView::new(shard_id, image)), store })
+        Ok(ShardStateMachine {
+            view: Arc::new(ShardView::new(shard_id, image)),
+            store,
+        })
     }
 
     pub fn view(&self) -> Arc<ShardView> {
@@ -130,11 +142,15 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
     type SnapshotBuilder = Self;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
-        Ok(self.view.read(|image| (image.meta.applied, image.meta.membership.clone())))
+        Ok(self
+            .view
+            .read(|image| (image.meta.applied, image.meta.membership.clone())))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
-    where Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend {
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
         if let Some(violation) = self.view.halted() {
             return Err(io::Error::other(violation.to_string()));
         }
@@ -153,8 +169,10 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
                 let reply = match entry.payload {
                     EntryPayload::Blank => CommandReply::default(),
                     EntryPayload::Normal(ref command) => {
-                        let (outcomes, changes) =
-                            image.ledger.apply(log_id.index, command).map_err(|violation| self.halt(violation))?;
+                        let (outcomes, changes) = image
+                            .ledger
+                            .apply(log_id.index, command)
+                            .map_err(|violation| self.halt(violation))?;
                         all_changes.merge(changes);
                         CommandReply { outcomes }
                     }
@@ -190,7 +208,10 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         let image = decode_image(&data)?;
         image.ledger.check_all().map_err(|violation| self.halt(violation))?;
         self.store.replace(&image)?;
-        self.store.save_snapshot(&StoredSnapshot { meta: meta.clone(), data })?;
+        self.store.save_snapshot(&StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        })?;
         tracing::info!(shard = self.view.shard_id, last_log_id = ?meta.last_log_id, "installed snapshot");
         *self.view.state.write().unwrap_or_else(|p| p.into_inner()) = image;
         Ok(())
@@ -213,13 +234,22 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
         &mut self,
     ) -> Result<openraft::alias::SnapshotOf<TypeConfig, Self::SnapshotData>, io::Error> {
         let (data, meta) = self.view.read(|image| {
-            let meta = SnapshotMeta { last_log_id: image.meta.applied, last_membership: image.meta.membership.clone() };
+            let meta = SnapshotMeta {
+                last_log_id: image.meta.applied,
+                last_membership: image.meta.membership.clone(),
+            };
             (encode_image(image), meta)
         });
         // The log may be purged up to this snapshot: the applied state must reach disk first.
         self.store.flush()?;
-        self.store.save_snapshot(&StoredSnapshot { meta: meta.clone(), data: data.clone() })?;
+        self.store.save_snapshot(&StoredSnapshot {
+            meta: meta.clone(),
+            data: data.clone(),
+        })?;
         tracing::info!(shard = self.view.shard_id, last_log_id = ?meta.last_log_id, bytes = data.len(), "built snapshot");
-        Ok(openraft::Snapshot { meta, snapshot: Cursor::new(data) })
+        Ok(openraft::Snapshot {
+            meta,
+            snapshot: Cursor::new(data),
+        })
     }
 }

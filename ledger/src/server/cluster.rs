@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use flashledger_proto::v1 as pb;
 use flashledger_proto::v1::cluster_server::Cluster;
+use openraft::async_runtime::WatchReceiver;
 use tonic::Request;
 use tonic::Response;
 use tonic::Status;
@@ -25,7 +26,14 @@ impl ClusterService {
 impl Cluster for ClusterService {
     async fn shard_map(&self, _request: Request<pb::ShardMapRequest>) -> Result<Response<pb::ShardMapReply>, Status> {
         let config = &self.node.config;
-        let nodes = config.nodes.iter().map(|n| pb::NodeInfo { id: n.id, addr: n.addr.clone() }).collect();
+        let nodes = config
+            .nodes
+            .iter()
+            .map(|n| pb::NodeInfo {
+                id: n.id,
+                addr: n.addr.clone(),
+            })
+            .collect();
         let shards = config
             .shards
             .iter()
@@ -37,7 +45,9 @@ impl Cluster for ClusterService {
                     end: shard.end.clone().into_bytes().into(),
                     epoch: hosted.map(|s| s.epoch).unwrap_or(1),
                     replicas: shard.replicas.clone(),
-                    leader: hosted.and_then(|s| s.raft.metrics().borrow_watched().current_leader).unwrap_or(0),
+                    leader: hosted
+                        .and_then(|s| s.raft.metrics().borrow_watched().current_leader)
+                        .unwrap_or(0),
                 }
             })
             .collect();
@@ -63,6 +73,9 @@ impl Cluster for ClusterService {
                 invariant_ok: s.invariant_ok,
             })
             .collect();
-        Ok(Response::new(pb::StatusReply { node_id: self.node.id, shards }))
+        Ok(Response::new(pb::StatusReply {
+            node_id: self.node.id,
+            shards,
+        }))
     }
 }

@@ -27,13 +27,19 @@ impl std::fmt::Display for InvalidRequest {
 
 impl From<InvalidField> for InvalidRequest {
     fn from(invalid: InvalidField) -> Self {
-        InvalidRequest { field: invalid.field.to_string(), reason: invalid.reason }
+        InvalidRequest {
+            field: invalid.field.to_string(),
+            reason: invalid.reason,
+        }
     }
 }
 
 impl InvalidRequest {
     fn within(self, prefix: &str) -> Self {
-        InvalidRequest { field: format!("{prefix}.{}", self.field), reason: self.reason }
+        InvalidRequest {
+            field: format!("{prefix}.{}", self.field),
+            reason: self.reason,
+        }
     }
 }
 
@@ -62,12 +68,18 @@ pub fn purchase(request: pb::PurchaseRequest) -> Checked<Operation> {
 
 pub fn confirm(request: pb::ConfirmRequest) -> Checked<Operation> {
     limits::check_sku(&request.sku)?;
-    Ok(Operation::Confirm { order_id: checked_id("order_id", request.order_id)?, sku: request.sku.to_vec() })
+    Ok(Operation::Confirm {
+        order_id: checked_id("order_id", request.order_id)?,
+        sku: request.sku.to_vec(),
+    })
 }
 
 pub fn cancel(request: pb::CancelRequest) -> Checked<Operation> {
     limits::check_sku(&request.sku)?;
-    Ok(Operation::Cancel { order_id: checked_id("order_id", request.order_id)?, sku: request.sku.to_vec() })
+    Ok(Operation::Cancel {
+        order_id: checked_id("order_id", request.order_id)?,
+        sku: request.sku.to_vec(),
+    })
 }
 
 pub fn put_sku(request: pb::PutSkuRequest) -> Checked<Operation> {
@@ -80,20 +92,33 @@ pub fn put_sku(request: pb::PutSkuRequest) -> Checked<Operation> {
         default_ttl_ms: limits::check_ttl("rules.default_ttl_ms", rules.default_ttl_ms)?,
     };
     if rules.end_ms != 0 && rules.end_ms <= rules.start_ms {
-        return Err(InvalidRequest { field: "rules.end_ms".into(), reason: "must be after rules.start_ms".into() });
+        return Err(InvalidRequest {
+            field: "rules.end_ms".into(),
+            reason: "must be after rules.start_ms".into(),
+        });
     }
-    Ok(Operation::PutSku { total: limits::check_total(request.total)?, rules, sku: request.sku.to_vec() })
+    Ok(Operation::PutSku {
+        total: limits::check_total(request.total)?,
+        rules,
+        sku: request.sku.to_vec(),
+    })
 }
 
 pub fn restock(request: pb::RestockRequest) -> Checked<Operation> {
     limits::check_sku(&request.sku)?;
-    Ok(Operation::Restock { delta: limits::check_delta(request.delta)?, sku: request.sku.to_vec() })
+    Ok(Operation::Restock {
+        delta: limits::check_delta(request.delta)?,
+        sku: request.sku.to_vec(),
+    })
 }
 
 /// Converts a batch; `ops_max` bounds how many operations one RPC (one log entry) may carry.
 pub fn batch(request: pb::BatchRequest, ops_max: usize) -> Checked<Vec<Operation>> {
     if request.ops.is_empty() {
-        return Err(InvalidRequest { field: "ops".into(), reason: "must not be empty".into() });
+        return Err(InvalidRequest {
+            field: "ops".into(),
+            reason: "must not be empty".into(),
+        });
     }
     if request.ops.len() > ops_max {
         return Err(InvalidRequest {
@@ -112,7 +137,10 @@ pub fn batch(request: pb::BatchRequest, ops_max: usize) -> Checked<Vec<Operation
 fn write_op(op: pb::WriteOp) -> Checked<Operation> {
     use pb::write_op::Op;
     match op.op {
-        None => Err(InvalidRequest { field: "op".into(), reason: "no operation set".into() }),
+        None => Err(InvalidRequest {
+            field: "op".into(),
+            reason: "no operation set".into(),
+        }),
         Some(Op::Reserve(r)) => reserve(r),
         Some(Op::Confirm(r)) => confirm(r),
         Some(Op::Cancel(r)) => cancel(r),
@@ -217,24 +245,96 @@ mod tests {
         let op = reserve(reserve_request()).expect("valid");
         assert_eq!(
             op,
-            Operation::Reserve { sku: b"sku-1".to_vec(), qty: 2, user: "alice".into(), order_id: "order-1".into(), ttl_ms: 0 }
+            Operation::Reserve {
+                sku: b"sku-1".to_vec(),
+                qty: 2,
+                user: "alice".into(),
+                order_id: "order-1".into(),
+                ttl_ms: 0
+            }
         );
     }
 
     #[test]
     fn each_bad_field_is_named() {
         let cases: Vec<(pb::ReserveRequest, &str)> = vec![
-            (pb::ReserveRequest { qty: 0, ..reserve_request() }, "qty"),
-            (pb::ReserveRequest { qty: -5, ..reserve_request() }, "qty"),
-            (pb::ReserveRequest { qty: i64::MAX, ..reserve_request() }, "qty"),
-            (pb::ReserveRequest { sku: Vec::new().into(), ..reserve_request() }, "sku"),
-            (pb::ReserveRequest { sku: vec![b'x'; 129].into(), ..reserve_request() }, "sku"),
-            (pb::ReserveRequest { user: String::new(), ..reserve_request() }, "user"),
-            (pb::ReserveRequest { user: "u".repeat(129), ..reserve_request() }, "user"),
-            (pb::ReserveRequest { order_id: String::new(), ..reserve_request() }, "order_id"),
-            (pb::ReserveRequest { order_id: "o".repeat(500), ..reserve_request() }, "order_id"),
-            (pb::ReserveRequest { ttl_ms: -1, ..reserve_request() }, "ttl_ms"),
-            (pb::ReserveRequest { ttl_ms: i64::MAX, ..reserve_request() }, "ttl_ms"),
+            (
+                pb::ReserveRequest {
+                    qty: 0,
+                    ..reserve_request()
+                },
+                "qty",
+            ),
+            (
+                pb::ReserveRequest {
+                    qty: -5,
+                    ..reserve_request()
+                },
+                "qty",
+            ),
+            (
+                pb::ReserveRequest {
+                    qty: i64::MAX,
+                    ..reserve_request()
+                },
+                "qty",
+            ),
+            (
+                pb::ReserveRequest {
+                    sku: Vec::new().into(),
+                    ..reserve_request()
+                },
+                "sku",
+            ),
+            (
+                pb::ReserveRequest {
+                    sku: vec![b'x'; 129].into(),
+                    ..reserve_request()
+                },
+                "sku",
+            ),
+            (
+                pb::ReserveRequest {
+                    user: String::new(),
+                    ..reserve_request()
+                },
+                "user",
+            ),
+            (
+                pb::ReserveRequest {
+                    user: "u".repeat(129),
+                    ..reserve_request()
+                },
+                "user",
+            ),
+            (
+                pb::ReserveRequest {
+                    order_id: String::new(),
+                    ..reserve_request()
+                },
+                "order_id",
+            ),
+            (
+                pb::ReserveRequest {
+                    order_id: "o".repeat(500),
+                    ..reserve_request()
+                },
+                "order_id",
+            ),
+            (
+                pb::ReserveRequest {
+                    ttl_ms: -1,
+                    ..reserve_request()
+                },
+                "ttl_ms",
+            ),
+            (
+                pb::ReserveRequest {
+                    ttl_ms: i64::MAX,
+                    ..reserve_request()
+                },
+                "ttl_ms",
+            ),
         ];
         for (request, field) in cases {
             assert_eq!(field_of(reserve(request.clone())), field, "{request:?}");
@@ -243,23 +343,55 @@ mod tests {
 
     #[test]
     fn admin_bounds_are_checked() {
-        let put = |total, rules| pb::PutSkuRequest { sku: b"s".to_vec().into(), total, rules, route: None };
+        let put = |total, rules| pb::PutSkuRequest {
+            sku: b"s".to_vec().into(),
+            total,
+            rules,
+            route: None,
+        };
         assert_eq!(field_of(put_sku(put(-1, None))), "total");
         assert_eq!(field_of(put_sku(put(i64::MAX, None))), "total");
-        let window = pb::SaleRules { start_ms: 10, end_ms: 5, ..Default::default() };
+        let window = pb::SaleRules {
+            start_ms: 10,
+            end_ms: 5,
+            ..Default::default()
+        };
         assert_eq!(field_of(put_sku(put(5, Some(window)))), "rules.end_ms");
-        let restock_request = |delta| pb::RestockRequest { sku: b"s".to_vec().into(), delta, route: None };
+        let restock_request = |delta| pb::RestockRequest {
+            sku: b"s".to_vec().into(),
+            delta,
+            route: None,
+        };
         assert_eq!(field_of(restock(restock_request(0))), "delta");
         assert_eq!(field_of(restock(restock_request(i64::MIN))), "delta");
     }
 
     #[test]
     fn batch_errors_name_the_position() {
-        let good = pb::WriteOp { op: Some(pb::write_op::Op::Reserve(reserve_request())) };
-        let bad = pb::WriteOp { op: Some(pb::write_op::Op::Reserve(pb::ReserveRequest { qty: 0, ..reserve_request() })) };
-        let error = batch(pb::BatchRequest { ops: vec![good.clone(), bad] }, 10).expect_err("refused");
+        let good = pb::WriteOp {
+            op: Some(pb::write_op::Op::Reserve(reserve_request())),
+        };
+        let bad = pb::WriteOp {
+            op: Some(pb::write_op::Op::Reserve(pb::ReserveRequest {
+                qty: 0,
+                ..reserve_request()
+            })),
+        };
+        let error = batch(
+            pb::BatchRequest {
+                ops: vec![good.clone(), bad],
+            },
+            10,
+        )
+        .expect_err("refused");
         assert_eq!(error.field, "ops[1].qty");
-        let empty = batch(pb::BatchRequest { ops: vec![pb::WriteOp { op: None }] }, 10).expect_err("refused");
+        let empty = batch(
+            pb::BatchRequest {
+                ops: vec![pb::WriteOp { op: None }],
+            },
+            10,
+        )
+        .expect_err("refused");
         assert_eq!(empty.field, "ops[0].op");
         let too_many = batch(pb::BatchRequest { ops: vec![good; 11] }, 10).expect_err("refused");
         assert_eq!(too_many.field, "ops");

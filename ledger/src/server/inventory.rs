@@ -32,7 +32,11 @@ impl InventoryService {
         InventoryService { node }
     }
 
-    async fn write_one(&self, operation: Result<Operation, convert::InvalidRequest>, epoch: u64) -> Result<Response<pb::WriteReply>, Status> {
+    async fn write_one(
+        &self,
+        operation: Result<Operation, convert::InvalidRequest>,
+        epoch: u64,
+    ) -> Result<Response<pb::WriteReply>, Status> {
         let operation = operation.map_err(from_invalid)?;
         let (outcomes, log_index) = self.node.write(vec![operation], epoch).await.map_err(from_node_error)?;
         let outcome = outcomes.first().map(convert::outcome);
@@ -86,10 +90,18 @@ impl Inventory for InventoryService {
 
     async fn batch(&self, request: Request<pb::BatchRequest>) -> Result<Response<pb::BatchReply>, Status> {
         let request = request.into_inner();
-        let epoch = request.ops.iter().map(convert::route_epoch).find(|e| *e != 0).unwrap_or(0);
+        let epoch = request
+            .ops
+            .iter()
+            .map(convert::route_epoch)
+            .find(|e| *e != 0)
+            .unwrap_or(0);
         let operations = convert::batch(request, self.node.config.server.batch_ops_max).map_err(from_invalid)?;
         let (outcomes, log_index) = self.node.write(operations, epoch).await.map_err(from_node_error)?;
-        Ok(Response::new(pb::BatchReply { outcomes: outcomes.iter().map(convert::outcome).collect(), log_index }))
+        Ok(Response::new(pb::BatchReply {
+            outcomes: outcomes.iter().map(convert::outcome).collect(),
+            log_index,
+        }))
     }
 
     async fn get_stock(&self, request: Request<pb::GetStockRequest>) -> Result<Response<pb::StockReply>, Status> {
@@ -97,15 +109,27 @@ impl Inventory for InventoryService {
         crate::state_machine::limits::check_sku(&request.sku).map_err(|e| from_invalid(e.into()))?;
         let consistency = match pb::Consistency::try_from(request.consistency) {
             Ok(pb::Consistency::Linearizable) => ReadConsistency::Linearizable,
-            Ok(pb::Consistency::Stale) => ReadConsistency::Stale { max_lag_entries: request.max_lag_entries },
-            Err(_) => return Err(Status::invalid_argument(format!("invalid consistency: {}", request.consistency))),
+            Ok(pb::Consistency::Stale) => ReadConsistency::Stale {
+                max_lag_entries: request.max_lag_entries,
+            },
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "invalid consistency: {}",
+                    request.consistency
+                )));
+            }
         };
         let (counts, log_index) = match self.node.get_stock(&request.sku, consistency).await {
             Ok((counts, log_index)) => (Some(convert::counts(counts)), log_index),
             Err(NodeError::UnknownSku { .. }) => (None, 0),
             Err(error) => return Err(from_node_error(error)),
         };
-        Ok(Response::new(pb::StockReply { sku: request.sku, counts, log_index, served_by: self.node.id }))
+        Ok(Response::new(pb::StockReply {
+            sku: request.sku,
+            counts,
+            log_index,
+            served_by: self.node.id,
+        }))
     }
 
     type WatchStream = WatchStream;
@@ -115,7 +139,9 @@ impl Inventory for InventoryService {
         let start = request.start.to_vec();
         let end = request.end.to_vec();
         if !end.is_empty() && end <= start {
-            return Err(Status::invalid_argument("invalid end: must be after start (or empty for unbounded)"));
+            return Err(Status::invalid_argument(
+                "invalid end: must be after start (or empty for unbounded)",
+            ));
         }
         let in_range = move |sku: &[u8]| sku >= start.as_slice() && (end.is_empty() || sku < end.as_slice());
         let (sender, receiver) = tokio::sync::mpsc::channel(WATCH_QUEUE_CHANGES_MAX);

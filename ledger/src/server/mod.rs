@@ -30,8 +30,12 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let limits = &node.config.server;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<InventoryServer<inventory::InventoryService>>().await;
-    health_reporter.set_serving::<ClusterServer<cluster::ClusterService>>().await;
+    health_reporter
+        .set_serving::<InventoryServer<inventory::InventoryService>>()
+        .await;
+    health_reporter
+        .set_serving::<ClusterServer<cluster::ClusterService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(flashledger_proto::FILE_DESCRIPTOR_SET)
         .build_v1()

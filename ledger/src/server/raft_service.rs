@@ -40,7 +40,9 @@ fn decode<T: for<'de> serde::Deserialize<'de>>(payload: &[u8]) -> Result<T, Stat
 
 fn reply<T: Serialize>(answer: RemoteResult<T>) -> Result<Response<pb::RaftReply>, Status> {
     let payload = bincode::serialize(&answer).map_err(|e| Status::internal(format!("encode reply: {e}")))?;
-    Ok(Response::new(pb::RaftReply { payload: payload.into() }))
+    Ok(Response::new(pb::RaftReply {
+        payload: payload.into(),
+    }))
 }
 
 #[tonic::async_trait]
@@ -63,7 +65,14 @@ impl RaftRpc for RaftService {
         let request = request.into_inner();
         let raft = self.raft_of(request.shard_id)?;
         let transfer: SnapshotTransfer = decode(&request.payload)?;
-        let snapshot = openraft::Snapshot { meta: transfer.meta, snapshot: Cursor::new(transfer.data) };
-        reply(raft.install_full_snapshot(transfer.vote, snapshot).await.map_err(|e| e.to_string()))
+        let snapshot = openraft::Snapshot {
+            meta: transfer.meta,
+            snapshot: Cursor::new(transfer.data),
+        };
+        reply(
+            raft.install_full_snapshot(transfer.vote, snapshot)
+                .await
+                .map_err(|e| e.to_string()),
+        )
     }
 }

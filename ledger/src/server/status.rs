@@ -16,7 +16,9 @@ pub fn from_invalid(invalid: InvalidRequest) -> Status {
 pub fn from_node_error(error: NodeError) -> Status {
     let message = error.to_string();
     match error {
-        NodeError::NotLeader { leader_id, leader_addr, .. } => {
+        NodeError::NotLeader {
+            leader_id, leader_addr, ..
+        } => {
             let mut status = Status::unavailable(message);
             if let Some(addr) = leader_addr.and_then(|a| MetadataValue::try_from(a.as_str()).ok()) {
                 status.metadata_mut().insert(metadata::LEADER_ADDR, addr);

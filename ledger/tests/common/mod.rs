@@ -51,15 +51,29 @@ impl TestCluster {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
             let addr = listener.local_addr().expect("addr").to_string();
             drop(listener);
-            nodes.push(NodeConfig { id, addr, data_dir: dir.path().join(format!("node{id}")) });
+            nodes.push(NodeConfig {
+                id,
+                addr,
+                data_dir: dir.path().join(format!("node{id}")),
+            });
         }
         let replicas: Vec<NodeId> = (1..=node_count).collect();
         let toml = "[[nodes]]\nid = 1\naddr = \"127.0.0.1:1\"\ndata_dir = \"x\"\n[[shards]]\nid = 1\nreplicas = [1]\n";
         let mut config = ClusterConfig::parse(toml, "test").expect("base config");
         config.nodes = nodes;
         config.shards = vec![
-            ShardConfig { id: 1, start: String::new(), end: "m".into(), replicas: replicas.clone() },
-            ShardConfig { id: 2, start: "m".into(), end: String::new(), replicas },
+            ShardConfig {
+                id: 1,
+                start: String::new(),
+                end: "m".into(),
+                replicas: replicas.clone(),
+            },
+            ShardConfig {
+                id: 2,
+                start: "m".into(),
+                end: String::new(),
+                replicas,
+            },
         ];
         config.raft.election_timeout_ms_min = 300;
         config.raft.election_timeout_ms_max = 600;
@@ -67,7 +81,11 @@ impl TestCluster {
         config.ledger.expire_interval_ms = 100;
         tweak(&mut config);
         config.validate().expect("test config is valid");
-        let mut cluster = TestCluster { config, _dir: dir, running: BTreeMap::new() };
+        let mut cluster = TestCluster {
+            config,
+            _dir: dir,
+            running: BTreeMap::new(),
+        };
         for id in 1..=node_count {
             cluster.restart(id).await;
         }
@@ -79,9 +97,13 @@ impl TestCluster {
         assert!(!self.running.contains_key(&id), "node {id} is already running");
         let addr = self.config.node(id).expect("node in config").addr.clone();
         let listener = bind_retrying(&addr).await;
-        let node = Node::start(NodeOptions { node_id: id, config: self.config.clone(), storage: Storage::Disk })
-            .await
-            .expect("node starts");
+        let node = Node::start(NodeOptions {
+            node_id: id,
+            config: self.config.clone(),
+            storage: Storage::Disk,
+        })
+        .await
+        .expect("node starts");
         let (stop, stopped) = oneshot::channel::<()>();
         let server_node = node.clone();
         let server = tokio::spawn(async move {
@@ -124,7 +146,10 @@ impl TestCluster {
                     return running.node.id;
                 }
             }
-            assert!(tokio::time::Instant::now() < deadline, "no leader for shard {shard} within {WAIT:?}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no leader for shard {shard} within {WAIT:?}"
+            );
             let any = self.running.values().next().expect("a running node");
             let _ = any.node.shards[&shard]
                 .raft
@@ -150,7 +175,11 @@ impl TestCluster {
     }
 
     pub async fn put_sku(&self, sku: &str, total: u64) {
-        let put = Operation::PutSku { sku: sku.as_bytes().to_vec(), total, rules: SaleRules::default() };
+        let put = Operation::PutSku {
+            sku: sku.as_bytes().to_vec(),
+            total,
+            rules: SaleRules::default(),
+        };
         assert_eq!(self.write(vec![put]).await.0, vec![Outcome::Ok]);
     }
 
@@ -166,7 +195,12 @@ impl TestCluster {
     /// This node's applied counts of `sku` (a stale read of its own state).
     pub async fn local_stock(&self, id: NodeId, sku: &str) -> StockCounts {
         self.node(id)
-            .get_stock(sku.as_bytes(), ReadConsistency::Stale { max_lag_entries: u64::MAX })
+            .get_stock(
+                sku.as_bytes(),
+                ReadConsistency::Stale {
+                    max_lag_entries: u64::MAX,
+                },
+            )
             .await
             .expect("stock")
             .0
@@ -195,5 +229,10 @@ async fn bind_retrying(addr: &str) -> tokio::net::TcpListener {
 }
 
 pub fn purchase(sku: &str, user: &str, order_id: &str) -> Operation {
-    Operation::Purchase { sku: sku.as_bytes().to_vec(), qty: 1, user: user.into(), order_id: order_id.into() }
+    Operation::Purchase {
+        sku: sku.as_bytes().to_vec(),
+        qty: 1,
+        user: user.into(),
+        order_id: order_id.into(),
+    }
 }
