@@ -5,12 +5,21 @@
 //! cargo run -p flashledger-client --example buy -- [SEED_ADDR ...]
 //! ```
 //!
-//! Seeds default to `127.0.0.1:7101` (node 1 of the local `cluster.toml`).
+//! Seeds default to `127.0.0.1:7101` (node 1 of the local `cluster.toml`). It talks to real
+//! sockets, so under `--cfg madsim` it builds to a stub.
+
+#![cfg_attr(madsim, allow(unused_imports))]
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flashledger_client::{Client, ClientOptions, Consistency, Outcome, SaleRules};
 
+#[cfg(madsim)]
+fn main() {
+    eprintln!("the buy example needs a real network; build it without --cfg madsim");
+}
+
+#[cfg(not(madsim))]
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut seeds: Vec<String> = std::env::args().skip(1).collect();
