@@ -1,0 +1,341 @@
+//! [`Client`]: the typed API a checkout service calls. Each method builds one wire request,
+//! hands it to the [`Router`] (routing, retries, bounds) and converts the answer back into
+//! domain values.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flashledger_proto::v1 as wire;
+use futures::future::join_all;
+use wire::write_op::Op;
+
+use crate::convert;
+use crate::router::{CallKind, Router};
+use crate::shard_map::ShardMap;
+use crate::watch::WatchStream;
+use crate::{ClientError, ClientOptions, Consistency, Outcome, SaleRules, Stock, WriteOp};
+
+/// The longest SKU the ledger accepts, in bytes.
+pub const SKU_BYTES_MAX: usize = 128;
+
+/// A handle to a flashledger cluster. Cheap to clone; all clones share one shard map and one
+/// connection per node, so create one per process and pass it around.
+#[derive(Debug, Clone)]
+pub struct Client {
+    router: Arc<Router>,
+}
+
+fn check_sku(sku: &[u8]) -> Result<(), ClientError> {
+    if sku.len() > SKU_BYTES_MAX {
+        return Err(ClientError::InvalidArgument(format!(
+            "sku: {} bytes, at most {SKU_BYTES_MAX}",
+            sku.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Writes the ledger deduplicates by `order_id` (or that are naturally repeatable, like
+/// `PutSku`) may be resent after an ambiguous failure; a restock may not.
+fn is_idempotent(op: &WriteOp) -> bool {
+    !matches!(op, WriteOp::Restock { .. })
+}
+
+const WRITE: CallKind = CallKind {
+    leader_only: true,
+    idempotent: true,
+};
+
+impl Client {
+    /// Discovers the shard map from the first reachable seed (`host:port`) and returns a
+    /// client routed by it. Seeds are tried in order, each once.
+    pub async fn connect(
+        seeds: Vec<String>,
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
+        options.validate()?;
+        if seeds.is_empty() {
+            return Err(ClientError::Config("no seed addresses".to_string()));
+        }
+        let router = Arc::new(Router::new(seeds, options));
+        router.refresh(None).await?;
+        Ok(Client { router })
+    }
+
+    /// The shard map as last fetched (with leaders learned since).
+    pub fn shard_map(&self) -> Arc<ShardMap> {
+        self.router.map()
+    }
+
+    /// Fetches the shard map again from the known nodes, then the seeds.
+    pub async fn refresh_shard_map(&self) -> Result<Arc<ShardMap>, ClientError> {
+        self.router.refresh(None).await
+    }
+
+    /// Holds `qty` units of `sku` for `order_id` until `ttl` (or the SKU's default TTL) lapses.
+    pub async fn reserve(
+        &self,
+        sku: impl AsRef<[u8]>,
+        qty: i64,
+        user: &str,
+        order_id: &str,
+        ttl: Option<Duration>,
+    ) -> Result<Outcome, ClientError> {
+        self.write(WriteOp::Reserve {
+            sku: sku.as_ref().to_vec(),
+            qty,
+            user: user.to_string(),
+            order_id: order_id.to_string(),
+            ttl,
+        })
+        .await
+    }
+
+    /// Turns the reservation `order_id` on `sku` into a sale.
+    pub async fn confirm(
+        &self,
+        sku: impl AsRef<[u8]>,
+        order_id: &str,
+    ) -> Result<Outcome, ClientError> {
+        self.write(WriteOp::Confirm {
+            sku: sku.as_ref().to_vec(),
+            order_id: order_id.to_string(),
+        })
+        .await
+    }
+
+    /// Releases the reservation `order_id` on `sku`.
+    pub async fn cancel(
+        &self,
+        sku: impl AsRef<[u8]>,
+        order_id: &str,
+    ) -> Result<Outcome, ClientError> {
+        self.write(WriteOp::Cancel {
+            sku: sku.as_ref().to_vec(),
+            order_id: order_id.to_string(),
+        })
+        .await
+    }
+
+    /// Reserves and confirms in one step ("buy now").
+    pub async fn purchase(
+        &self,
+        sku: impl AsRef<[u8]>,
+        qty: i64,
+        user: &str,
+        order_id: &str,
+    ) -> Result<Outcome, ClientError> {
+        self.write(WriteOp::Purchase {
+            sku: sku.as_ref().to_vec(),
+            qty,
+            user: user.to_string(),
+            order_id: order_id.to_string(),
+        })
+        .await
+    }
+
+    /// Admin: puts `total` units of `sku` on sale under `rules`.
+    pub async fn put_sku(
+        &self,
+        sku: impl AsRef<[u8]>,
+        total: i64,
+        rules: SaleRules,
+    ) -> Result<Outcome, ClientError> {
+        self.write(WriteOp::PutSku {
+            sku: sku.as_ref().to_vec(),
+            total,
+            rules,
+        })
+        .await
+    }
+
+    /// Admin: grows (positive `delta`) or shrinks a SKU's total. A restock carries no
+    /// `order_id`, so after an ambiguous failure it is *not* retried: the error is
+    /// [`ClientError::Timeout`] and the caller must read the stock before trying again.
+    pub async fn restock(&self, sku: impl AsRef<[u8]>, delta: i64) -> Result<Outcome, ClientError> {
+        self.write(WriteOp::Restock {
+            sku: sku.as_ref().to_vec(),
+            delta,
+        })
+        .await
+    }
+
+    /// Reads a SKU's counts at the given consistency.
+    pub async fn get_stock(
+        &self,
+        sku: impl AsRef<[u8]>,
+        consistency: Consistency,
+    ) -> Result<Stock, ClientError> {
+        let sku = sku.as_ref();
+        check_sku(sku)?;
+        let request = convert::get_stock_to_wire(sku, consistency);
+        let kind = CallKind {
+            leader_only: consistency == Consistency::Linearizable,
+            idempotent: true,
+        };
+        let reply = self
+            .router
+            .call(sku, kind, |mut inventory, _epoch| {
+                let request = request.clone();
+                async move { inventory.get_stock(request).await }
+            })
+            .await?;
+        convert::stock_from_wire(&reply)
+    }
+
+    /// Sends many writes: one `Batch` RPC per shard, all shards concurrently, and returns one
+    /// outcome per op in the caller's order. If any shard's batch fails, the error is returned
+    /// and other shards' ops may have been applied; resending the whole batch is safe for
+    /// ops with an `order_id`.
+    pub async fn batch(&self, ops: Vec<WriteOp>) -> Result<Vec<Outcome>, ClientError> {
+        for op in &ops {
+            check_sku(op.sku())?;
+        }
+        let groups = self.group_by_shard(&ops).await?;
+        let sends = groups.iter().map(|indexes| {
+            let group_ops: Vec<WriteOp> = indexes.iter().map(|&i| ops[i].clone()).collect();
+            self.send_batch(group_ops)
+        });
+        let answers = join_all(sends).await;
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; ops.len()];
+        for (indexes, answer) in groups.iter().zip(answers) {
+            for (&index, outcome) in indexes.iter().zip(answer?) {
+                outcomes[index] = Some(outcome);
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|outcome| {
+                outcome.ok_or_else(|| ClientError::Protocol("batch op without an outcome".into()))
+            })
+            .collect()
+    }
+
+    /// Streams changes to SKUs in `[start, end)` (empty `end`: unbounded) applied after
+    /// `from_index`. The range must lie within one shard (log indexes are per shard).
+    pub async fn watch(
+        &self,
+        start: impl AsRef<[u8]>,
+        end: impl AsRef<[u8]>,
+        from_index: u64,
+    ) -> Result<WatchStream, ClientError> {
+        let (start, end) = (start.as_ref(), end.as_ref());
+        let map = self.router.map();
+        if let Some(shard) = map.shard_for(start) {
+            let past_shard =
+                !shard.end.is_empty() && (end.is_empty() || end > shard.end.as_slice());
+            if past_shard {
+                return Err(ClientError::InvalidArgument(format!(
+                    "watch range crosses the end of shard {}; watch each shard separately",
+                    shard.shard_id
+                )));
+            }
+        }
+        let request = wire::WatchRequest {
+            start: start.to_vec().into(),
+            end: end.to_vec().into(),
+            from_index,
+        };
+        let kind = CallKind {
+            leader_only: false,
+            idempotent: true,
+        };
+        let stream = self
+            .router
+            .call(start, kind, |mut inventory, _epoch| {
+                let request = request.clone();
+                async move { inventory.watch(request).await }
+            })
+            .await?;
+        Ok(WatchStream::new(stream))
+    }
+
+    /// One write through the router.
+    async fn write(&self, op: WriteOp) -> Result<Outcome, ClientError> {
+        check_sku(op.sku())?;
+        let kind = CallKind {
+            idempotent: is_idempotent(&op),
+            ..WRITE
+        };
+        let sku = op.sku().to_vec();
+        let op = convert::write_op_to_wire(op);
+        let reply = self
+            .router
+            .call(&sku, kind, |inventory, epoch| {
+                let mut op = op.clone();
+                convert::stamp_route(&mut op, epoch);
+                send_write(inventory, op)
+            })
+            .await?;
+        convert::write_reply_from_wire(&reply)
+    }
+
+    /// Indexes of `ops`, grouped by the shard that owns each op's SKU, groups in shard order.
+    /// Refreshes the map once if some SKU falls in no known shard.
+    async fn group_by_shard(&self, ops: &[WriteOp]) -> Result<Vec<Vec<usize>>, ClientError> {
+        let mut map = self.router.map();
+        if ops.iter().any(|op| map.shard_for(op.sku()).is_none()) {
+            map = self.router.refresh(None).await?;
+        }
+        let mut groups: std::collections::BTreeMap<u64, Vec<usize>> = Default::default();
+        for (index, op) in ops.iter().enumerate() {
+            let shard = map
+                .shard_for(op.sku())
+                .ok_or_else(|| ClientError::Unavailable {
+                    attempts: 0,
+                    last_error: format!(
+                        "no shard covers sku {:?}",
+                        String::from_utf8_lossy(op.sku())
+                    ),
+                })?;
+            groups.entry(shard.shard_id).or_default().push(index);
+        }
+        Ok(groups.into_values().collect())
+    }
+
+    /// One shard's share of a batch, routed by its first op's SKU.
+    async fn send_batch(&self, ops: Vec<WriteOp>) -> Result<Vec<Outcome>, ClientError> {
+        let Some(first) = ops.first() else {
+            return Ok(Vec::new());
+        };
+        let sku = first.sku().to_vec();
+        let kind = CallKind {
+            idempotent: ops.iter().all(is_idempotent),
+            ..WRITE
+        };
+        let count = ops.len();
+        let wire_ops: Vec<Op> = ops.into_iter().map(convert::write_op_to_wire).collect();
+        let reply = self
+            .router
+            .call(&sku, kind, |mut inventory, epoch| {
+                let ops = wire_ops
+                    .iter()
+                    .map(|op| {
+                        let mut op = op.clone();
+                        convert::stamp_route(&mut op, epoch);
+                        wire::WriteOp { op: Some(op) }
+                    })
+                    .collect();
+                async move { inventory.batch(wire::BatchRequest { ops }).await }
+            })
+            .await?;
+        convert::batch_reply_from_wire(&reply, count)
+    }
+}
+
+/// Sends one write on the RPC matching its kind.
+async fn send_write(
+    mut inventory: flashledger_proto::v1::inventory_client::InventoryClient<
+        tonic::transport::Channel,
+    >,
+    op: Op,
+) -> Result<tonic::Response<wire::WriteReply>, tonic::Status> {
+    match op {
+        Op::Reserve(request) => inventory.reserve(request).await,
+        Op::Confirm(request) => inventory.confirm(request).await,
+        Op::Cancel(request) => inventory.cancel(request).await,
+        Op::Purchase(request) => inventory.purchase(request).await,
+        Op::PutSku(request) => inventory.put_sku(request).await,
+        Op::Restock(request) => inventory.restock(request).await,
+    }
+}

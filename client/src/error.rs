@@ -1,0 +1,84 @@
+//! The client's one error type, [`ClientError`].
+//!
+//! Business answers (sold out, limit exceeded, unknown SKU, ...) are *not* errors: they come
+//! back as [`crate::Outcome`] values. `ClientError` is for requests the cluster could not
+//! decide, and it tells the caller what it may assume about the write:
+//!
+//! | variant | was the write applied? | what to do |
+//! |---|---|---|
+//! | [`ClientError::InvalidArgument`] | **no**, definitely not | fix the request |
+//! | [`ClientError::Timeout`], [`ClientError::Unavailable`] | **unknown** | retry later with the *same* `order_id` (writes are idempotent by it) |
+//! | [`ClientError::Server`] | unknown | report; retrying with the same `order_id` is safe |
+//! | [`ClientError::Protocol`] | unknown (the node answered something this client cannot read) | report; likely a version mismatch |
+//! | [`ClientError::NoSeedReachable`], [`ClientError::Config`] | no (nothing was sent) | fix the seeds / options |
+
+/// Why a call did not produce an answer. See the module docs for what each variant implies
+/// about whether a write was applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// The request was malformed (by the client's own check or the node's `INVALID_ARGUMENT`).
+    /// Nothing was applied; retrying the same request will fail the same way.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The retry budget ran out while nodes were unreachable or not serving the SKU's shard.
+    /// The write may or may not have been applied: retry with the same `order_id`.
+    #[error("cluster unavailable after {attempts} attempts: {last_error}")]
+    Unavailable {
+        /// RPC attempts made before giving up.
+        attempts: u32,
+        /// The last failure seen, for logs.
+        last_error: String,
+    },
+    /// The call's deadline passed (or every attempt timed out). The write may or may not have
+    /// been applied: retry with the same `order_id`.
+    #[error("timed out after {attempts} attempts")]
+    Timeout {
+        /// RPC attempts made before giving up.
+        attempts: u32,
+    },
+    /// A node answered with something this client cannot interpret (an unknown outcome code, a
+    /// missing field, a reply of the wrong length). The write may have been applied.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// A node answered with a status the protocol does not use for retryable conditions
+    /// (`INTERNAL`, `UNIMPLEMENTED`, ...). Not retried; the write may have been applied.
+    #[error("server error {code:?}: {message}")]
+    Server {
+        /// The gRPC status code.
+        code: tonic::Code,
+        /// The node's message.
+        message: String,
+    },
+    /// No seed (or known node) answered the shard-map request.
+    #[error("no seed node reachable (tried {tried} addresses): {last_error}")]
+    NoSeedReachable {
+        /// How many addresses were tried.
+        tried: usize,
+        /// The last failure seen, for logs.
+        last_error: String,
+    },
+    /// The options or seed list given to [`crate::Client::connect`] are unusable.
+    #[error("invalid client configuration: {0}")]
+    Config(String),
+}
+
+impl ClientError {
+    /// True when the write was certainly not applied (nothing reached a node, or the node
+    /// rejected the request as malformed).
+    pub fn definitely_not_applied(&self) -> bool {
+        matches!(
+            self,
+            ClientError::InvalidArgument(_)
+                | ClientError::NoSeedReachable { .. }
+                | ClientError::Config(_)
+        )
+    }
+
+    /// True when the outcome is unknown and the caller should retry with the same `order_id`.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Unavailable { .. } | ClientError::Timeout { .. }
+        )
+    }
+}

@@ -1,0 +1,400 @@
+//! [`Router`]: shard-map discovery and the bounded retry loop every call goes through.
+//!
+//! For each attempt the router picks a node for the SKU's shard (a leader hint from the last
+//! answer, else the map's leader, else the replicas in order), sends the request there, and
+//! classifies the answer by the status-code contract in `flashledger.proto`:
+//!
+//! | answer | action |
+//! |---|---|
+//! | `UNAVAILABLE` + `x-leader-addr` / `x-leader-id` | retry at that leader at once, remember it in the map |
+//! | `UNAVAILABLE` without hint, transport error, attempt timeout | next replica, after backoff |
+//! | `FAILED_PRECONDITION` (stale epoch), `NOT_FOUND` (no such shard here) | refresh the shard map, retry after backoff |
+//! | `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED` | same node, after backoff |
+//! | `INVALID_ARGUMENT` | [`ClientError::InvalidArgument`], no retry |
+//!
+//! Every call is bounded three ways: at most `retries_max + 1` attempts, each at most
+//! `attempt_timeout_ms`, all within `request_timeout_ms`. Retries resend the same request
+//! (same `order_id`), which the ledger deduplicates. A call marked not idempotent (a restock,
+//! which has no `order_id`) stops instead of retrying after an *ambiguous* failure (the node
+//! may have applied it: attempt timeout, `DEADLINE_EXCEEDED`).
+
+use std::future::Future;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use flashledger_proto::metadata;
+use flashledger_proto::v1::ShardMapRequest;
+use flashledger_proto::v1::cluster_client::ClusterClient;
+use flashledger_proto::v1::inventory_client::InventoryClient;
+use tokio::time::{Instant, sleep, timeout};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::channels::Channels;
+use crate::convert;
+use crate::shard_map::{NodeId, Shard, ShardMap};
+use crate::{ClientError, ClientOptions};
+
+/// How a call may be retried and routed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallKind {
+    /// The answering node is the shard's leader (writes, linearizable reads): remember it.
+    pub(crate) leader_only: bool,
+    /// Resending after an ambiguous failure cannot apply the request twice.
+    pub(crate) idempotent: bool,
+}
+
+/// What to do after a failed attempt.
+#[derive(Debug)]
+enum Next {
+    /// Retry at once at the leader the node named.
+    Redirect {
+        leader_id: Option<NodeId>,
+        leader_addr: Option<String>,
+    },
+    /// Try the next replica after backoff; `ambiguous` when the node may have applied it.
+    OtherReplica { ambiguous: bool },
+    /// Refresh the shard map, then retry after backoff.
+    Refresh,
+    /// Retry the same node after backoff; `ambiguous` when the node may have applied it.
+    SameNode { ambiguous: bool },
+    /// Give up with this error.
+    Fail(ClientError),
+}
+
+/// A node chosen for one attempt.
+#[derive(Debug, Clone)]
+struct Target {
+    node: Option<NodeId>,
+    addr: String,
+}
+
+/// Shared state behind every clone of a [`crate::Client`].
+#[derive(Debug)]
+pub(crate) struct Router {
+    pub(crate) options: ClientOptions,
+    /// Where discovery starts when no known node answers.
+    seeds: Vec<String>,
+    /// Replaced wholesale on refresh and on leader changes; never held across an await.
+    map: RwLock<Arc<ShardMap>>,
+    channels: Channels,
+}
+
+impl Router {
+    pub(crate) fn new(seeds: Vec<String>, options: ClientOptions) -> Self {
+        let channels = Channels::new(options.connect_timeout());
+        Router {
+            options,
+            seeds,
+            map: RwLock::new(Arc::new(ShardMap::default())),
+            channels,
+        }
+    }
+
+    /// The cached shard map.
+    pub(crate) fn map(&self) -> Arc<ShardMap> {
+        self.map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn update_map(&self, update: impl FnOnce(&mut ShardMap) -> bool) {
+        let mut guard = self.map.write().unwrap_or_else(PoisonError::into_inner);
+        let mut next = ShardMap::clone(&guard);
+        if update(&mut next) {
+            *guard = Arc::new(next);
+        }
+    }
+
+    /// Asks the known nodes, then the seeds, for the shard map; installs the first good answer.
+    /// Bounded: each address once, each ask at most `attempt_timeout_ms` (and not past
+    /// `deadline`).
+    pub(crate) async fn refresh(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<Arc<ShardMap>, ClientError> {
+        let mut candidates: Vec<String> = self.map().nodes().values().cloned().collect();
+        for seed in &self.seeds {
+            if !candidates.contains(seed) {
+                candidates.push(seed.clone());
+            }
+        }
+        let mut last_error = String::from("no addresses to try");
+        let mut tried = 0;
+        for addr in &candidates {
+            let Some(budget) = self.attempt_budget(deadline) else {
+                break;
+            };
+            tried += 1;
+            let channel = match self.channels.get(addr) {
+                Ok(channel) => channel,
+                Err(error) => {
+                    last_error = error;
+                    continue;
+                }
+            };
+            let mut cluster = ClusterClient::new(channel);
+            let answer = timeout(budget, cluster.shard_map(ShardMapRequest {})).await;
+            let reply = match answer {
+                Err(_) => {
+                    last_error = format!("{addr}: shard map request timed out");
+                    continue;
+                }
+                Ok(Err(status)) => {
+                    last_error = format!("{addr}: {:?}: {}", status.code(), status.message());
+                    continue;
+                }
+                Ok(Ok(reply)) => reply.into_inner(),
+            };
+            match convert::shard_map_from_wire(&reply) {
+                Ok(map) => {
+                    let map = Arc::new(map);
+                    *self.map.write().unwrap_or_else(PoisonError::into_inner) = map.clone();
+                    tracing::debug!(addr = %addr, shards = map.shards().len(), "shard map refreshed");
+                    return Ok(map);
+                }
+                Err(error) => last_error = format!("{addr}: {error}"),
+            }
+        }
+        Err(ClientError::NoSeedReachable { tried, last_error })
+    }
+
+    /// The timeout for the next attempt: `attempt_timeout_ms`, cut to what is left before
+    /// `deadline`; `None` once the deadline has passed.
+    fn attempt_budget(&self, deadline: Option<Instant>) -> Option<std::time::Duration> {
+        let per_attempt = self.options.attempt_timeout();
+        match deadline {
+            None => Some(per_attempt),
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                (!left.is_zero()).then(|| per_attempt.min(left))
+            }
+        }
+    }
+
+    /// The node to try for `shard`: the leader first when known, then the other replicas in
+    /// map order; `cursor` counts the nodes already given up on in this call.
+    fn pick(&self, map: &ShardMap, shard: &Shard, cursor: usize) -> Option<Target> {
+        let mut order: Vec<NodeId> = shard.leader.into_iter().collect();
+        order.extend(
+            shard
+                .replicas
+                .iter()
+                .filter(|id| Some(**id) != shard.leader),
+        );
+        if order.is_empty() {
+            return None;
+        }
+        let node = order[cursor % order.len()];
+        let addr = map.addr(node)?.to_string();
+        Some(Target {
+            node: Some(node),
+            addr,
+        })
+    }
+
+    /// Sends one request for `sku` until it gets an answer or a bound runs out. `send` builds
+    /// and sends the request (the same one every time, stamped with the routed shard epoch).
+    pub(crate) async fn call<Reply, Send, Sent>(
+        &self,
+        sku: &[u8],
+        kind: CallKind,
+        mut send: Send,
+    ) -> Result<Reply, ClientError>
+    where
+        Send: FnMut(InventoryClient<Channel>, u64) -> Sent,
+        Sent: Future<Output = Result<tonic::Response<Reply>, Status>>,
+    {
+        let deadline = Instant::now() + self.options.request_timeout();
+        let attempts_max = self.options.retries_max.saturating_add(1);
+        let mut attempts: u32 = 0;
+        let mut retries: u32 = 0;
+        let mut cursor: usize = 0;
+        let mut redirect: Option<Target> = None;
+        let mut last_error = String::from("no attempt made");
+        let mut last_was_timeout = false;
+
+        while attempts < attempts_max {
+            let Some(budget) = self.attempt_budget(Some(deadline)) else {
+                return Err(ClientError::Timeout { attempts });
+            };
+            attempts += 1;
+            let map = self.map();
+            let Some(shard) = map.shard_for(sku).cloned() else {
+                last_error = format!("no shard covers sku {:?}", String::from_utf8_lossy(sku));
+                last_was_timeout = false;
+                if let Err(error) = self.refresh(Some(deadline)).await {
+                    last_error = format!("{last_error}; refresh failed: {error}");
+                }
+                self.back_off(&mut retries, deadline).await;
+                continue;
+            };
+            let target = match redirect.take() {
+                Some(target) => target,
+                None => match self.pick(&map, &shard, cursor) {
+                    Some(target) => target,
+                    None => {
+                        last_error = format!("shard {} has no reachable replica", shard.shard_id);
+                        self.refresh(Some(deadline)).await.ok();
+                        self.back_off(&mut retries, deadline).await;
+                        continue;
+                    }
+                },
+            };
+            let channel = match self.channels.get(&target.addr) {
+                Ok(channel) => channel,
+                Err(error) => {
+                    last_error = error;
+                    cursor += 1;
+                    continue;
+                }
+            };
+
+            let answer = timeout(budget, send(InventoryClient::new(channel), shard.epoch)).await;
+            let next = match answer {
+                Ok(Ok(reply)) => {
+                    if let (true, Some(node)) = (kind.leader_only, target.node) {
+                        self.update_map(|map| map.set_leader(shard.shard_id, node, None));
+                    }
+                    return Ok(reply.into_inner());
+                }
+                Ok(Err(status)) => {
+                    last_error =
+                        format!("{}: {:?}: {}", target.addr, status.code(), status.message());
+                    classify(&status)
+                }
+                Err(_) => {
+                    last_error = format!("{}: attempt timed out after {budget:?}", target.addr);
+                    Next::OtherReplica { ambiguous: true }
+                }
+            };
+            tracing::debug!(attempt = attempts, error = %last_error, ?next, "attempt failed");
+
+            match next {
+                Next::Fail(error) => return Err(error),
+                Next::Redirect {
+                    leader_id,
+                    leader_addr,
+                } => {
+                    last_was_timeout = false;
+                    match self.follow_hint(&shard, &target, leader_id, leader_addr) {
+                        Some(leader) => redirect = Some(leader),
+                        None => {
+                            cursor += 1;
+                            self.back_off(&mut retries, deadline).await;
+                        }
+                    }
+                }
+                Next::OtherReplica { ambiguous } | Next::SameNode { ambiguous } => {
+                    last_was_timeout = ambiguous;
+                    if ambiguous && !kind.idempotent {
+                        return Err(ClientError::Timeout { attempts });
+                    }
+                    if matches!(next, Next::OtherReplica { .. }) {
+                        self.forget_leader(&shard, &target);
+                        cursor += 1;
+                    } else {
+                        redirect = Some(target);
+                    }
+                    self.back_off(&mut retries, deadline).await;
+                }
+                Next::Refresh => {
+                    last_was_timeout = false;
+                    cursor = 0;
+                    if let Err(error) = self.refresh(Some(deadline)).await {
+                        last_error = format!("{last_error}; refresh failed: {error}");
+                    }
+                    self.back_off(&mut retries, deadline).await;
+                }
+            }
+        }
+        if last_was_timeout {
+            Err(ClientError::Timeout { attempts })
+        } else {
+            Err(ClientError::Unavailable {
+                attempts,
+                last_error,
+            })
+        }
+    }
+
+    /// Turns a not-leader hint into the next target and remembers the leader. `None` when the
+    /// hint is unusable (points back at the node that sent it, or names nothing we can reach).
+    fn follow_hint(
+        &self,
+        shard: &Shard,
+        from: &Target,
+        leader_id: Option<NodeId>,
+        leader_addr: Option<String>,
+    ) -> Option<Target> {
+        let map = self.map();
+        let addr =
+            leader_addr.or_else(|| leader_id.and_then(|id| map.addr(id).map(str::to_string)))?;
+        let node = leader_id.or_else(|| map.node_at(&addr));
+        if addr == from.addr || (node.is_some() && node == from.node) {
+            return None;
+        }
+        if let Some(node) = node {
+            self.update_map(|map| map.set_leader(shard.shard_id, node, Some(&addr)));
+        }
+        Some(Target { node, addr })
+    }
+
+    /// After `target` failed to answer, stop sending this shard's calls to it first.
+    fn forget_leader(&self, shard: &Shard, target: &Target) {
+        if target.node.is_some() && shard.leader == target.node {
+            self.update_map(|map| map.clear_leader(shard.shard_id));
+        }
+    }
+
+    /// Sleeps the next backoff step, never past `deadline`.
+    async fn back_off(&self, retries: &mut u32, deadline: Instant) {
+        let pause = self.options.backoff(*retries);
+        *retries = retries.saturating_add(1);
+        let left = deadline.saturating_duration_since(Instant::now());
+        sleep(pause.min(left)).await;
+    }
+}
+
+/// The status-code contract of `flashledger.proto`, as client actions.
+fn classify(status: &Status) -> Next {
+    match status.code() {
+        Code::InvalidArgument => {
+            Next::Fail(ClientError::InvalidArgument(status.message().to_string()))
+        }
+        Code::Unavailable => {
+            let leader_addr = metadata_str(status, metadata::LEADER_ADDR).map(str::to_string);
+            let leader_id = metadata_str(status, metadata::LEADER_ID)
+                .and_then(|id| id.parse::<NodeId>().ok())
+                .filter(|id| *id != 0);
+            if leader_addr.is_some() || leader_id.is_some() {
+                Next::Redirect {
+                    leader_id,
+                    leader_addr,
+                }
+            } else {
+                Next::OtherReplica { ambiguous: false }
+            }
+        }
+        Code::FailedPrecondition | Code::NotFound => Next::Refresh,
+        Code::DeadlineExceeded => Next::SameNode { ambiguous: true },
+        Code::ResourceExhausted => Next::SameNode { ambiguous: false },
+        // Transport failures surface as these on the client side; the node may or may not
+        // have seen the request.
+        Code::Unknown | Code::Internal | Code::Cancelled | Code::Aborted => {
+            Next::OtherReplica { ambiguous: true }
+        }
+        code => Next::Fail(ClientError::Server {
+            code,
+            message: status.message().to_string(),
+        }),
+    }
+}
+
+fn metadata_str<'a>(status: &'a Status, key: &str) -> Option<&'a str> {
+    status
+        .metadata()
+        .get(key)
+        .and_then(|value| value.to_str().ok())
+        .filter(|value| !value.is_empty())
+}

@@ -1,0 +1,149 @@
+//! The domain values the client API takes and returns: outcomes, stock counts, write
+//! operations, sale rules. No protobuf here; [`crate::convert`] is the only bridge to the wire.
+
+use std::time::Duration;
+
+/// The ledger's answer to one write. Business rejections are values, not errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Units are held for the order until `expires_at_ms` (leader time, ms since the Unix epoch).
+    Reserved {
+        /// When the reservation lapses unless confirmed.
+        expires_at_ms: i64,
+    },
+    /// The order's reserved units are sold.
+    Confirmed,
+    /// The order's reserved units went back to available.
+    Released,
+    /// An admin write (put, restock) was applied.
+    Ok,
+    /// Fewer units are available than asked for.
+    SoldOut {
+        /// Units still available.
+        available: i64,
+    },
+    /// The user would hold more than the per-user limit.
+    LimitExceeded {
+        /// Units the user holds (reserved + sold).
+        held: i64,
+        /// The SKU's per-user limit.
+        limit: i64,
+    },
+    /// The sale window is not open.
+    SaleClosed,
+    /// No such SKU.
+    UnknownSku,
+    /// No reservation with that order id.
+    NotFound,
+    /// The reservation lapsed before the confirm.
+    Expired,
+    /// The order was already confirmed (a cancel came too late).
+    AlreadyConfirmed,
+    /// The order id was used before for a different request.
+    OrderIdReused {
+        /// The ledger's explanation.
+        detail: String,
+    },
+    /// The ledger refused the write for another business reason.
+    Rejected {
+        /// The ledger's explanation.
+        detail: String,
+    },
+}
+
+/// Optional per-SKU sale rules. `None` means "no rule" (the wire's 0).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SaleRules {
+    /// Sale opens at this time (ms since the Unix epoch).
+    pub start_ms: Option<i64>,
+    /// Sale closes at this time (ms since the Unix epoch).
+    pub end_ms: Option<i64>,
+    /// Units one user may hold, reserved + sold.
+    pub per_user_limit: Option<i64>,
+    /// Reservation TTL when a reserve names none; `None` is the cluster default.
+    pub default_ttl: Option<Duration>,
+}
+
+/// One write, for [`crate::Client::batch`]. Each variant carries the SKU that routes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOp {
+    /// Hold `qty` units for `order_id` until the TTL (or the SKU's default) lapses.
+    Reserve {
+        sku: Vec<u8>,
+        qty: i64,
+        user: String,
+        order_id: String,
+        ttl: Option<Duration>,
+    },
+    /// Turn the reservation `order_id` into a sale.
+    Confirm { sku: Vec<u8>, order_id: String },
+    /// Release the reservation `order_id`.
+    Cancel { sku: Vec<u8>, order_id: String },
+    /// Reserve and confirm in one step.
+    Purchase {
+        sku: Vec<u8>,
+        qty: i64,
+        user: String,
+        order_id: String,
+    },
+    /// Admin: create or reset a SKU with `total` units on sale.
+    PutSku {
+        sku: Vec<u8>,
+        total: i64,
+        rules: SaleRules,
+    },
+    /// Admin: grow (positive) or shrink (negative) a SKU's total.
+    Restock { sku: Vec<u8>, delta: i64 },
+}
+
+impl WriteOp {
+    /// The SKU this operation routes by.
+    pub fn sku(&self) -> &[u8] {
+        match self {
+            WriteOp::Reserve { sku, .. }
+            | WriteOp::Confirm { sku, .. }
+            | WriteOp::Cancel { sku, .. }
+            | WriteOp::Purchase { sku, .. }
+            | WriteOp::PutSku { sku, .. }
+            | WriteOp::Restock { sku, .. } => sku,
+        }
+    }
+}
+
+/// How fresh a stock read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    /// Reflects every write acknowledged before the read was sent (served by the leader).
+    Linearizable,
+    /// Served by any replica whose applied state lags its log by at most `max_lag_entries`.
+    Stale {
+        /// How many log entries the serving replica may be behind.
+        max_lag_entries: u64,
+    },
+}
+
+/// A SKU's counts: `available + reserved + sold == total`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stock {
+    pub sku: Vec<u8>,
+    pub total: i64,
+    pub available: i64,
+    pub reserved: i64,
+    pub sold: i64,
+    /// The applied log index (of the SKU's shard) these counts reflect.
+    pub log_index: u64,
+    /// The node id that served the read.
+    pub served_by: u64,
+}
+
+/// One change from [`crate::Client::watch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StockChange {
+    pub sku: Vec<u8>,
+    pub total: i64,
+    pub available: i64,
+    pub reserved: i64,
+    pub sold: i64,
+    /// The log index of the entry that made this change.
+    pub log_index: u64,
+}

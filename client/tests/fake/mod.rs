@@ -1,0 +1,407 @@
+//! An in-process fake cluster for the client's routing and retry tests: real tonic servers on
+//! `127.0.0.1:0` implementing `Inventory` and `Cluster`, each answering from a script
+//! (`Reply`) and recording every request it saw (`Seen`), sharing one shard map the test can
+//! change between calls.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flashledger_client::{ClientOptions, convert};
+use flashledger_proto::metadata;
+use flashledger_proto::v1::cluster_server::{Cluster, ClusterServer};
+use flashledger_proto::v1::inventory_server::{Inventory, InventoryServer};
+use flashledger_proto::v1::write_op::Op;
+use flashledger_proto::v1::*;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Code, Request, Response, Status};
+
+/// How a fake node answers one Inventory request.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// The natural answer: Reserved{expires_at_ms: qty}, Confirmed, Released, Ok, counts.
+    Normal,
+    /// A gRPC error, optionally with a not-leader hint `(leader id, leader addr)`.
+    Fail {
+        code: Code,
+        message: String,
+        leader: Option<(u64, String)>,
+    },
+    /// Never answer (until the client gives up).
+    Hang,
+    /// Answer every write with this wire outcome.
+    Outcome(Outcome),
+}
+
+impl Reply {
+    pub fn fail(code: Code, message: &str) -> Reply {
+        Reply::Fail {
+            code,
+            message: message.to_string(),
+            leader: None,
+        }
+    }
+}
+
+/// One request a fake node received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub method: &'static str,
+    pub skus: Vec<Vec<u8>>,
+    /// Empty for requests without one.
+    pub order_id: String,
+    /// The route epoch the client stamped (0 when none).
+    pub epoch: u64,
+}
+
+/// One fake node's state, shared by its two services.
+pub struct FakeNode {
+    pub id: u64,
+    pub addr: String,
+    /// Replies to use first, one per request.
+    script: Mutex<VecDeque<Reply>>,
+    /// The reply once the script is used up.
+    otherwise: Mutex<Reply>,
+    seen: Mutex<Vec<Seen>>,
+    /// Shared by every node of the cluster.
+    map: Arc<Mutex<ShardMapReply>>,
+    /// Every ShardMap call this node answered.
+    map_calls: Mutex<u32>,
+}
+
+impl FakeNode {
+    /// Queues replies for the next requests.
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.script.lock().unwrap().extend(replies);
+    }
+
+    /// Sets the reply used once the script is empty.
+    pub fn otherwise(&self, reply: Reply) {
+        *self.otherwise.lock().unwrap() = reply;
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn map_calls(&self) -> u32 {
+        *self.map_calls.lock().unwrap()
+    }
+
+    fn next_reply(&self) -> Reply {
+        let scripted = self.script.lock().unwrap().pop_front();
+        scripted.unwrap_or_else(|| self.otherwise.lock().unwrap().clone())
+    }
+
+    /// Records the request, then answers `Ok(None)` for the normal reply, `Ok(Some(outcome))`
+    /// for a forced outcome, or the scripted error.
+    async fn decide(&self, seen: Seen) -> Result<Option<Outcome>, Status> {
+        self.seen.lock().unwrap().push(seen);
+        match self.next_reply() {
+            Reply::Normal => Ok(None),
+            Reply::Outcome(outcome) => Ok(Some(outcome)),
+            Reply::Hang => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Err(Status::internal("hang ended"))
+            }
+            Reply::Fail {
+                code,
+                message,
+                leader,
+            } => {
+                let mut status = Status::new(code, message);
+                if let Some((id, addr)) = leader {
+                    let metadata = status.metadata_mut();
+                    metadata.insert(metadata::LEADER_ID, id.to_string().parse().unwrap());
+                    metadata.insert(metadata::LEADER_ADDR, addr.parse().unwrap());
+                }
+                Err(status)
+            }
+        }
+    }
+
+    async fn write(&self, method: &'static str, op: Op) -> Result<Response<WriteReply>, Status> {
+        let (sku, order_id, epoch) = describe(&op);
+        let seen = Seen {
+            method,
+            skus: vec![sku],
+            order_id,
+            epoch,
+        };
+        let outcome = match self.decide(seen).await? {
+            Some(outcome) => outcome,
+            None => normal_outcome(&op),
+        };
+        Ok(Response::new(WriteReply {
+            outcome: Some(outcome),
+            log_index: 1,
+        }))
+    }
+}
+
+/// (sku, order_id, route epoch) of a write.
+fn describe(op: &Op) -> (Vec<u8>, String, u64) {
+    let epoch = |route: &Option<RouteEpoch>| route.map(|r| r.epoch).unwrap_or(0);
+    match op {
+        Op::Reserve(r) => (r.sku.to_vec(), r.order_id.clone(), epoch(&r.route)),
+        Op::Confirm(r) => (r.sku.to_vec(), r.order_id.clone(), epoch(&r.route)),
+        Op::Cancel(r) => (r.sku.to_vec(), r.order_id.clone(), epoch(&r.route)),
+        Op::Purchase(r) => (r.sku.to_vec(), r.order_id.clone(), epoch(&r.route)),
+        Op::PutSku(r) => (r.sku.to_vec(), String::new(), epoch(&r.route)),
+        Op::Restock(r) => (r.sku.to_vec(), String::new(), epoch(&r.route)),
+    }
+}
+
+fn normal_outcome(op: &Op) -> Outcome {
+    use flashledger_client::Outcome as Domain;
+    let outcome = match op {
+        Op::Reserve(r) => Domain::Reserved {
+            expires_at_ms: r.qty,
+        },
+        Op::Confirm(_) | Op::Purchase(_) => Domain::Confirmed,
+        Op::Cancel(_) => Domain::Released,
+        Op::PutSku(_) | Op::Restock(_) => Domain::Ok,
+    };
+    convert::outcome_to_wire(&outcome)
+}
+
+type ChangeStream = Pin<Box<dyn Stream<Item = Result<StockChange, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Inventory for FakeNode {
+    async fn reserve(
+        &self,
+        request: Request<ReserveRequest>,
+    ) -> Result<Response<WriteReply>, Status> {
+        self.write("reserve", Op::Reserve(request.into_inner()))
+            .await
+    }
+
+    async fn confirm(
+        &self,
+        request: Request<ConfirmRequest>,
+    ) -> Result<Response<WriteReply>, Status> {
+        self.write("confirm", Op::Confirm(request.into_inner()))
+            .await
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<CancelRequest>,
+    ) -> Result<Response<WriteReply>, Status> {
+        self.write("cancel", Op::Cancel(request.into_inner())).await
+    }
+
+    async fn purchase(
+        &self,
+        request: Request<PurchaseRequest>,
+    ) -> Result<Response<WriteReply>, Status> {
+        self.write("purchase", Op::Purchase(request.into_inner()))
+            .await
+    }
+
+    async fn put_sku(
+        &self,
+        request: Request<PutSkuRequest>,
+    ) -> Result<Response<WriteReply>, Status> {
+        self.write("put_sku", Op::PutSku(request.into_inner()))
+            .await
+    }
+
+    async fn restock(
+        &self,
+        request: Request<RestockRequest>,
+    ) -> Result<Response<WriteReply>, Status> {
+        self.write("restock", Op::Restock(request.into_inner()))
+            .await
+    }
+
+    async fn batch(&self, request: Request<BatchRequest>) -> Result<Response<BatchReply>, Status> {
+        let ops: Vec<Op> = request
+            .into_inner()
+            .ops
+            .into_iter()
+            .map(|op| {
+                op.op
+                    .ok_or_else(|| Status::invalid_argument("ops: empty op"))
+            })
+            .collect::<Result<_, _>>()?;
+        let described: Vec<_> = ops.iter().map(describe).collect();
+        let seen = Seen {
+            method: "batch",
+            skus: described.iter().map(|(sku, _, _)| sku.clone()).collect(),
+            order_id: described
+                .first()
+                .map(|(_, id, _)| id.clone())
+                .unwrap_or_default(),
+            epoch: described.first().map(|(_, _, epoch)| *epoch).unwrap_or(0),
+        };
+        let forced = self.decide(seen).await?;
+        let outcomes = ops
+            .iter()
+            .map(|op| forced.clone().unwrap_or_else(|| normal_outcome(op)))
+            .collect();
+        Ok(Response::new(BatchReply {
+            outcomes,
+            log_index: 1,
+        }))
+    }
+
+    async fn get_stock(
+        &self,
+        request: Request<GetStockRequest>,
+    ) -> Result<Response<StockReply>, Status> {
+        let request = request.into_inner();
+        let seen = Seen {
+            method: "get_stock",
+            skus: vec![request.sku.to_vec()],
+            order_id: String::new(),
+            epoch: 0,
+        };
+        self.decide(seen).await?;
+        Ok(Response::new(StockReply {
+            sku: request.sku,
+            counts: Some(StockCounts {
+                total: 10,
+                available: 7,
+                reserved: 2,
+                sold: 1,
+            }),
+            log_index: 5,
+            served_by: self.id,
+        }))
+    }
+
+    type WatchStream = ChangeStream;
+
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<ChangeStream>, Status> {
+        let request = request.into_inner();
+        let seen = Seen {
+            method: "watch",
+            skus: vec![request.start.to_vec()],
+            order_id: String::new(),
+            epoch: 0,
+        };
+        self.decide(seen).await?;
+        let from = request.from_index;
+        let changes = (1..=2).map(move |step| {
+            Ok(StockChange {
+                sku: request.start.clone(),
+                counts: Some(StockCounts {
+                    total: 10,
+                    available: 10 - step as i64,
+                    reserved: step as i64,
+                    sold: 0,
+                }),
+                log_index: from + step,
+            })
+        });
+        Ok(Response::new(Box::pin(tokio_stream::iter(changes))))
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for FakeNode {
+    async fn shard_map(
+        &self,
+        _: Request<ShardMapRequest>,
+    ) -> Result<Response<ShardMapReply>, Status> {
+        *self.map_calls.lock().unwrap() += 1;
+        Ok(Response::new(self.map.lock().unwrap().clone()))
+    }
+
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+}
+
+/// A set of fake nodes sharing one shard map. Node ids are 1..=n.
+pub struct FakeCluster {
+    pub nodes: Vec<Arc<FakeNode>>,
+    pub map: Arc<Mutex<ShardMapReply>>,
+}
+
+impl FakeCluster {
+    /// Starts `count` nodes; the map names them all, with no shards yet.
+    pub async fn start(count: u64) -> anyhow::Result<FakeCluster> {
+        let map = Arc::new(Mutex::new(ShardMapReply::default()));
+        let mut nodes = Vec::new();
+        for id in 1..=count {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?.to_string();
+            let node = Arc::new(FakeNode {
+                id,
+                addr: addr.clone(),
+                script: Mutex::new(VecDeque::new()),
+                otherwise: Mutex::new(Reply::Normal),
+                seen: Mutex::new(Vec::new()),
+                map: map.clone(),
+                map_calls: Mutex::new(0),
+            });
+            let server = tonic::transport::Server::builder()
+                .add_service(InventoryServer::from_arc(node.clone()))
+                .add_service(ClusterServer::from_arc(node.clone()))
+                .serve_with_incoming(TcpListenerStream::new(listener));
+            tokio::spawn(server);
+            map.lock().unwrap().nodes.push(NodeInfo { id, addr });
+            nodes.push(node);
+        }
+        Ok(FakeCluster { nodes, map })
+    }
+
+    /// Node `id` (1-based).
+    pub fn node(&self, id: u64) -> &FakeNode {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    pub fn addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(|node| node.addr.clone()).collect()
+    }
+
+    /// Replaces the shards of the map every node serves.
+    pub fn set_shards(&self, shards: Vec<ShardInfo>) {
+        self.map.lock().unwrap().shards = shards;
+    }
+}
+
+/// A shard for the map.
+pub fn shard(
+    shard_id: u64,
+    start: &[u8],
+    end: &[u8],
+    epoch: u64,
+    replicas: &[u64],
+    leader: u64,
+) -> ShardInfo {
+    ShardInfo {
+        shard_id,
+        start: start.to_vec().into(),
+        end: end.to_vec().into(),
+        epoch,
+        replicas: replicas.to_vec(),
+        leader,
+    }
+}
+
+/// An address nothing listens on (bound, then released).
+pub async fn dead_addr() -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    Ok(listener.local_addr()?.to_string())
+}
+
+/// Options with short timeouts so failing paths finish fast.
+pub fn fast_options() -> ClientOptions {
+    ClientOptions {
+        request_timeout_ms: 5_000,
+        attempt_timeout_ms: 300,
+        connect_timeout_ms: 300,
+        retries_max: 5,
+        backoff_ms_initial: 1,
+        backoff_ms_max: 20,
+    }
+}
