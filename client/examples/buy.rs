@@ -54,13 +54,7 @@ async fn main() -> anyhow::Result<()> {
 
     println!("put_sku  -> {:?}", client.put_sku(sku, 100, rules).await?);
     let reserved = client
-        .reserve(
-            sku,
-            1,
-            "example-user",
-            &order_id,
-            Some(Duration::from_secs(60)),
-        )
+        .reserve(sku, 1, "example-user", &order_id, Some(Duration::from_secs(60)))
         .await?;
     println!("reserve  -> {reserved:?}");
     if matches!(reserved, Outcome::Reserved { .. }) {

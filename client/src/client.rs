@@ -49,10 +49,7 @@ const WRITE: CallKind = CallKind {
 impl Client {
     /// Discovers the shard map from the first reachable seed (`host:port`) and returns a
     /// client routed by it. Seeds are tried in order, each once.
-    pub async fn connect(
-        seeds: Vec<String>,
-        options: ClientOptions,
-    ) -> Result<Client, ClientError> {
+    pub async fn connect(seeds: Vec<String>, options: ClientOptions) -> Result<Client, ClientError> {
         options.validate()?;
         if seeds.is_empty() {
             return Err(ClientError::Config("no seed addresses".to_string()));
@@ -92,11 +89,7 @@ impl Client {
     }
 
     /// Turns the reservation `order_id` on `sku` into a sale.
-    pub async fn confirm(
-        &self,
-        sku: impl AsRef<[u8]>,
-        order_id: &str,
-    ) -> Result<Outcome, ClientError> {
+    pub async fn confirm(&self, sku: impl AsRef<[u8]>, order_id: &str) -> Result<Outcome, ClientError> {
         self.write(WriteOp::Confirm {
             sku: sku.as_ref().to_vec(),
             order_id: order_id.to_string(),
@@ -105,11 +98,7 @@ impl Client {
     }
 
     /// Releases the reservation `order_id` on `sku`.
-    pub async fn cancel(
-        &self,
-        sku: impl AsRef<[u8]>,
-        order_id: &str,
-    ) -> Result<Outcome, ClientError> {
+    pub async fn cancel(&self, sku: impl AsRef<[u8]>, order_id: &str) -> Result<Outcome, ClientError> {
         self.write(WriteOp::Cancel {
             sku: sku.as_ref().to_vec(),
             order_id: order_id.to_string(),
@@ -135,12 +124,7 @@ impl Client {
     }
 
     /// Admin: puts `total` units of `sku` on sale under `rules`.
-    pub async fn put_sku(
-        &self,
-        sku: impl AsRef<[u8]>,
-        total: i64,
-        rules: SaleRules,
-    ) -> Result<Outcome, ClientError> {
+    pub async fn put_sku(&self, sku: impl AsRef<[u8]>, total: i64, rules: SaleRules) -> Result<Outcome, ClientError> {
         self.write(WriteOp::PutSku {
             sku: sku.as_ref().to_vec(),
             total,
@@ -161,11 +145,7 @@ impl Client {
     }
 
     /// Reads a SKU's counts at the given consistency.
-    pub async fn get_stock(
-        &self,
-        sku: impl AsRef<[u8]>,
-        consistency: Consistency,
-    ) -> Result<Stock, ClientError> {
+    pub async fn get_stock(&self, sku: impl AsRef<[u8]>, consistency: Consistency) -> Result<Stock, ClientError> {
         let sku = sku.as_ref();
         check_sku(sku)?;
         let request = convert::get_stock_to_wire(sku, consistency);
@@ -205,9 +185,7 @@ impl Client {
         }
         outcomes
             .into_iter()
-            .map(|outcome| {
-                outcome.ok_or_else(|| ClientError::Protocol("batch op without an outcome".into()))
-            })
+            .map(|outcome| outcome.ok_or_else(|| ClientError::Protocol("batch op without an outcome".into())))
             .collect()
     }
 
@@ -222,8 +200,7 @@ impl Client {
         let (start, end) = (start.as_ref(), end.as_ref());
         let map = self.router.map();
         if let Some(shard) = map.shard_for(start) {
-            let past_shard =
-                !shard.end.is_empty() && (end.is_empty() || end > shard.end.as_slice());
+            let past_shard = !shard.end.is_empty() && (end.is_empty() || end > shard.end.as_slice());
             if past_shard {
                 return Err(ClientError::InvalidArgument(format!(
                     "watch range crosses the end of shard {}; watch each shard separately",
@@ -279,15 +256,10 @@ impl Client {
         }
         let mut groups: std::collections::BTreeMap<u64, Vec<usize>> = Default::default();
         for (index, op) in ops.iter().enumerate() {
-            let shard = map
-                .shard_for(op.sku())
-                .ok_or_else(|| ClientError::Unavailable {
-                    attempts: 0,
-                    last_error: format!(
-                        "no shard covers sku {:?}",
-                        String::from_utf8_lossy(op.sku())
-                    ),
-                })?;
+            let shard = map.shard_for(op.sku()).ok_or_else(|| ClientError::Unavailable {
+                attempts: 0,
+                last_error: format!("no shard covers sku {:?}", String::from_utf8_lossy(op.sku())),
+            })?;
             groups.entry(shard.shard_id).or_default().push(index);
         }
         Ok(groups.into_values().collect())
@@ -325,9 +297,7 @@ impl Client {
 
 /// Sends one write on the RPC matching its kind.
 async fn send_write(
-    mut inventory: flashledger_proto::v1::inventory_client::InventoryClient<
-        tonic::transport::Channel,
-    >,
+    mut inventory: flashledger_proto::v1::inventory_client::InventoryClient<tonic::transport::Channel>,
     op: Op,
 ) -> Result<tonic::Response<wire::WriteReply>, tonic::Status> {
     match op {

@@ -25,8 +25,7 @@ fn millis(duration: Duration) -> i64 {
 /// Wire outcome → domain outcome.
 pub(crate) fn outcome_from_wire(outcome: &wire::Outcome) -> Result<Outcome, ClientError> {
     use wire::OutcomeCode as Code;
-    let code = Code::try_from(outcome.code)
-        .map_err(|_| protocol(format!("unknown outcome code {}", outcome.code)))?;
+    let code = Code::try_from(outcome.code).map_err(|_| protocol(format!("unknown outcome code {}", outcome.code)))?;
     Ok(match code {
         Code::OutcomeUnspecified => return Err(protocol("outcome code unspecified")),
         Code::Reserved => Outcome::Reserved {
@@ -105,10 +104,7 @@ pub(crate) fn write_reply_from_wire(reply: &wire::WriteReply) -> Result<Outcome,
 }
 
 /// A batch reply → one outcome per op sent, in the order sent.
-pub(crate) fn batch_reply_from_wire(
-    reply: &wire::BatchReply,
-    ops_sent: usize,
-) -> Result<Vec<Outcome>, ClientError> {
+pub(crate) fn batch_reply_from_wire(reply: &wire::BatchReply, ops_sent: usize) -> Result<Vec<Outcome>, ClientError> {
     if reply.outcomes.len() != ops_sent {
         return Err(protocol(format!(
             "batch of {ops_sent} ops answered with {} outcomes",
@@ -207,10 +203,7 @@ pub(crate) fn get_stock_to_wire(sku: &[u8], consistency: Consistency) -> wire::G
     }
 }
 
-fn counts_from_wire(
-    counts: Option<&wire::StockCounts>,
-    what: &str,
-) -> Result<wire::StockCounts, ClientError> {
+fn counts_from_wire(counts: Option<&wire::StockCounts>, what: &str) -> Result<wire::StockCounts, ClientError> {
     counts
         .copied()
         .ok_or_else(|| protocol(format!("{what} without counts")))
@@ -231,9 +224,7 @@ pub(crate) fn stock_from_wire(reply: &wire::StockReply) -> Result<Stock, ClientE
 }
 
 /// A watched change → domain change.
-pub(crate) fn stock_change_from_wire(
-    change: &wire::StockChange,
-) -> Result<StockChange, ClientError> {
+pub(crate) fn stock_change_from_wire(change: &wire::StockChange) -> Result<StockChange, ClientError> {
     let counts = counts_from_wire(change.counts.as_ref(), "stock change")?;
     Ok(StockChange {
         sku: change.sku.to_vec(),

@@ -68,17 +68,12 @@ impl ClientError {
     pub fn definitely_not_applied(&self) -> bool {
         matches!(
             self,
-            ClientError::InvalidArgument(_)
-                | ClientError::NoSeedReachable { .. }
-                | ClientError::Config(_)
+            ClientError::InvalidArgument(_) | ClientError::NoSeedReachable { .. } | ClientError::Config(_)
         )
     }
 
     /// True when the outcome is unknown and the caller should retry with the same `order_id`.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            ClientError::Unavailable { .. } | ClientError::Timeout { .. }
-        )
+        matches!(self, ClientError::Unavailable { .. } | ClientError::Timeout { .. })
     }
 }

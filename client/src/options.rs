@@ -74,10 +74,7 @@ impl ClientOptions {
     /// The backoff before retry number `retry` (0-based): initial * 2^retry, capped.
     pub(crate) fn backoff(&self, retry: u32) -> Duration {
         let factor = 1u64.checked_shl(retry.min(32)).unwrap_or(u64::MAX);
-        let millis = self
-            .backoff_ms_initial
-            .saturating_mul(factor)
-            .min(self.backoff_ms_max);
+        let millis = self.backoff_ms_initial.saturating_mul(factor).min(self.backoff_ms_max);
         Duration::from_millis(millis)
     }
 }

@@ -92,10 +92,7 @@ impl Router {
 
     /// The cached shard map.
     pub(crate) fn map(&self) -> Arc<ShardMap> {
-        self.map
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.map.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     fn update_map(&self, update: impl FnOnce(&mut ShardMap) -> bool) {
@@ -109,10 +106,7 @@ impl Router {
     /// Asks the known nodes, then the seeds, for the shard map; installs the first good answer.
     /// Bounded: each address once, each ask at most `attempt_timeout_ms` (and not past
     /// `deadline`).
-    pub(crate) async fn refresh(
-        &self,
-        deadline: Option<Instant>,
-    ) -> Result<Arc<ShardMap>, ClientError> {
+    pub(crate) async fn refresh(&self, deadline: Option<Instant>) -> Result<Arc<ShardMap>, ClientError> {
         let mut candidates: Vec<String> = self.map().nodes().values().cloned().collect();
         for seed in &self.seeds {
             if !candidates.contains(seed) {
@@ -176,21 +170,13 @@ impl Router {
     /// map order; `cursor` counts the nodes already given up on in this call.
     fn pick(&self, map: &ShardMap, shard: &Shard, cursor: usize) -> Option<Target> {
         let mut order: Vec<NodeId> = shard.leader.into_iter().collect();
-        order.extend(
-            shard
-                .replicas
-                .iter()
-                .filter(|id| Some(**id) != shard.leader),
-        );
+        order.extend(shard.replicas.iter().filter(|id| Some(**id) != shard.leader));
         if order.is_empty() {
             return None;
         }
         let node = order[cursor % order.len()];
         let addr = map.addr(node)?.to_string();
-        Some(Target {
-            node: Some(node),
-            addr,
-        })
+        Some(Target { node: Some(node), addr })
     }
 
     /// Sends one request for `sku` until it gets an answer or a bound runs out. `send` builds
@@ -259,8 +245,7 @@ impl Router {
                     return Ok(reply.into_inner());
                 }
                 Ok(Err(status)) => {
-                    last_error =
-                        format!("{}: {:?}: {}", target.addr, status.code(), status.message());
+                    last_error = format!("{}: {:?}: {}", target.addr, status.code(), status.message());
                     classify(&status)
                 }
                 Err(_) => {
@@ -272,10 +257,7 @@ impl Router {
 
             match next {
                 Next::Fail(error) => return Err(error),
-                Next::Redirect {
-                    leader_id,
-                    leader_addr,
-                } => {
+                Next::Redirect { leader_id, leader_addr } => {
                     last_was_timeout = false;
                     match self.follow_hint(&shard, &target, leader_id, leader_addr) {
                         Some(leader) => redirect = Some(leader),
@@ -311,10 +293,7 @@ impl Router {
         if last_was_timeout {
             Err(ClientError::Timeout { attempts })
         } else {
-            Err(ClientError::Unavailable {
-                attempts,
-                last_error,
-            })
+            Err(ClientError::Unavailable { attempts, last_error })
         }
     }
 
@@ -328,8 +307,7 @@ impl Router {
         leader_addr: Option<String>,
     ) -> Option<Target> {
         let map = self.map();
-        let addr =
-            leader_addr.or_else(|| leader_id.and_then(|id| map.addr(id).map(str::to_string)))?;
+        let addr = leader_addr.or_else(|| leader_id.and_then(|id| map.addr(id).map(str::to_string)))?;
         let node = leader_id.or_else(|| map.node_at(&addr));
         if addr == from.addr || (node.is_some() && node == from.node) {
             return None;
@@ -359,19 +337,14 @@ impl Router {
 /// The status-code contract of `flashledger.proto`, as client actions.
 fn classify(status: &Status) -> Next {
     match status.code() {
-        Code::InvalidArgument => {
-            Next::Fail(ClientError::InvalidArgument(status.message().to_string()))
-        }
+        Code::InvalidArgument => Next::Fail(ClientError::InvalidArgument(status.message().to_string())),
         Code::Unavailable => {
             let leader_addr = metadata_str(status, metadata::LEADER_ADDR).map(str::to_string);
             let leader_id = metadata_str(status, metadata::LEADER_ID)
                 .and_then(|id| id.parse::<NodeId>().ok())
                 .filter(|id| *id != 0);
             if leader_addr.is_some() || leader_id.is_some() {
-                Next::Redirect {
-                    leader_id,
-                    leader_addr,
-                }
+                Next::Redirect { leader_id, leader_addr }
             } else {
                 Next::OtherReplica { ambiguous: false }
             }
@@ -381,9 +354,7 @@ fn classify(status: &Status) -> Next {
         Code::ResourceExhausted => Next::SameNode { ambiguous: false },
         // Transport failures surface as these on the client side; the node may or may not
         // have seen the request.
-        Code::Unknown | Code::Internal | Code::Cancelled | Code::Aborted => {
-            Next::OtherReplica { ambiguous: true }
-        }
+        Code::Unknown | Code::Internal | Code::Cancelled | Code::Aborted => Next::OtherReplica { ambiguous: true },
         code => Next::Fail(ClientError::Server {
             code,
             message: status.message().to_string(),

@@ -49,10 +49,7 @@ impl ShardMap {
         for pair in shards.windows(2) {
             let (left, right) = (&pair[0], &pair[1]);
             if left.end.is_empty() || left.end > right.start {
-                return Err(format!(
-                    "shards {} and {} overlap",
-                    left.shard_id, right.shard_id
-                ));
+                return Err(format!("shards {} and {} overlap", left.shard_id, right.shard_id));
             }
         }
         for shard in &shards {
@@ -60,10 +57,7 @@ impl ShardMap {
                 return Err(format!("shard {} has end <= start", shard.shard_id));
             }
             if let Some(missing) = shard.replicas.iter().find(|id| !nodes.contains_key(id)) {
-                return Err(format!(
-                    "shard {} names unknown node {missing}",
-                    shard.shard_id
-                ));
+                return Err(format!("shard {} names unknown node {missing}", shard.shard_id));
             }
         }
         Ok(ShardMap { nodes, shards })
@@ -116,8 +110,7 @@ impl ShardMap {
     /// Returns false when nothing changed.
     pub(crate) fn set_leader(&mut self, shard_id: u64, leader: NodeId, addr: Option<&str>) -> bool {
         let mut changed = false;
-        let new_addr =
-            addr.filter(|addr| self.nodes.get(&leader).map(String::as_str) != Some(addr));
+        let new_addr = addr.filter(|addr| self.nodes.get(&leader).map(String::as_str) != Some(addr));
         if let Some(addr) = new_addr {
             self.nodes.insert(leader, addr.to_string());
             changed = true;

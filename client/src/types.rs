@@ -87,11 +87,7 @@ pub enum WriteOp {
         order_id: String,
     },
     /// Admin: create or reset a SKU with `total` units on sale.
-    PutSku {
-        sku: Vec<u8>,
-        total: i64,
-        rules: SaleRules,
-    },
+    PutSku { sku: Vec<u8>, total: i64, rules: SaleRules },
     /// Admin: grow (positive) or shrink (negative) a SKU's total.
     Restock { sku: Vec<u8>, delta: i64 },
 }

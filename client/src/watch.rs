@@ -28,10 +28,7 @@ impl WatchStream {
 
 impl std::fmt::Debug for WatchStream {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("WatchStream")
-            .field("done", &self.done)
-            .finish()
+        formatter.debug_struct("WatchStream").field("done", &self.done).finish()
     }
 }
 

@@ -61,11 +61,7 @@ async fn not_leader_hint_is_followed_and_remembered() -> anyhow::Result<()> {
 
     let first = client.reserve("sku-a", 2, "alice", "order-1", None).await?;
     assert_eq!(first, Outcome::Reserved { expires_at_ms: 2 });
-    assert_eq!(
-        cluster.node(1).seen().len(),
-        1,
-        "asked the stale leader once"
-    );
+    assert_eq!(cluster.node(1).seen().len(), 1, "asked the stale leader once");
     assert_eq!(
         methods_and_orders(cluster.node(2)),
         vec![("reserve", "order-1".to_string())]
@@ -118,20 +114,14 @@ async fn stale_epoch_refreshes_the_shard_map() -> anyhow::Result<()> {
 
     // The range moved on (a split, say): the node now knows epoch 2 and rejects epoch 1 once.
     cluster.set_shards(vec![shard(1, b"", b"", 2, &[1], 1)]);
-    cluster.node(1).script([Reply::fail(
-        Code::FailedPrecondition,
-        "stale epoch 1, current 2",
-    )]);
+    cluster
+        .node(1)
+        .script([Reply::fail(Code::FailedPrecondition, "stale epoch 1, current 2")]);
 
     let outcome = client.cancel("sku-a", "order-3").await?;
 
     assert_eq!(outcome, Outcome::Released);
-    let epochs: Vec<u64> = cluster
-        .node(1)
-        .seen()
-        .iter()
-        .map(|seen| seen.epoch)
-        .collect();
+    let epochs: Vec<u64> = cluster.node(1).seen().iter().map(|seen| seen.epoch).collect();
     assert_eq!(epochs, vec![1, 2], "resent with the refreshed epoch");
     assert_eq!(cluster.node(1).map_calls(), map_calls_after_connect + 1);
     assert_eq!(client.shard_map().shards()[0].epoch, 2);
@@ -166,15 +156,9 @@ async fn invalid_argument_is_not_retried() -> anyhow::Result<()> {
         .otherwise(Reply::fail(Code::InvalidArgument, "qty: must be > 0"));
     let client = Client::connect(cluster.addrs(), fast_options()).await?;
 
-    let error = client
-        .reserve("sku-a", 0, "alice", "order-1", None)
-        .await
-        .unwrap_err();
+    let error = client.reserve("sku-a", 0, "alice", "order-1", None).await.unwrap_err();
 
-    assert_eq!(
-        error,
-        ClientError::InvalidArgument("qty: must be > 0".into())
-    );
+    assert_eq!(error, ClientError::InvalidArgument("qty: must be > 0".into()));
     assert!(error.definitely_not_applied());
     assert_eq!(cluster.node(1).seen().len(), 1, "exactly one call");
     assert!(cluster.node(2).seen().is_empty());
@@ -187,15 +171,9 @@ async fn oversized_sku_is_rejected_without_a_call() -> anyhow::Result<()> {
     cluster.set_shards(vec![shard(1, b"", b"", 1, &[1], 1)]);
     let client = Client::connect(cluster.addrs(), fast_options()).await?;
 
-    let error = client
-        .confirm(vec![b'x'; 129], "order-1")
-        .await
-        .unwrap_err();
+    let error = client.confirm(vec![b'x'; 129], "order-1").await.unwrap_err();
 
-    assert!(
-        matches!(error, ClientError::InvalidArgument(_)),
-        "{error:?}"
-    );
+    assert!(matches!(error, ClientError::InvalidArgument(_)), "{error:?}");
     assert!(cluster.node(1).seen().is_empty());
     Ok(())
 }
@@ -204,20 +182,13 @@ async fn oversized_sku_is_rejected_without_a_call() -> anyhow::Result<()> {
 async fn timed_out_attempt_is_retried_with_the_same_order_id() -> anyhow::Result<()> {
     let cluster = FakeCluster::start(1).await?;
     cluster.set_shards(vec![shard(1, b"", b"", 1, &[1], 1)]);
-    cluster.node(1).script([
-        Reply::Hang,
-        Reply::fail(Code::DeadlineExceeded, "consensus timed out"),
-    ]);
+    cluster
+        .node(1)
+        .script([Reply::Hang, Reply::fail(Code::DeadlineExceeded, "consensus timed out")]);
     let client = Client::connect(cluster.addrs(), fast_options()).await?;
 
     let outcome = client
-        .reserve(
-            "sku-a",
-            1,
-            "carol",
-            "order-42",
-            Some(Duration::from_secs(30)),
-        )
+        .reserve("sku-a", 1, "carol", "order-42", Some(Duration::from_secs(30)))
         .await?;
 
     assert_eq!(outcome, Outcome::Reserved { expires_at_ms: 1 });
@@ -238,10 +209,7 @@ async fn retry_budget_bounds_attempts() -> anyhow::Result<()> {
     };
     let client = Client::connect(cluster.addrs(), options).await?;
 
-    let error = client
-        .reserve("sku-a", 1, "dave", "order-9", None)
-        .await
-        .unwrap_err();
+    let error = client.reserve("sku-a", 1, "dave", "order-9", None).await.unwrap_err();
 
     assert_eq!(error, ClientError::Timeout { attempts: 3 });
     assert!(error.is_retryable());
@@ -293,10 +261,7 @@ async fn unavailable_everywhere_exhausts_the_budget() -> anyhow::Result<()> {
         matches!(error, ClientError::Unavailable { attempts: 6, .. }),
         "{error:?}"
     );
-    assert_eq!(
-        cluster.node(1).seen().len() + cluster.node(2).seen().len(),
-        6
-    );
+    assert_eq!(cluster.node(1).seen().len() + cluster.node(2).seen().len(), 6);
     Ok(())
 }
 
@@ -319,10 +284,7 @@ async fn restock_is_not_resent_after_an_ambiguous_failure() -> anyhow::Result<()
 #[tokio::test]
 async fn batch_is_split_by_shard_and_reassembled_in_order() -> anyhow::Result<()> {
     let cluster = FakeCluster::start(2).await?;
-    cluster.set_shards(vec![
-        shard(1, b"", b"m", 1, &[1], 1),
-        shard(2, b"m", b"", 1, &[2], 2),
-    ]);
+    cluster.set_shards(vec![shard(1, b"", b"m", 1, &[1], 1), shard(2, b"m", b"", 1, &[2], 2)]);
     let client = Client::connect(cluster.addrs(), fast_options()).await?;
     let reserve = |sku: &str, qty: i64| WriteOp::Reserve {
         sku: sku.as_bytes().to_vec(),
@@ -354,14 +316,7 @@ async fn batch_is_split_by_shard_and_reassembled_in_order() -> anyhow::Result<()
             Outcome::Reserved { expires_at_ms: 5 },
         ]
     );
-    let skus = |id| -> Vec<Vec<Vec<u8>>> {
-        cluster
-            .node(id)
-            .seen()
-            .into_iter()
-            .map(|seen| seen.skus)
-            .collect()
-    };
+    let skus = |id| -> Vec<Vec<Vec<u8>>> { cluster.node(id).seen().into_iter().map(|seen| seen.skus).collect() };
     assert_eq!(
         skus(1),
         vec![vec![b"a".to_vec(), b"b".to_vec()]],
@@ -387,10 +342,7 @@ async fn unknown_outcome_code_is_a_protocol_error() -> anyhow::Result<()> {
         }));
     let client = Client::connect(cluster.addrs(), fast_options()).await?;
 
-    let error = client
-        .reserve("sku-a", 1, "frank", "order-1", None)
-        .await
-        .unwrap_err();
+    let error = client.reserve("sku-a", 1, "frank", "order-1", None).await.unwrap_err();
 
     assert!(matches!(error, ClientError::Protocol(_)), "{error:?}");
     assert_eq!(cluster.node(1).seen().len(), 1);

@@ -1,6 +1,8 @@
 //! In-process 3-node clusters: election, replicated writes, leader failure without losing an
 //! acknowledged write, and a follower that catches up from a snapshot after the log was purged.
 
+#![cfg(not(madsim))]
+
 mod common;
 
 use common::TestCluster;

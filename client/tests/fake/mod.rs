@@ -106,11 +106,7 @@ impl FakeNode {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 Err(Status::internal("hang ended"))
             }
-            Reply::Fail {
-                code,
-                message,
-                leader,
-            } => {
+            Reply::Fail { code, message, leader } => {
                 let mut status = Status::new(code, message);
                 if let Some((id, addr)) = leader {
                     let metadata = status.metadata_mut();
@@ -157,9 +153,7 @@ fn describe(op: &Op) -> (Vec<u8>, String, u64) {
 fn normal_outcome(op: &Op) -> Outcome {
     use flashledger_client::Outcome as Domain;
     let outcome = match op {
-        Op::Reserve(r) => Domain::Reserved {
-            expires_at_ms: r.qty,
-        },
+        Op::Reserve(r) => Domain::Reserved { expires_at_ms: r.qty },
         Op::Confirm(_) | Op::Purchase(_) => Domain::Confirmed,
         Op::Cancel(_) => Domain::Released,
         Op::PutSku(_) | Op::Restock(_) => Domain::Ok,
@@ -171,51 +165,28 @@ type ChangeStream = Pin<Box<dyn Stream<Item = Result<StockChange, Status>> + Sen
 
 #[tonic::async_trait]
 impl Inventory for FakeNode {
-    async fn reserve(
-        &self,
-        request: Request<ReserveRequest>,
-    ) -> Result<Response<WriteReply>, Status> {
-        self.write("reserve", Op::Reserve(request.into_inner()))
-            .await
+    async fn reserve(&self, request: Request<ReserveRequest>) -> Result<Response<WriteReply>, Status> {
+        self.write("reserve", Op::Reserve(request.into_inner())).await
     }
 
-    async fn confirm(
-        &self,
-        request: Request<ConfirmRequest>,
-    ) -> Result<Response<WriteReply>, Status> {
-        self.write("confirm", Op::Confirm(request.into_inner()))
-            .await
+    async fn confirm(&self, request: Request<ConfirmRequest>) -> Result<Response<WriteReply>, Status> {
+        self.write("confirm", Op::Confirm(request.into_inner())).await
     }
 
-    async fn cancel(
-        &self,
-        request: Request<CancelRequest>,
-    ) -> Result<Response<WriteReply>, Status> {
+    async fn cancel(&self, request: Request<CancelRequest>) -> Result<Response<WriteReply>, Status> {
         self.write("cancel", Op::Cancel(request.into_inner())).await
     }
 
-    async fn purchase(
-        &self,
-        request: Request<PurchaseRequest>,
-    ) -> Result<Response<WriteReply>, Status> {
-        self.write("purchase", Op::Purchase(request.into_inner()))
-            .await
+    async fn purchase(&self, request: Request<PurchaseRequest>) -> Result<Response<WriteReply>, Status> {
+        self.write("purchase", Op::Purchase(request.into_inner())).await
     }
 
-    async fn put_sku(
-        &self,
-        request: Request<PutSkuRequest>,
-    ) -> Result<Response<WriteReply>, Status> {
-        self.write("put_sku", Op::PutSku(request.into_inner()))
-            .await
+    async fn put_sku(&self, request: Request<PutSkuRequest>) -> Result<Response<WriteReply>, Status> {
+        self.write("put_sku", Op::PutSku(request.into_inner())).await
     }
 
-    async fn restock(
-        &self,
-        request: Request<RestockRequest>,
-    ) -> Result<Response<WriteReply>, Status> {
-        self.write("restock", Op::Restock(request.into_inner()))
-            .await
+    async fn restock(&self, request: Request<RestockRequest>) -> Result<Response<WriteReply>, Status> {
+        self.write("restock", Op::Restock(request.into_inner())).await
     }
 
     async fn batch(&self, request: Request<BatchRequest>) -> Result<Response<BatchReply>, Status> {
@@ -223,19 +194,13 @@ impl Inventory for FakeNode {
             .into_inner()
             .ops
             .into_iter()
-            .map(|op| {
-                op.op
-                    .ok_or_else(|| Status::invalid_argument("ops: empty op"))
-            })
+            .map(|op| op.op.ok_or_else(|| Status::invalid_argument("ops: empty op")))
             .collect::<Result<_, _>>()?;
         let described: Vec<_> = ops.iter().map(describe).collect();
         let seen = Seen {
             method: "batch",
             skus: described.iter().map(|(sku, _, _)| sku.clone()).collect(),
-            order_id: described
-                .first()
-                .map(|(_, id, _)| id.clone())
-                .unwrap_or_default(),
+            order_id: described.first().map(|(_, id, _)| id.clone()).unwrap_or_default(),
             epoch: described.first().map(|(_, _, epoch)| *epoch).unwrap_or(0),
         };
         let forced = self.decide(seen).await?;
@@ -243,16 +208,10 @@ impl Inventory for FakeNode {
             .iter()
             .map(|op| forced.clone().unwrap_or_else(|| normal_outcome(op)))
             .collect();
-        Ok(Response::new(BatchReply {
-            outcomes,
-            log_index: 1,
-        }))
+        Ok(Response::new(BatchReply { outcomes, log_index: 1 }))
     }
 
-    async fn get_stock(
-        &self,
-        request: Request<GetStockRequest>,
-    ) -> Result<Response<StockReply>, Status> {
+    async fn get_stock(&self, request: Request<GetStockRequest>) -> Result<Response<StockReply>, Status> {
         let request = request.into_inner();
         let seen = Seen {
             method: "get_stock",
@@ -276,10 +235,7 @@ impl Inventory for FakeNode {
 
     type WatchStream = ChangeStream;
 
-    async fn watch(
-        &self,
-        request: Request<WatchRequest>,
-    ) -> Result<Response<ChangeStream>, Status> {
+    async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<ChangeStream>, Status> {
         let request = request.into_inner();
         let seen = Seen {
             method: "watch",
@@ -307,10 +263,7 @@ impl Inventory for FakeNode {
 
 #[tonic::async_trait]
 impl Cluster for FakeNode {
-    async fn shard_map(
-        &self,
-        _: Request<ShardMapRequest>,
-    ) -> Result<Response<ShardMapReply>, Status> {
+    async fn shard_map(&self, _: Request<ShardMapRequest>) -> Result<Response<ShardMapReply>, Status> {
         *self.map_calls.lock().unwrap() += 1;
         Ok(Response::new(self.map.lock().unwrap().clone()))
     }
@@ -370,14 +323,7 @@ impl FakeCluster {
 }
 
 /// A shard for the map.
-pub fn shard(
-    shard_id: u64,
-    start: &[u8],
-    end: &[u8],
-    epoch: u64,
-    replicas: &[u64],
-    leader: u64,
-) -> ShardInfo {
+pub fn shard(shard_id: u64, start: &[u8], end: &[u8], epoch: u64, replicas: &[u64], leader: u64) -> ShardInfo {
     ShardInfo {
         shard_id,
         start: start.to_vec().into(),

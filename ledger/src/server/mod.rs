@@ -19,6 +19,7 @@ use flashledger_proto::v1::inventory_server::InventoryServer;
 use flashledger_proto::v1::raft_server::RaftServer;
 
 use crate::node::Node;
+#[cfg(not(madsim))]
 use crate::raft::network::RAFT_MESSAGE_BYTES_MAX;
 
 /// Serves every service of `node` on `listener` until `shutdown` completes.
@@ -65,21 +66,22 @@ pub async fn serve(
     addr: std::net::SocketAddr,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    let (inventory, cluster, raft) = services(&node);
     tonic::transport::Server::builder()
-        .add_service(inventory)
-        .add_service(cluster)
-        .add_service(raft)
+        .add_service(InventoryServer::new(inventory::InventoryService::new(node.clone())))
+        .add_service(ClusterServer::new(cluster::ClusterService::new(node.clone())))
+        .add_service(RaftServer::new(raft_service::RaftService::new(node)))
         .serve_with_shutdown(addr, shutdown)
         .await
 }
 
+#[cfg(not(madsim))]
 type Services = (
     InventoryServer<inventory::InventoryService>,
     ClusterServer<cluster::ClusterService>,
     RaftServer<raft_service::RaftService>,
 );
 
+#[cfg(not(madsim))]
 fn services(node: &Arc<Node>) -> Services {
     let message_bytes_max = node.config.server.message_bytes_max;
     (
