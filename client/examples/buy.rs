@@ -60,7 +60,10 @@ async fn main() -> anyhow::Result<()> {
     if matches!(reserved, Outcome::Reserved { .. }) {
         println!("confirm  -> {:?}", client.confirm(sku, &order_id).await?);
     }
-    let stock = client.get_stock(sku, Consistency::Linearizable).await?;
+    let Some(stock) = client.get_stock(sku, Consistency::Linearizable).await? else {
+        println!("stock    -> unknown sku");
+        return Ok(());
+    };
     println!(
         "stock    -> total {} available {} reserved {} sold {} (log index {}, served by node {})",
         stock.total, stock.available, stock.reserved, stock.sold, stock.log_index, stock.served_by

@@ -144,8 +144,12 @@ impl Client {
         .await
     }
 
-    /// Reads a SKU's counts at the given consistency.
-    pub async fn get_stock(&self, sku: impl AsRef<[u8]>, consistency: Consistency) -> Result<Stock, ClientError> {
+    /// Reads a SKU's counts at the given consistency; `None` when the SKU was never put on sale.
+    pub async fn get_stock(
+        &self,
+        sku: impl AsRef<[u8]>,
+        consistency: Consistency,
+    ) -> Result<Option<Stock>, ClientError> {
         let sku = sku.as_ref();
         check_sku(sku)?;
         let request = convert::get_stock_to_wire(sku, consistency);

@@ -210,9 +210,12 @@ fn counts_from_wire(counts: Option<&wire::StockCounts>, what: &str) -> Result<wi
 }
 
 /// A stock reply → domain stock.
-pub(crate) fn stock_from_wire(reply: &wire::StockReply) -> Result<Stock, ClientError> {
-    let counts = counts_from_wire(reply.counts.as_ref(), "stock reply")?;
-    Ok(Stock {
+/// A stock reply → domain counts; `None` when the ledger does not know the SKU (no counts).
+pub(crate) fn stock_from_wire(reply: &wire::StockReply) -> Result<Option<Stock>, ClientError> {
+    let Some(counts) = reply.counts.as_ref() else {
+        return Ok(None);
+    };
+    Ok(Some(Stock {
         sku: reply.sku.to_vec(),
         total: counts.total,
         available: counts.available,
@@ -220,7 +223,7 @@ pub(crate) fn stock_from_wire(reply: &wire::StockReply) -> Result<Stock, ClientE
         sold: counts.sold,
         log_index: reply.log_index,
         served_by: reply.served_by,
-    })
+    }))
 }
 
 /// A watched change → domain change.

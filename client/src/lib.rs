@@ -29,8 +29,9 @@
 //!     Outcome::SoldOut { available } => println!("only {available} left"),
 //!     other => println!("not reserved: {other:?}"),
 //! }
-//! let stock = client.get_stock("sneaker-42", Consistency::Linearizable).await?;
-//! assert_eq!(stock.available + stock.reserved + stock.sold, stock.total);
+//! if let Some(stock) = client.get_stock("sneaker-42", Consistency::Linearizable).await? {
+//!     assert_eq!(stock.available + stock.reserved + stock.sold, stock.total);
+//! }
 //! # Ok(())
 //! # }
 //! ```

@@ -357,7 +357,8 @@ async fn stock_reads_and_watch_return_domain_values() -> anyhow::Result<()> {
 
     let stock = client
         .get_stock("sku-a", Consistency::Stale { max_lag_entries: 3 })
-        .await?;
+        .await?
+        .expect("the fake knows sku-a");
     assert_eq!(
         (
             stock.sku.as_slice(),

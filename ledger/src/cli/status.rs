@@ -1,0 +1,92 @@
+//! `ledger status`: asks every node for the state of the shards it hosts.
+
+use flashledger_proto::v1::StatusReply;
+use flashledger_proto::v1::StatusRequest;
+use flashledger_proto::v1::cluster_client::ClusterClient;
+use serde_json::json;
+
+use crate::cli::Target;
+
+/// One node's answer, or why it could not be reached.
+pub struct NodeStatus {
+    pub addr: String,
+    pub reply: Result<StatusReply, String>,
+}
+
+pub async fn fetch_all(addresses: &[String]) -> Vec<NodeStatus> {
+    let mut statuses = Vec::new();
+    for addr in addresses {
+        statuses.push(NodeStatus { addr: addr.clone(), reply: fetch(addr).await });
+    }
+    statuses
+}
+
+async fn fetch(addr: &str) -> Result<StatusReply, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .timeout(std::time::Duration::from_secs(5));
+    let channel = endpoint.connect().await.map_err(|e| format!("unreachable: {e}"))?;
+    let reply = ClusterClient::new(channel).status(StatusRequest {}).await.map_err(|s| s.message().to_string())?;
+    Ok(reply.into_inner())
+}
+
+pub async fn run(target: &Target) -> anyhow::Result<()> {
+    let statuses = fetch_all(&target.addresses()?).await;
+    if target.json {
+        let nodes: Vec<_> = statuses.iter().map(status_json).collect();
+        println!("{}", serde_json::to_string_pretty(&json!({ "nodes": nodes }))?);
+        return Ok(());
+    }
+    println!(
+        "{:<22} {:>5} {:>6} {:>7} {:<10} {:>10} {:>10} {:>10} {:>5} {:<18} {}",
+        "node", "shard", "leader", "term", "role", "last_log", "applied", "snapshot", "skus", "digest", "invariant"
+    );
+    for status in &statuses {
+        match &status.reply {
+            Err(error) => println!("{:<22} {error}", status.addr),
+            Ok(reply) => {
+                for shard in &reply.shards {
+                    println!(
+                        "{:<22} {:>5} {:>6} {:>7} {:<10} {:>10} {:>10} {:>10} {:>5} {:<18} {}",
+                        format!("{} ({})", reply.node_id, status.addr),
+                        shard.shard_id,
+                        shard.leader,
+                        shard.term,
+                        shard.role,
+                        shard.last_log_index,
+                        shard.applied_index,
+                        shard.snapshot_index,
+                        shard.sku_count,
+                        format!("{:016x}", shard.state_digest),
+                        if shard.invariant_ok { "ok" } else { "BROKEN" }
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn status_json(status: &NodeStatus) -> serde_json::Value {
+    match &status.reply {
+        Err(error) => json!({ "addr": status.addr, "error": error }),
+        Ok(reply) => json!({
+            "addr": status.addr,
+            "node_id": reply.node_id,
+            "shards": reply.shards.iter().map(|s| json!({
+                "shard_id": s.shard_id,
+                "leader": s.leader,
+                "term": s.term,
+                "role": s.role,
+                "replicas": s.replicas,
+                "last_log_index": s.last_log_index,
+                "applied_index": s.applied_index,
+                "snapshot_index": s.snapshot_index,
+                "sku_count": s.sku_count,
+                "state_digest": format!("{:016x}", s.state_digest),
+                "invariant_ok": s.invariant_ok,
+            })).collect::<Vec<_>>(),
+        }),
+    }
+}
