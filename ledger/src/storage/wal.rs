@@ -653,6 +653,14 @@ impl Wal {
         Ok(receiver)
     }
 
+    /// Wait until everything queued so far is durable (a barrier, e.g. before reporting a purge).
+    pub async fn sync(&self) -> Result<(), WalError> {
+        let admission = self.admit(0).await?;
+        let (sender, receiver) = oneshot::channel();
+        self.submit(Vec::new(), Effect::Nothing, Completion::Notify(sender), admission)?;
+        receiver.await.map_err(|_| WalError::Closed)?.map_err(WalError::Io)
+    }
+
     /// Encode `record`, admit it and queue it without waiting for durability.
     pub(crate) async fn write(&self, record: &Record) -> Result<(), WalError> {
         let bytes = record::encode(record).map_err(|e| WalError::Encode(e.to_string()))?;
