@@ -61,9 +61,15 @@ impl RaftSnapshotBuilder<TypeConfig> for TestStateMachine {
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, Cursor<Vec<u8>>>, io::Error> {
         let mut data = self.data();
         let bytes = encode_applied(&data)?;
-        let meta = SnapshotMeta { last_log_id: data.applied, last_membership: data.membership.clone() };
+        let meta = SnapshotMeta {
+            last_log_id: data.applied,
+            last_membership: data.membership.clone(),
+        };
         data.snapshot = Some((meta.clone(), bytes.clone()));
-        Ok(SnapshotOf::<TypeConfig, _> { meta, snapshot: Cursor::new(bytes) })
+        Ok(SnapshotOf::<TypeConfig, _> {
+            meta,
+            snapshot: Cursor::new(bytes),
+        })
     }
 }
 

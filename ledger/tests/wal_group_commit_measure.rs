@@ -19,7 +19,8 @@ use openraft::storage::IOFlushed;
 use openraft::storage::RaftLogStorage;
 use openraft::type_config::TypeConfigExt;
 
-const SHARDS: u64 = 8;
+/// Shards appending at once; `WAL_MEASURE_SHARDS` overrides (1 gives the no-grouping baseline).
+const SHARDS_DEFAULT: u64 = 8;
 const ENTRY_BYTES: usize = 4096;
 const RUN_TIME: Duration = Duration::from_secs(3);
 
@@ -31,24 +32,33 @@ fn entry_of_about_4_kib(index: u64) -> Entry {
         order_id: format!("order-{index}"),
         ttl_ms: 0,
     };
-    let command = LogCommand { timestamp_ms: index, body: CommandBody::Batch(vec![operation]) };
+    let command = LogCommand {
+        timestamp_ms: index,
+        body: CommandBody::Batch(vec![operation]),
+    };
     Entry::new_normal(openraft::testing::log_id::<TypeConfig>(1, 1, index), command)
 }
 
 #[test]
 #[ignore = "measurement; run explicitly with --ignored --nocapture"]
 fn measure_group_commit_over_files() -> anyhow::Result<()> {
+    let shards: u64 = std::env::var("WAL_MEASURE_SHARDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(SHARDS_DEFAULT);
     let directory = tempfile::tempdir()?;
     let wal = Wal::open(FileBackend::open(directory.path())?, WalOptions::default())?;
     let started = Instant::now();
     let appends: u64 = TypeConfig::run(async {
-        let shards = (1..=SHARDS).map(|shard| {
+        let shards = (1..=shards).map(|shard| {
             let mut store = wal.log_store(shard);
             async move {
                 let mut index = 1;
                 while started.elapsed() < RUN_TIME {
                     let (sender, receiver) = TypeConfig::oneshot();
-                    store.append([entry_of_about_4_kib(index)], IOFlushed::signal(sender)).await?;
+                    store
+                        .append([entry_of_about_4_kib(index)], IOFlushed::signal(sender))
+                        .await?;
                     receiver.await.map_err(|_| anyhow::anyhow!("callback dropped"))??;
                     index += 1;
                 }
@@ -61,7 +71,7 @@ fn measure_group_commit_over_files() -> anyhow::Result<()> {
     let seconds = started.elapsed().as_secs_f64();
     let stats = wal.stats();
     println!(
-        "{SHARDS} shards, 4 KiB entries, one in flight per shard, {seconds:.1} s: {:.0} appends/s, {:.0} fdatasyncs/s, \
+        "{shards} shards, 4 KiB entries, one in flight per shard, {seconds:.1} s: {:.0} appends/s, {:.0} fdatasyncs/s, \
          {:.1} appends per fdatasync, {:.1} MiB/s",
         appends as f64 / seconds,
         stats.syncs as f64 / seconds,

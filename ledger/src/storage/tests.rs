@@ -127,7 +127,8 @@ fn a_torn_last_record_is_cut_and_everything_before_survives() {
         let disk = MemoryBackend::new();
         let segment = five_records(&disk);
         let len = disk.segment_len(segment).expect("segment exists");
-        disk.truncate_segment(segment, (len - cut_bytes) as u64).expect("truncates");
+        disk.truncate_segment(segment, (len - cut_bytes) as u64)
+            .expect("truncates");
         assert_eq!(entries_after_reopen(&disk), blanks(1, 1..=4), "cut {cut_bytes} bytes");
         // The cut is durable: a second reopen sees the same log.
         assert_eq!(entries_after_reopen(&disk), blanks(1, 1..=4));
@@ -141,7 +142,11 @@ fn a_flipped_byte_in_the_last_record_is_cut() {
         let segment = five_records(&disk);
         let len = disk.segment_len(segment).expect("segment exists");
         disk.flip_byte(segment, len - from_end).expect("flips");
-        assert_eq!(entries_after_reopen(&disk), blanks(1, 1..=4), "flip at end - {from_end}");
+        assert_eq!(
+            entries_after_reopen(&disk),
+            blanks(1, 1..=4),
+            "flip at end - {from_end}"
+        );
     }
 }
 
@@ -151,7 +156,8 @@ fn corruption_in_an_older_segment_is_an_error() {
     let segment = five_records(&disk);
     // Reopening starts a newer segment, so `segment` is no longer the last one.
     assert_eq!(entries_after_reopen(&disk), blanks(1, 1..=5));
-    disk.flip_byte(segment, record::SEGMENT_HEADER_BYTES + 12).expect("flips");
+    disk.flip_byte(segment, record::SEGMENT_HEADER_BYTES + 12)
+        .expect("flips");
     match Wal::open(disk.clone(), WalOptions::default()) {
         Err(WalError::Corrupt { segment: bad, offset }) => {
             assert_eq!((bad, offset), (segment, record::SEGMENT_HEADER_BYTES));
@@ -187,7 +193,10 @@ fn truncate_purge_vote_and_committed_survive_reopen() {
 }
 
 fn small_segments() -> WalOptions {
-    WalOptions { segment_bytes_max: 512, ..WalOptions::default() }
+    WalOptions {
+        segment_bytes_max: 512,
+        ..WalOptions::default()
+    }
 }
 
 #[test]
@@ -221,7 +230,10 @@ fn segments_are_deleted_once_every_shard_purged_them() {
         let mut one = wal.log_store(1);
         let mut two = wal.log_store(2);
         let state = one.get_log_state().await.expect("state");
-        assert_eq!((state.last_purged_log_id, state.last_log_id), (Some(log_id(1, 40)), Some(log_id(1, 40))));
+        assert_eq!(
+            (state.last_purged_log_id, state.last_log_id),
+            (Some(log_id(1, 40)), Some(log_id(1, 40)))
+        );
         assert_eq!(indexes(&mut two).await, vec![(1, 40)]);
         assert_eq!(two.read_vote().await.expect("vote"), Some(Vote::new(3, 2)));
     });
@@ -251,7 +263,10 @@ fn many_shards_interleaved_share_fdatasyncs() {
         let wal = open_with(&disk, small_segments());
         for shard in shards {
             let mut store = wal.log_store(shard);
-            assert_eq!(store.try_get_log_entries(..).await.expect("reads"), blanks(shard, 1..=25));
+            assert_eq!(
+                store.try_get_log_entries(..).await.expect("reads"),
+                blanks(shard, 1..=25)
+            );
         }
     });
 }
@@ -259,12 +274,27 @@ fn many_shards_interleaved_share_fdatasyncs() {
 /// One step of the random sequences; `pick` chooses among what is valid at that point.
 #[derive(Debug, Clone)]
 enum Step {
-    Append { shard: ShardId, count: u64, back: u64 },
-    TruncateAfter { shard: ShardId, pick: u64 },
-    Purge { shard: ShardId, pick: u64 },
-    SaveVote { shard: ShardId },
+    Append {
+        shard: ShardId,
+        count: u64,
+        back: u64,
+    },
+    TruncateAfter {
+        shard: ShardId,
+        pick: u64,
+    },
+    Purge {
+        shard: ShardId,
+        pick: u64,
+    },
+    SaveVote {
+        shard: ShardId,
+    },
     /// An append whose fdatasync fails, then a crash that keeps `pick` of the unsynced bytes.
-    FailedAppendThenCrash { shard: ShardId, pick: usize },
+    FailedAppendThenCrash {
+        shard: ShardId,
+        pick: usize,
+    },
     CrashAndReopen,
 }
 
@@ -291,7 +321,10 @@ struct ModelShard {
 
 impl ModelShard {
     fn next_index(&self) -> u64 {
-        self.entries.keys().next_back().map_or(self.last_purged.map_or(1, |p| p.index() + 1), |last| last + 1)
+        self.entries
+            .keys()
+            .next_back()
+            .map_or(self.last_purged.map_or(1, |p| p.index() + 1), |last| last + 1)
     }
 
     fn floor(&self) -> u64 {
@@ -310,7 +343,12 @@ impl Harness {
     fn new() -> Self {
         let disk = MemoryBackend::new();
         let wal = open_with(&disk, small_segments());
-        Self { disk, wal, stores: BTreeMap::new(), model: BTreeMap::new() }
+        Self {
+            disk,
+            wal,
+            stores: BTreeMap::new(),
+            model: BTreeMap::new(),
+        }
     }
 
     fn store(&mut self, shard: ShardId) -> &mut ShardLogStore {
@@ -335,19 +373,31 @@ impl Harness {
             }
             Step::TruncateAfter { shard, pick } => {
                 let model = self.model.entry(shard).or_default();
-                let Some(last) = model.entries.keys().next_back().copied() else { return };
+                let Some(last) = model.entries.keys().next_back().copied() else {
+                    return;
+                };
                 let keep = model.floor() - 1 + pick % (last - model.floor() + 2);
-                let last_kept = if keep == 0 { None } else { model.entries.get(&keep).map(|e| e.log_id()) };
-                let Some(last_kept) = last_kept.or(model.last_purged) else { return };
+                let last_kept = if keep == 0 {
+                    None
+                } else {
+                    model.entries.get(&keep).map(|e| e.log_id())
+                };
+                let Some(last_kept) = last_kept.or(model.last_purged) else {
+                    return;
+                };
                 model.entries.split_off(&(last_kept.index() + 1));
-                self.store(shard).truncate_after(Some(last_kept)).await.expect("truncate");
+                self.store(shard)
+                    .truncate_after(Some(last_kept))
+                    .await
+                    .expect("truncate");
                 self.wal.sync().await.expect("sync");
             }
             Step::Purge { shard, pick } => {
                 let model = self.model.entry(shard).or_default();
-                let (Some(first), Some(last)) =
-                    (model.entries.keys().next().copied(), model.entries.keys().next_back().copied())
-                else {
+                let (Some(first), Some(last)) = (
+                    model.entries.keys().next().copied(),
+                    model.entries.keys().next_back().copied(),
+                ) else {
                     return;
                 };
                 let upto = model.entries[&(first + pick % (last - first + 1))].log_id();
@@ -382,7 +432,11 @@ impl Harness {
         for (shard, model) in self.model.clone() {
             let store = self.store(shard);
             let entries = store.try_get_log_entries(..).await.expect("reads");
-            assert_eq!(entries, model.entries.values().cloned().collect::<Vec<_>>(), "shard {shard}");
+            assert_eq!(
+                entries,
+                model.entries.values().cloned().collect::<Vec<_>>(),
+                "shard {shard}"
+            );
             let state = store.get_log_state().await.expect("state");
             assert_eq!(state.last_purged_log_id, model.last_purged, "shard {shard}");
             assert_eq!(store.read_vote().await.expect("vote"), model.vote, "shard {shard}");
