@@ -151,6 +151,19 @@ fn a_flipped_byte_in_the_last_record_is_cut() {
 }
 
 #[test]
+fn a_last_segment_with_a_torn_header_is_removed() {
+    use crate::storage::WalBackend;
+    let disk = MemoryBackend::new();
+    let segment = five_records(&disk);
+    let next = segment + 10;
+    disk.create_segment(next).expect("creates");
+    disk.append(next, &record::segment_header(next)[..5]).expect("appends");
+    disk.sync(next).expect("syncs");
+    assert_eq!(entries_after_reopen(&disk), blanks(1, 1..=5));
+    assert!(disk.segment_len(next).is_none(), "the headerless segment is gone");
+}
+
+#[test]
 fn corruption_in_an_older_segment_is_an_error() {
     let disk = MemoryBackend::new();
     let segment = five_records(&disk);
@@ -455,7 +468,7 @@ fn open_after_crash(disk: &MemoryBackend, pick: usize) -> Arc<Wal> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
     fn random_operations_match_a_btreemap_model(steps in proptest::collection::vec(step(), 1..60)) {
