@@ -398,7 +398,10 @@ impl Writer {
         if self.active_bytes >= self.segment_bytes_max {
             self.start_segment(self.active + 1)?;
         }
-        let buffer: Vec<u8> = batch.iter().flat_map(|p| p.bytes.iter().copied()).collect();
+        let mut buffer = Vec::with_capacity(batch.iter().map(|p| p.bytes.len()).sum());
+        for pending in batch {
+            buffer.extend_from_slice(&pending.bytes);
+        }
         if !buffer.is_empty() {
             self.backend.append(self.active, &buffer)?;
         }
