@@ -211,6 +211,11 @@ impl MemoryBackend {
         Ok(())
     }
 
+    /// Bytes appended but not yet synced, over all segments.
+    pub fn unsynced_bytes(&self) -> usize {
+        lock(&self.disk).segments.values().map(|s| s.unsynced.len()).sum()
+    }
+
     /// Total bytes of a segment, synced or not.
     pub fn segment_len(&self, segment: SegmentId) -> Option<usize> {
         lock(&self.disk)

@@ -21,3 +21,6 @@ pub use log_store::ShardLogStore;
 pub use wal::Wal;
 pub use wal::WalError;
 pub use wal::WalOptions;
+
+#[cfg(test)]
+mod tests;

@@ -398,7 +398,10 @@ impl Writer {
         if self.active_bytes >= self.segment_bytes_max {
             self.start_segment(self.active + 1)?;
         }
-        let buffer: Vec<u8> = batch.iter().flat_map(|p| p.bytes.iter().copied()).collect();
+        let mut buffer = Vec::with_capacity(batch.iter().map(|p| p.bytes.len()).sum());
+        for pending in batch {
+            buffer.extend_from_slice(&pending.bytes);
+        }
         if !buffer.is_empty() {
             self.backend.append(self.active, &buffer)?;
         }
@@ -651,6 +654,14 @@ impl Wal {
         let (sender, receiver) = oneshot::channel();
         self.submit(bytes, Effect::of(record), Completion::Notify(sender), admission)?;
         Ok(receiver)
+    }
+
+    /// Wait until everything queued so far is durable (a barrier, e.g. before reporting a purge).
+    pub async fn sync(&self) -> Result<(), WalError> {
+        let admission = self.admit(0).await?;
+        let (sender, receiver) = oneshot::channel();
+        self.submit(Vec::new(), Effect::Nothing, Completion::Notify(sender), admission)?;
+        receiver.await.map_err(|_| WalError::Closed)?.map_err(WalError::Io)
     }
 
     /// Encode `record`, admit it and queue it without waiting for durability.
