@@ -71,7 +71,10 @@ impl Tally {
 pub async fn run(args: FlashSaleArgs) -> anyhow::Result<()> {
     let addresses = args.target.addresses()?;
     let client = Client::connect(addresses.clone(), ClientOptions::default()).await?;
-    let sku = args.sku.clone().unwrap_or_else(|| format!("flash-{}", ledger::node::now_ms()));
+    let sku = args
+        .sku
+        .clone()
+        .unwrap_or_else(|| format!("flash-{}", ledger::node::now_ms()));
     match client.put_sku(&sku, args.stock, SaleRules::default()).await? {
         Outcome::Ok => {}
         other => bail!("could not put {sku} on sale: {other:?}"),
@@ -91,7 +94,11 @@ pub async fn run(args: FlashSaleArgs) -> anyhow::Result<()> {
         .get_stock(&sku, Consistency::Linearizable)
         .await?
         .with_context(|| format!("{sku} vanished from the ledger"))?;
-    let shard_id = client.shard_map().shard_for(sku.as_bytes()).map(|s| s.shard_id).context("no shard for the sku")?;
+    let shard_id = client
+        .shard_map()
+        .shard_for(sku.as_bytes())
+        .map(|s| s.shard_id)
+        .context("no shard for the sku")?;
     let replicas = check_replicas(&addresses, &sku, shard_id).await?;
     let oversold_answers = (tally.confirmed as i64 - args.stock).max(0);
     let oversold_ledger = (ledger_stock.sold + ledger_stock.reserved - ledger_stock.total).max(0);
@@ -122,7 +129,10 @@ pub async fn run(args: FlashSaleArgs) -> anyhow::Result<()> {
             ledger_stock.total, ledger_stock.available, ledger_stock.reserved, ledger_stock.sold
         );
         println!("oversold                  {}", oversold_answers.max(oversold_ledger));
-        println!("throughput                {throughput:.0} attempts/s over {:.2} s", elapsed.as_secs_f64());
+        println!(
+            "throughput                {throughput:.0} attempts/s over {:.2} s",
+            elapsed.as_secs_f64()
+        );
         println!(
             "latency                   p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
             quantile_ms(0.5),
@@ -133,7 +143,10 @@ pub async fn run(args: FlashSaleArgs) -> anyhow::Result<()> {
         for line in &replicas.lines {
             println!("  {line}");
         }
-        println!("replicas agree            {}", if replicas.agree { "yes" } else { "NO" });
+        println!(
+            "replicas agree            {}",
+            if replicas.agree { "yes" } else { "NO" }
+        );
         println!("result                    {}", if ok { "OK" } else { "FAILED" });
     }
     if !ok {
@@ -151,7 +164,10 @@ async fn run_buyers(client: &Client, sku: &str, args: &FlashSaleArgs) -> anyhow:
         let next_attempt = next_attempt.clone();
         let attempts = args.attempts;
         buyers.push(tokio::spawn(async move {
-            let mut tally = Tally { latency_us: Some(Histogram::new(3)?), ..Tally::default() };
+            let mut tally = Tally {
+                latency_us: Some(Histogram::new_with_bounds(1, 60_000_000, 3)?),
+                ..Tally::default()
+            };
             loop {
                 let attempt = next_attempt.fetch_add(1, Ordering::Relaxed);
                 if attempt >= attempts {
@@ -197,13 +213,24 @@ async fn check_replicas(addresses: &[String], sku: &str, shard_id: u64) -> anyho
         let mut rows = Vec::new();
         for node in &statuses {
             let Ok(reply) = &node.reply else { continue };
-            let Ok(counts) = stale_counts(&node.addr, sku).await else { continue };
+            let Ok(counts) = stale_counts(&node.addr, sku).await else {
+                continue;
+            };
             if let Some(shard) = reply.shards.iter().find(|s| s.shard_id == shard_id) {
-                rows.push((reply.node_id, shard_id, shard.applied_index, shard.state_digest, shard.invariant_ok, counts));
+                rows.push((
+                    reply.node_id,
+                    shard_id,
+                    shard.applied_index,
+                    shard.state_digest,
+                    shard.invariant_ok,
+                    counts,
+                ));
             }
         }
         let converged = rows.len() == addresses.len()
-            && rows.windows(2).all(|w| w[0].2 == w[1].2 && w[0].3 == w[1].3 && w[0].5 == w[1].5)
+            && rows
+                .windows(2)
+                .all(|w| w[0].2 == w[1].2 && w[0].3 == w[1].3 && w[0].5 == w[1].5)
             && rows.iter().all(|r| r.4);
         if converged || Instant::now() >= deadline {
             let lines = rows
@@ -220,7 +247,10 @@ async fn check_replicas(addresses: &[String], sku: &str, shard_id: u64) -> anyho
                     )
                 })
                 .collect();
-            return Ok(ReplicaCheck { lines, agree: converged });
+            return Ok(ReplicaCheck {
+                lines,
+                agree: converged,
+            });
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -239,6 +269,10 @@ async fn stale_counts(addr: &str, sku: &str) -> Result<pb::StockCounts, String> 
         consistency: pb::Consistency::Stale as i32,
         max_lag_entries: u64::MAX,
     };
-    let reply = InventoryClient::new(channel).get_stock(request).await.map_err(|s| s.to_string())?.into_inner();
+    let reply = InventoryClient::new(channel)
+        .get_stock(request)
+        .await
+        .map_err(|s| s.to_string())?
+        .into_inner();
     reply.counts.ok_or_else(|| "unknown sku".to_string())
 }

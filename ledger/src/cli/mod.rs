@@ -16,7 +16,11 @@ use clap::Subcommand;
 use ledger::config::ClusterConfig;
 
 #[derive(Debug, Parser)]
-#[command(name = "ledger", version, about = "flashledger: a Raft-replicated inventory ledger for flash sales")]
+#[command(
+    name = "ledger",
+    version,
+    about = "flashledger: a Raft-replicated inventory ledger for flash sales"
+)]
 pub struct Command {
     #[command(subcommand)]
     pub action: Action,

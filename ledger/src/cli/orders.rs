@@ -109,8 +109,21 @@ fn print_outcome(target: &Target, outcome: &Outcome) {
 
 pub async fn run(command: OrderCommand) -> anyhow::Result<()> {
     match command {
-        OrderCommand::PutSku { sku, total, per_user_limit, start_ms, end_ms, ttl_ms, target } => {
-            let rules = SaleRules { start_ms, end_ms, per_user_limit, default_ttl: ttl_ms.map(Duration::from_millis) };
+        OrderCommand::PutSku {
+            sku,
+            total,
+            per_user_limit,
+            start_ms,
+            end_ms,
+            ttl_ms,
+            target,
+        } => {
+            let rules = SaleRules {
+                start_ms,
+                end_ms,
+                per_user_limit,
+                default_ttl: ttl_ms.map(Duration::from_millis),
+            };
             let outcome = connect(&target).await?.put_sku(&sku, total, rules).await?;
             print_outcome(&target, &outcome);
         }
@@ -118,7 +131,11 @@ pub async fn run(command: OrderCommand) -> anyhow::Result<()> {
             let outcome = connect(&target).await?.restock(&sku, delta).await?;
             print_outcome(&target, &outcome);
         }
-        OrderCommand::Get { sku, stale_max_lag, target } => {
+        OrderCommand::Get {
+            sku,
+            stale_max_lag,
+            target,
+        } => {
             let consistency = match stale_max_lag {
                 Some(max_lag_entries) => Consistency::Stale { max_lag_entries },
                 None => Consistency::Linearizable,
@@ -138,7 +155,14 @@ pub async fn run(command: OrderCommand) -> anyhow::Result<()> {
                 ),
             }
         }
-        OrderCommand::Reserve { sku, qty, user, order, ttl_ms, target } => {
+        OrderCommand::Reserve {
+            sku,
+            qty,
+            user,
+            order,
+            ttl_ms,
+            target,
+        } => {
             let ttl = ttl_ms.map(Duration::from_millis);
             let outcome = connect(&target).await?.reserve(&sku, qty, &user, &order, ttl).await?;
             print_outcome(&target, &outcome);
@@ -151,7 +175,13 @@ pub async fn run(command: OrderCommand) -> anyhow::Result<()> {
             let outcome = connect(&target).await?.cancel(&sku, &order).await?;
             print_outcome(&target, &outcome);
         }
-        OrderCommand::Purchase { sku, qty, user, order, target } => {
+        OrderCommand::Purchase {
+            sku,
+            qty,
+            user,
+            order,
+            target,
+        } => {
             let outcome = connect(&target).await?.purchase(&sku, qty, &user, &order).await?;
             print_outcome(&target, &outcome);
         }

@@ -16,7 +16,10 @@ pub struct NodeStatus {
 pub async fn fetch_all(addresses: &[String]) -> Vec<NodeStatus> {
     let mut statuses = Vec::new();
     for addr in addresses {
-        statuses.push(NodeStatus { addr: addr.clone(), reply: fetch(addr).await });
+        statuses.push(NodeStatus {
+            addr: addr.clone(),
+            reply: fetch(addr).await,
+        });
     }
     statuses
 }
@@ -27,7 +30,10 @@ async fn fetch(addr: &str) -> Result<StatusReply, String> {
         .connect_timeout(std::time::Duration::from_secs(2))
         .timeout(std::time::Duration::from_secs(5));
     let channel = endpoint.connect().await.map_err(|e| format!("unreachable: {e}"))?;
-    let reply = ClusterClient::new(channel).status(StatusRequest {}).await.map_err(|s| s.message().to_string())?;
+    let reply = ClusterClient::new(channel)
+        .status(StatusRequest {})
+        .await
+        .map_err(|s| s.message().to_string())?;
     Ok(reply.into_inner())
 }
 
