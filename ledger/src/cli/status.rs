@@ -7,6 +7,9 @@ use serde_json::json;
 
 use crate::cli::Target;
 
+const HEADER: &str = "node                   shard leader    term role         last_log    applied   snapshot  skus \
+                      digest             invariant";
+
 /// One node's answer, or why it could not be reached.
 pub struct NodeStatus {
     pub addr: String,
@@ -44,10 +47,7 @@ pub async fn run(target: &Target) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&json!({ "nodes": nodes }))?);
         return Ok(());
     }
-    println!(
-        "{:<22} {:>5} {:>6} {:>7} {:<10} {:>10} {:>10} {:>10} {:>5} {:<18} {}",
-        "node", "shard", "leader", "term", "role", "last_log", "applied", "snapshot", "skus", "digest", "invariant"
-    );
+    println!("{HEADER}");
     for status in &statuses {
         match &status.reply {
             Err(error) => println!("{:<22} {error}", status.addr),
