@@ -1,0 +1,392 @@
+//! End-to-end tests through real `ledger serve` processes: the operator CLI against a live
+//! cluster, bad input through the CLI, and the crash test (SIGKILL a node at random points
+//! under load, restart it, and check every replica converges to the same state without losing
+//! an acknowledged purchase or overselling).
+
+#![cfg(not(madsim))]
+
+use std::path::PathBuf;
+use std::process::Child;
+use std::process::Command;
+use std::process::Output;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use std::time::Instant;
+
+use flashledger_client::Client;
+use flashledger_client::ClientOptions;
+use flashledger_client::Consistency;
+use flashledger_client::Outcome;
+use flashledger_client::SaleRules;
+use rand::Rng;
+use rand::SeedableRng;
+use serde_json::Value;
+
+const LEDGER: &str = env!("CARGO_BIN_EXE_ledger");
+
+/// A cluster of real node processes with its own config and data in a temporary directory.
+struct ProcessCluster {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    addrs: Vec<String>,
+    nodes: Vec<Option<Child>>,
+}
+
+impl ProcessCluster {
+    fn start(node_count: usize) -> ProcessCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let addrs: Vec<String> = (0..node_count)
+            .map(|_| {
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+                listener.local_addr().expect("addr").to_string()
+            })
+            .collect();
+        let mut toml = String::from(
+            "[raft]\nelection_timeout_ms_min = 300\nelection_timeout_ms_max = 600\nheartbeat_interval_ms = 50\nsnapshot_logs_since_last = 500\n",
+        );
+        for (position, addr) in addrs.iter().enumerate() {
+            let id = position + 1;
+            let data = dir.path().join(format!("node{id}"));
+            toml.push_str(&format!(
+                "[[nodes]]\nid = {id}\naddr = \"{addr}\"\ndata_dir = \"{}\"\n",
+                data.display()
+            ));
+        }
+        let replicas: Vec<String> = (1..=node_count).map(|id| id.to_string()).collect();
+        let replicas = replicas.join(", ");
+        toml.push_str(&format!("[[shards]]\nid = 1\nend = \"m\"\nreplicas = [{replicas}]\n"));
+        toml.push_str(&format!("[[shards]]\nid = 2\nstart = \"m\"\nreplicas = [{replicas}]\n"));
+        let config = dir.path().join("cluster.toml");
+        std::fs::write(&config, toml).expect("write config");
+        let mut cluster = ProcessCluster {
+            dir,
+            config,
+            addrs,
+            nodes: (0..node_count).map(|_| None).collect(),
+        };
+        for id in 1..=node_count {
+            cluster.spawn(id);
+        }
+        cluster.wait_for_leaders();
+        cluster
+    }
+
+    fn spawn(&mut self, id: usize) {
+        let log = std::fs::File::create(self.dir.path().join(format!("node{id}.log"))).expect("log file");
+        let child = Command::new(LEDGER)
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .args(["--node", &id.to_string()])
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn ledger serve");
+        self.nodes[id - 1] = Some(child);
+    }
+
+    fn kill(&mut self, id: usize) {
+        if let Some(mut child) = self.nodes[id - 1].take() {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reap");
+        }
+    }
+
+    /// Runs the CLI against this cluster.
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(LEDGER)
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .expect("run ledger CLI")
+    }
+
+    fn status(&self) -> Value {
+        let output = self.cli(&["status", "--json"]);
+        serde_json::from_slice(&output.stdout).unwrap_or(Value::Null)
+    }
+
+    fn wait_for_leaders(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.status();
+            let shards: Vec<&Value> = status["nodes"]
+                .as_array()
+                .map(|nodes| {
+                    nodes
+                        .iter()
+                        .flat_map(|n| n["shards"].as_array().into_iter().flatten())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let all_up = status["nodes"]
+                .as_array()
+                .is_some_and(|n| n.iter().all(|n| n["shards"].is_array()));
+            if all_up && !shards.is_empty() && shards.iter().all(|s| s["leader"].as_u64().unwrap_or(0) != 0) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no leaders within 30 s: {status}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until every node reports the same applied index and digest for every shard.
+    fn wait_converged(&self) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let status = self.status();
+            let mut per_shard: std::collections::BTreeMap<u64, Vec<(u64, String, bool)>> = Default::default();
+            let mut answered = 0;
+            for node in status["nodes"].as_array().into_iter().flatten() {
+                let Some(shards) = node["shards"].as_array() else {
+                    continue;
+                };
+                answered += 1;
+                for shard in shards {
+                    per_shard
+                        .entry(shard["shard_id"].as_u64().unwrap_or(0))
+                        .or_default()
+                        .push((
+                            shard["applied_index"].as_u64().unwrap_or(0),
+                            shard["state_digest"].as_str().unwrap_or("").to_string(),
+                            shard["invariant_ok"].as_bool().unwrap_or(false),
+                        ));
+                }
+            }
+            let converged = answered == self.addrs.len()
+                && per_shard.values().all(|replicas| {
+                    replicas.windows(2).all(|w| w[0].0 == w[1].0 && w[0].1 == w[1].1) && replicas.iter().all(|r| r.2)
+                });
+            if converged {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replicas did not converge within 60 s: {status}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        for child in self.nodes.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn the_cli_drives_a_live_cluster() {
+    let cluster = ProcessCluster::start(3);
+
+    let put = cluster.cli(&["put-sku", "sneaker", "--total", "5", "--per-user-limit", "2"]);
+    assert!(put.status.success(), "{}", stderr(&put));
+    assert_eq!(stdout(&put).trim(), "Ok");
+
+    let reserve = cluster.cli(&["reserve", "sneaker", "2", "--user", "alice", "--order", "o-1"]);
+    assert!(
+        stdout(&reserve).starts_with("Reserved"),
+        "{}{}",
+        stdout(&reserve),
+        stderr(&reserve)
+    );
+    let over_limit = cluster.cli(&["purchase", "sneaker", "1", "--user", "alice", "--order", "o-2"]);
+    assert_eq!(stdout(&over_limit).trim(), "LimitExceeded { held: 2, limit: 2 }");
+    let confirm = cluster.cli(&["confirm", "sneaker", "--order", "o-1"]);
+    assert_eq!(stdout(&confirm).trim(), "Confirmed");
+    let cancel_late = cluster.cli(&["cancel", "sneaker", "--order", "o-1"]);
+    assert_eq!(stdout(&cancel_late).trim(), "AlreadyConfirmed");
+    let too_many = cluster.cli(&["purchase", "sneaker", "3", "--user", "bob", "--order", "o-3"]);
+    assert_eq!(stdout(&too_many).trim(), "LimitExceeded { held: 0, limit: 2 }");
+    for (user, order) in [("bob", "o-3b"), ("carol", "o-3c")] {
+        let qty = if user == "bob" { "2" } else { "1" };
+        let buy = cluster.cli(&["purchase", "sneaker", qty, "--user", user, "--order", order]);
+        assert_eq!(stdout(&buy).trim(), "Confirmed", "{user}");
+    }
+    let sold_out = cluster.cli(&["purchase", "sneaker", "1", "--user", "dave", "--order", "o-4"]);
+    assert_eq!(stdout(&sold_out).trim(), "SoldOut { available: 0 }");
+    let restock = cluster.cli(&["restock", "sneaker", "-1"]);
+    assert!(
+        stdout(&restock).starts_with("Rejected"),
+        "cannot shrink below what is sold: {}",
+        stdout(&restock)
+    );
+
+    let get = cluster.cli(&["get", "sneaker", "--json"]);
+    let stock: Value = serde_json::from_slice(&get.stdout).expect("json");
+    assert_eq!(
+        (
+            stock["total"].as_i64(),
+            stock["sold"].as_i64(),
+            stock["available"].as_i64()
+        ),
+        (Some(5), Some(5), Some(0))
+    );
+    let unknown = cluster.cli(&["get", "no-such-sku", "--json"]);
+    let unknown: Value = serde_json::from_slice(&unknown.stdout).expect("json");
+    assert_eq!(unknown["known"], Value::Bool(false));
+    let buy_unknown = cluster.cli(&["purchase", "no-such-sku", "1", "--user", "u", "--order", "o-5"]);
+    assert_eq!(stdout(&buy_unknown).trim(), "UnknownSku");
+
+    let status = cluster.wait_converged();
+    let nodes = status["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 3);
+    for node in nodes {
+        assert_eq!(node["shards"].as_array().map(Vec::len), Some(2), "{node}");
+    }
+    let text = cluster.cli(&["status"]);
+    assert!(stdout(&text).contains("leader"), "{}", stdout(&text));
+}
+
+#[test]
+fn bad_input_through_the_cli_is_refused_and_changes_nothing() {
+    let cluster = ProcessCluster::start(3);
+    assert!(cluster.cli(&["put-sku", "hat", "--total", "3"]).status.success());
+    let before = stdout(&cluster.cli(&["get", "hat", "--json"]));
+    let long_sku = "x".repeat(200);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["reserve", "hat", "0", "--user", "u", "--order", "a"], "qty"),
+        (vec!["reserve", "hat", "-3", "--user", "u", "--order", "b"], "qty"),
+        (
+            vec!["purchase", "hat", "99999999999", "--user", "u", "--order", "c"],
+            "qty",
+        ),
+        (vec!["purchase", "hat", "1", "--user", "", "--order", "d"], "user"),
+        (vec!["purchase", "hat", "1", "--user", "u", "--order", ""], "order_id"),
+        (vec!["purchase", &long_sku, "1", "--user", "u", "--order", "e"], "128"),
+        (vec!["put-sku", "hat", "--total", "-1"], "total"),
+        (vec!["restock", "hat", "0"], "delta"),
+    ];
+    for (args, mentions) in cases {
+        let output = cluster.cli(&args);
+        assert!(!output.status.success(), "{args:?} must fail");
+        assert!(stderr(&output).contains(mentions), "{args:?}: {}", stderr(&output));
+    }
+    assert_eq!(
+        stdout(&cluster.cli(&["get", "hat", "--json"])),
+        before,
+        "nothing changed"
+    );
+
+    let broken = cluster.dir.path().join("broken.toml");
+    std::fs::write(&broken, "[[nodes]]\nid = 1\n").expect("write");
+    let output = Command::new(LEDGER)
+        .args(["serve", "--node", "1", "--config"])
+        .arg(&broken)
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("missing field"), "{}", stderr(&output));
+}
+
+/// Kills a random node with SIGKILL at random moments while buyers keep purchasing, restarts
+/// it, and checks: replicas converge to one state, the invariant holds, nothing is oversold,
+/// and every acknowledged purchase is in the ledger.
+#[test]
+fn sigkill_under_load_converges_without_losing_acknowledged_writes() {
+    let seed: u64 = std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(7);
+    eprintln!("crash test seed {seed} (rerun with CRASH_SEED={seed})");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut cluster = ProcessCluster::start(3);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("rt");
+    let stock = 1_000_000;
+    let options = ClientOptions {
+        request_timeout_ms: 20_000,
+        ..ClientOptions::default()
+    };
+    let client = runtime
+        .block_on(Client::connect(cluster.addrs.clone(), options))
+        .expect("connect");
+    let put = runtime
+        .block_on(client.put_sku("crash-sku", stock, SaleRules::default()))
+        .expect("put");
+    assert_eq!(put, Outcome::Ok);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    let ambiguous = Arc::new(AtomicU64::new(0));
+    let mut buyers = Vec::new();
+    for buyer in 0..16 {
+        let (client, stop, acknowledged, ambiguous) =
+            (client.clone(), stop.clone(), acknowledged.clone(), ambiguous.clone());
+        buyers.push(runtime.spawn(async move {
+            let mut attempt = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                attempt += 1;
+                let order = format!("b{buyer}-{attempt}");
+                match client.purchase("crash-sku", 1, &format!("u{buyer}"), &order).await {
+                    Ok(Outcome::Confirmed) => {
+                        acknowledged.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(other) => panic!("unexpected outcome {other:?}"),
+                    Err(_) => {
+                        ambiguous.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+
+    for round in 0..3 {
+        std::thread::sleep(Duration::from_millis(rng.gen_range(300..1500)));
+        let victim = rng.gen_range(1..=3);
+        eprintln!(
+            "round {round}: SIGKILL node {victim} after {} acknowledged",
+            acknowledged.load(Ordering::Relaxed)
+        );
+        cluster.kill(victim);
+        std::thread::sleep(Duration::from_millis(rng.gen_range(200..1500)));
+        cluster.spawn(victim);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for buyer in buyers {
+        runtime.block_on(buyer).expect("buyer task");
+    }
+
+    let status = cluster.wait_converged();
+    let stock_now = runtime
+        .block_on(client.get_stock("crash-sku", Consistency::Linearizable))
+        .expect("read")
+        .expect("sku known");
+    let acknowledged = acknowledged.load(Ordering::Relaxed) as i64;
+    let ambiguous = ambiguous.load(Ordering::Relaxed) as i64;
+    eprintln!("acknowledged {acknowledged}, ambiguous {ambiguous}, ledger {stock_now:?}");
+    assert!(acknowledged > 0, "the load made progress");
+    assert!(
+        stock_now.sold >= acknowledged,
+        "an acknowledged purchase was lost: {stock_now:?}"
+    );
+    assert!(
+        stock_now.sold <= acknowledged + ambiguous,
+        "sold more than was attempted: {stock_now:?}"
+    );
+    assert_eq!(
+        stock_now.available + stock_now.reserved + stock_now.sold,
+        stock_now.total
+    );
+    assert!(status["nodes"].as_array().is_some_and(|n| n.len() == 3));
+}
