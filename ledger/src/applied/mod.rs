@@ -15,7 +15,7 @@
 //! | `s` + sku                        | `SkuRecord`                   |
 //! | `o` + order_id                   | `OrderRecord`                 |
 //! | `h` + len(sku):u8 + sku + user   | units held: u64               |
-//! | `e` + seq:u64 big-endian         | `OrderEvent`                  |
+//! | `e` + seq:u64 big-endian         | `OrderEvent` (deleted once shipped) |
 //! | `S`                              | [`StoredSnapshot`]            |
 
 mod memory;
@@ -75,6 +75,9 @@ pub struct AppliedMeta {
     pub membership: StoredMembership,
     pub clock_ms: u64,
     pub next_event_seq: u64,
+    /// The replicated "shipped up to" mark: events below it were pruned (see `crate::shipping`).
+    pub shipped_below_seq: u64,
+    pub shipped_by: u64,
 }
 
 /// A shard's full applied state as loaded at start or carried in a snapshot.
@@ -137,6 +140,8 @@ impl AppliedStore {
         }
         image.ledger.clock_ms = image.meta.clock_ms;
         image.ledger.next_event_seq = image.meta.next_event_seq;
+        image.ledger.shipped_below_seq = image.meta.shipped_below_seq;
+        image.ledger.shipped_by = image.meta.shipped_by;
         image.ledger.rebuild_indexes();
         Ok(image)
     }
@@ -156,7 +161,8 @@ impl AppliedStore {
         for key in &changes.holdings {
             writes.push((holding_key(&key.0, &key.1), ledger.holdings.get(key).map(encode)));
         }
-        for seq in &changes.events_added {
+        // A pruned event's lookup finds nothing, which deletes its key.
+        for seq in changes.events_added.iter().chain(&changes.events_removed) {
             writes.push((
                 prefixed(b'e', &seq.to_be_bytes()),
                 ledger.order_events.get(seq).map(encode),
@@ -273,4 +279,50 @@ pub fn decode_image(bytes: &[u8]) -> Result<ShardImage, AppliedStoreError> {
     let mut image: ShardImage = decode(b"snapshot", bytes)?;
     image.ledger.rebuild_indexes();
     Ok(image)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state_machine::command::CommandBody;
+    use crate::state_machine::command::LogCommand;
+    use crate::state_machine::command::Operation;
+    use crate::state_machine::command::SaleRules;
+
+    /// Applies `command` and commits it the way the Raft state machine does.
+    fn apply(store: &AppliedStore, image: &mut ShardImage, index: u64, body: CommandBody) {
+        let command = LogCommand { timestamp_ms: index, body };
+        let (_, changes) = image.ledger.apply(index, &command).expect("invariant holds");
+        image.meta.clock_ms = image.ledger.clock_ms;
+        image.meta.next_event_seq = image.ledger.next_event_seq;
+        image.meta.shipped_below_seq = image.ledger.shipped_below_seq;
+        image.meta.shipped_by = image.ledger.shipped_by;
+        store.commit(&image.ledger, &changes, &image.meta).expect("commit");
+    }
+
+    #[test]
+    fn the_shipped_mark_and_pruned_events_survive_a_reload() {
+        let store = AppliedStore::new(Arc::new(MemoryKv::default()));
+        let mut image = ShardImage::default();
+        let put = Operation::PutSku {
+            sku: b"x".to_vec(),
+            total: 10,
+            rules: SaleRules::default(),
+        };
+        apply(&store, &mut image, 1, CommandBody::Batch(vec![put]));
+        let buys = (0..5)
+            .map(|n| Operation::Purchase {
+                sku: b"x".to_vec(),
+                qty: 1,
+                user: "u".into(),
+                order_id: format!("o{n}"),
+            })
+            .collect();
+        apply(&store, &mut image, 2, CommandBody::Batch(buys));
+        apply(&store, &mut image, 3, CommandBody::Shipped { below_seq: 3, shipper: 2 });
+        let loaded = store.load().expect("load");
+        assert_eq!(loaded.ledger, image.ledger);
+        assert_eq!(loaded.ledger.order_events.keys().copied().collect::<Vec<_>>(), vec![3, 4]);
+        assert_eq!((loaded.ledger.shipped_below_seq, loaded.ledger.shipped_by), (3, 2));
+    }
 }

@@ -189,6 +189,8 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
             }
             image.meta.clock_ms = image.ledger.clock_ms;
             image.meta.next_event_seq = image.ledger.next_event_seq;
+            image.meta.shipped_below_seq = image.ledger.shipped_below_seq;
+            image.meta.shipped_by = image.ledger.shipped_by;
             self.store.commit(&image.ledger, &all_changes, &image.meta)?;
             self.view.publish(&image, &all_changes, last_index);
         }

@@ -81,6 +81,14 @@ pub enum CommandBody {
     Batch(Vec<Operation>),
     /// Release every reservation whose `expires_at_ms <= timestamp_ms` (proposed by the leader).
     Expire,
+    /// Every order event with a sequence number below `below_seq` is in every PostgreSQL shard,
+    /// so replicas may forget them (proposed by the shipper, see `crate::shipping`). A mark at
+    /// or below the current one changes nothing, so a stale or repeated proposal is harmless.
+    Shipped {
+        below_seq: u64,
+        /// The node whose shipper made the progress; other replicas use it to decide who ships.
+        shipper: u64,
+    },
 }
 
 /// One entry of a shard's log.
@@ -97,6 +105,9 @@ impl std::fmt::Display for LogCommand {
         match &self.body {
             CommandBody::Batch(ops) => write!(f, "batch({} ops @{})", ops.len(), self.timestamp_ms),
             CommandBody::Expire => write!(f, "expire(@{})", self.timestamp_ms),
+            CommandBody::Shipped { below_seq, shipper } => {
+                write!(f, "shipped(<{below_seq} by {shipper} @{})", self.timestamp_ms)
+            }
         }
     }
 }

@@ -43,6 +43,10 @@ struct Model {
     skus: HashMap<Vec<u8>, (u64, u64, u64, u64, SaleRules)>,
     orders: HashMap<String, ModelOrder>,
     clock: u64,
+    /// Every confirmation ever, in order: (sequence number, order id). Never pruned here.
+    confirmations: Vec<(u64, String)>,
+    /// The highest shipped mark proposed so far, capped by the confirmations that existed.
+    shipped_below: u64,
 }
 
 impl Model {
@@ -53,6 +57,20 @@ impl Model {
             .filter(|o| matches!(o.state, ModelState::Reserved(_) | ModelState::Confirmed))
             .map(|o| o.qty)
             .sum()
+    }
+
+    /// The events a replica must still hold: every confirmation at or above the shipped mark.
+    fn unshipped(&self) -> Vec<(u64, String)> {
+        self.confirmations
+            .iter()
+            .filter(|(seq, _)| *seq >= self.shipped_below)
+            .cloned()
+            .collect()
+    }
+
+    fn confirmed(&mut self, order_id: &str) {
+        let seq = self.confirmations.len() as u64;
+        self.confirmations.push((seq, order_id.to_string()));
     }
 
     fn release(&mut self, order_id: &str, to: ModelState) {
@@ -82,6 +100,11 @@ impl Model {
                 vec![]
             }
             CommandBody::Batch(ops) => ops.iter().map(|op| self.apply_op(op)).collect(),
+            CommandBody::Shipped { below_seq, .. } => {
+                let possible = (*below_seq).min(self.confirmations.len() as u64);
+                self.shipped_below = self.shipped_below.max(possible);
+                vec![]
+            }
         }
     }
 
@@ -121,6 +144,7 @@ impl Model {
                         s.2 -= o.qty;
                         s.3 += o.qty;
                         self.orders.get_mut(order_id).expect("order").state = ModelState::Confirmed;
+                        self.confirmed(order_id);
                         Outcome::Confirmed
                     }
                 }
@@ -224,6 +248,9 @@ impl Model {
             s.1 -= qty;
             if purchase { s.3 += qty } else { s.2 += qty }
         }
+        if purchase && state == ModelState::Confirmed {
+            self.confirmed(order_id);
+        }
         self.orders.insert(
             order_id.to_string(),
             ModelOrder {
@@ -283,6 +310,8 @@ fn command() -> impl Strategy<Value = (i64, CommandBody)> {
     let body = prop_oneof![
         6 => prop::collection::vec(operation(), 1..5).prop_map(CommandBody::Batch),
         1 => Just(CommandBody::Expire),
+        // Marks both behind and ahead of what exists: the ledger must clamp and never go back.
+        1 => (0..30u64, 1..4u64).prop_map(|(below_seq, shipper)| CommandBody::Shipped { below_seq, shipper }),
     ];
     (step, body)
 }
@@ -308,6 +337,10 @@ proptest! {
             }
             prop_assert_eq!(ledger.skus.len(), model.skus.len());
             prop_assert!(ledger.check_all().is_ok());
+            let events: Vec<(u64, String)> = ledger.order_events.iter().map(|(seq, e)| (*seq, e.order_id.clone())).collect();
+            prop_assert_eq!(events, model.unshipped(), "retained order events");
+            prop_assert_eq!(ledger.shipped_below_seq, model.shipped_below);
+            prop_assert_eq!(ledger.next_event_seq, model.confirmations.len() as u64);
         }
         // The persistent parts alone rebuild the same state (what a restart does).
         let mut reloaded = LedgerState {
@@ -316,6 +349,8 @@ proptest! {
             holdings: ledger.holdings.clone(),
             order_events: ledger.order_events.clone(),
             next_event_seq: ledger.next_event_seq,
+            shipped_below_seq: ledger.shipped_below_seq,
+            shipped_by: ledger.shipped_by,
             clock_ms: ledger.clock_ms,
             ..LedgerState::default()
         };

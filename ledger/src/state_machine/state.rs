@@ -105,6 +105,8 @@ pub struct Changes {
     pub orders: BTreeSet<String>,
     pub holdings: BTreeSet<(Sku, String)>,
     pub events_added: Vec<u64>,
+    /// Events pruned because every PostgreSQL shard has them.
+    pub events_removed: Vec<u64>,
 }
 
 impl Changes {
@@ -113,6 +115,7 @@ impl Changes {
         self.orders.extend(other.orders);
         self.holdings.extend(other.holdings);
         self.events_added.extend(other.events_added);
+        self.events_removed.extend(other.events_removed);
     }
 }
 
@@ -123,9 +126,13 @@ pub struct LedgerState {
     pub orders: BTreeMap<String, OrderRecord>,
     /// Units each (sku, user) holds reserved + sold, for per-user limits.
     pub holdings: BTreeMap<(Sku, String), u64>,
-    /// Confirmed orders not yet shipped, by sequence number.
+    /// Confirmed orders not yet shipped, by sequence number (dense: `shipped_below_seq..next_event_seq`).
     pub order_events: BTreeMap<u64, OrderEvent>,
     pub next_event_seq: u64,
+    /// Every event below this sequence number is in PostgreSQL and has been pruned.
+    pub shipped_below_seq: u64,
+    /// The node whose shipper last advanced `shipped_below_seq` (0 = none yet).
+    pub shipped_by: u64,
     /// Leader time as of the last applied entry; never decreases.
     pub clock_ms: u64,
     /// Live reservations by expiry, derived from `orders` (rebuilt on load).
@@ -203,6 +210,10 @@ impl LedgerState {
                 .collect::<Result<Vec<_>, _>>()?,
             CommandBody::Expire => {
                 self.expire_due(log_index, &mut changes)?;
+                Vec::new()
+            }
+            CommandBody::Shipped { below_seq, shipper } => {
+                self.mark_shipped(*below_seq, *shipper, &mut changes);
                 Vec::new()
             }
         };
@@ -530,6 +541,25 @@ impl LedgerState {
         Ok(())
     }
 
+    /// Prunes the events every PostgreSQL shard acknowledged. The mark only moves forward and
+    /// never past the events that exist, whatever the proposer sent.
+    fn mark_shipped(&mut self, below_seq: u64, shipper: u64, changes: &mut Changes) {
+        let below_seq = below_seq.min(self.next_event_seq);
+        if below_seq <= self.shipped_below_seq {
+            return;
+        }
+        let kept = self.order_events.split_off(&below_seq);
+        let pruned = std::mem::replace(&mut self.order_events, kept);
+        changes.events_removed.extend(pruned.into_keys());
+        self.shipped_below_seq = below_seq;
+        self.shipped_by = shipper;
+    }
+
+    /// The oldest event not yet known to be shipped: what shipping lag is measured from.
+    pub fn oldest_unshipped(&self) -> Option<&OrderEvent> {
+        self.order_events.first_key_value().map(|(_, event)| event)
+    }
+
     fn record_event(
         &mut self,
         log_index: u64,
@@ -576,6 +606,7 @@ impl LedgerState {
             hasher.write(format!("{:?}", order.state).as_bytes());
         }
         hasher.write(&self.next_event_seq.to_le_bytes());
+        hasher.write(&self.shipped_below_seq.to_le_bytes());
         hasher.write(&self.clock_ms.to_le_bytes());
         hasher.finish()
     }
