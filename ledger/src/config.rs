@@ -59,9 +59,12 @@ pub struct ClusterConfig {
     pub server: ServerSection,
     #[serde(default)]
     pub ledger: LedgerSection,
-    /// PostgreSQL shards that confirmed orders are shipped to; empty = no shipping.
+    /// PostgreSQL shards that confirmed orders are shipped to; empty = no shipping. The order
+    /// matters: an order goes to `postgres[fnv1a64(order_id) % len]` (docs/shipping.md).
     #[serde(default)]
     pub postgres: Vec<PostgresConfig>,
+    #[serde(default)]
+    pub shipping: ShippingSection,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,6 +170,38 @@ impl Default for LedgerSection {
     fn default() -> Self {
         LedgerSection {
             expire_interval_ms: 1000,
+        }
+    }
+}
+
+/// Bounds of the order shipper (crate::shipping). It is off the write path: these only decide
+/// how fast the backlog drains and how soon another replica takes over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShippingSection {
+    /// Order events read from the applied state and written per round (all Postgres shards).
+    pub batch_events_max: usize,
+    /// Pause between rounds when there is nothing to ship, or this node is not the shipper.
+    pub poll_interval_ms: u64,
+    /// First pause after a failed round; doubles per consecutive failure up to the max.
+    pub retry_backoff_ms_min: u64,
+    pub retry_backoff_ms_max: u64,
+    /// A replica ranked `r` in the shipping order takes over once the replicated mark has not
+    /// been advanced by a better-ranked replica for `r * takeover_after_ms` while events wait.
+    pub takeover_after_ms: u64,
+    /// Deadline of one Postgres call (connect, watermark read, batch transaction).
+    pub statement_timeout_ms: u64,
+}
+
+impl Default for ShippingSection {
+    fn default() -> Self {
+        ShippingSection {
+            batch_events_max: 2000,
+            poll_interval_ms: 50,
+            retry_backoff_ms_min: 100,
+            retry_backoff_ms_max: 5000,
+            takeover_after_ms: 3000,
+            statement_timeout_ms: 5000,
         }
     }
 }
@@ -293,6 +328,11 @@ impl ClusterConfig {
             ("server.batch_ops_max", self.server.batch_ops_max as u64),
             ("server.request_timeout_ms", self.server.request_timeout_ms),
             ("ledger.expire_interval_ms", self.ledger.expire_interval_ms),
+            ("shipping.batch_events_max", self.shipping.batch_events_max as u64),
+            ("shipping.poll_interval_ms", self.shipping.poll_interval_ms),
+            ("shipping.retry_backoff_ms_min", self.shipping.retry_backoff_ms_min),
+            ("shipping.takeover_after_ms", self.shipping.takeover_after_ms),
+            ("shipping.statement_timeout_ms", self.shipping.statement_timeout_ms),
         ];
         if let Some((field, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(ConfigError::Bound {
@@ -304,6 +344,12 @@ impl ClusterConfig {
             return Err(ConfigError::Bound {
                 field: "raft.election_timeout_ms_min",
                 reason: "must be greater than raft.heartbeat_interval_ms".into(),
+            });
+        }
+        if self.shipping.retry_backoff_ms_max < self.shipping.retry_backoff_ms_min {
+            return Err(ConfigError::Bound {
+                field: "shipping.retry_backoff_ms_max",
+                reason: "must be at least shipping.retry_backoff_ms_min".into(),
             });
         }
         if raft.election_timeout_ms_max <= raft.election_timeout_ms_min {

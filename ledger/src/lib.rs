@@ -8,6 +8,7 @@
 //! - [`raft`]: openraft glue: type config, runtime, state-machine adapter, network.
 //! - [`node`]: one node's shard replicas and the operations clients call on them.
 //! - [`server`]: the gRPC services (Inventory, Cluster, internal Raft, health, reflection).
+//! - [`shipping`]: ships every confirmed order to sharded PostgreSQL, exactly once.
 //! - [`config`]: the `cluster.toml` format and its validation.
 
 pub mod applied;
@@ -15,5 +16,6 @@ pub mod config;
 pub mod node;
 pub mod raft;
 pub mod server;
+pub mod shipping;
 pub mod state_machine;
 pub mod storage;

@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::cli::Target;
 
 const HEADER: &str = "node                   shard leader    term role         last_log    applied   snapshot  skus \
-                      digest             invariant";
+                      digest             invariant ship_lag_events ship_lag_s";
 
 /// One node's answer, or why it could not be reached.
 pub struct NodeStatus {
@@ -54,7 +54,7 @@ pub async fn run(target: &Target) -> anyhow::Result<()> {
             Ok(reply) => {
                 for shard in &reply.shards {
                     println!(
-                        "{:<22} {:>5} {:>6} {:>7} {:<10} {:>10} {:>10} {:>10} {:>5} {:<18} {}",
+                        "{:<22} {:>5} {:>6} {:>7} {:<10} {:>10} {:>10} {:>10} {:>5} {:<18} {:<9} {:>15} {:>10.1}",
                         format!("{} ({})", reply.node_id, status.addr),
                         shard.shard_id,
                         shard.leader,
@@ -65,7 +65,9 @@ pub async fn run(target: &Target) -> anyhow::Result<()> {
                         shard.snapshot_index,
                         shard.sku_count,
                         format!("{:016x}", shard.state_digest),
-                        if shard.invariant_ok { "ok" } else { "BROKEN" }
+                        if shard.invariant_ok { "ok" } else { "BROKEN" },
+                        shard.shipping_lag_events,
+                        shard.shipping_lag_seconds,
                     );
                 }
             }
@@ -92,6 +94,9 @@ fn status_json(status: &NodeStatus) -> serde_json::Value {
                 "sku_count": s.sku_count,
                 "state_digest": format!("{:016x}", s.state_digest),
                 "invariant_ok": s.invariant_ok,
+                "shipping_lag_events": s.shipping_lag_events,
+                "shipping_lag_seconds": s.shipping_lag_seconds,
+                "shipped_by": s.shipped_by,
             })).collect::<Vec<_>>(),
         }),
     }

@@ -19,6 +19,9 @@ use crate::applied::KvBackend;
 use crate::config::ClusterConfig;
 use crate::config::ShardConfig;
 use crate::raft::network::PeerChannels;
+use crate::raft::network::RAFT_MESSAGE_BYTES_MAX;
+use crate::raft::network::RemoteResult;
+use crate::raft::network::ShippedMark;
 use crate::raft::network::ShardNetworkFactory;
 use crate::raft::state_store::ShardStateMachine;
 use crate::raft::state_store::ShardView;
@@ -109,6 +112,12 @@ pub struct ShardStatus {
     pub sku_count: u64,
     pub state_digest: u64,
     pub invariant_ok: bool,
+    /// Confirmed orders not yet acknowledged by every Postgres shard (per the replicated mark).
+    pub shipping_lag_events: u64,
+    /// Age of the oldest of them by this node's clock, in seconds (0 when none waits).
+    pub shipping_lag_seconds: f64,
+    /// The node whose shipper last advanced the mark (0 = none yet).
+    pub shipped_by: NodeId,
 }
 
 pub struct Node {
@@ -116,6 +125,8 @@ pub struct Node {
     pub config: ClusterConfig,
     pub shards: BTreeMap<ShardId, Arc<ShardReplica>>,
     peer_addresses: BTreeMap<NodeId, String>,
+    /// The channels Raft uses, reused by a follower's shipper to reach the leader.
+    peers: PeerChannels,
 }
 
 /// Milliseconds since the Unix epoch by this node's clock (madsim's under the simulator). Only
@@ -200,9 +211,19 @@ impl Node {
             config,
             shards,
             peer_addresses,
+            peers,
         });
         for shard in node.shards.values() {
             tokio::spawn(expire_reservations(Arc::downgrade(&node), shard.config.id));
+        }
+        #[cfg(not(madsim))]
+        if !node.config.postgres.is_empty() {
+            let urls: Vec<String> = node.config.postgres.iter().map(|p| p.url.clone()).collect();
+            let timeout = Duration::from_millis(node.config.shipping.statement_timeout_ms);
+            // One sink (one connection per Postgres shard) per ledger shard: shards ship in parallel.
+            crate::shipping::shipper::spawn(&node, |_| {
+                Arc::new(crate::shipping::postgres::PostgresSink::new(urls.clone(), timeout))
+            });
         }
         tracing::info!(node = node_id, shards = node.shards.len(), "node started");
         Ok(node)
@@ -300,6 +321,54 @@ impl Node {
         }
     }
 
+    /// Has the shard's leader propose the replicated "shipped" mark: directly when this node
+    /// leads, else through the leader's internal `ProposeShipped` RPC.
+    pub async fn propose_shipped(&self, shard_id: ShardId, below_seq: u64) -> Result<u64, NodeError> {
+        let shard = self.shards.get(&shard_id).ok_or(NodeError::ShardNotHosted { shard_id })?;
+        let mark = ShippedMark {
+            below_seq,
+            shipper: self.id,
+        };
+        let leader = shard.raft.metrics().borrow_watched().current_leader;
+        match leader {
+            Some(leader) if leader != self.id => self.forward_shipped(shard_id, leader, mark).await,
+            _ => self.propose_shipped_locally(shard_id, mark).await,
+        }
+    }
+
+    /// Proposes `mark` on this node's replica (it must be the leader).
+    pub async fn propose_shipped_locally(&self, shard_id: ShardId, mark: ShippedMark) -> Result<u64, NodeError> {
+        let shard = self.shards.get(&shard_id).ok_or(NodeError::ShardNotHosted { shard_id })?;
+        let command = LogCommand {
+            timestamp_ms: now_ms(),
+            body: CommandBody::Shipped {
+                below_seq: mark.below_seq,
+                shipper: mark.shipper,
+            },
+        };
+        self.propose(shard, command).await.map(|(_, index)| index)
+    }
+
+    async fn forward_shipped(&self, shard_id: ShardId, leader: NodeId, mark: ShippedMark) -> Result<u64, NodeError> {
+        let unavailable = |reason: String| NodeError::Unavailable { shard_id, reason };
+        let channel = self.peers.channel(leader).map_err(unavailable)?;
+        let mut client = flashledger_proto::v1::raft_client::RaftClient::new(channel)
+            .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX);
+        let payload = bincode::serialize(&mark).map_err(|e| unavailable(e.to_string()))?;
+        let request = flashledger_proto::v1::RaftRequest {
+            shard_id,
+            payload: payload.into(),
+        };
+        let timeout_ms = self.config.server.request_timeout_ms;
+        let reply = tokio::time::timeout(Duration::from_millis(timeout_ms), client.propose_shipped(request))
+            .await
+            .map_err(|_| NodeError::Timeout { shard_id, timeout_ms })?
+            .map_err(|status| unavailable(format!("leader {leader}: {status}")))?;
+        let answer: RemoteResult<u64> =
+            bincode::deserialize(&reply.into_inner().payload).map_err(|e| unavailable(e.to_string()))?;
+        answer.map_err(unavailable)
+    }
+
     /// Reads one SKU's counts and the applied index they reflect.
     pub async fn get_stock(&self, sku: &[u8], consistency: ReadConsistency) -> Result<(StockCounts, u64), NodeError> {
         let shard = self.shard_for_sku(sku)?;
@@ -349,6 +418,15 @@ impl Node {
                         image.meta.applied.map(|id| id.index).unwrap_or(0),
                     )
                 });
+                let (shipping_lag_events, oldest_ms, shipped_by) = shard.view.read(|image| {
+                    let ledger = &image.ledger;
+                    (
+                        ledger.next_event_seq.saturating_sub(ledger.shipped_below_seq),
+                        ledger.oldest_unshipped().map(|event| event.confirmed_at_ms),
+                        ledger.shipped_by,
+                    )
+                });
+                let shipping_lag_seconds = oldest_ms.map_or(0.0, |at| now_ms().saturating_sub(at) as f64 / 1000.0);
                 ShardStatus {
                     shard_id: shard.config.id,
                     leader: metrics.current_leader,
@@ -361,6 +439,9 @@ impl Node {
                     sku_count,
                     state_digest,
                     invariant_ok: invariant_ok && shard.view.halted().is_none(),
+                    shipping_lag_events,
+                    shipping_lag_seconds,
+                    shipped_by,
                 }
             })
             .collect()

@@ -48,6 +48,14 @@ pub struct SnapshotTransfer {
     pub data: Vec<u8>,
 }
 
+/// A follower's shipper asking the leader to propose `CommandBody::Shipped` (the internal
+/// `ProposeShipped` RPC); answered with `RemoteResult<u64>`, the entry's log index.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct ShippedMark {
+    pub below_seq: u64,
+    pub shipper: NodeId,
+}
+
 /// What the receiving node answers when the shard's Raft node has stopped or is unknown.
 pub type RemoteResult<T> = Result<T, String>;
 

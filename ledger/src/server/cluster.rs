@@ -71,6 +71,9 @@ impl Cluster for ClusterService {
                 sku_count: s.sku_count,
                 state_digest: s.state_digest,
                 invariant_ok: s.invariant_ok,
+                shipping_lag_events: s.shipping_lag_events,
+                shipping_lag_seconds: s.shipping_lag_seconds,
+                shipped_by: s.shipped_by,
             })
             .collect();
         Ok(Response::new(pb::StatusReply {

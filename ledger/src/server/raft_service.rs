@@ -13,6 +13,7 @@ use tonic::Status;
 
 use crate::node::Node;
 use crate::raft::network::RemoteResult;
+use crate::raft::network::ShippedMark;
 use crate::raft::network::SnapshotTransfer;
 use crate::raft::types::Raft;
 
@@ -74,5 +75,12 @@ impl RaftRpc for RaftService {
                 .await
                 .map_err(|e| e.to_string()),
         )
+    }
+
+    async fn propose_shipped(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+        let request = request.into_inner();
+        let mark: ShippedMark = decode(&request.payload)?;
+        let proposed = self.node.propose_shipped_locally(request.shard_id, mark).await;
+        reply(proposed.map_err(|e| e.to_string()))
     }
 }
