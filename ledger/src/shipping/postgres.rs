@@ -2,7 +2,7 @@
 //! PostgreSQL shard, created lazily and dropped on any error so the next call reconnects.
 //!
 //! The schema is the sink's own: on connect it applies the versioned [`MIGRATIONS`] it has not
-//! applied yet, under a transaction-scoped advisory lock (two shippers starting together must
+//! applied yet, in one transaction under an advisory lock (two shippers starting together must
 //! not both run version 1), and records each version in `flashledger_schema`. Each database also
 //! remembers which shard of how many it is (`flashledger_shard`), so reordering or resizing the
 //! `[[postgres]]` list — which would silently re-route orders — is refused instead.
@@ -28,7 +28,7 @@ use crate::shipping::sink::ShippingSink;
 use crate::shipping::sink::SinkError;
 use crate::shipping::sink::Watermark;
 
-/// Versioned schema migrations, applied in order, each once, each in its own transaction.
+/// Versioned schema migrations, applied in order, each once.
 /// Append new versions; never edit an applied one.
 pub const MIGRATIONS: &[(i32, &str)] = &[(
     1,
@@ -107,14 +107,14 @@ impl PostgresSink {
     async fn connect(&self, shard: usize) -> Result<Client, SinkError> {
         let (mut client, connection) = tokio_postgres::connect(&self.urls[shard], NoTls)
             .await
-            .map_err(|e| unavailable(shard, e))?;
+            .map_err(|e| pg_failure(shard, &e))?;
         // The connection future does the socket I/O; it ends when the client is dropped.
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(shard, %error, "postgres connection closed");
             }
         });
-        migrate(&mut client).await.map_err(|e| unavailable(shard, e))?;
+        migrate(&mut client).await.map_err(|e| pg_failure(shard, &e))?;
         self.check_identity(&client, shard).await?;
         Ok(client)
     }
@@ -129,11 +129,11 @@ impl PostgresSink {
                 &[&(shard as i32), &count],
             )
             .await
-            .map_err(|e| unavailable(shard, e))?;
+            .map_err(|e| pg_failure(shard, &e))?;
         let row = client
             .query_one("SELECT postgres_shard, shard_count FROM flashledger_shard", &[])
             .await
-            .map_err(|e| unavailable(shard, e))?;
+            .map_err(|e| pg_failure(shard, &e))?;
         let (recorded_shard, recorded_count): (i32, i32) = (row.get(0), row.get(1));
         if (recorded_shard, recorded_count) != (shard as i32, count) {
             return Err(SinkError::Misconfigured {
@@ -148,9 +148,14 @@ impl PostgresSink {
     }
 }
 
-/// Applies every migration the database has not seen, each in its own transaction.
+/// Applies every migration the database has not seen, all in one transaction that first takes
+/// an advisory lock: concurrent starters wait for each other instead of racing `CREATE TABLE`.
 pub async fn migrate(client: &mut Client) -> Result<(), tokio_postgres::Error> {
-    client
+    let transaction = client.transaction().await?;
+    transaction
+        .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .await?;
+    transaction
         .batch_execute(
             "CREATE TABLE IF NOT EXISTS flashledger_schema (
                 version    integer     PRIMARY KEY,
@@ -159,10 +164,6 @@ pub async fn migrate(client: &mut Client) -> Result<(), tokio_postgres::Error> {
         )
         .await?;
     for (version, sql) in MIGRATIONS {
-        let transaction = client.transaction().await?;
-        transaction
-            .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
-            .await?;
         let applied = transaction
             .query_opt("SELECT 1 FROM flashledger_schema WHERE version = $1", &[version])
             .await?
@@ -174,9 +175,16 @@ pub async fn migrate(client: &mut Client) -> Result<(), tokio_postgres::Error> {
                 .await?;
             tracing::info!(version, "applied postgres schema migration");
         }
-        transaction.commit().await?;
     }
-    Ok(())
+    transaction.commit().await
+}
+
+/// A Postgres error with the server's SQLSTATE and message (its `Display` says only "db error").
+fn pg_failure(shard: usize, error: &tokio_postgres::Error) -> SinkError {
+    match error.as_db_error() {
+        Some(db) => unavailable(shard, format!("{} ({})", db.message(), db.code().code())),
+        None => unavailable(shard, error),
+    }
 }
 
 fn unavailable(shard: usize, error: impl std::fmt::Display) -> SinkError {
@@ -247,7 +255,7 @@ async fn read_watermark(client: &Client, postgres_shard: usize, ledger_shard: Sh
             &[&signed(ledger_shard), &(postgres_shard as i32)],
         )
         .await
-        .map_err(|e| unavailable(postgres_shard, e))?;
+        .map_err(|e| pg_failure(postgres_shard, &e))?;
     Ok(row.map(|r| watermark_from(r.get(0), r.get(1))).unwrap_or_default())
 }
 
@@ -261,7 +269,7 @@ async fn commit_batch(
     new: Watermark,
     columns: &Columns,
 ) -> Result<CommitOutcome, SinkError> {
-    let fail = |e: tokio_postgres::Error| unavailable(postgres_shard, e);
+    let fail = |e: tokio_postgres::Error| pg_failure(postgres_shard, &e);
     let ledger_shard = signed(ledger_shard);
     let shard = postgres_shard as i32;
     let transaction = client.transaction().await.map_err(fail)?;
