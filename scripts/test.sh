@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: the one gate a reviewer would run. It changes no files.
-#   formatting, clippy (warnings are errors), the whole test suite, and a build of the
+#   formatting, clippy (warnings are errors), the whole test suite (with real PostgreSQL, see
+#   scripts/pg-env.sh), and a build of the
 #   workspace for the deterministic simulator (RUSTFLAGS="--cfg madsim", own target dir).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,8 @@ step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "tests"
+# Real PostgreSQL for the shipping tests: DATABASE_URL, the local server, or a throwaway one.
+source scripts/pg-env.sh
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
   # nextest does not run doctests.

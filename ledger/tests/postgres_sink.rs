@@ -41,12 +41,19 @@ fn watermark_after(seq: u64) -> Watermark {
 }
 
 async fn count(url: &str, sql: &str) -> i64 {
-    pg_support::connect(url).await.query_one(sql, &[]).await.expect("count").get(0)
+    pg_support::connect(url)
+        .await
+        .query_one(sql, &[])
+        .await
+        .expect("count")
+        .get(0)
 }
 
 #[tokio::test]
 async fn migrations_run_once_even_when_two_sinks_start_together() {
-    let Some(server) = pg_support::server_url("migrations_run_once") else { return };
+    let Some(server) = pg_support::server_url("migrations_run_once") else {
+        return;
+    };
     let databases = Databases::create(&server, "migrate", 1).await;
     let url = databases.urls()[0].clone();
     let first = PostgresSink::new(vec![url.clone()], TIMEOUT);
@@ -61,7 +68,9 @@ async fn migrations_run_once_even_when_two_sinks_start_together() {
 
 #[tokio::test]
 async fn a_replayed_batch_is_refused_and_writes_nothing() {
-    let Some(server) = pg_support::server_url("a_replayed_batch") else { return };
+    let Some(server) = pg_support::server_url("a_replayed_batch") else {
+        return;
+    };
     let databases = Databases::create(&server, "replay", 1).await;
     let url = databases.urls()[0].clone();
     let sink = PostgresSink::new(vec![url.clone()], TIMEOUT);
@@ -107,7 +116,9 @@ async fn a_replayed_batch_is_refused_and_writes_nothing() {
 
 #[tokio::test]
 async fn two_shippers_racing_over_the_same_events_ship_each_once() {
-    let Some(server) = pg_support::server_url("two_shippers_racing") else { return };
+    let Some(server) = pg_support::server_url("two_shippers_racing") else {
+        return;
+    };
     let databases = Databases::create(&server, "race", 1).await;
     let url = databases.urls()[0].clone();
     let batches = 40u64;
@@ -122,9 +133,15 @@ async fn two_shippers_racing_over_the_same_events_ship_each_once() {
             }
             let last = from.next_seq + batch_len - 1;
             let rows: Vec<ShippedOrder> = (from.next_seq..=last).map(order).collect();
-            match sink.commit(0, 1, from, watermark_after(last), &rows).await.expect("commit") {
+            match sink
+                .commit(0, 1, from, watermark_after(last), &rows)
+                .await
+                .expect("commit")
+            {
                 CommitOutcome::Committed => committed += 1,
-                CommitOutcome::WatermarkMoved { current } => assert!(current > from, "the watermark only moves forward"),
+                CommitOutcome::WatermarkMoved { current } => {
+                    assert!(current > from, "the watermark only moves forward")
+                }
             }
         }
     };
@@ -134,13 +151,18 @@ async fn two_shippers_racing_over_the_same_events_ship_each_once() {
     assert_eq!(total_commits, batches, "every batch committed by exactly one shipper");
     let rows = batches * batch_len;
     assert_eq!(count(&url, "SELECT count(*) FROM orders").await as u64, rows);
-    assert_eq!(count(&url, "SELECT count(DISTINCT event_seq) FROM orders").await as u64, rows);
+    assert_eq!(
+        count(&url, "SELECT count(DISTINCT event_seq) FROM orders").await as u64,
+        rows
+    );
     databases.drop_all().await;
 }
 
 #[tokio::test]
 async fn a_database_listed_at_another_position_is_refused() {
-    let Some(server) = pg_support::server_url("a_database_listed_at_another_position") else { return };
+    let Some(server) = pg_support::server_url("a_database_listed_at_another_position") else {
+        return;
+    };
     let databases = Databases::create(&server, "identity", 2).await;
     let urls = databases.urls();
     let sink = PostgresSink::new(urls.clone(), TIMEOUT);
@@ -154,7 +176,9 @@ async fn a_database_listed_at_another_position_is_refused() {
 
 #[tokio::test]
 async fn the_sink_reconnects_after_the_server_drops_its_connection() {
-    let Some(server) = pg_support::server_url("the_sink_reconnects") else { return };
+    let Some(server) = pg_support::server_url("the_sink_reconnects") else {
+        return;
+    };
     let databases = Databases::create(&server, "reconnect", 1).await;
     let url = databases.urls()[0].clone();
     let sink = PostgresSink::new(vec![url.clone()], TIMEOUT);
@@ -172,7 +196,10 @@ async fn the_sink_reconnects_after_the_server_drops_its_connection() {
     // The first call may see the dead connection; within a few calls it is back, and commits.
     let mut outcome = None;
     for _ in 0..5 {
-        if let Ok(answer) = sink.commit(0, 1, Watermark::default(), watermark_after(0), &[order(0)]).await {
+        if let Ok(answer) = sink
+            .commit(0, 1, Watermark::default(), watermark_after(0), &[order(0)])
+            .await
+        {
             outcome = Some(answer);
             break;
         }

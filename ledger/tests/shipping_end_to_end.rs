@@ -31,7 +31,12 @@ use pg_support::Proxy;
 use tokio::sync::RwLock;
 
 /// (sku, units on sale): the sale asks for an equal share of each, so `pear` sells out.
-const SKUS: [(&str, u64); 4] = [("apple", 1_000_000), ("pear", 8_000), ("yak", 1_000_000), ("zebra", 1_000_000)];
+const SKUS: [(&str, u64); 4] = [
+    ("apple", 1_000_000),
+    ("pear", 8_000),
+    ("yak", 1_000_000),
+    ("zebra", 1_000_000),
+];
 const BATCH_ORDERS: u64 = 100;
 const WRITERS: usize = 8;
 const POSTGRES_SHARDS: usize = 2;
@@ -60,7 +65,9 @@ fn batch(first: u64, orders: u64) -> Vec<Operation> {
 /// The replica whose shipper last advanced `shard`'s mark, as the leader's state says.
 async fn current_shipper(cluster: &TestCluster, shard: ShardId) -> NodeId {
     let leader = cluster.leader(shard).await;
-    cluster.node(leader).shards[&shard].view.read(|image| image.ledger.shipped_by)
+    cluster.node(leader).shards[&shard]
+        .view
+        .read(|image| image.ledger.shipped_by)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -152,9 +159,9 @@ async fn every_confirmed_order_lands_in_postgres_exactly_once() {
             cluster.running_ids().iter().all(|id| {
                 cluster.node(*id).status().iter().all(|s| s.shipping_lag_events == 0)
                     && cluster.node(*id).shards.values().all(|shard| {
-                        shard.view.read(|image| {
-                            image.ledger.order_events.is_empty() && image.ledger.next_event_seq > 0
-                        })
+                        shard
+                            .view
+                            .read(|image| image.ledger.order_events.is_empty() && image.ledger.next_event_seq > 0)
                     })
             })
         }
@@ -190,12 +197,19 @@ async fn every_confirmed_order_lands_in_postgres_exactly_once() {
     for (index, url) in databases.urls().iter().enumerate() {
         let client = pg_support::connect(url).await;
         let rows = client
-            .query("SELECT order_id, sku, qty, user_id, ledger_shard, log_index FROM orders", &[])
+            .query(
+                "SELECT order_id, sku, qty, user_id, ledger_shard, log_index FROM orders",
+                &[],
+            )
             .await
             .expect("orders");
         for row in rows {
             let order_id: String = row.get(0);
-            assert_eq!(postgres_shard(&order_id, POSTGRES_SHARDS), index, "{order_id} is in the wrong shard");
+            assert_eq!(
+                postgres_shard(&order_id, POSTGRES_SHARDS),
+                index,
+                "{order_id} is in the wrong shard"
+            );
             let ledger_shard = row.get::<_, i64>(4) as u64;
             let index_of_row = row.get::<_, i64>(5) as u64;
             let entry = last_index.entry(ledger_shard).or_default();
@@ -212,7 +226,10 @@ async fn every_confirmed_order_lands_in_postgres_exactly_once() {
             assert!(previous.is_none(), "{order_id} shipped twice");
         }
         for row in client
-            .query("SELECT ledger_shard, postgres_shard, next_seq, last_index FROM shipping_watermarks", &[])
+            .query(
+                "SELECT ledger_shard, postgres_shard, next_seq, last_index FROM shipping_watermarks",
+                &[],
+            )
             .await
             .expect("watermarks")
         {
@@ -221,12 +238,26 @@ async fn every_confirmed_order_lands_in_postgres_exactly_once() {
             watermarks.push((shard as u64, pg as usize, seq as u64, index_mark as u64));
         }
     }
-    assert_eq!(shipped.len(), confirmed.len(), "Postgres has as many orders as the ledger confirmed");
-    assert!(shipped == confirmed, "Postgres holds exactly the confirmed orders, with their fields");
-    assert_eq!(watermarks.len(), 2 * POSTGRES_SHARDS, "one watermark per (ledger shard, postgres shard)");
+    assert_eq!(
+        shipped.len(),
+        confirmed.len(),
+        "Postgres has as many orders as the ledger confirmed"
+    );
+    assert!(
+        shipped == confirmed,
+        "Postgres holds exactly the confirmed orders, with their fields"
+    );
+    assert_eq!(
+        watermarks.len(),
+        2 * POSTGRES_SHARDS,
+        "one watermark per (ledger shard, postgres shard)"
+    );
     for (shard, pg, seq, index_mark) in watermarks {
         assert_eq!(seq, next_seq[&shard], "watermark ({shard}, {pg}) covers every event");
-        assert_eq!(index_mark, last_index[&shard], "watermark ({shard}, {pg}) is the last shipped index");
+        assert_eq!(
+            index_mark, last_index[&shard],
+            "watermark ({shard}, {pg}) is the last shipped index"
+        );
     }
 
     let shipped_by: Vec<(ShardId, NodeId)> = cluster

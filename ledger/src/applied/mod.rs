@@ -291,7 +291,10 @@ mod tests {
 
     /// Applies `command` and commits it the way the Raft state machine does.
     fn apply(store: &AppliedStore, image: &mut ShardImage, index: u64, body: CommandBody) {
-        let command = LogCommand { timestamp_ms: index, body };
+        let command = LogCommand {
+            timestamp_ms: index,
+            body,
+        };
         let (_, changes) = image.ledger.apply(index, &command).expect("invariant holds");
         image.meta.clock_ms = image.ledger.clock_ms;
         image.meta.next_event_seq = image.ledger.next_event_seq;
@@ -319,10 +322,21 @@ mod tests {
             })
             .collect();
         apply(&store, &mut image, 2, CommandBody::Batch(buys));
-        apply(&store, &mut image, 3, CommandBody::Shipped { below_seq: 3, shipper: 2 });
+        apply(
+            &store,
+            &mut image,
+            3,
+            CommandBody::Shipped {
+                below_seq: 3,
+                shipper: 2,
+            },
+        );
         let loaded = store.load().expect("load");
         assert_eq!(loaded.ledger, image.ledger);
-        assert_eq!(loaded.ledger.order_events.keys().copied().collect::<Vec<_>>(), vec![3, 4]);
+        assert_eq!(
+            loaded.ledger.order_events.keys().copied().collect::<Vec<_>>(),
+            vec![3, 4]
+        );
         assert_eq!((loaded.ledger.shipped_below_seq, loaded.ledger.shipped_by), (3, 2));
     }
 }

@@ -23,6 +23,7 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 
 use crate::cli::Target;
+use crate::cli::shipping_report;
 use crate::cli::status;
 
 #[derive(Debug, Args)]
@@ -107,6 +108,14 @@ pub async fn run(args: FlashSaleArgs) -> anyhow::Result<()> {
     let throughput = args.attempts as f64 / elapsed.as_secs_f64();
     let answers_match = tally.confirmed as i64 == ledger_stock.sold;
     let ok = oversold_answers == 0 && oversold_ledger == 0 && replicas.agree && answers_match && tally.errors == 0;
+    let shipping = match args.target.config() {
+        Some(config) => shipping_report::report(&config, &addresses, &sku, shard_id).await,
+        None => None,
+    };
+    let shipping_json = shipping.as_ref().map(|s| {
+        json!({ "shipped_orders": s.shipped_orders, "lag_events": s.lag_events,
+                "lag_seconds": s.lag_seconds, "drain_seconds": s.drain_seconds })
+    });
 
     if args.target.json {
         let summary = json!({
@@ -118,6 +127,7 @@ pub async fn run(args: FlashSaleArgs) -> anyhow::Result<()> {
             "seconds": elapsed.as_secs_f64(), "attempts_per_second": throughput,
             "latency_ms": { "p50": quantile_ms(0.5), "p99": quantile_ms(0.99), "max": quantile_ms(1.0) },
             "replicas": replicas.lines, "replicas_agree": replicas.agree, "ok": ok,
+            "shipping": shipping_json,
         });
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -147,6 +157,16 @@ pub async fn run(args: FlashSaleArgs) -> anyhow::Result<()> {
             "replicas agree            {}",
             if replicas.agree { "yes" } else { "NO" }
         );
+        if let Some(shipping) = &shipping {
+            println!(
+                "shipped to postgres       {} orders of {sku} (drained {:.1} s after the sale)",
+                shipping.shipped_orders, shipping.drain_seconds
+            );
+            println!(
+                "final shipping lag        {} events, {:.1} s",
+                shipping.lag_events, shipping.lag_seconds
+            );
+        }
         println!("result                    {}", if ok { "OK" } else { "FAILED" });
     }
     if !ok {

@@ -5,6 +5,7 @@
 mod flash_sale;
 mod orders;
 mod serve;
+mod shipping_report;
 mod status;
 
 use std::path::PathBuf;
@@ -49,6 +50,11 @@ impl Target {
         let config = ClusterConfig::load(&self.config)
             .with_context(|| format!("no --seeds given and {} is not usable", self.config.display()))?;
         Ok(config.nodes.iter().map(|n| n.addr.clone()).collect())
+    }
+
+    /// The config file, if it is readable (a `--seeds` run may have none).
+    pub fn config(&self) -> Option<ClusterConfig> {
+        ClusterConfig::load(&self.config).ok()
     }
 }
 

@@ -21,8 +21,8 @@ use crate::config::ShardConfig;
 use crate::raft::network::PeerChannels;
 use crate::raft::network::RAFT_MESSAGE_BYTES_MAX;
 use crate::raft::network::RemoteResult;
-use crate::raft::network::ShippedMark;
 use crate::raft::network::ShardNetworkFactory;
+use crate::raft::network::ShippedMark;
 use crate::raft::state_store::ShardStateMachine;
 use crate::raft::state_store::ShardView;
 use crate::raft::types::NodeId;
@@ -324,7 +324,10 @@ impl Node {
     /// Has the shard's leader propose the replicated "shipped" mark: directly when this node
     /// leads, else through the leader's internal `ProposeShipped` RPC.
     pub async fn propose_shipped(&self, shard_id: ShardId, below_seq: u64) -> Result<u64, NodeError> {
-        let shard = self.shards.get(&shard_id).ok_or(NodeError::ShardNotHosted { shard_id })?;
+        let shard = self
+            .shards
+            .get(&shard_id)
+            .ok_or(NodeError::ShardNotHosted { shard_id })?;
         let mark = ShippedMark {
             below_seq,
             shipper: self.id,
@@ -338,7 +341,10 @@ impl Node {
 
     /// Proposes `mark` on this node's replica (it must be the leader).
     pub async fn propose_shipped_locally(&self, shard_id: ShardId, mark: ShippedMark) -> Result<u64, NodeError> {
-        let shard = self.shards.get(&shard_id).ok_or(NodeError::ShardNotHosted { shard_id })?;
+        let shard = self
+            .shards
+            .get(&shard_id)
+            .ok_or(NodeError::ShardNotHosted { shard_id })?;
         let command = LogCommand {
             timestamp_ms: now_ms(),
             body: CommandBody::Shipped {

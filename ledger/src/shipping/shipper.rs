@@ -85,7 +85,10 @@ pub async fn run<S: ShippingSink>(node: Weak<Node>, shard_id: ShardId, sink: Arc
         let mark = shard.view.read(|image| MarkView {
             shipped_below_seq: image.ledger.shipped_below_seq,
             shipped_by: image.ledger.shipped_by,
-            pending_events: image.ledger.next_event_seq.saturating_sub(image.ledger.shipped_below_seq),
+            pending_events: image
+                .ledger
+                .next_event_seq
+                .saturating_sub(image.ledger.shipped_below_seq),
         });
         if !designation.should_ship(rank_of(node.id), rank_of, mark, Instant::now()) {
             // Whoever ships next may be someone else: start from Postgres' word when it is us.
@@ -183,7 +186,12 @@ async fn ship_round<S: ShippingSink>(
                 match sink.commit(postgres_shard, shard_id, expected, new, &rows).await? {
                     CommitOutcome::Committed => Ok(new),
                     CommitOutcome::WatermarkMoved { current } => {
-                        tracing::info!(shard = shard_id, postgres_shard, ?current, "another shipper moved the watermark");
+                        tracing::info!(
+                            shard = shard_id,
+                            postgres_shard,
+                            ?current,
+                            "another shipper moved the watermark"
+                        );
                         Ok(current)
                     }
                 }

@@ -43,7 +43,9 @@ pub struct Watermark {
 pub enum CommitOutcome {
     Committed,
     /// Another shipper moved the watermark first; nothing was written.
-    WatermarkMoved { current: Watermark },
+    WatermarkMoved {
+        current: Watermark,
+    },
 }
 
 /// The machine failed (connection, timeout, SQL error). Always retried with backoff.
