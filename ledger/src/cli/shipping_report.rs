@@ -58,7 +58,12 @@ pub async fn report(config: &ClusterConfig, addresses: &[String], sku: &str, sha
 async fn shard_lag(addresses: &[String], shard_id: u64) -> (u64, f64) {
     let mut lag = (0, 0.0f64);
     for node in status::fetch_all(addresses).await {
-        for shard in node.reply.iter().flat_map(|r| &r.shards).filter(|s| s.shard_id == shard_id) {
+        for shard in node
+            .reply
+            .iter()
+            .flat_map(|r| &r.shards)
+            .filter(|s| s.shard_id == shard_id)
+        {
             lag.0 = lag.0.max(shard.shipping_lag_events);
             lag.1 = lag.1.max(shard.shipping_lag_seconds);
         }
