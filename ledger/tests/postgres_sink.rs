@@ -37,6 +37,7 @@ fn watermark_after(seq: u64) -> Watermark {
     Watermark {
         next_seq: seq + 1,
         last_index: 100 + seq / 4,
+        last_order_id: format!("order-{seq}"),
     }
 }
 
@@ -134,7 +135,7 @@ async fn two_shippers_racing_over_the_same_events_ship_each_once() {
             let last = from.next_seq + batch_len - 1;
             let rows: Vec<ShippedOrder> = (from.next_seq..=last).map(order).collect();
             match sink
-                .commit(0, 1, from, watermark_after(last), &rows)
+                .commit(0, 1, from.clone(), watermark_after(last), &rows)
                 .await
                 .expect("commit")
             {

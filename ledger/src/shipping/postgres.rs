@@ -47,6 +47,7 @@ pub const MIGRATIONS: &[(i32, &str)] = &[(
         postgres_shard integer     NOT NULL,
         next_seq       bigint      NOT NULL,
         last_index     bigint      NOT NULL,
+        last_order_id  text        NOT NULL,
         updated_at     timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (ledger_shard, postgres_shard)
     );
@@ -199,10 +200,11 @@ fn signed(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-fn watermark_from(next_seq: i64, last_index: i64) -> Watermark {
+fn watermark_from(row: &tokio_postgres::Row) -> Watermark {
     Watermark {
-        next_seq: next_seq.max(0) as u64,
-        last_index: last_index.max(0) as u64,
+        next_seq: row.get::<_, i64>(0).max(0) as u64,
+        last_index: row.get::<_, i64>(1).max(0) as u64,
+        last_order_id: row.get(2),
     }
 }
 
@@ -250,13 +252,13 @@ impl ShippingSink for PostgresSink {
 async fn read_watermark(client: &Client, postgres_shard: usize, ledger_shard: ShardId) -> Result<Watermark, SinkError> {
     let row = client
         .query_opt(
-            "SELECT next_seq, last_index FROM shipping_watermarks
+            "SELECT next_seq, last_index, last_order_id FROM shipping_watermarks
              WHERE ledger_shard = $1 AND postgres_shard = $2",
             &[&signed(ledger_shard), &(postgres_shard as i32)],
         )
         .await
         .map_err(|e| pg_failure(postgres_shard, &e))?;
-    Ok(row.map(|r| watermark_from(r.get(0), r.get(1))).unwrap_or_default())
+    Ok(row.map(|r| watermark_from(&r)).unwrap_or_default())
 }
 
 /// One batch, one transaction: watermark compare-and-set first (its row lock serializes racing
@@ -275,23 +277,27 @@ async fn commit_batch(
     let transaction = client.transaction().await.map_err(fail)?;
     transaction
         .execute(
-            "INSERT INTO shipping_watermarks (ledger_shard, postgres_shard, next_seq, last_index)
-             VALUES ($1, $2, 0, 0) ON CONFLICT DO NOTHING",
+            "INSERT INTO shipping_watermarks (ledger_shard, postgres_shard, next_seq, last_index, last_order_id)
+             VALUES ($1, $2, 0, 0, '') ON CONFLICT DO NOTHING",
             &[&ledger_shard, &shard],
         )
         .await
         .map_err(fail)?;
     let moved = transaction
         .execute(
-            "UPDATE shipping_watermarks SET next_seq = $3, last_index = $4, updated_at = now()
-             WHERE ledger_shard = $1 AND postgres_shard = $2 AND next_seq = $5 AND last_index = $6",
+            "UPDATE shipping_watermarks
+             SET next_seq = $3, last_index = $4, last_order_id = $5, updated_at = now()
+             WHERE ledger_shard = $1 AND postgres_shard = $2
+               AND next_seq = $6 AND last_index = $7 AND last_order_id = $8",
             &[
                 &ledger_shard,
                 &shard,
                 &signed(new.next_seq),
                 &signed(new.last_index),
+                &new.last_order_id,
                 &signed(expected.next_seq),
                 &signed(expected.last_index),
+                &expected.last_order_id,
             ],
         )
         .await
@@ -299,7 +305,7 @@ async fn commit_batch(
     if moved == 0 {
         let row = transaction
             .query_one(
-                "SELECT next_seq, last_index FROM shipping_watermarks
+                "SELECT next_seq, last_index, last_order_id FROM shipping_watermarks
                  WHERE ledger_shard = $1 AND postgres_shard = $2",
                 &[&ledger_shard, &shard],
             )
@@ -307,7 +313,7 @@ async fn commit_batch(
             .map_err(fail)?;
         transaction.rollback().await.map_err(fail)?;
         return Ok(CommitOutcome::WatermarkMoved {
-            current: watermark_from(row.get(0), row.get(1)),
+            current: watermark_from(&row),
         });
     }
     if !columns.order_ids.is_empty() {

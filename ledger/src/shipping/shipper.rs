@@ -32,6 +32,7 @@ use crate::shipping::sink::ShippedOrder;
 use crate::shipping::sink::ShippingSink;
 use crate::shipping::sink::SinkError;
 use crate::shipping::sink::Watermark;
+use crate::state_machine::state::LedgerState;
 
 /// Why a shipping round stopped early. Every one is retried after a backoff.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +49,26 @@ pub enum ShipError {
         postgres_shard: usize,
         watermark: u64,
         shipped_below: u64,
+    },
+    /// The watermark names an event this ledger does not have: the database holds another
+    /// cluster's (or an earlier incarnation's) orders. Shipping on would prune unshipped events.
+    #[error(
+        "postgres shard {postgres_shard}'s watermark says event {seq} was order {order_id:?} at log          index {log_index}, but this ledger's event {seq} is {local}: the database belongs to          another ledger history; shipping is stuck until it is fixed"
+    )]
+    ForeignWatermark {
+        postgres_shard: usize,
+        seq: u64,
+        order_id: String,
+        log_index: u64,
+        local: String,
+    },
+    /// A watermark is past the events this replica has applied (it lags, or the database is
+    /// foreign): wait rather than guess.
+    #[error("postgres shard {postgres_shard} is at event {watermark}, this replica has applied only {applied} events")]
+    WatermarkAhead {
+        postgres_shard: usize,
+        watermark: u64,
+        applied: u64,
     },
 }
 
@@ -131,7 +152,11 @@ async fn ship_round<S: ShippingSink>(
     let shard_id = shard.config.id;
     let watermarks = match cursor {
         Some(watermarks) => watermarks,
-        None => cursor.insert(read_watermarks(sink, shard_id).await?),
+        None => {
+            let read = read_watermarks(sink, shard_id).await?;
+            shard.view.read(|image| verify_watermarks(&read, &image.ledger))?;
+            cursor.insert(read)
+        }
     };
     let low = watermarks.iter().map(|w| w.next_seq).min().unwrap_or(0);
     let (events, shipped_below) = shard.view.read(|image| {
@@ -171,8 +196,10 @@ async fn ship_round<S: ShippingSink>(
         let new = Watermark {
             next_seq: last.event_seq + 1,
             last_index: last.log_index,
+            last_order_id: last.order_id.clone(),
         };
-        let commits = watermarks.iter().enumerate().map(|(postgres_shard, &expected)| {
+        let commits = watermarks.iter().enumerate().map(|(postgres_shard, expected)| {
+            let (expected, new) = (expected.clone(), new.clone());
             let rows: Vec<ShippedOrder> = events
                 .iter()
                 .filter(|e| e.event_seq >= expected.next_seq)
@@ -181,10 +208,13 @@ async fn ship_round<S: ShippingSink>(
                 .collect();
             async move {
                 if expected.next_seq >= new.next_seq {
-                    return Ok(expected);
+                    return Ok(Some(expected));
                 }
-                match sink.commit(postgres_shard, shard_id, expected, new, &rows).await? {
-                    CommitOutcome::Committed => Ok(new),
+                match sink
+                    .commit(postgres_shard, shard_id, expected, new.clone(), &rows)
+                    .await?
+                {
+                    CommitOutcome::Committed => Ok(Some(new)),
                     CommitOutcome::WatermarkMoved { current } => {
                         tracing::info!(
                             shard = shard_id,
@@ -192,21 +222,28 @@ async fn ship_round<S: ShippingSink>(
                             ?current,
                             "another shipper moved the watermark"
                         );
-                        Ok(current)
+                        Ok(None)
                     }
                 }
             }
         });
-        let results: Vec<Result<Watermark, SinkError>> = join_all(commits).await;
+        let results: Vec<Result<Option<Watermark>, SinkError>> = join_all(commits).await;
         let mut first_error = None;
+        let mut moved_by_another = false;
         for (watermark, result) in watermarks.iter_mut().zip(results) {
             match result {
-                Ok(moved) => *watermark = moved,
+                Ok(Some(committed)) => *watermark = committed,
+                Ok(None) => moved_by_another = true,
                 Err(error) => first_error = first_error.or(Some(error)),
             }
         }
         if let Some(error) = first_error {
             return Err(error.into());
+        }
+        if moved_by_another {
+            // Re-read (and verify) every watermark next round rather than trust a racing shipper's.
+            *cursor = None;
+            return Ok(true);
         }
     }
     let everywhere = watermarks.iter().map(|w| w.next_seq).min().unwrap_or(0);
@@ -219,7 +256,103 @@ async fn ship_round<S: ShippingSink>(
     Ok(full_batch)
 }
 
+/// Checks that every watermark read from the sink describes this ledger's own history: the
+/// event just below it must be the order and log index it names. Watermarks at or below the
+/// replicated mark were already verified by the shipper that proposed the mark.
+fn verify_watermarks(watermarks: &[Watermark], ledger: &LedgerState) -> Result<(), ShipError> {
+    for (postgres_shard, watermark) in watermarks.iter().enumerate() {
+        if watermark.next_seq <= ledger.shipped_below_seq {
+            continue;
+        }
+        if watermark.next_seq > ledger.next_event_seq {
+            return Err(ShipError::WatermarkAhead {
+                postgres_shard,
+                watermark: watermark.next_seq,
+                applied: ledger.next_event_seq,
+            });
+        }
+        let seq = watermark.next_seq - 1;
+        let local = ledger.order_events.get(&seq);
+        if local
+            .is_none_or(|event| event.order_id != watermark.last_order_id || event.log_index != watermark.last_index)
+        {
+            return Err(ShipError::ForeignWatermark {
+                postgres_shard,
+                seq,
+                order_id: watermark.last_order_id.clone(),
+                log_index: watermark.last_index,
+                local: local.map_or("missing".to_string(), |e| {
+                    format!("order {:?} at log index {}", e.order_id, e.log_index)
+                }),
+            });
+        }
+    }
+    Ok(())
+}
+
 async fn read_watermarks<S: ShippingSink>(sink: &S, shard_id: ShardId) -> Result<Vec<Watermark>, SinkError> {
     let reads = (0..sink.shard_count()).map(|postgres_shard| sink.watermark(postgres_shard, shard_id));
     join_all(reads).await.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state_machine::state::OrderEvent;
+
+    fn ledger_with_events(count: u64, shipped_below: u64) -> LedgerState {
+        let mut ledger = LedgerState {
+            next_event_seq: count,
+            shipped_below_seq: shipped_below,
+            ..LedgerState::default()
+        };
+        for seq in shipped_below..count {
+            let event = OrderEvent {
+                order_id: format!("o{seq}"),
+                sku: b"x".to_vec(),
+                qty: 1,
+                user: "u".into(),
+                log_index: 10 + seq,
+                confirmed_at_ms: 0,
+            };
+            ledger.order_events.insert(seq, event);
+        }
+        ledger
+    }
+
+    fn watermark(next_seq: u64, order_id: &str, last_index: u64) -> Watermark {
+        Watermark {
+            next_seq,
+            last_index,
+            last_order_id: order_id.into(),
+        }
+    }
+
+    #[test]
+    fn watermarks_of_this_history_are_accepted() {
+        let ledger = ledger_with_events(10, 4);
+        let ours = [
+            Watermark::default(),
+            watermark(3, "pruned-anyway", 0),
+            watermark(7, "o6", 16),
+        ];
+        assert!(verify_watermarks(&ours, &ledger).is_ok());
+    }
+
+    #[test]
+    fn another_historys_watermark_stops_shipping_instead_of_pruning() {
+        let ledger = ledger_with_events(10, 4);
+        let foreign = [watermark(7, "someone-else", 16)];
+        assert!(matches!(
+            verify_watermarks(&foreign, &ledger),
+            Err(ShipError::ForeignWatermark { seq: 6, .. })
+        ));
+        let same_id_other_index = [watermark(7, "o6", 99)];
+        assert!(verify_watermarks(&same_id_other_index, &ledger).is_err());
+        let ahead = [watermark(5000, "o4999", 5041)];
+        assert!(matches!(
+            verify_watermarks(&ahead, &ledger),
+            Err(ShipError::WatermarkAhead { applied: 10, .. })
+        ));
+    }
 }

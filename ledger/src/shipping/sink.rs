@@ -30,16 +30,19 @@ pub struct ShippedOrder {
 }
 
 /// How far one (ledger shard, Postgres shard) pair has been shipped.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Watermark {
     /// Every event with a smaller sequence number that hashes to this Postgres shard is in it.
     pub next_seq: u64,
     /// The log index of event `next_seq - 1` (0 before the first): the last shipped index.
     pub last_index: u64,
+    /// The order id of event `next_seq - 1`: with `last_index`, it lets a shipper check that
+    /// the watermark belongs to this ledger's history and not to another cluster's.
+    pub last_order_id: String,
 }
 
 /// What a conditional commit did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommitOutcome {
     Committed,
     /// Another shipper moved the watermark first; nothing was written.
@@ -142,7 +145,7 @@ impl ShippingSink for RecordingSink {
         Ok(recorded
             .watermarks
             .get(&(postgres_shard, ledger_shard))
-            .copied()
+            .cloned()
             .unwrap_or_default())
     }
 
@@ -159,7 +162,7 @@ impl ShippingSink for RecordingSink {
         let current = recorded
             .watermarks
             .get(&(postgres_shard, ledger_shard))
-            .copied()
+            .cloned()
             .unwrap_or_default();
         if current != expected {
             return Ok(CommitOutcome::WatermarkMoved { current });

@@ -541,11 +541,12 @@ impl LedgerState {
         Ok(())
     }
 
-    /// Prunes the events every PostgreSQL shard acknowledged. The mark only moves forward and
-    /// never past the events that exist, whatever the proposer sent.
+    /// Prunes the events every PostgreSQL shard acknowledged. The mark only moves forward. A
+    /// mark past the events that exist changes nothing: a correct shipper only acknowledges
+    /// events it read from this log, so such a mark means Postgres holds another ledger's
+    /// watermarks, and pruning on its word would drop orders that were never shipped.
     fn mark_shipped(&mut self, below_seq: u64, shipper: u64, changes: &mut Changes) {
-        let below_seq = below_seq.min(self.next_event_seq);
-        if below_seq <= self.shipped_below_seq {
+        if below_seq <= self.shipped_below_seq || below_seq > self.next_event_seq {
             return;
         }
         let kept = self.order_events.split_off(&below_seq);
