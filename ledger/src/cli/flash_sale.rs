@@ -158,9 +158,17 @@ pub async fn run(args: FlashSaleArgs) -> anyhow::Result<()> {
             if replicas.agree { "yes" } else { "NO" }
         );
         if let Some(shipping) = &shipping {
+            let drained = if shipping.lag_events == 0 {
+                format!("drained {:.1} s after the sale", shipping.drain_seconds)
+            } else {
+                format!(
+                    "NOT drained within {:.1} s: see the nodes' logs",
+                    shipping.drain_seconds
+                )
+            };
             println!(
-                "shipped to postgres       {} orders of {sku} (drained {:.1} s after the sale)",
-                shipping.shipped_orders, shipping.drain_seconds
+                "shipped to postgres       {} orders of {sku} ({drained})",
+                shipping.shipped_orders
             );
             println!(
                 "final shipping lag        {} events, {:.1} s",

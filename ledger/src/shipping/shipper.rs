@@ -53,7 +53,9 @@ pub enum ShipError {
     /// The watermark names an event this ledger does not have: the database holds another
     /// cluster's (or an earlier incarnation's) orders. Shipping on would prune unshipped events.
     #[error(
-        "postgres shard {postgres_shard}'s watermark says event {seq} was order {order_id:?} at log          index {log_index}, but this ledger's event {seq} is {local}: the database belongs to          another ledger history; shipping is stuck until it is fixed"
+        "postgres shard {postgres_shard}'s watermark says event {seq} was order {order_id:?} at log \
+         index {log_index}, but this ledger's event {seq} is {local}: the database belongs to \
+         another ledger history; shipping is stuck until it is fixed"
     )]
     ForeignWatermark {
         postgres_shard: usize,
