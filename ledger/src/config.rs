@@ -191,6 +191,8 @@ pub struct ShippingSection {
     pub takeover_after_ms: u64,
     /// Deadline of one Postgres call (connect, watermark read, batch transaction).
     pub statement_timeout_ms: u64,
+    /// Least time between two proposals of the replicated "shipped" mark (each is a log entry).
+    pub mark_interval_ms: u64,
 }
 
 impl Default for ShippingSection {
@@ -202,6 +204,7 @@ impl Default for ShippingSection {
             retry_backoff_ms_max: 5000,
             takeover_after_ms: 3000,
             statement_timeout_ms: 5000,
+            mark_interval_ms: 200,
         }
     }
 }
@@ -333,6 +336,7 @@ impl ClusterConfig {
             ("shipping.retry_backoff_ms_min", self.shipping.retry_backoff_ms_min),
             ("shipping.takeover_after_ms", self.shipping.takeover_after_ms),
             ("shipping.statement_timeout_ms", self.shipping.statement_timeout_ms),
+            ("shipping.mark_interval_ms", self.shipping.mark_interval_ms),
         ];
         if let Some((field, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(ConfigError::Bound {

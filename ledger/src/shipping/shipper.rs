@@ -90,6 +90,9 @@ pub async fn run<S: ShippingSink>(node: Weak<Node>, shard_id: ShardId, sink: Arc
     let mut cursor: Option<Vec<Watermark>> = None;
     let mut failures: u32 = 0;
     let mut more_waiting = false;
+    // Each mark is a log entry on the leader: at most one per interval, however fast batches go.
+    let mark_interval = Duration::from_millis(settings.mark_interval_ms);
+    let mut last_mark_proposal: Option<Instant> = None;
     loop {
         if !more_waiting {
             tokio::time::sleep(pause(&settings, failures)).await;
@@ -118,10 +121,18 @@ pub async fn run<S: ShippingSink>(node: Weak<Node>, shard_id: ShardId, sink: Arc
             cursor = None;
             continue;
         }
-        match ship_round(&node, &shard, sink.as_ref(), &mut cursor, settings.batch_events_max).await {
-            Ok(full_batch) => {
+        match ship_round(&shard, sink.as_ref(), &mut cursor, settings.batch_events_max).await {
+            Ok(round) => {
                 failures = 0;
-                more_waiting = full_batch;
+                more_waiting = round.full_batch;
+                let due = last_mark_proposal.is_none_or(|at| at.elapsed() >= mark_interval);
+                if round.everywhere_below > round.replicated_mark && due {
+                    last_mark_proposal = Some(Instant::now());
+                    // Retention only: a failed proposal is retried with a later round's mark.
+                    if let Err(error) = node.propose_shipped(shard_id, round.everywhere_below).await {
+                        tracing::debug!(shard = shard_id, %error, "shipped-mark proposal failed");
+                    }
+                }
             }
             Err(error) => {
                 failures = failures.saturating_add(1);
@@ -143,14 +154,23 @@ fn pause(settings: &ShippingSection, failures: u32) -> Duration {
     Duration::from_millis(doubled.min(settings.retry_backoff_ms_max))
 }
 
-/// Ships one bounded batch. Returns whether the batch was full (more events may be waiting).
+/// What a successful round achieved.
+struct Round {
+    /// The batch was full: more events may be waiting, so the next round starts at once.
+    full_batch: bool,
+    /// Every Postgres shard has every event below this sequence number.
+    everywhere_below: u64,
+    /// The replicated mark as the round found it.
+    replicated_mark: u64,
+}
+
+/// Ships one bounded batch.
 async fn ship_round<S: ShippingSink>(
-    node: &Node,
     shard: &ShardReplica,
     sink: &S,
     cursor: &mut Option<Vec<Watermark>>,
     batch_events_max: usize,
-) -> Result<bool, ShipError> {
+) -> Result<Round, ShipError> {
     let shard_id = shard.config.id;
     let watermarks = match cursor {
         Some(watermarks) => watermarks,
@@ -245,17 +265,18 @@ async fn ship_round<S: ShippingSink>(
         if moved_by_another {
             // Re-read (and verify) every watermark next round rather than trust a racing shipper's.
             *cursor = None;
-            return Ok(true);
+            return Ok(Round {
+                full_batch: true,
+                everywhere_below: 0,
+                replicated_mark: shipped_below,
+            });
         }
     }
-    let everywhere = watermarks.iter().map(|w| w.next_seq).min().unwrap_or(0);
-    if everywhere > shipped_below {
-        // Retention only: a failed proposal is retried with the next round's mark.
-        if let Err(error) = node.propose_shipped(shard_id, everywhere).await {
-            tracing::debug!(shard = shard_id, %error, "shipped-mark proposal failed");
-        }
-    }
-    Ok(full_batch)
+    Ok(Round {
+        full_batch,
+        everywhere_below: watermarks.iter().map(|w| w.next_seq).min().unwrap_or(0),
+        replicated_mark: shipped_below,
+    })
 }
 
 /// Checks that every watermark read from the sink describes this ledger's own history: the
