@@ -72,6 +72,11 @@ async fn current_shipper(cluster: &TestCluster, shard: ShardId) -> NodeId {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_confirmed_order_lands_in_postgres_exactly_once() {
+    // RUST_LOG=info shows the phases and every takeover, backoff and watermark race.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let Some(server) = pg_support::server_url("every_confirmed_order_lands_in_postgres_exactly_once") else {
         return;
     };

@@ -137,7 +137,12 @@ pub async fn run<S: ShippingSink>(node: Weak<Node>, shard_id: ShardId, sink: Arc
             Err(error) => {
                 failures = failures.saturating_add(1);
                 cursor = None;
-                tracing::warn!(shard = shard_id, failures, %error, "shipping round failed; backing off");
+                if matches!(error, ShipError::WatermarkAhead { .. }) {
+                    // Expected while a restarted replica catches up; it resolves by itself.
+                    tracing::info!(shard = shard_id, failures, %error, "waiting to catch up before shipping");
+                } else {
+                    tracing::warn!(shard = shard_id, failures, %error, "shipping round failed; backing off");
+                }
             }
         }
     }
