@@ -250,6 +250,7 @@ impl Node {
     }
 
     /// Proposes `operations` (all for one shard) as one log entry; one outcome each.
+    #[tracing::instrument(level = "debug", skip_all, fields(node = self.id, ops = operations.len()))]
     pub async fn write(&self, operations: Vec<Operation>, route_epoch: u64) -> Result<(Vec<Outcome>, u64), NodeError> {
         let shard = self.shard_for_operations(&operations)?;
         if route_epoch != 0 && route_epoch != shard.epoch {
@@ -321,6 +322,7 @@ impl Node {
     }
 
     /// Reads one SKU's counts and the applied index they reflect.
+    #[tracing::instrument(level = "debug", skip_all, fields(node = self.id, ?consistency))]
     pub async fn get_stock(&self, sku: &[u8], consistency: ReadConsistency) -> Result<(StockCounts, u64), NodeError> {
         let shard = self.shard_for_sku(sku)?;
         let shard_id = shard.config.id;
