@@ -159,3 +159,44 @@ async fn a_restarted_follower_catches_up_from_a_snapshot() {
     assert_eq!(cluster.local_stock(follower, "apple").await.sold, 300);
     cluster.stop_all().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_stock_changes_through_the_client() {
+    use futures::StreamExt;
+
+    let cluster = TestCluster::start(3, |_| {}).await;
+    cluster.put_sku("apple", 10).await;
+    cluster.put_sku("banana", 10).await;
+    let seeds: Vec<String> = cluster.config.nodes.iter().map(|n| n.addr.clone()).collect();
+    let client = flashledger_client::Client::connect(seeds, flashledger_client::ClientOptions::default())
+        .await
+        .expect("connect");
+    tracing::info!("--- a watch of [a, b) sees apple's current state, then its live changes, and never banana");
+    let mut changes = tokio::time::timeout(common::WAIT, client.watch("a", "b", 0))
+        .await
+        .expect("watch answers in time")
+        .expect("watch");
+    let first = tokio::time::timeout(common::WAIT, changes.next())
+        .await
+        .expect("the current state arrives in time")
+        .expect("a change")
+        .expect("ok");
+    assert_eq!((first.sku.as_slice(), first.sold), (b"apple".as_slice(), 0));
+    for n in 0..3 {
+        cluster.write(vec![purchase("banana", "u", &format!("b{n}"))]).await;
+        cluster.write(vec![purchase("apple", "u", &format!("a{n}"))]).await;
+    }
+    let mut last_sold = 0;
+    while last_sold < 3 {
+        let change = tokio::time::timeout(common::WAIT, changes.next())
+            .await
+            .expect("a change in time")
+            .expect("stream open")
+            .expect("ok");
+        assert_eq!(change.sku, b"apple".to_vec(), "only SKUs in the watched range");
+        assert!(change.sold >= last_sold, "changes arrive in log order");
+        assert_eq!(change.available + change.sold, change.total);
+        last_sold = change.sold;
+    }
+    cluster.stop_all().await;
+}

@@ -9,6 +9,9 @@ use ledger::node::Node;
 use ledger::node::NodeOptions;
 use ledger::node::storage::Storage;
 
+/// How long a stopping node waits for in-flight requests to finish.
+const SHUTDOWN_DRAIN_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub async fn run(config_path: &Path, node_id: u64) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -31,7 +34,25 @@ pub async fn run(config_path: &Path, node_id: u64) -> anyhow::Result<()> {
     })
     .await?;
     tracing::info!(node = node_id, %addr, "serving");
-    ledger::server::serve(node.clone(), listener, shutdown_signal()).await?;
+    let (signalled, signal_seen) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async {
+        shutdown_signal().await;
+        let _ = signalled.send(());
+    };
+    let server = ledger::server::serve(node.clone(), listener, shutdown);
+    // A graceful shutdown waits for in-flight requests; bound that wait so a stuck client cannot
+    // keep a stopping node alive.
+    let drain_deadline = async {
+        if signal_seen.await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_DRAIN_MAX).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        served = server => served?,
+        () = drain_deadline => tracing::warn!(?SHUTDOWN_DRAIN_MAX, "requests still in flight; closing anyway"),
+    }
     tracing::info!(node = node_id, "shutting down");
     node.shutdown().await;
     Ok(())

@@ -55,7 +55,7 @@ pub enum NodeError {
         leader_addr: Option<String>,
     },
     #[error("this node hosts no shard for sku {sku:?}")]
-    SkuNotHosted { sku: Vec<u8> },
+    SkuNotHosted { sku: String },
     #[error("this node does not host shard {shard_id}")]
     ShardNotHosted { shard_id: ShardId },
     #[error("batch spans shards {first} and {second}; send one batch per shard")]
@@ -73,7 +73,7 @@ pub enum NodeError {
     #[error("shard {shard_id} is unavailable: {reason}")]
     Unavailable { shard_id: ShardId, reason: String },
     #[error("unknown sku {sku:?}")]
-    UnknownSku { sku: Vec<u8> },
+    UnknownSku { sku: String },
     #[error("storage: {0}")]
     Storage(String),
     #[error("raft: {0}")]
@@ -127,6 +127,9 @@ pub struct Node {
     peer_addresses: BTreeMap<NodeId, String>,
     /// The channels Raft uses, reused by a follower's shipper to reach the leader.
     peers: PeerChannels,
+    /// Flips to true when the node starts shutting down, so long-lived streams (Watch) end and
+    /// a graceful shutdown can drain its connections.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 /// Milliseconds since the Unix epoch by this node's clock (madsim's under the simulator). Only
@@ -206,12 +209,14 @@ impl Node {
                 }),
             );
         }
+        let (closing, _) = tokio::sync::watch::channel(false);
         let node = Arc::new(Node {
             id: node_id,
             config,
             shards,
             peer_addresses,
             peers,
+            closing,
         });
         for shard in node.shards.values() {
             tokio::spawn(expire_reservations(Arc::downgrade(&node), shard.config.id));
@@ -229,8 +234,21 @@ impl Node {
         Ok(node)
     }
 
+    /// Tells long-lived streams to end: the first step of a graceful shutdown.
+    pub fn begin_shutdown(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Completes once [`Node::begin_shutdown`] was called.
+    pub async fn closing(&self) {
+        let mut closing = self.closing.subscribe();
+        // An error means the sender is gone, which also means the node is going away.
+        let _ = closing.wait_for(|closing| *closing).await;
+    }
+
     /// Stops every shard's Raft node (graceful shutdown).
     pub async fn shutdown(&self) {
+        self.begin_shutdown();
         for shard in self.shards.values() {
             if let Err(error) = shard.raft.shutdown().await {
                 tracing::warn!(shard = shard.config.id, %error, "raft shutdown");
@@ -247,10 +265,13 @@ impl Node {
         let shard_id = self.config.shard_for_sku(sku).map(|s| s.id);
         shard_id
             .and_then(|id| self.shards.get(&id))
-            .ok_or_else(|| NodeError::SkuNotHosted { sku: sku.to_vec() })
+            .ok_or_else(|| NodeError::SkuNotHosted {
+                sku: String::from_utf8_lossy(sku).into_owned(),
+            })
     }
 
     /// Proposes `operations` (all for one shard) as one log entry; one outcome each.
+    #[tracing::instrument(level = "debug", skip_all, fields(node = self.id, ops = operations.len()))]
     pub async fn write(&self, operations: Vec<Operation>, route_epoch: u64) -> Result<(Vec<Outcome>, u64), NodeError> {
         let shard = self.shard_for_operations(&operations)?;
         if route_epoch != 0 && route_epoch != shard.epoch {
@@ -282,7 +303,7 @@ impl Node {
                 _ => chosen = Some(shard),
             }
         }
-        chosen.ok_or(NodeError::SkuNotHosted { sku: Vec::new() })
+        chosen.ok_or(NodeError::SkuNotHosted { sku: String::new() })
     }
 
     async fn propose(&self, shard: &ShardReplica, command: LogCommand) -> Result<(Vec<Outcome>, u64), NodeError> {
@@ -376,6 +397,7 @@ impl Node {
     }
 
     /// Reads one SKU's counts and the applied index they reflect.
+    #[tracing::instrument(level = "debug", skip_all, fields(node = self.id, ?consistency))]
     pub async fn get_stock(&self, sku: &[u8], consistency: ReadConsistency) -> Result<(StockCounts, u64), NodeError> {
         let shard = self.shard_for_sku(sku)?;
         let shard_id = shard.config.id;
@@ -406,7 +428,9 @@ impl Node {
         }
         shard.view.read(|image| match image.ledger.stock(sku) {
             Some(counts) => Ok((counts, image.meta.applied.map(|id| id.index).unwrap_or(0))),
-            None => Err(NodeError::UnknownSku { sku: sku.to_vec() }),
+            None => Err(NodeError::UnknownSku {
+                sku: String::from_utf8_lossy(sku).into_owned(),
+            }),
         })
     }
 

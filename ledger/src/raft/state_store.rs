@@ -147,6 +147,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
             .read(|image| (image.meta.applied, image.meta.membership.clone())))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(shard = self.view.shard_id))]
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
     where
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,

@@ -147,7 +147,7 @@ impl Inventory for InventoryService {
         let (sender, receiver) = tokio::sync::mpsc::channel(WATCH_QUEUE_CHANGES_MAX);
         for shard in self.node.shards.values() {
             // Subscribe before reading the current state so no change falls in between.
-            let mut live = shard.view.subscribe();
+            let live = shard.view.subscribe();
             let current: Vec<pb::StockChange> = shard.view.read(|image| {
                 image
                     .ledger
@@ -165,35 +165,11 @@ impl Inventory for InventoryService {
             });
             let sender = sender.clone();
             let in_range = in_range.clone();
+            let node = self.node.clone();
             tokio::spawn(async move {
-                for change in current {
-                    if sender.send(Ok(change)).await.is_err() {
-                        return;
-                    }
-                }
-                loop {
-                    let change = match live.recv().await {
-                        Ok(change) => change,
-                        Err(RecvError::Lagged(missed)) => {
-                            let status = Status::resource_exhausted(format!(
-                                "watcher fell {missed} changes behind; resume from the last log_index seen"
-                            ));
-                            let _ = sender.send(Err(status)).await;
-                            return;
-                        }
-                        Err(RecvError::Closed) => return,
-                    };
-                    if !in_range(&change.sku) {
-                        continue;
-                    }
-                    let wire = pb::StockChange {
-                        sku: change.sku.into(),
-                        counts: Some(convert::counts(change.counts)),
-                        log_index: change.log_index,
-                    };
-                    if sender.send(Ok(wire)).await.is_err() {
-                        return;
-                    }
+                tokio::select! {
+                    () = node.closing() => {}
+                    () = forward_changes(current, live, in_range, sender) => {}
                 }
             });
         }
@@ -201,5 +177,43 @@ impl Inventory for InventoryService {
             receiver.recv().await.map(|item| (item, receiver))
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// Sends `current`, then every live change in range, until the watcher goes away or lags.
+async fn forward_changes(
+    current: Vec<pb::StockChange>,
+    mut live: tokio::sync::broadcast::Receiver<crate::raft::state_store::StockChange>,
+    in_range: impl Fn(&[u8]) -> bool,
+    sender: tokio::sync::mpsc::Sender<Result<pb::StockChange, Status>>,
+) {
+    for change in current {
+        if sender.send(Ok(change)).await.is_err() {
+            return;
+        }
+    }
+    loop {
+        let change = match live.recv().await {
+            Ok(change) => change,
+            Err(RecvError::Lagged(missed)) => {
+                let status = Status::resource_exhausted(format!(
+                    "watcher fell {missed} changes behind; resume from the last log_index seen"
+                ));
+                let _ = sender.send(Err(status)).await;
+                return;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        if !in_range(&change.sku) {
+            continue;
+        }
+        let wire = pb::StockChange {
+            sku: change.sku.into(),
+            counts: Some(convert::counts(change.counts)),
+            log_index: change.log_index,
+        };
+        if sender.send(Ok(wire)).await.is_err() {
+            return;
+        }
     }
 }

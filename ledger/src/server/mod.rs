@@ -56,7 +56,9 @@ pub async fn serve(
         router = router.add_service(reflection);
     }
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    router.serve_with_incoming_shutdown(incoming, shutdown).await
+    router
+        .serve_with_incoming_shutdown(incoming, close_streams_on(node, shutdown))
+        .await
 }
 
 /// Serves every service of `node` on `addr` (the simulator's network) until `shutdown`.
@@ -66,12 +68,20 @@ pub async fn serve(
     addr: std::net::SocketAddr,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
+    let node_for_shutdown = node.clone();
     tonic::transport::Server::builder()
         .add_service(InventoryServer::new(inventory::InventoryService::new(node.clone())))
         .add_service(ClusterServer::new(cluster::ClusterService::new(node.clone())))
         .add_service(RaftServer::new(raft_service::RaftService::new(node)))
-        .serve_with_shutdown(addr, shutdown)
+        .serve_with_shutdown(addr, close_streams_on(node_for_shutdown, shutdown))
         .await
+}
+
+/// Completes with `shutdown`, after telling the node's Watch streams to end: a graceful
+/// shutdown waits for every open stream, and a Watch stream would otherwise never end.
+async fn close_streams_on(node: Arc<Node>, shutdown: impl Future<Output = ()>) {
+    shutdown.await;
+    node.begin_shutdown();
 }
 
 #[cfg(not(madsim))]

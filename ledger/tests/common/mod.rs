@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// The longest any test waits for a condition before failing.
-pub const WAIT: Duration = Duration::from_secs(30);
+pub const WAIT: Duration = Duration::from_secs(20);
 
 struct RunningNode {
     node: Arc<Node>,
@@ -174,13 +174,16 @@ impl TestCluster {
         }
     }
 
-    pub async fn put_sku(&self, sku: &str, total: u64) {
+    /// Puts `sku` on sale and returns the log index that did it.
+    pub async fn put_sku(&self, sku: &str, total: u64) -> u64 {
         let put = Operation::PutSku {
             sku: sku.as_bytes().to_vec(),
             total,
             rules: SaleRules::default(),
         };
-        assert_eq!(self.write(vec![put]).await.0, vec![Outcome::Ok]);
+        let (outcomes, index) = self.write(vec![put]).await;
+        assert_eq!(outcomes, vec![Outcome::Ok]);
+        index
     }
 
     /// Waits until node `id` has applied `shard` up to `index`.

@@ -1,0 +1,173 @@
+//! Bad input over the wire gets a clear error and changes nothing: malformed protobuf, invalid
+//! fields, a SKU whose shard this node does not host, a batch spanning shards, an oversize
+//! message, and garbage on the internal Raft service. Each case compares the shard's applied
+//! index and state digest before and after.
+
+#![cfg(not(madsim))]
+
+mod common;
+
+use common::TestCluster;
+use flashledger_proto::v1 as pb;
+use flashledger_proto::v1::inventory_client::InventoryClient;
+use flashledger_proto::v1::raft_client::RaftClient;
+use ledger::config::ShardConfig;
+use ledger::raft::types::NodeId;
+use tonic::Code;
+use tonic::transport::Channel;
+
+async fn channel(cluster: &TestCluster, id: NodeId) -> Channel {
+    let addr = cluster.config.node(id).expect("node").addr.clone();
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect")
+}
+
+/// (applied index, digest) of every shard on every running node.
+fn fingerprint(cluster: &TestCluster) -> Vec<(NodeId, u64, u64, u64)> {
+    let mut all = Vec::new();
+    for id in cluster.running_ids() {
+        for shard in cluster.node(id).status() {
+            all.push((id, shard.shard_id, shard.applied_index, shard.state_digest));
+        }
+    }
+    all
+}
+
+fn reserve(sku: &[u8], qty: i64) -> pb::ReserveRequest {
+    pb::ReserveRequest {
+        sku: sku.to_vec().into(),
+        qty,
+        user: "u".into(),
+        order_id: "o".into(),
+        ttl_ms: 0,
+        route: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_refused_and_change_nothing() {
+    // Shard 2 lives on node 1 only, so nodes 2 and 3 host no shard for SKUs from "m" on.
+    let cluster = TestCluster::start(3, |config| {
+        config.shards[1] = ShardConfig {
+            id: 2,
+            start: "m".into(),
+            end: String::new(),
+            replicas: vec![1],
+        };
+        config.server.message_bytes_max = 16 * 1024;
+    })
+    .await;
+    let put_index = cluster.put_sku("apple", 10).await;
+    for id in cluster.running_ids() {
+        cluster.wait_applied(id, 1, put_index).await;
+    }
+    let leader = cluster.leader(1).await;
+    let mut inventory = InventoryClient::new(channel(&cluster, leader).await);
+    let before = fingerprint(&cluster);
+
+    tracing::info!("--- invalid fields name the field");
+    for (request, field) in [
+        (reserve(b"apple", 0), "qty"),
+        (reserve(b"apple", -2), "qty"),
+        (reserve(b"", 1), "sku"),
+    ] {
+        let status = inventory.reserve(request).await.expect_err("refused");
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains(field), "{}", status.message());
+    }
+
+    tracing::info!("--- malformed protobuf: a message whose field 1 has the wrong wire type");
+    let mut raw = tonic::client::Grpc::new(channel(&cluster, leader).await);
+    raw.ready().await.expect("ready");
+    let codec = tonic_prost::ProstCodec::<pb::StockCounts, pb::WriteReply>::default();
+    let path = http::uri::PathAndQuery::from_static("/flashledger.v1.Inventory/Reserve");
+    let garbage = pb::StockCounts {
+        total: 5,
+        available: 1,
+        reserved: 2,
+        sold: 3,
+    };
+    let status = raw
+        .unary(tonic::Request::new(garbage), path, codec)
+        .await
+        .expect_err("refused");
+    assert_ne!(status.code(), Code::Ok);
+    assert!(status.message().to_lowercase().contains("decode"), "{status:?}");
+
+    tracing::info!("--- a SKU of a shard this node does not host");
+    let mut follower_only = InventoryClient::new(channel(&cluster, 2).await);
+    let status = follower_only.reserve(reserve(b"zebra", 1)).await.expect_err("refused");
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(status.message().contains("hosts no shard"), "{}", status.message());
+
+    tracing::info!("--- a batch that spans shards");
+    let op = |sku: &[u8]| pb::WriteOp {
+        op: Some(pb::write_op::Op::Reserve(reserve(sku, 1))),
+    };
+    let status = InventoryClient::new(channel(&cluster, 1).await)
+        .batch(pb::BatchRequest {
+            ops: vec![op(b"apple"), op(b"zebra")],
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("spans shards"), "{}", status.message());
+
+    tracing::info!("--- an oversize message");
+    let huge = pb::BatchRequest {
+        ops: (0..500).map(|_| op(&[b'a'; 100])).collect(),
+    };
+    let status = inventory.batch(huge).await.expect_err("refused");
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+
+    tracing::info!("--- garbage and unknown shards on the internal Raft service");
+    let mut raft = RaftClient::new(channel(&cluster, 2).await);
+    let garbage = pb::RaftRequest {
+        shard_id: 1,
+        payload: vec![0xff; 64].into(),
+    };
+    assert_eq!(
+        raft.append_entries(garbage).await.expect_err("refused").code(),
+        Code::InvalidArgument
+    );
+    let unknown = pb::RaftRequest {
+        shard_id: 99,
+        payload: Vec::new().into(),
+    };
+    assert_eq!(raft.vote(unknown).await.expect_err("refused").code(), Code::NotFound);
+
+    tracing::info!("--- unknown SKU reads answer 'unknown', writes answer UnknownSku");
+    let stock = pb::GetStockRequest {
+        sku: b"aaa-no-such".to_vec().into(),
+        consistency: 0,
+        max_lag_entries: 0,
+    };
+    assert_eq!(
+        inventory.get_stock(stock).await.expect("answered").into_inner().counts,
+        None
+    );
+    let bad_consistency = pb::GetStockRequest {
+        sku: b"apple".to_vec().into(),
+        consistency: 7,
+        max_lag_entries: 0,
+    };
+    assert_eq!(
+        inventory.get_stock(bad_consistency).await.expect_err("refused").code(),
+        Code::InvalidArgument
+    );
+
+    assert_eq!(fingerprint(&cluster), before, "no bad request changed any replica");
+    let unknown_sku = inventory
+        .reserve(reserve(b"kiwi", 1))
+        .await
+        .expect("answered")
+        .into_inner();
+    assert_eq!(
+        unknown_sku.outcome.map(|o| o.code),
+        Some(pb::OutcomeCode::UnknownSku as i32)
+    );
+    cluster.stop_all().await;
+}
