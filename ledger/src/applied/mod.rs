@@ -42,6 +42,8 @@ use crate::state_machine::state::LedgerState;
 pub enum AppliedStoreError {
     #[error("applied-state backend: {0}")]
     Backend(String),
+    #[error("applied state does not encode: {0}")]
+    Encode(String),
     #[error("applied-state record {key:?} does not decode: {message}")]
     Decode { key: Vec<u8>, message: String },
 }
@@ -150,25 +152,25 @@ impl AppliedStore {
     pub fn commit(&self, ledger: &LedgerState, changes: &Changes, meta: &AppliedMeta) -> Result<(), AppliedStoreError> {
         let mut writes: Vec<KvWrite> = Vec::new();
         for sku in &changes.skus {
-            writes.push((prefixed(b's', sku), ledger.skus.get(sku).map(encode)));
+            writes.push((prefixed(b's', sku), encode_optional(ledger.skus.get(sku))?));
         }
         for order_id in &changes.orders {
             writes.push((
                 prefixed(b'o', order_id.as_bytes()),
-                ledger.orders.get(order_id).map(encode),
+                encode_optional(ledger.orders.get(order_id))?,
             ));
         }
         for key in &changes.holdings {
-            writes.push((holding_key(&key.0, &key.1), ledger.holdings.get(key).map(encode)));
+            writes.push((holding_key(&key.0, &key.1), encode_optional(ledger.holdings.get(key))?));
         }
         // A pruned event's lookup finds nothing, which deletes its key.
         for seq in changes.events_added.iter().chain(&changes.events_removed) {
             writes.push((
                 prefixed(b'e', &seq.to_be_bytes()),
-                ledger.order_events.get(seq).map(encode),
+                encode_optional(ledger.order_events.get(seq))?,
             ));
         }
-        writes.push((META_KEY.to_vec(), Some(encode(meta))));
+        writes.push((META_KEY.to_vec(), Some(encode(meta)?)));
         self.backend.write_batch(writes)
     }
 
@@ -186,33 +188,37 @@ impl AppliedStore {
             ledger
                 .skus
                 .iter()
-                .map(|(sku, r)| (prefixed(b's', sku), Some(encode(r)))),
+                .map(|(sku, r)| Ok((prefixed(b's', sku), Some(encode(r)?))))
+                .collect::<Result<Vec<_>, AppliedStoreError>>()?,
         );
         writes.extend(
             ledger
                 .orders
                 .iter()
-                .map(|(id, o)| (prefixed(b'o', id.as_bytes()), Some(encode(o)))),
+                .map(|(id, o)| Ok((prefixed(b'o', id.as_bytes()), Some(encode(o)?))))
+                .collect::<Result<Vec<_>, AppliedStoreError>>()?,
         );
         writes.extend(
             ledger
                 .holdings
                 .iter()
-                .map(|((sku, user), n)| (holding_key(sku, user), Some(encode(n)))),
+                .map(|((sku, user), n)| Ok((holding_key(sku, user), Some(encode(n)?))))
+                .collect::<Result<Vec<_>, AppliedStoreError>>()?,
         );
         writes.extend(
             ledger
                 .order_events
                 .iter()
-                .map(|(seq, e)| (prefixed(b'e', &seq.to_be_bytes()), Some(encode(e)))),
+                .map(|(seq, e)| Ok((prefixed(b'e', &seq.to_be_bytes()), Some(encode(e)?))))
+                .collect::<Result<Vec<_>, AppliedStoreError>>()?,
         );
-        writes.push((META_KEY.to_vec(), Some(encode(&image.meta))));
+        writes.push((META_KEY.to_vec(), Some(encode(&image.meta)?)));
         self.backend.write_batch(writes)
     }
 
     pub fn save_snapshot(&self, snapshot: &StoredSnapshot) -> Result<(), AppliedStoreError> {
         self.backend
-            .write_batch(vec![(SNAPSHOT_KEY.to_vec(), Some(encode(snapshot)))])?;
+            .write_batch(vec![(SNAPSHOT_KEY.to_vec(), Some(encode(snapshot)?))])?;
         self.backend.flush()
     }
 
@@ -228,10 +234,13 @@ impl AppliedStore {
     }
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // bincode 1.3 cannot fail on these plain data types (no maps with non-string keys issues,
-    // no custom serializers), but keep the failure visible rather than silently writing nothing.
-    bincode::serialize(value).unwrap_or_else(|e| panic!("encoding applied state cannot fail: {e}"))
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, AppliedStoreError> {
+    bincode::serialize(value).map_err(|e| AppliedStoreError::Encode(e.to_string()))
+}
+
+/// Encodes a record that may have been deleted: `None` becomes a delete of its key.
+fn encode_optional<T: Serialize>(value: Option<&T>) -> Result<Option<Vec<u8>>, AppliedStoreError> {
+    value.map(encode).transpose()
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> Result<T, AppliedStoreError> {
@@ -271,7 +280,7 @@ fn split_holding_key(rest: &[u8]) -> Option<(Vec<u8>, String)> {
 }
 
 /// Encodes a snapshot image; decoding failures of received snapshots are data errors.
-pub fn encode_image(image: &ShardImage) -> Vec<u8> {
+pub fn encode_image(image: &ShardImage) -> Result<Vec<u8>, AppliedStoreError> {
     encode(image)
 }
 

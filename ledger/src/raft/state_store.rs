@@ -243,6 +243,7 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
             };
             (encode_image(image), meta)
         });
+        let data = data?;
         // The log may be purged up to this snapshot: the applied state must reach disk first.
         self.store.flush()?;
         self.store.save_snapshot(&StoredSnapshot {
