@@ -110,22 +110,14 @@ async fn killing_the_leader_loses_no_acknowledged_write() {
     assert_ne!(new_leader, old_leader);
 
     tracing::info!("--- every acknowledged write is still there, and writes go on");
-    let (counts, _) = cluster
-        .node(new_leader)
-        .get_stock(b"apple", ReadConsistency::Linearizable)
-        .await
-        .expect("linearizable read on the new leader");
+    let counts = cluster.linearizable_stock("apple").await;
     assert_eq!(counts.sold, acknowledged);
     let (outcomes, _) = cluster.write(vec![purchase("apple", "u", "after")]).await;
     assert_eq!(outcomes, vec![Outcome::Confirmed]);
     tracing::info!("--- a retried order id answers its first answer and sells nothing more");
     let (outcomes, _) = cluster.write(vec![purchase("apple", "u", "before-7")]).await;
     assert_eq!(outcomes, vec![Outcome::Confirmed]);
-    let (counts, _) = cluster
-        .node(new_leader)
-        .get_stock(b"apple", ReadConsistency::Linearizable)
-        .await
-        .expect("read");
+    let counts = cluster.linearizable_stock("apple").await;
     assert_eq!(counts.sold, acknowledged + 1);
     cluster.stop_all().await;
 }

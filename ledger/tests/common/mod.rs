@@ -186,6 +186,25 @@ impl TestCluster {
         index
     }
 
+    /// A linearizable read at the current leader of the SKU's shard, following leader changes.
+    pub async fn linearizable_stock(&self, sku: &str) -> StockCounts {
+        let shard = self.config.shard_for_sku(sku.as_bytes()).expect("shard").id;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let leader = self.leader(shard).await;
+            match self
+                .node(leader)
+                .get_stock(sku.as_bytes(), ReadConsistency::Linearizable)
+                .await
+            {
+                Ok((counts, _)) => return counts,
+                Err(NodeError::NotLeader { .. } | NodeError::Timeout { .. } | NodeError::Unavailable { .. })
+                    if tokio::time::Instant::now() < deadline => {}
+                Err(error) => panic!("linearizable read failed: {error}"),
+            }
+        }
+    }
+
     /// Waits until node `id` has applied `shard` up to `index`.
     pub async fn wait_applied(&self, id: NodeId, shard: ShardId, index: u64) {
         let raft = &self.node(id).shards[&shard].raft;
