@@ -9,6 +9,7 @@ use flashledger_proto::v1 as wire;
 use futures::future::join_all;
 use wire::write_op::Op;
 
+use crate::coalesce::Coalescer;
 use crate::convert;
 use crate::router::{CallKind, Router};
 use crate::shard_map::ShardMap;
@@ -23,6 +24,9 @@ pub const SKU_BYTES_MAX: usize = 128;
 #[derive(Debug, Clone)]
 pub struct Client {
     router: Arc<Router>,
+    /// Per-shard batching of concurrent writes; `None` when `coalesce_ops_max` is 0 (and in
+    /// the client the coalescing workers themselves send with).
+    coalescer: Option<Arc<Coalescer>>,
 }
 
 fn check_sku(sku: &[u8]) -> Result<(), ClientError> {
@@ -54,9 +58,11 @@ impl Client {
         if seeds.is_empty() {
             return Err(ClientError::Config("no seed addresses".to_string()));
         }
+        let coalescing = options.coalesce_ops_max > 1;
         let router = Arc::new(Router::new(seeds, options));
         router.refresh(None).await?;
-        Ok(Client { router })
+        let coalescer = coalescing.then(|| Arc::new(Coalescer::default()));
+        Ok(Client { router, coalescer })
     }
 
     /// The shard map as last fetched (with leaders learned since).
@@ -234,6 +240,27 @@ impl Client {
     /// One write through the router.
     async fn write(&self, op: WriteOp) -> Result<Outcome, ClientError> {
         check_sku(op.sku())?;
+        if let Some(coalescer) = &self.coalescer {
+            let coalescable = matches!(
+                op,
+                WriteOp::Reserve { .. } | WriteOp::Confirm { .. } | WriteOp::Cancel { .. } | WriteOp::Purchase { .. }
+            );
+            let shard = self.router.map().shard_for(op.sku()).map(|s| s.shard_id);
+            if let (true, Some(shard_id)) = (coalescable, shard) {
+                let options = &self.router.options;
+                let (ops_max, inflight_max) = (options.coalesce_ops_max, options.coalesce_inflight_max);
+                let direct = Client {
+                    router: self.router.clone(),
+                    coalescer: None,
+                };
+                return coalescer.submit(&direct, shard_id, op, ops_max, inflight_max).await;
+            }
+        }
+        self.write_direct(op).await
+    }
+
+    /// Sends one write in its own RPC.
+    pub(crate) async fn write_direct(&self, op: WriteOp) -> Result<Outcome, ClientError> {
         let kind = CallKind {
             idempotent: is_idempotent(&op),
             ..WRITE

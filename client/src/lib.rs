@@ -54,6 +54,7 @@
 
 mod channels;
 pub mod client;
+mod coalesce;
 pub mod convert;
 pub mod error;
 pub mod options;

@@ -25,6 +25,11 @@ pub struct ClientOptions {
     pub backoff_ms_initial: u64,
     /// Cap on the exponentially growing backoff.
     pub backoff_ms_max: u64,
+    /// Concurrent reserve/confirm/cancel/purchase calls to one shard are sent together as one
+    /// Batch RPC (one log entry) of at most this many operations; 0 or 1 sends each alone.
+    pub coalesce_ops_max: usize,
+    /// Batch RPCs one shard may have in flight at once when coalescing.
+    pub coalesce_inflight_max: usize,
 }
 
 impl Default for ClientOptions {
@@ -36,6 +41,8 @@ impl Default for ClientOptions {
             retries_max: 10,
             backoff_ms_initial: 10,
             backoff_ms_max: 500,
+            coalesce_ops_max: 0,
+            coalesce_inflight_max: 4,
         }
     }
 }
@@ -52,6 +59,9 @@ impl ClientOptions {
         }
         if self.connect_timeout_ms == 0 {
             return fail("connect_timeout_ms must be > 0");
+        }
+        if self.coalesce_ops_max > 1 && self.coalesce_inflight_max == 0 {
+            return fail("coalesce_inflight_max must be > 0 when coalescing");
         }
         if self.backoff_ms_initial > self.backoff_ms_max {
             return fail("backoff_ms_initial must be <= backoff_ms_max");

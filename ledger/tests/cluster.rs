@@ -206,3 +206,59 @@ async fn watch_streams_stock_changes_through_the_client() {
     }
     cluster.stop_all().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coalescing_client_shares_log_entries_and_keeps_answers_apart() {
+    let cluster = TestCluster::start(3, |_| {}).await;
+    cluster.put_sku("apple", 1_000).await;
+    let seeds: Vec<String> = cluster.config.nodes.iter().map(|n| n.addr.clone()).collect();
+    let options = flashledger_client::ClientOptions {
+        coalesce_ops_max: 64,
+        ..Default::default()
+    };
+    let client = flashledger_client::Client::connect(seeds, options)
+        .await
+        .expect("connect");
+    let leader = cluster.leader(1).await;
+    let log_before = cluster
+        .node(leader)
+        .status()
+        .iter()
+        .find(|s| s.shard_id == 1)
+        .expect("shard")
+        .last_log_index;
+
+    tracing::info!("--- 200 concurrent purchases and one invalid one");
+    let mut calls = Vec::new();
+    for n in 0..200 {
+        let client = client.clone();
+        calls.push(tokio::spawn(async move {
+            client.purchase("apple", 1, "u", &format!("c{n}")).await
+        }));
+    }
+    let invalid = client.purchase("apple", 0, "u", "bad").await;
+    assert!(
+        matches!(invalid, Err(flashledger_client::ClientError::InvalidArgument(_))),
+        "{invalid:?}"
+    );
+    for call in calls {
+        assert_eq!(call.await.expect("task"), Ok(flashledger_client::Outcome::Confirmed));
+    }
+
+    tracing::info!("--- every purchase counted once, in fewer log entries than purchases");
+    assert_eq!(cluster.linearizable_stock("apple").await.sold, 200);
+    let leader = cluster.leader(1).await;
+    let log_after = cluster
+        .node(leader)
+        .status()
+        .iter()
+        .find(|s| s.shard_id == 1)
+        .expect("shard")
+        .last_log_index;
+    assert!(
+        log_after - log_before < 200,
+        "{} entries for 200 purchases",
+        log_after - log_before
+    );
+    cluster.stop_all().await;
+}

@@ -349,5 +349,6 @@ pub fn fast_options() -> ClientOptions {
         retries_max: 5,
         backoff_ms_initial: 1,
         backoff_ms_max: 20,
+        ..ClientOptions::default()
     }
 }

@@ -40,6 +40,10 @@ pub struct FlashSaleArgs {
     /// The SKU to sell; default: a fresh one per run.
     #[arg(long)]
     pub sku: Option<String>,
+    /// Let the client library send concurrent buyers' purchases together, up to this many per
+    /// Batch RPC (one log entry); 0 sends each purchase in its own RPC.
+    #[arg(long, default_value_t = 0)]
+    pub coalesce_ops_max: usize,
     #[command(flatten)]
     pub target: Target,
 }
@@ -71,7 +75,11 @@ impl Tally {
 
 pub async fn run(args: FlashSaleArgs) -> anyhow::Result<()> {
     let addresses = args.target.addresses()?;
-    let client = Client::connect(addresses.clone(), ClientOptions::default()).await?;
+    let options = ClientOptions {
+        coalesce_ops_max: args.coalesce_ops_max,
+        ..ClientOptions::default()
+    };
+    let client = Client::connect(addresses.clone(), options).await?;
     let sku = args
         .sku
         .clone()
