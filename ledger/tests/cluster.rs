@@ -220,13 +220,7 @@ async fn a_coalescing_client_shares_log_entries_and_keeps_answers_apart() {
         .await
         .expect("connect");
     let leader = cluster.leader(1).await;
-    let log_before = cluster
-        .node(leader)
-        .status()
-        .iter()
-        .find(|s| s.shard_id == 1)
-        .expect("shard")
-        .last_log_index;
+    let log_before = cluster.last_log_index(leader, 1);
 
     tracing::info!("--- 200 concurrent purchases and one invalid one");
     let mut calls = Vec::new();
@@ -248,13 +242,7 @@ async fn a_coalescing_client_shares_log_entries_and_keeps_answers_apart() {
     tracing::info!("--- every purchase counted once, in fewer log entries than purchases");
     assert_eq!(cluster.linearizable_stock("apple").await.sold, 200);
     let leader = cluster.leader(1).await;
-    let log_after = cluster
-        .node(leader)
-        .status()
-        .iter()
-        .find(|s| s.shard_id == 1)
-        .expect("shard")
-        .last_log_index;
+    let log_after = cluster.last_log_index(leader, 1);
     assert!(
         log_after - log_before < 200,
         "{} entries for 200 purchases",

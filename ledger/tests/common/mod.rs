@@ -205,6 +205,16 @@ impl TestCluster {
         }
     }
 
+    /// The last log index node `id` holds for `shard`.
+    pub fn last_log_index(&self, id: NodeId, shard: ShardId) -> u64 {
+        let status = self.node(id).status();
+        status
+            .iter()
+            .find(|s| s.shard_id == shard)
+            .expect("shard hosted")
+            .last_log_index
+    }
+
     /// Waits until node `id` has applied `shard` up to `index`.
     pub async fn wait_applied(&self, id: NodeId, shard: ShardId, index: u64) {
         let raft = &self.node(id).shards[&shard].raft;
