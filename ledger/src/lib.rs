@@ -10,6 +10,7 @@
 //! - [`server`]: the gRPC services (Inventory, Cluster, internal Raft, health, reflection).
 //! - [`shipping`]: ships every confirmed order to sharded PostgreSQL, exactly once.
 //! - [`config`]: the `cluster.toml` format and its validation.
+//! - `simulation` (only with `--cfg madsim`): clock skew and planted bugs for the simulator.
 
 pub mod applied;
 pub mod config;
@@ -17,5 +18,7 @@ pub mod node;
 pub mod raft;
 pub mod server;
 pub mod shipping;
+#[cfg(madsim)]
+pub mod simulation;
 pub mod state_machine;
 pub mod storage;

@@ -135,10 +135,13 @@ pub struct Node {
 /// Milliseconds since the Unix epoch by this node's clock (madsim's under the simulator). Only
 /// the leader reads it, to stamp entries; the state machine never does.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
+    let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+        .unwrap_or(0);
+    #[cfg(madsim)]
+    let now = now.saturating_add_signed(crate::simulation::clock_skew_ms());
+    now
 }
 
 impl Node {
@@ -402,6 +405,10 @@ impl Node {
         let shard = self.shard_for_sku(sku)?;
         let shard_id = shard.config.id;
         match consistency {
+            #[cfg(madsim)]
+            ReadConsistency::Linearizable
+                if crate::simulation::planted(crate::simulation::PlantedBug::StaleLeaderRead)
+                    && shard.raft.is_leader() => {}
             ReadConsistency::Linearizable => {
                 let timeout_ms = self.config.server.request_timeout_ms;
                 // Served under the leader lease when a quorum acknowledged recently (no consensus

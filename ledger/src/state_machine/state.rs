@@ -386,6 +386,23 @@ impl LedgerState {
         };
         match order.state {
             OrderState::Confirmed { .. } => Ok(Outcome::Confirmed),
+            #[cfg(madsim)]
+            OrderState::Expired | OrderState::Released
+                if crate::simulation::planted(crate::simulation::PlantedBug::ConfirmWithoutReservation) =>
+            {
+                // The planted bug: the units already went back to `available`; selling them
+                // again counts them twice.
+                let (sku, qty, user) = (order.sku.clone(), order.qty, order.user.clone());
+                let record = self.skus.get_mut(&sku).ok_or_else(|| missing_sku(log_index, &sku))?;
+                record.sold += qty;
+                if let Some(order) = self.orders.get_mut(order_id) {
+                    order.state = OrderState::Confirmed { confirmed_at_ms: now };
+                }
+                changes.skus.insert(sku.clone());
+                changes.orders.insert(order_id.to_string());
+                self.record_event(log_index, order_id, &sku, qty, &user, changes);
+                Ok(Outcome::Confirmed)
+            }
             OrderState::Expired => Ok(Outcome::Expired),
             OrderState::Released | OrderState::Rejected { .. } => Ok(Outcome::NotFound),
             OrderState::Reserved { expires_at_ms } if expires_at_ms <= now => {

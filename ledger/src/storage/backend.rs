@@ -40,6 +40,12 @@ pub trait WalBackend: Send + Sync + 'static {
     fn truncate_segment(&self, segment: SegmentId, length_bytes: u64) -> io::Result<()>;
     /// Remove the segment; durable on return.
     fn delete_segment(&self, segment: SegmentId) -> io::Result<()>;
+    /// How long the simulated disk takes to sync: under madsim the WAL waits this long (in
+    /// simulated time) before each group commit, so a crash loses what was still queued.
+    #[cfg(madsim)]
+    fn simulated_sync_latency(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -152,6 +158,8 @@ struct MemoryDisk {
     /// Test hook: when set, `sync` fails and leaves the bytes unsynced (an fdatasync error).
     fail_syncs: bool,
     syncs: u64,
+    /// Simulated time one sync takes (a slow disk), see [`WalBackend::simulated_sync_latency`].
+    sync_latency: std::time::Duration,
 }
 
 /// A deterministic in-memory disk: clones share it (the "disk" outlives a crashed WAL), it never
@@ -191,6 +199,11 @@ impl MemoryBackend {
         lock(&self.disk).fail_syncs = fail;
     }
 
+    /// Make every later sync take `latency` of simulated time (a slow disk; madsim only).
+    pub fn set_sync_latency(&self, latency: std::time::Duration) {
+        lock(&self.disk).sync_latency = latency;
+    }
+
     /// How many successful syncs the disk has seen.
     pub fn sync_count(&self) -> u64 {
         lock(&self.disk).syncs
@@ -226,6 +239,11 @@ impl MemoryBackend {
 }
 
 impl WalBackend for MemoryBackend {
+    #[cfg(madsim)]
+    fn simulated_sync_latency(&self) -> std::time::Duration {
+        lock(&self.disk).sync_latency
+    }
+
     fn list_segments(&self) -> io::Result<Vec<SegmentId>> {
         Ok(lock(&self.disk).segments.keys().copied().collect())
     }

@@ -467,6 +467,9 @@ struct Shared {
     wakeup: std::sync::Condvar,
     writer: Mutex<Writer>,
     counters: Counters,
+    /// Under madsim: a delayed group commit is already scheduled (see `Wal::schedule_flush`).
+    #[cfg(madsim)]
+    flush_scheduled: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -527,8 +530,8 @@ impl Shared {
         }
     }
 
-    /// Under madsim there is no flusher thread: the submitting task writes and syncs inline
-    /// (the simulated disk never blocks, so nothing else could have joined the batch anyway).
+    /// Under madsim there is no flusher thread: `Wal::schedule_flush` calls this to write and
+    /// sync everything queued as one group.
     #[cfg(madsim)]
     fn flush_queued(&self) {
         let batch = std::mem::take(&mut lock(&self.queue).items);
@@ -572,6 +575,8 @@ impl Wal {
             wakeup: std::sync::Condvar::new(),
             writer: Mutex::new(writer),
             counters: Counters::default(),
+            #[cfg(madsim)]
+            flush_scheduled: std::sync::atomic::AtomicBool::new(false),
         });
         let shards = states
             .into_iter()
@@ -633,6 +638,13 @@ impl Wal {
         completion: Completion,
         admission: OwnedSemaphorePermit,
     ) -> Result<(), WalError> {
+        #[cfg(madsim)]
+        let completion = if crate::simulation::planted(crate::simulation::PlantedBug::AckBeforeDurable) {
+            completion.complete(Ok(()));
+            Completion::None
+        } else {
+            completion
+        };
         self.shared.enqueue(Pending {
             bytes,
             effect,
@@ -640,8 +652,30 @@ impl Wal {
             _admission: admission,
         })?;
         #[cfg(madsim)]
-        self.shared.flush_queued();
+        self.schedule_flush();
         Ok(())
+    }
+
+    /// Under madsim there is no flusher thread. With an instant simulated disk the submitting
+    /// task writes and syncs inline; with a slow one a task sleeps the disk's latency and then
+    /// commits everything queued meanwhile as one group, so a node killed before that loses
+    /// exactly the records nobody was told were durable.
+    #[cfg(madsim)]
+    fn schedule_flush(&self) {
+        let latency = lock(&self.shared.writer).backend.simulated_sync_latency();
+        if latency.is_zero() {
+            self.shared.flush_queued();
+            return;
+        }
+        if self.shared.flush_scheduled.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(latency).await;
+            shared.flush_scheduled.store(false, Ordering::SeqCst);
+            shared.flush_queued();
+        });
     }
 
     /// Encode `record`, admit it and queue it; returns the receiver told when it is durable.

@@ -1,0 +1,481 @@
+//! Linearizability of the recorded history, one SKU at a time (P-compositionality: a history is
+//! linearizable iff its projection on every SKU is, because no operation spans two SKUs — the
+//! workload's batches touch distinct SKUs, and each batch member is recorded as its own op).
+//!
+//! The search is Wing & Gong's, with Lowe's just-in-time linearization and porcupine's cache
+//! of (linearized set, model state): walk the calls and returns in time order; at a call, try to
+//! linearize that operation now (its answer must match what the sequential model answers); at a
+//! return whose call is not yet linearized, undo the last choice. A write with an indeterminate
+//! answer (timeout, unavailable) may take effect at any point after its invocation — or never,
+//! which is the same as at the very end — so it gets a return at infinity and any answer.
+//!
+//! The sequential model is the ledger's own [`LedgerState`] applying one operation per entry.
+//! That is deliberate: this checker tests replication, leadership, retries and reads — the
+//! distributed part — against the single-copy state machine, whose own semantics are
+//! property-tested against an independent model in `ledger/src/state_machine/model_test.rs`.
+//! Reservations in checked SKUs must not expire during a run (the model's clock does not move);
+//! SKUs whose reservations do expire are left to the other checkers.
+//!
+//! The search is bounded by a step budget per SKU: a SKU that exhausts it is reported as
+//! inconclusive, never as passing.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::collections::HashSet;
+
+use flashledger_client::Consistency;
+use flashledger_client::Outcome;
+use flashledger_client::WriteOp;
+use ledger::state_machine::command::CommandBody;
+use ledger::state_machine::command::LogCommand;
+use ledger::state_machine::command::Operation;
+use ledger::state_machine::command::Outcome as ModelOutcome;
+use ledger::state_machine::command::SaleRules;
+use ledger::state_machine::state::LedgerState;
+
+use crate::history::Answer;
+use crate::history::Call;
+use crate::history::Counts;
+use crate::history::History;
+use crate::history::Op;
+
+/// What the check found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinearizabilityReport {
+    pub skus_checked: usize,
+    pub ops_checked: usize,
+    /// SKUs whose search ran out of budget: neither proven nor refuted.
+    pub inconclusive: Vec<String>,
+}
+
+/// Checks every SKU not in `skip` within `steps_max` search steps each.
+pub fn check(history: &History, skip: &BTreeSet<Vec<u8>>, steps_max: u64) -> Result<LinearizabilityReport, String> {
+    let mut by_sku: BTreeMap<&[u8], Vec<&Op>> = BTreeMap::new();
+    for op in &history.ops {
+        if checked(op) && !skip.contains(op.call.sku()) {
+            by_sku.entry(op.call.sku()).or_default().push(op);
+        }
+    }
+    let mut report = LinearizabilityReport::default();
+    for (sku, ops) in by_sku {
+        report.skus_checked += 1;
+        report.ops_checked += ops.len();
+        match check_sku(&ops, steps_max) {
+            Verdict::Linearizable => {}
+            Verdict::Inconclusive => report.inconclusive.push(String::from_utf8_lossy(sku).into_owned()),
+            Verdict::Violation(detail) => {
+                return Err(format!(
+                    "sku {:?}: the history of its {} ops is not linearizable: {detail}",
+                    String::from_utf8_lossy(sku),
+                    ops.len()
+                ));
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Ops that constrain the search: decided or indeterminate writes, and successful
+/// linearizable reads. Failed calls changed nothing; stale reads promise no recency.
+fn checked(op: &Op) -> bool {
+    match (&op.call, &op.answer) {
+        (_, Answer::Failed(_)) => false,
+        (Call::Read { consistency, .. }, Answer::Stock(_)) => *consistency == Consistency::Linearizable,
+        (Call::Read { .. }, _) => false,
+        (Call::Write(_), _) => true,
+    }
+}
+
+enum Verdict {
+    Linearizable,
+    Inconclusive,
+    Violation(String),
+}
+
+const NONE: usize = usize::MAX;
+
+/// One call or return in the doubly linked event list.
+struct Event {
+    op: usize,
+    is_call: bool,
+    /// For a call: its return's index.
+    partner: usize,
+    prev: usize,
+    next: usize,
+}
+
+fn check_sku(ops: &[&Op], steps_max: u64) -> Verdict {
+    let return_time = |op: &Op| match op.answer {
+        Answer::Indeterminate(_) => u64::MAX,
+        _ => op.return_ns,
+    };
+    // (time, returns after calls at equal times so touching intervals count as concurrent)
+    let mut order: Vec<(u64, bool, usize)> = Vec::with_capacity(ops.len() * 2);
+    for (index, op) in ops.iter().enumerate() {
+        order.push((op.invoke_ns, false, index));
+        order.push((return_time(op), true, index));
+    }
+    order.sort();
+    let head = order.len();
+    let mut events: Vec<Event> = Vec::with_capacity(order.len() + 1);
+    let mut call_of = vec![NONE; ops.len()];
+    let mut return_of = vec![NONE; ops.len()];
+    for (position, &(_, is_return, op)) in order.iter().enumerate() {
+        if is_return {
+            return_of[op] = position;
+        } else {
+            call_of[op] = position;
+        }
+        events.push(Event {
+            op,
+            is_call: !is_return,
+            partner: NONE,
+            prev: if position == 0 { head } else { position - 1 },
+            next: if position + 1 == order.len() {
+                NONE
+            } else {
+                position + 1
+            },
+        });
+    }
+    events.push(Event {
+        op: NONE,
+        is_call: false,
+        partner: NONE,
+        prev: NONE,
+        next: if order.is_empty() { NONE } else { 0 },
+    });
+    for op in 0..ops.len() {
+        events[call_of[op]].partner = return_of[op];
+    }
+
+    let mut state = LedgerState::default();
+    let mut linearized = vec![0u64; ops.len().div_ceil(64)];
+    let mut cache: HashSet<(Vec<u64>, u64)> = HashSet::new();
+    let mut stack: Vec<(usize, LedgerState)> = Vec::new();
+    let mut deepest = 0usize;
+    let mut deepest_blocker = NONE;
+    let mut steps = 0u64;
+    let mut entry = events[head].next;
+    while events[head].next != NONE {
+        steps += 1;
+        if steps > steps_max {
+            return Verdict::Inconclusive;
+        }
+        let event = &events[entry];
+        if event.is_call {
+            let op = event.op;
+            if let Some(next_state) = step(&state, ops[op]) {
+                linearized[op / 64] |= 1 << (op % 64);
+                if cache.insert((linearized.clone(), state_hash(&next_state))) {
+                    let previous = std::mem::replace(&mut state, next_state);
+                    stack.push((entry, previous));
+                    lift(&mut events, entry);
+                    entry = events[head].next;
+                    continue;
+                }
+                linearized[op / 64] &= !(1 << (op % 64));
+            }
+            entry = events[entry].next;
+        } else {
+            if stack.len() >= deepest {
+                deepest = stack.len();
+                deepest_blocker = event.op;
+            }
+            let Some((call, previous)) = stack.pop() else {
+                let blocker = ops[deepest_blocker.min(ops.len() - 1)];
+                return Verdict::Violation(format!(
+                    "at most {deepest} ops linearize; then this one cannot be placed: {}",
+                    blocker.describe()
+                ));
+            };
+            state = previous;
+            let op = events[call].op;
+            linearized[op / 64] &= !(1 << (op % 64));
+            unlift(&mut events, call);
+            entry = events[call].next;
+        }
+    }
+    Verdict::Linearizable
+}
+
+/// Removes a call and its return from the list (they keep their own links for `unlift`).
+fn lift(events: &mut [Event], call: usize) {
+    for node in [call, events[call].partner] {
+        let (prev, next) = (events[node].prev, events[node].next);
+        events[prev].next = next;
+        if next != NONE {
+            events[next].prev = prev;
+        }
+    }
+}
+
+/// Puts back what `lift` removed, in reverse order.
+fn unlift(events: &mut [Event], call: usize) {
+    for node in [events[call].partner, call] {
+        let (prev, next) = (events[node].prev, events[node].next);
+        events[prev].next = node;
+        if next != NONE {
+            events[next].prev = node;
+        }
+    }
+}
+
+fn state_hash(state: &LedgerState) -> u64 {
+    let mut hasher = crate::history::Fnv::default();
+    match bincode::serialize(state) {
+        Ok(bytes) => hasher.write(&bytes),
+        Err(error) => hasher.write(error.to_string().as_bytes()),
+    }
+    hasher.0
+}
+
+/// The model's next state if `op` can take effect in `state` with the answer it got.
+fn step(state: &LedgerState, op: &Op) -> Option<LedgerState> {
+    match (&op.call, &op.answer) {
+        (Call::Read { sku, .. }, Answer::Stock(counts)) => {
+            let model = state.stock(sku).map(|c| Counts {
+                total: c.total as i64,
+                available: c.available as i64,
+                reserved: c.reserved as i64,
+                sold: c.sold as i64,
+            });
+            (model == *counts).then(|| state.clone())
+        }
+        (Call::Write(write), answer) => {
+            let mut next = state.clone();
+            let command = LogCommand {
+                timestamp_ms: 0,
+                body: CommandBody::Batch(vec![to_model(write)]),
+            };
+            let (outcomes, _) = next.apply(1, &command).ok()?;
+            let matches = match answer {
+                Answer::Outcome(observed) => outcomes.first().is_some_and(|model| same_outcome(observed, model)),
+                _ => true,
+            };
+            matches.then_some(next)
+        }
+        _ => None,
+    }
+}
+
+/// The client's operation as the state machine's.
+pub fn to_model(op: &WriteOp) -> Operation {
+    let unsigned = |value: i64| u64::try_from(value).unwrap_or(u64::MAX);
+    match op.clone() {
+        WriteOp::Reserve {
+            sku,
+            qty,
+            user,
+            order_id,
+            ttl,
+        } => Operation::Reserve {
+            sku,
+            qty: unsigned(qty),
+            user,
+            order_id,
+            ttl_ms: ttl.map_or(0, |ttl| ttl.as_millis() as u64),
+        },
+        WriteOp::Confirm { sku, order_id } => Operation::Confirm { sku, order_id },
+        WriteOp::Cancel { sku, order_id } => Operation::Cancel { sku, order_id },
+        WriteOp::Purchase {
+            sku,
+            qty,
+            user,
+            order_id,
+        } => Operation::Purchase {
+            sku,
+            qty: unsigned(qty),
+            user,
+            order_id,
+        },
+        WriteOp::PutSku { sku, total, rules } => Operation::PutSku {
+            sku,
+            total: unsigned(total),
+            rules: SaleRules {
+                start_ms: rules.start_ms.map_or(0, unsigned),
+                end_ms: rules.end_ms.map_or(0, unsigned),
+                per_user_limit: rules.per_user_limit.map_or(0, unsigned),
+                default_ttl_ms: rules.default_ttl.map_or(0, |ttl| ttl.as_millis() as u64),
+            },
+        },
+        WriteOp::Restock { sku, delta } => Operation::Restock { sku, delta },
+    }
+}
+
+/// Whether the answer a client saw is the one the model gives. Reservation expiry times and
+/// free-text explanations are not compared (the model's clock is not the leader's).
+pub fn same_outcome(observed: &Outcome, model: &ModelOutcome) -> bool {
+    match (observed, model) {
+        (Outcome::Reserved { .. }, ModelOutcome::Reserved { .. })
+        | (Outcome::Confirmed, ModelOutcome::Confirmed)
+        | (Outcome::Released, ModelOutcome::Released)
+        | (Outcome::Ok, ModelOutcome::Ok)
+        | (Outcome::SaleClosed, ModelOutcome::SaleClosed)
+        | (Outcome::UnknownSku, ModelOutcome::UnknownSku)
+        | (Outcome::NotFound, ModelOutcome::NotFound)
+        | (Outcome::Expired, ModelOutcome::Expired)
+        | (Outcome::AlreadyConfirmed, ModelOutcome::AlreadyConfirmed)
+        | (Outcome::OrderIdReused { .. }, ModelOutcome::OrderIdReused)
+        | (Outcome::Rejected { .. }, ModelOutcome::Rejected { .. }) => true,
+        (Outcome::SoldOut { available }, ModelOutcome::SoldOut { available: model }) => {
+            u64::try_from(*available).is_ok_and(|a| a == *model)
+        }
+        (Outcome::LimitExceeded { held, limit }, ModelOutcome::LimitExceeded { held: h, limit: l }) => {
+            u64::try_from(*held).is_ok_and(|a| a == *h) && u64::try_from(*limit).is_ok_and(|a| a == *l)
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(client: usize, invoke: u64, ret: u64, call: Call, answer: Answer) -> Op {
+        Op {
+            client,
+            invoke_ns: invoke,
+            return_ns: ret,
+            call,
+            answer,
+        }
+    }
+
+    fn put(total: i64) -> Call {
+        Call::Write(WriteOp::PutSku {
+            sku: b"hot".to_vec(),
+            total,
+            rules: Default::default(),
+        })
+    }
+
+    fn purchase(order: &str) -> Call {
+        Call::Write(WriteOp::Purchase {
+            sku: b"hot".to_vec(),
+            qty: 1,
+            user: format!("user-{order}"),
+            order_id: order.to_string(),
+        })
+    }
+
+    fn read() -> Call {
+        Call::Read {
+            sku: b"hot".to_vec(),
+            consistency: Consistency::Linearizable,
+        }
+    }
+
+    fn counts(total: i64, available: i64, sold: i64) -> Answer {
+        Answer::Stock(Some(Counts {
+            total,
+            available,
+            reserved: 0,
+            sold,
+        }))
+    }
+
+    fn verdict(ops: Vec<Op>) -> Result<LinearizabilityReport, String> {
+        check(&History { ops }, &BTreeSet::new(), 100_000)
+    }
+
+    #[test]
+    fn concurrent_purchases_of_the_last_unit_linearize_only_with_one_winner() {
+        let base = vec![
+            op(0, 0, 10, put(1), Answer::Outcome(Outcome::Ok)),
+            op(1, 20, 40, purchase("a"), Answer::Outcome(Outcome::Confirmed)),
+            op(
+                2,
+                25,
+                45,
+                purchase("b"),
+                Answer::Outcome(Outcome::SoldOut { available: 0 }),
+            ),
+        ];
+        assert!(verdict(base.clone()).is_ok());
+        let mut both_win = base;
+        both_win[2].answer = Answer::Outcome(Outcome::Confirmed);
+        let error = verdict(both_win).unwrap_err();
+        assert!(error.contains("not linearizable"), "{error}");
+    }
+
+    #[test]
+    fn a_read_after_an_acknowledged_purchase_must_see_it() {
+        let ops = vec![
+            op(0, 0, 10, put(5), Answer::Outcome(Outcome::Ok)),
+            op(1, 20, 30, purchase("a"), Answer::Outcome(Outcome::Confirmed)),
+            op(2, 40, 50, read(), counts(5, 5, 0)),
+        ];
+        assert!(
+            verdict(ops).is_err(),
+            "a stale read after the purchase returned must be refused"
+        );
+        let concurrent = vec![
+            op(0, 0, 10, put(5), Answer::Outcome(Outcome::Ok)),
+            op(1, 20, 60, purchase("a"), Answer::Outcome(Outcome::Confirmed)),
+            op(2, 40, 50, read(), counts(5, 5, 0)),
+        ];
+        assert!(
+            verdict(concurrent).is_ok(),
+            "a read concurrent with the purchase may miss it"
+        );
+    }
+
+    #[test]
+    fn an_indeterminate_write_may_happen_late_or_never() {
+        let applied_late = vec![
+            op(0, 0, 10, put(5), Answer::Outcome(Outcome::Ok)),
+            op(1, 20, 30, purchase("a"), Answer::Indeterminate("timeout".into())),
+            op(2, 40, 50, read(), counts(5, 5, 0)),
+            op(2, 60, 70, read(), counts(5, 4, 1)),
+        ];
+        assert!(verdict(applied_late).is_ok());
+        let never = vec![
+            op(0, 0, 10, put(5), Answer::Outcome(Outcome::Ok)),
+            op(1, 20, 30, purchase("a"), Answer::Indeterminate("timeout".into())),
+            op(2, 40, 50, read(), counts(5, 5, 0)),
+        ];
+        assert!(verdict(never).is_ok());
+        let undone = vec![
+            op(0, 0, 10, put(5), Answer::Outcome(Outcome::Ok)),
+            op(1, 20, 30, purchase("a"), Answer::Indeterminate("timeout".into())),
+            op(2, 40, 50, read(), counts(5, 4, 1)),
+            op(2, 60, 70, read(), counts(5, 5, 0)),
+        ];
+        assert!(verdict(undone).is_err(), "a write seen once cannot vanish");
+    }
+
+    #[test]
+    fn a_retry_with_the_same_order_id_replays_the_first_answer() {
+        let ops = vec![
+            op(0, 0, 10, put(1), Answer::Outcome(Outcome::Ok)),
+            op(1, 20, 30, purchase("a"), Answer::Indeterminate("timeout".into())),
+            op(1, 40, 50, purchase("a"), Answer::Outcome(Outcome::Confirmed)),
+            op(
+                2,
+                60,
+                70,
+                purchase("b"),
+                Answer::Outcome(Outcome::SoldOut { available: 0 }),
+            ),
+        ];
+        assert!(verdict(ops).is_ok());
+    }
+
+    #[test]
+    fn a_search_that_runs_out_of_budget_is_inconclusive_not_passing() {
+        let mut ops = vec![op(0, 0, 10, put(1000), Answer::Outcome(Outcome::Ok))];
+        for i in 0..40 {
+            ops.push(op(
+                i,
+                20,
+                1000,
+                purchase(&format!("o{i}")),
+                Answer::Indeterminate("t".into()),
+            ));
+        }
+        ops.push(op(99, 1001, 1002, read(), counts(1000, 1000 - 39, 39)));
+        let report = check(&History { ops }, &BTreeSet::new(), 10).unwrap();
+        assert_eq!(report.inconclusive, vec!["hot".to_string()]);
+    }
+}

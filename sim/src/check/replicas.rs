@@ -1,0 +1,64 @@
+//! Every replica of a shard ends with identical applied state (after the heal phase let every
+//! replica catch up to the same applied index).
+
+use std::collections::BTreeMap;
+
+use ledger::raft::types::NodeId;
+use ledger::raft::types::ShardId;
+use ledger::state_machine::state::LedgerState;
+
+/// One replica's final state.
+pub struct ReplicaState {
+    pub node: NodeId,
+    pub applied_index: u64,
+    pub ledger: LedgerState,
+}
+
+pub fn check(shards: &BTreeMap<ShardId, Vec<ReplicaState>>) -> Result<usize, String> {
+    let mut compared = 0;
+    for (shard, replicas) in shards {
+        let Some((first, rest)) = replicas.split_first() else {
+            return Err(format!("shard {shard}: no replica to compare"));
+        };
+        for other in rest {
+            if other.applied_index != first.applied_index {
+                return Err(format!(
+                    "shard {shard}: node {} applied up to {} but node {} up to {}",
+                    first.node, first.applied_index, other.node, other.applied_index
+                ));
+            }
+            if other.ledger != first.ledger {
+                return Err(format!(
+                    "shard {shard}: nodes {} and {} applied the same {} entries but differ (digests {:#x} vs {:#x}){}",
+                    first.node,
+                    other.node,
+                    first.applied_index,
+                    first.ledger.digest(),
+                    other.ledger.digest(),
+                    first_difference(&first.ledger, &other.ledger)
+                ));
+            }
+            compared += 1;
+        }
+    }
+    Ok(compared)
+}
+
+fn first_difference(a: &LedgerState, b: &LedgerState) -> String {
+    for (sku, record) in &a.skus {
+        if b.skus.get(sku) != Some(record) {
+            return format!(
+                "; sku {:?}: {:?} vs {:?}",
+                String::from_utf8_lossy(sku),
+                record,
+                b.skus.get(sku)
+            );
+        }
+    }
+    for (order_id, order) in &a.orders {
+        if b.orders.get(order_id) != Some(order) {
+            return format!("; order {order_id}: {order:?} vs {:?}", b.orders.get(order_id));
+        }
+    }
+    String::new()
+}

@@ -1,0 +1,341 @@
+//! A simulated cluster: `nodes` madsim nodes on 10.0.0.x, each running the real
+//! [`Node::start`] with the options struct the `ledger` binary uses and the real gRPC server
+//! over madsim-tonic, on an in-memory disk the harness owns (so it survives a kill, minus what
+//! was not yet synced). A node's confirmed orders go to one shared [`RecordingSink`] standing
+//! in for PostgreSQL.
+//!
+//! The harness also watches every live replica for an invariant halt while the run goes on.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::net::Ipv4Addr;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use ledger::config::ClusterConfig;
+use ledger::node::Node;
+use ledger::node::NodeOptions;
+use ledger::node::storage::MemoryDisk;
+use ledger::node::storage::Storage;
+use ledger::raft::types::NodeId;
+use ledger::raft::types::ShardId;
+use ledger::shipping::sink::RecordingSink;
+use madsim::net::NetSim;
+use madsim::runtime::Handle;
+use madsim::runtime::NodeHandle;
+
+use crate::check::replicas::ReplicaState;
+
+/// Postgres shards the recording sink pretends to have.
+pub const SINK_SHARDS: usize = 2;
+const PORT: u16 = 7100;
+
+/// The shape of a simulated cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterShape {
+    pub nodes: usize,
+    pub shards: usize,
+    /// Replicas per shard (3, or 5 on a 5-node cluster).
+    pub replicas: usize,
+}
+
+impl ClusterShape {
+    /// The first SKU of every shard's range after the first: shard `i` holds SKUs starting with
+    /// letters from `SHARD_LETTERS[i]` on.
+    pub fn boundaries(&self) -> Vec<char> {
+        (1..self.shards)
+            .map(|i| (b'a' + (26 * i / self.shards) as u8) as char)
+            .collect()
+    }
+
+    /// The cluster.toml a real deployment of this shape would use, on simulated addresses.
+    pub fn config_toml(&self) -> String {
+        let mut toml = String::from("[cluster]\nname = \"sim\"\n\n");
+        for id in 1..=self.nodes {
+            toml += &format!(
+                "[[nodes]]\nid = {id}\naddr = \"{}\"\ndata_dir = \"/sim/node{id}\"\n\n",
+                node_addr(id as NodeId)
+            );
+        }
+        let bounds = self.boundaries();
+        for shard in 0..self.shards {
+            let start = if shard == 0 {
+                String::new()
+            } else {
+                bounds[shard - 1].to_string()
+            };
+            let end = bounds.get(shard).map(|c| c.to_string()).unwrap_or_default();
+            let replicas: Vec<String> = (0..self.replicas)
+                .map(|r| ((shard + r) % self.nodes + 1).to_string())
+                .collect();
+            toml += &format!(
+                "[[shards]]\nid = {}\nstart = \"{start}\"\nend = \"{end}\"\nreplicas = [{}]\n\n",
+                shard + 1,
+                replicas.join(", ")
+            );
+        }
+        // Tighter than the defaults so a run sees many elections, snapshots and expiries.
+        toml += "[raft]\nelection_timeout_ms_min = 300\nelection_timeout_ms_max = 600\n\
+                 heartbeat_interval_ms = 50\nrpc_timeout_ms = 500\nsnapshot_logs_since_last = 300\n\n\
+                 [server]\nrequest_timeout_ms = 2000\n\n[ledger]\nexpire_interval_ms = 100\n\n\
+                 [shipping]\npoll_interval_ms = 50\nmark_interval_ms = 100\ntakeover_after_ms = 1000\n\
+                 retry_backoff_ms_min = 50\nretry_backoff_ms_max = 500\n";
+        toml
+    }
+}
+
+pub fn node_ip(id: NodeId) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 0, id as u8))
+}
+
+pub fn node_addr(id: NodeId) -> String {
+    format!("{}:{PORT}", node_ip(id))
+}
+
+struct SimNode {
+    handle: NodeHandle,
+    disk: Arc<MemoryDisk>,
+    up: bool,
+}
+
+/// What the harness saw while the run went on.
+#[derive(Default)]
+struct Observed {
+    /// The running `Node` of every live simulated node, registered by the node itself.
+    live: BTreeMap<NodeId, Arc<Node>>,
+    /// Invariant halts seen on any replica.
+    halts: Vec<String>,
+    /// Nodes that failed to (re)start, with the error.
+    start_failures: Vec<String>,
+}
+
+/// A running simulated cluster.
+pub struct SimCluster {
+    handle: Handle,
+    pub shape: ClusterShape,
+    pub config: ClusterConfig,
+    nodes: BTreeMap<NodeId, SimNode>,
+    pub sink: Arc<RecordingSink>,
+    observed: Arc<Mutex<Observed>>,
+}
+
+fn lock(observed: &Mutex<Observed>) -> std::sync::MutexGuard<'_, Observed> {
+    observed.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SimCluster {
+    /// Creates and starts every node.
+    pub fn start(shape: ClusterShape) -> Result<SimCluster, String> {
+        let config = ClusterConfig::parse(&shape.config_toml(), "simulated cluster.toml").map_err(|e| e.to_string())?;
+        let handle = Handle::current();
+        let sink = Arc::new(RecordingSink::new(SINK_SHARDS));
+        let observed = Arc::new(Mutex::new(Observed::default()));
+        let mut nodes = BTreeMap::new();
+        for node in &config.nodes {
+            let id = node.id;
+            let disk = Arc::new(MemoryDisk::default());
+            let (init_disk, init_config, init_sink, init_observed) =
+                (disk.clone(), config.clone(), sink.clone(), observed.clone());
+            let node_handle = handle
+                .create_node()
+                .name(format!("node{id}"))
+                .ip(node_ip(id))
+                .init(move || {
+                    run_node(
+                        id,
+                        init_config.clone(),
+                        init_disk.clone(),
+                        init_sink.clone(),
+                        init_observed.clone(),
+                    )
+                })
+                .build();
+            nodes.insert(
+                id,
+                SimNode {
+                    handle: node_handle,
+                    disk,
+                    up: true,
+                },
+            );
+        }
+        let cluster = SimCluster {
+            handle,
+            shape,
+            config,
+            nodes,
+            sink,
+            observed,
+        };
+        tokio::spawn(watch_for_halts(cluster.observed.clone()));
+        Ok(cluster)
+    }
+
+    pub fn node_ids(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+
+    pub fn is_up(&self, id: NodeId) -> bool {
+        self.nodes.get(&id).is_some_and(|n| n.up)
+    }
+
+    pub fn sim_id(&self, id: NodeId) -> Option<madsim::task::NodeId> {
+        self.nodes.get(&id).map(|n| n.handle.id())
+    }
+
+    /// Power loss: the node's tasks die and its disk loses every unsynced byte.
+    pub fn kill(&mut self, id: NodeId) {
+        let Some(node) = self.nodes.get_mut(&id) else { return };
+        if !node.up {
+            return;
+        }
+        collect_halts(&mut lock(&self.observed));
+        self.handle.kill(node.handle.id());
+        node.disk.wal.crash();
+        node.up = false;
+        lock(&self.observed).live.remove(&id);
+    }
+
+    /// Boots a killed node from what its disk kept.
+    pub fn restart(&mut self, id: NodeId) {
+        let Some(node) = self.nodes.get_mut(&id) else { return };
+        if node.up {
+            return;
+        }
+        self.handle.restart(node.handle.id());
+        node.up = true;
+    }
+
+    /// Makes the node's disk take `latency` per sync from now on.
+    pub fn set_disk_latency(&self, id: NodeId, latency: Duration) {
+        if let Some(node) = self.nodes.get(&id) {
+            node.disk.wal.set_sync_latency(latency);
+        }
+    }
+
+    /// The node `id` believes leads `shard`, as seen by any live replica.
+    pub fn leader_of(&self, shard: ShardId) -> Option<NodeId> {
+        let observed = lock(&self.observed);
+        observed.live.values().find_map(|node| {
+            let status = node.status();
+            let shard = status.iter().find(|s| s.shard_id == shard)?;
+            (shard.role == "leader").then_some(node.id)
+        })
+    }
+
+    pub fn live_nodes(&self) -> BTreeMap<NodeId, Arc<Node>> {
+        lock(&self.observed).live.clone()
+    }
+
+    pub fn halts(&self) -> Vec<String> {
+        let mut observed = lock(&self.observed);
+        collect_halts(&mut observed);
+        observed.halts.clone()
+    }
+
+    pub fn start_failures(&self) -> Vec<String> {
+        lock(&self.observed).start_failures.clone()
+    }
+
+    /// Clears every partition, link clog and network degradation.
+    pub fn heal_network(&self) {
+        let net = NetSim::current();
+        for node in self.nodes.values() {
+            net.unclog_node(node.handle.id());
+        }
+        for a in self.nodes.values() {
+            for b in self.nodes.values() {
+                net.unclog_link(a.handle.id(), b.handle.id());
+            }
+        }
+        net.update_config(|config| {
+            config.packet_loss_rate = 0.0;
+            config.send_latency = Duration::from_millis(1)..Duration::from_millis(5);
+        });
+    }
+
+    /// Every replica's final state, by shard.
+    pub fn replica_states(&self) -> BTreeMap<ShardId, Vec<ReplicaState>> {
+        let mut shards: BTreeMap<ShardId, Vec<ReplicaState>> = BTreeMap::new();
+        for (id, node) in self.live_nodes() {
+            for (shard_id, replica) in &node.shards {
+                let (applied_index, ledger) = replica.view.read(|image| {
+                    (
+                        image.meta.applied.map_or(0, |log_id| log_id.index),
+                        image.ledger.clone(),
+                    )
+                });
+                shards.entry(*shard_id).or_default().push(ReplicaState {
+                    node: id,
+                    applied_index,
+                    ledger,
+                });
+            }
+        }
+        shards
+    }
+}
+
+/// One simulated node's life: start the real node, ship to the sink, serve until killed.
+async fn run_node(
+    id: NodeId,
+    config: ClusterConfig,
+    disk: Arc<MemoryDisk>,
+    sink: Arc<RecordingSink>,
+    observed: Arc<Mutex<Observed>>,
+) {
+    let options = NodeOptions {
+        node_id: id,
+        config,
+        storage: Storage::Memory(disk),
+    };
+    let node = match Node::start(options).await {
+        Ok(node) => node,
+        Err(error) => {
+            lock(&observed).start_failures.push(format!("node {id}: {error}"));
+            return;
+        }
+    };
+    ledger::shipping::shipper::spawn(&node, |_| sink.clone());
+    lock(&observed).live.insert(id, node.clone());
+    let addr: SocketAddr = match node_addr(id).parse() {
+        Ok(addr) => addr,
+        Err(error) => {
+            lock(&observed)
+                .start_failures
+                .push(format!("node {id}: address: {error}"));
+            return;
+        }
+    };
+    if let Err(error) = ledger::server::serve(node, addr, std::future::pending()).await {
+        lock(&observed)
+            .start_failures
+            .push(format!("node {id}: serve: {error}"));
+    }
+}
+
+/// Polls every live replica for an invariant halt (the state machine checks after every apply).
+async fn watch_for_halts(observed: Arc<Mutex<Observed>>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        collect_halts(&mut lock(&observed));
+    }
+}
+
+fn collect_halts(observed: &mut Observed) {
+    let mut found = Vec::new();
+    for (id, node) in &observed.live {
+        for (shard_id, replica) in &node.shards {
+            if let Some(violation) = replica.view.halted() {
+                found.push(format!("node {id} shard {shard_id}: {violation}"));
+            }
+        }
+    }
+    for halt in found {
+        if !observed.halts.contains(&halt) {
+            observed.halts.push(halt);
+        }
+    }
+}

@@ -1,0 +1,423 @@
+//! One seed, start to end: draw the cluster's shape and the fault plan from the seed, start the
+//! cluster, run the buyers under faults (the safety phase), heal everything and require every
+//! shard to elect a leader and take writes again within a bound (liveness), let replicas and
+//! shipping converge, then run every checker.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use flashledger_client::Outcome;
+use flashledger_client::SaleRules;
+use flashledger_client::WriteOp;
+use ledger::simulation::PlantedBug;
+use rand::Rng;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use tokio::time::Instant;
+
+use crate::check;
+use crate::faults::FaultLog;
+use crate::faults::FaultPlan;
+use crate::harness::ClusterShape;
+use crate::harness::SimCluster;
+use crate::harness::node_addr;
+use crate::history::Fnv;
+use crate::workload;
+use crate::workload::Catalog;
+use crate::workload::Recorder;
+
+/// How a run is set up beyond what the seed decides.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// Force a 3- or 5-node cluster (default: drawn from the seed).
+    pub nodes: Option<usize>,
+    /// A planted bug (the checkers' own tests).
+    pub bug: Option<PlantedBug>,
+    /// Simulated length of the safety phase.
+    pub safety_phase: Duration,
+    /// Independent buyers, and buyers sharing one coalescing client.
+    pub buyers: usize,
+    pub coalesced_buyers: usize,
+    /// Bound for the heal phase: every shard must take a write again within it.
+    pub liveness_bound: Duration,
+    /// Search steps the linearizability checker may spend per SKU.
+    pub linearizability_steps_max: u64,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            nodes: None,
+            bug: None,
+            safety_phase: Duration::from_secs(8),
+            buyers: 10,
+            coalesced_buyers: 4,
+            liveness_bound: Duration::from_secs(20),
+            linearizability_steps_max: 2_000_000,
+        }
+    }
+}
+
+/// What one seed's run found.
+#[derive(Debug, Clone)]
+pub struct SeedReport {
+    pub seed: u64,
+    pub shape: String,
+    /// (checker, what it found); empty when the run passed.
+    pub failures: Vec<(String, String)>,
+    /// Digest of the recorded history, the fault log and the final states: equal across two
+    /// runs of one seed.
+    pub trace_digest: u64,
+    pub ops: usize,
+    pub indeterminate_ops: usize,
+    pub fault_log: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+impl SeedReport {
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+/// The command that replays `seed` with `options`.
+pub fn replay_command(seed: u64, options: &SimOptions) -> String {
+    let mut command = format!(
+        "RUSTFLAGS=\"--cfg madsim\" CARGO_TARGET_DIR=target-madsim cargo run --release -p flashledger-sim -- --seed {seed}"
+    );
+    if let Some(nodes) = options.nodes {
+        command += &format!(" --nodes {nodes}");
+    }
+    if let Some(bug) = options.bug {
+        command += &format!(" --plant {}", bug.name());
+    }
+    command
+}
+
+/// Runs `seed` in a fresh simulated world (on its own thread, so a panic is a failure report).
+pub fn run_seed(seed: u64, options: &SimOptions) -> SeedReport {
+    let thread_options = options.clone();
+    let outcome = std::thread::spawn(move || {
+        let mut runtime = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+        runtime.set_allow_system_thread(true);
+        runtime.block_on(simulate(seed, thread_options))
+    })
+    .join();
+    ledger::simulation::plant(None);
+    ledger::simulation::clear_clock_skews();
+    match outcome {
+        Ok(report) => report,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            SeedReport {
+                seed,
+                shape: String::new(),
+                failures: vec![("panic".into(), message)],
+                trace_digest: 0,
+                ops: 0,
+                indeterminate_ops: 0,
+                fault_log: Vec::new(),
+                notes: Vec::new(),
+            }
+        }
+    }
+}
+
+async fn simulate(seed: u64, options: SimOptions) -> SeedReport {
+    ledger::simulation::plant(options.bug);
+    ledger::simulation::clear_clock_skews();
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let nodes = options.nodes.unwrap_or(if rng.gen_bool(0.3) { 5 } else { 3 });
+    let shape = ClusterShape {
+        nodes,
+        shards: rng.gen_range(2..=3),
+        replicas: if nodes == 5 && rng.gen_bool(0.5) { 5 } else { 3 },
+    };
+    let mut report = SeedReport {
+        seed,
+        shape: format!(
+            "{} nodes, {} shards of {} replicas",
+            shape.nodes, shape.shards, shape.replicas
+        ),
+        failures: Vec::new(),
+        trace_digest: 0,
+        ops: 0,
+        indeterminate_ops: 0,
+        fault_log: Vec::new(),
+        notes: Vec::new(),
+    };
+    let phase_ms = options.safety_phase.as_millis() as u64;
+    let plan = FaultPlan::generate(seed, shape.nodes, shape.shards, phase_ms);
+    let cluster = match SimCluster::start(shape.clone()) {
+        Ok(cluster) => cluster,
+        Err(error) => {
+            report.failures.push(("harness".into(), error));
+            return report;
+        }
+    };
+    for id in cluster.node_ids() {
+        cluster.set_disk_latency(id, Duration::from_micros(plan.disk_latency_us));
+    }
+    let cluster = Arc::new(Mutex::new(cluster));
+    let seeds: Vec<String> = (1..=shape.nodes as u64).map(node_addr).collect();
+    let handle = madsim::runtime::Handle::current();
+    let clients = handle
+        .create_node()
+        .name("buyers")
+        .ip("10.0.1.1".parse().expect("a literal address"))
+        .build();
+
+    // Set up the catalog before any fault.
+    let start = Instant::now();
+    let recorder = Recorder::new(start);
+    let catalog = Catalog::new();
+    let setup = {
+        let (recorder, catalog, seeds) = (recorder.clone(), catalog.clone(), seeds.clone());
+        clients.spawn(async move {
+            let admin = workload::connect(&seeds, workload::client_options(false)).await?;
+            workload::put_catalog(&recorder, &admin, &catalog).await
+        })
+    };
+    match setup.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => report.failures.push(("setup".into(), error)),
+        Err(error) => report.failures.push(("setup".into(), error.to_string())),
+    }
+    if !report.failures.is_empty() {
+        return report;
+    }
+
+    // Safety phase: buyers under faults.
+    let phase_start = Instant::now();
+    let deadline = phase_start + options.safety_phase;
+    let fault_log: FaultLog = Arc::default();
+    let faults = tokio::spawn(crate::faults::run_plan(
+        cluster.clone(),
+        plan,
+        phase_start,
+        fault_log.clone(),
+    ));
+    let mut buyers = Vec::new();
+    let shared = {
+        let seeds = seeds.clone();
+        clients.spawn(async move { workload::connect(&seeds, workload::client_options(true)).await })
+    };
+    let shared = match shared.await {
+        Ok(Ok(client)) => Arc::new(client),
+        Ok(Err(error)) => {
+            report.failures.push(("setup".into(), error));
+            return report;
+        }
+        Err(error) => {
+            report.failures.push(("setup".into(), error.to_string()));
+            return report;
+        }
+    };
+    for who in 0..options.buyers + options.coalesced_buyers {
+        let (recorder, catalog, seeds, shared) = (recorder.clone(), catalog.clone(), seeds.clone(), shared.clone());
+        buyers.push(clients.spawn(async move {
+            let client = if who < options.buyers {
+                match workload::connect(&seeds, workload::client_options(false)).await {
+                    Ok(client) => Arc::new(client),
+                    Err(_) => return,
+                }
+            } else {
+                shared
+            };
+            workload::buyer(who, seed, client, catalog, recorder, deadline).await;
+        }));
+    }
+    for buyer in buyers {
+        let _ = buyer.await;
+    }
+    let _ = faults.await;
+
+    // Heal: everything back, then every shard must take a write within the bound.
+    {
+        let mut sim = cluster.lock().unwrap_or_else(|p| p.into_inner());
+        sim.heal_network();
+        for id in sim.node_ids() {
+            sim.restart(id);
+            sim.set_disk_latency(id, Duration::from_micros(0));
+        }
+    }
+    let liveness = {
+        let (recorder, seeds, shape) = (recorder.clone(), seeds.clone(), shape.clone());
+        let bound = options.liveness_bound;
+        clients.spawn(async move { probe_every_shard(&recorder, &seeds, &shape, bound).await })
+    };
+    match liveness.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => report.failures.push(("liveness".into(), error)),
+        Err(error) => report.failures.push(("liveness".into(), error.to_string())),
+    }
+
+    // Let every replica catch up and the shippers drain, then check.
+    let converged = converge(&cluster, Duration::from_secs(30)).await;
+    if let Err(error) = converged {
+        report.failures.push(("convergence".into(), error));
+    }
+    let sim = cluster.lock().unwrap_or_else(|p| p.into_inner());
+    for failure in sim.start_failures() {
+        report.failures.push(("restart".into(), failure));
+    }
+    let history = recorder.history();
+    report.ops = history.ops.len();
+    report.indeterminate_ops = history
+        .ops
+        .iter()
+        .filter(|op| matches!(op.answer, crate::history::Answer::Indeterminate(_)))
+        .count();
+    report.fault_log = fault_log.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let replicas = sim.replica_states();
+    let all: Vec<(u64, u64, &ledger::state_machine::state::LedgerState)> = replicas
+        .iter()
+        .flat_map(|(shard, states)| states.iter().map(move |r| (r.node, *shard, &r.ledger)))
+        .collect();
+    let finals: Vec<&ledger::state_machine::state::LedgerState> = replicas
+        .values()
+        .filter_map(|states| states.first().map(|r| &r.ledger))
+        .collect();
+    let mut fail = |checker: &str, result: Result<String, String>| match result {
+        Ok(note) => report.notes.push(format!("{checker}: {note}")),
+        Err(error) => report.failures.push((checker.to_string(), error)),
+    };
+    fail(
+        "invariant",
+        check::invariant::check(&sim.halts(), &all).map(|n| format!("{n} replicas hold it")),
+    );
+    fail(
+        "replicas",
+        check::replicas::check(&replicas).map(|n| format!("{n} replica pairs identical")),
+    );
+    if finals.len() == shape.shards {
+        fail(
+            "lost-writes",
+            check::lost_writes::check(&history, &finals).map(|n| format!("{n} answers reflected")),
+        );
+        fail(
+            "exactly-once",
+            check::exactly_once::check(&finals, &sim.sink.recorded()).map(|n| format!("{n} orders shipped once")),
+        );
+    } else {
+        fail(
+            "replicas",
+            Err(format!(
+                "only {} of {} shards have a live replica",
+                finals.len(),
+                shape.shards
+            )),
+        );
+    }
+    let skip: BTreeSet<Vec<u8>> = catalog.expiring.iter().cloned().collect();
+    match check::linearizability::check(&history, &skip, options.linearizability_steps_max) {
+        Ok(lin) => {
+            report.notes.push(format!(
+                "linearizability: {} skus, {} ops linearizable; inconclusive: {:?}",
+                lin.skus_checked, lin.ops_checked, lin.inconclusive
+            ));
+        }
+        Err(error) => report.failures.push(("linearizability".into(), error)),
+    }
+    let mut digest = Fnv::default();
+    digest.write(&history.digest().to_le_bytes());
+    for line in &report.fault_log {
+        digest.write(line.as_bytes());
+    }
+    for ledger in &finals {
+        digest.write(&ledger.digest().to_le_bytes());
+    }
+    report.trace_digest = digest.0;
+    report
+}
+
+/// Writes a probe SKU in every shard until each is accepted, within `bound`.
+async fn probe_every_shard(
+    recorder: &Recorder,
+    seeds: &[String],
+    shape: &ClusterShape,
+    bound: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + bound;
+    let client = tokio::time::timeout(bound, workload::connect(seeds, workload::client_options(false)))
+        .await
+        .map_err(|_| format!("no client could connect within {bound:?} of healing"))??;
+    let mut first_letters = vec!['a'];
+    first_letters.extend(shape.boundaries());
+    for letter in first_letters {
+        let sku = format!("{letter}-probe").into_bytes();
+        loop {
+            let op = WriteOp::PutSku {
+                sku: sku.clone(),
+                total: 1,
+                rules: SaleRules::default(),
+            };
+            if recorder.write(usize::MAX - 1, &client, op).await == Some(Outcome::Ok) {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the shard holding {:?} took no write within {bound:?} of healing",
+                    String::from_utf8_lossy(&sku)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Waits until every shard's replicas applied the same last index and shipping has drained.
+async fn converge(cluster: &Arc<Mutex<SimCluster>>, bound: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + bound;
+    loop {
+        let pending = {
+            let sim = cluster.lock().unwrap_or_else(|p| p.into_inner());
+            pending_convergence(&sim)
+        };
+        match pending {
+            None => return Ok(()),
+            Some(reason) if Instant::now() > deadline => {
+                return Err(format!("not converged {bound:?} after healing: {reason}"));
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+fn pending_convergence(sim: &SimCluster) -> Option<String> {
+    let live = sim.live_nodes();
+    if live.len() < sim.shape.nodes {
+        return Some(format!("{} of {} nodes running", live.len(), sim.shape.nodes));
+    }
+    for shard in &sim.config.shards {
+        let statuses: Vec<_> = live
+            .values()
+            .filter_map(|node| node.status().into_iter().find(|s| s.shard_id == shard.id))
+            .collect();
+        let Some(leader) = statuses.iter().find(|s| s.role == "leader") else {
+            return Some(format!("shard {} has no leader", shard.id));
+        };
+        for status in &statuses {
+            if status.applied_index != leader.last_log_index {
+                return Some(format!(
+                    "shard {}: a replica applied {} of the leader's {}",
+                    shard.id, status.applied_index, leader.last_log_index
+                ));
+            }
+            if status.shipping_lag_events > 0 {
+                return Some(format!(
+                    "shard {}: {} events not shipped",
+                    shard.id, status.shipping_lag_events
+                ));
+            }
+        }
+    }
+    None
+}
