@@ -343,10 +343,15 @@ fn classify(status: &Status) -> Next {
             let leader_id = metadata_str(status, metadata::LEADER_ID)
                 .and_then(|id| id.parse::<NodeId>().ok())
                 .filter(|id| *id != 0);
-            if leader_addr.is_some() || leader_id.is_some() {
+            // Only the node's own refusal proves nothing was proposed; a transport failure
+            // (connection lost after sending) also surfaces as UNAVAILABLE.
+            let not_applied = metadata_str(status, metadata::NOT_APPLIED).is_some();
+            if (leader_addr.is_some() || leader_id.is_some()) && not_applied {
                 Next::Redirect { leader_id, leader_addr }
             } else {
-                Next::OtherReplica { ambiguous: false }
+                Next::OtherReplica {
+                    ambiguous: !not_applied,
+                }
             }
         }
         Code::FailedPrecondition | Code::NotFound => Next::Refresh,

@@ -282,6 +282,41 @@ async fn restock_is_not_resent_after_an_ambiguous_failure() -> anyhow::Result<()
 }
 
 #[tokio::test]
+async fn restock_is_not_resent_after_a_connection_lost_mid_request() -> anyhow::Result<()> {
+    // Found by the simulator (seed 4): the leader died after replicating a restock, the client
+    // took the transport's UNAVAILABLE for a refusal, resent it, and the new leader applied it
+    // a second time.
+    let cluster = FakeCluster::start(1).await?;
+    cluster.set_shards(vec![shard(1, b"", b"", 1, &[1], 1)]);
+    cluster.node(1).script([Reply::Dropped]);
+    let client = Client::connect(cluster.addrs(), fast_options()).await?;
+
+    let error = client.restock("sku-a", 5).await.unwrap_err();
+
+    assert_eq!(error, ClientError::Timeout { attempts: 1 });
+    assert_eq!(cluster.node(1).seen().len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_write_whose_outcome_is_unknown_is_resent_with_its_order_id() -> anyhow::Result<()> {
+    let cluster = FakeCluster::start(1).await?;
+    cluster.set_shards(vec![shard(1, b"", b"", 1, &[1], 1)]);
+    cluster
+        .node(1)
+        .script([Reply::fail(Code::Aborted, "leadership changed"), Reply::Dropped]);
+    let client = Client::connect(cluster.addrs(), fast_options()).await?;
+
+    let outcome = client.purchase("sku-a", 1, "erin", "order-1").await?;
+
+    assert_eq!(outcome, Outcome::Confirmed);
+    let seen = cluster.node(1).seen();
+    assert_eq!(seen.len(), 3);
+    assert!(seen.iter().all(|s| s.order_id == "order-1"), "{seen:?}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn batch_is_split_by_shard_and_reassembled_in_order() -> anyhow::Result<()> {
     let cluster = FakeCluster::start(2).await?;
     cluster.set_shards(vec![shard(1, b"", b"m", 1, &[1], 1), shard(2, b"m", b"", 1, &[2], 2)]);

@@ -20,4 +20,7 @@ pub mod metadata {
     pub const LEADER_ADDR: &str = "x-leader-addr";
     pub const LEADER_ID: &str = "x-leader-id";
     pub const SHARD_EPOCH: &str = "x-shard-epoch";
+    /// Set (to "1") on an `UNAVAILABLE` the node answered without proposing anything: the write
+    /// was certainly not applied. An `UNAVAILABLE` without it (a transport failure) is ambiguous.
+    pub const NOT_APPLIED: &str = "x-not-applied";
 }

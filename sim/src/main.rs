@@ -19,12 +19,13 @@ fn main() {
     use flashledger_sim::scenario;
     use ledger::simulation::PlantedBug;
 
-    let usage = "usage: flashledger-sim --seed N [--count N] [--nodes 3|5] [--plant BUG] [--safety-ms N] [--verbose] [--check-determinism]";
+    let usage = "usage: flashledger-sim --seed N [--count N] [--nodes 3|5] [--plant BUG] [--safety-ms N] [--verbose] [--history SKU] [--check-determinism]";
     let mut args = std::env::args().skip(1);
     let mut seed = 1u64;
     let mut count = 1u64;
     let mut verbose = false;
     let mut check_determinism = false;
+    let mut history_sku: Option<String> = None;
     let mut options = scenario::SimOptions::default();
     let fail = |message: String| -> ! {
         eprintln!("{message}\n{usage}");
@@ -55,6 +56,7 @@ fn main() {
                 options.safety_phase = std::time::Duration::from_millis(number("--safety-ms", value("--safety-ms")))
             }
             "--verbose" => verbose = true,
+            "--history" => history_sku = Some(value("--history")),
             "--check-determinism" => check_determinism = true,
             "--help" | "-h" => {
                 println!("{usage}");
@@ -70,7 +72,6 @@ fn main() {
     }
     let mut failed = Vec::new();
     for seed in seed..seed.saturating_add(count) {
-        let started = std::time::Instant::now();
         let report = scenario::run_seed(seed, &options);
         let mut verdict_failures = report.failures.clone();
         if check_determinism && report.passed() {
@@ -82,14 +83,13 @@ fn main() {
                 ));
             }
         }
-        let secs = started.elapsed().as_secs_f64();
         if verdict_failures.is_empty() {
             println!(
-                "seed {seed} PASS ({}; {} ops, {} indeterminate; digest {:#018x}; {secs:.1}s)",
+                "seed {seed} PASS ({}; {} ops, {} indeterminate; digest {:#018x})",
                 report.shape, report.ops, report.indeterminate_ops, report.trace_digest
             );
         } else {
-            println!("seed {seed} FAIL ({}; {secs:.1}s)", report.shape);
+            println!("seed {seed} FAIL ({})", report.shape);
             for (checker, message) in &verdict_failures {
                 println!("  [{checker}] seed {seed}: {message}");
             }
@@ -102,6 +102,18 @@ fn main() {
             }
             for note in &report.notes {
                 println!("  note {note}");
+            }
+        }
+        if let Some(sku) = &history_sku {
+            let mut ops: Vec<_> = report
+                .history
+                .ops
+                .iter()
+                .filter(|op| op.call.sku() == sku.as_bytes())
+                .collect();
+            ops.sort_by_key(|op| op.invoke_ns);
+            for op in ops {
+                println!("  op {}", op.describe());
             }
         }
     }

@@ -74,6 +74,8 @@ pub struct SeedReport {
     pub indeterminate_ops: usize,
     pub fault_log: Vec<String>,
     pub notes: Vec<String>,
+    /// Every recorded call (for `--history SKU`).
+    pub history: crate::history::History,
 }
 
 impl SeedReport {
@@ -124,6 +126,7 @@ pub fn run_seed(seed: u64, options: &SimOptions) -> SeedReport {
                 indeterminate_ops: 0,
                 fault_log: Vec::new(),
                 notes: Vec::new(),
+                history: Default::default(),
             }
         }
     }
@@ -151,6 +154,7 @@ async fn simulate(seed: u64, options: SimOptions) -> SeedReport {
         indeterminate_ops: 0,
         fault_log: Vec::new(),
         notes: Vec::new(),
+        history: Default::default(),
     };
     let phase_ms = options.safety_phase.as_millis() as u64;
     let plan = FaultPlan::generate(seed, shape.nodes, shape.shards, phase_ms);
@@ -334,6 +338,7 @@ async fn simulate(seed: u64, options: SimOptions) -> SeedReport {
         digest.write(&ledger.digest().to_le_bytes());
     }
     report.trace_digest = digest.0;
+    report.history = history;
     report
 }
 

@@ -31,6 +31,9 @@ pub enum Reply {
     },
     /// Never answer (until the client gives up).
     Hang,
+    /// UNAVAILABLE without the node's not-applied mark, as a connection lost after the request
+    /// was sent looks to the client.
+    Dropped,
     /// Answer every write with this wire outcome.
     Outcome(Outcome),
 }
@@ -106,8 +109,16 @@ impl FakeNode {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 Err(Status::internal("hang ended"))
             }
+            Reply::Dropped => Err(Status::unavailable("transport error: connection reset")),
             Reply::Fail { code, message, leader } => {
                 let mut status = Status::new(code, message);
+                // A real node marks every UNAVAILABLE it answers itself; `Reply::Dropped`
+                // stands for a transport failure, which carries no mark.
+                if code == tonic::Code::Unavailable {
+                    status
+                        .metadata_mut()
+                        .insert(metadata::NOT_APPLIED, "1".parse().unwrap());
+                }
                 if let Some((id, addr)) = leader {
                     let metadata = status.metadata_mut();
                     metadata.insert(metadata::LEADER_ID, id.to_string().parse().unwrap());

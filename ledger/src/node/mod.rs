@@ -12,6 +12,7 @@ use openraft::LinearizerOption;
 use openraft::ServerState;
 use openraft::SnapshotPolicy;
 use openraft::async_runtime::WatchReceiver;
+use openraft::errors::ClientWriteError;
 use openraft::errors::RaftError;
 
 use crate::applied::AppliedStore;
@@ -68,6 +69,10 @@ pub enum NodeError {
     },
     #[error("shard {shard_id} did not answer within {timeout_ms} ms; the write may still be applied")]
     Timeout { shard_id: ShardId, timeout_ms: u64 },
+    /// The write was proposed, then this node lost track of it (leadership changed, its entry
+    /// was discarded locally or Raft stopped): another node may still commit it.
+    #[error("shard {shard_id} lost track of the proposed write ({reason}); it may still be applied")]
+    OutcomeUnknown { shard_id: ShardId, reason: String },
     #[error("replica of shard {shard_id} lags by {lag} entries, more than the {max_lag} allowed")]
     TooStale { shard_id: ShardId, lag: u64, max_lag: u64 },
     #[error("shard {shard_id} is unavailable: {reason}")]
@@ -322,7 +327,26 @@ impl Node {
         match tokio::time::timeout(Duration::from_millis(timeout_ms), write).await {
             Err(_) => Err(NodeError::Timeout { shard_id, timeout_ms }),
             Ok(Ok(response)) => Ok((response.data.outcomes, response.log_id.index)),
-            Ok(Err(error)) => Err(self.raft_error(shard_id, error)),
+            // Refused before it was appended: certainly not applied, the client may go elsewhere.
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
+                Err(self.not_leader(shard_id, forward.leader_id))
+            }
+            // Appended, then discarded here (truncated or purged under a new leader's log): a
+            // purged entry may have been committed by another node, so the outcome is unknown.
+            // Found by the simulator (seed 4): retrying a restock after this applied it twice.
+            Ok(Err(error)) => Err(NodeError::OutcomeUnknown {
+                shard_id,
+                reason: error.to_string(),
+            }),
+        }
+    }
+
+    fn not_leader(&self, shard_id: ShardId, leader_id: Option<NodeId>) -> NodeError {
+        let leader_addr = leader_id.and_then(|id| self.address_of(id).map(str::to_string));
+        NodeError::NotLeader {
+            shard_id,
+            leader_id,
+            leader_addr,
         }
     }
 
@@ -331,13 +355,7 @@ impl Node {
         E: std::error::Error + openraft::TryAsRef<openraft::errors::ForwardToLeader<crate::raft::types::TypeConfig>>,
     {
         if let Some(forward) = error.forward_to_leader() {
-            let leader_id = forward.leader_id;
-            let leader_addr = leader_id.and_then(|id| self.address_of(id).map(str::to_string));
-            return NodeError::NotLeader {
-                shard_id,
-                leader_id,
-                leader_addr,
-            };
+            return self.not_leader(shard_id, forward.leader_id);
         }
         NodeError::Unavailable {
             shard_id,

@@ -26,7 +26,7 @@ pub fn from_node_error(error: NodeError) -> Status {
             if let Some(id) = leader_id.and_then(|id| MetadataValue::try_from(id.to_string().as_str()).ok()) {
                 status.metadata_mut().insert(metadata::LEADER_ID, id);
             }
-            status
+            not_applied(status)
         }
         NodeError::SkuNotHosted { .. } | NodeError::ShardNotHosted { .. } => Status::not_found(message),
         NodeError::UnknownSku { .. } => Status::new(Code::NotFound, message),
@@ -39,7 +39,18 @@ pub fn from_node_error(error: NodeError) -> Status {
             status
         }
         NodeError::Timeout { .. } => Status::deadline_exceeded(message),
-        NodeError::TooStale { .. } | NodeError::Unavailable { .. } => Status::unavailable(message),
+        NodeError::OutcomeUnknown { .. } => Status::aborted(message),
+        // Both are decided before anything is proposed.
+        NodeError::TooStale { .. } | NodeError::Unavailable { .. } => not_applied(Status::unavailable(message)),
         NodeError::Storage(_) | NodeError::Raft(_) => Status::internal(message),
     }
+}
+
+/// Marks an `UNAVAILABLE` the node answered without proposing anything (see
+/// [`metadata::NOT_APPLIED`]), so the client may resend even a non-idempotent write.
+fn not_applied(mut status: Status) -> Status {
+    status
+        .metadata_mut()
+        .insert(metadata::NOT_APPLIED, MetadataValue::from_static("1"));
+    status
 }
