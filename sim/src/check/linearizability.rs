@@ -32,6 +32,7 @@ use ledger::state_machine::command::Operation;
 use ledger::state_machine::command::Outcome as ModelOutcome;
 use ledger::state_machine::command::SaleRules;
 use ledger::state_machine::state::LedgerState;
+use ledger::state_machine::state::OrderState;
 
 use crate::history::Answer;
 use crate::history::Call;
@@ -105,10 +106,8 @@ struct Event {
 }
 
 fn check_sku(ops: &[&Op], steps_max: u64) -> Verdict {
-    let return_time = |op: &Op| match op.answer {
-        Answer::Indeterminate(_) => u64::MAX,
-        _ => op.return_ns,
-    };
+    let determinate = |op: &Op| !matches!(op.answer, Answer::Indeterminate(_));
+    let return_time = |op: &Op| if determinate(op) { op.return_ns } else { u64::MAX };
     // (time, returns after calls at equal times so touching intervals count as concurrent)
     let mut order: Vec<(u64, bool, usize)> = Vec::with_capacity(ops.len() * 2);
     for (index, op) in ops.iter().enumerate() {
@@ -131,11 +130,7 @@ fn check_sku(ops: &[&Op], steps_max: u64) -> Verdict {
             is_call: !is_return,
             partner: NONE,
             prev: if position == 0 { head } else { position - 1 },
-            next: if position + 1 == order.len() {
-                NONE
-            } else {
-                position + 1
-            },
+            next: if position + 1 == order.len() { NONE } else { position + 1 },
         });
     }
     events.push(Event {
@@ -149,54 +144,106 @@ fn check_sku(ops: &[&Op], steps_max: u64) -> Verdict {
         events[call_of[op]].partner = return_of[op];
     }
 
-    let mut state = LedgerState::default();
+    // Depth-first search. A frame is a model state reached by linearizing a prefix; its
+    // candidates are the calls that precede the first pending return (the minimal ops), tried
+    // determinate ones first: an indeterminate write is most often one that never happened.
+    // Once every determinate op is placed the rest may all take effect at the end: done.
+    let mut remaining = ops.iter().filter(|op| determinate(op)).count();
     let mut linearized = vec![0u64; ops.len().div_ceil(64)];
     let mut cache: HashSet<(Vec<u64>, u64)> = HashSet::new();
-    let mut stack: Vec<(usize, LedgerState)> = Vec::new();
-    let mut deepest = 0usize;
-    let mut deepest_blocker = NONE;
+    let first_candidates = candidates(&events, head, ops);
+    let mut stack = vec![Frame {
+        state: LedgerState::default(),
+        candidates: first_candidates,
+        next: 0,
+        lifted: NONE,
+    }];
+    let (mut deepest, mut blocker) = (0usize, NONE);
     let mut steps = 0u64;
-    let mut entry = events[head].next;
-    while events[head].next != NONE {
+    while remaining > 0 {
+        let Some(frame) = stack.last_mut() else {
+            let blocker = ops[blocker.min(ops.len() - 1)];
+            return Verdict::Violation(format!(
+                "at most {deepest} ops linearize; then this one cannot be placed: {}",
+                blocker.describe()
+            ));
+        };
+        let Some(&call) = frame.candidates.get(frame.next) else {
+            if stack.len() > deepest {
+                deepest = stack.len() - 1;
+                blocker = first_pending_return(&events, head).unwrap_or(NONE);
+            }
+            let Some(dead_end) = stack.pop() else { continue };
+            if dead_end.lifted != NONE {
+                let op = events[dead_end.lifted].op;
+                linearized[op / 64] &= !(1 << (op % 64));
+                if determinate(ops[op]) {
+                    remaining += 1;
+                }
+                unlift(&mut events, dead_end.lifted);
+            }
+            continue;
+        };
+        frame.next += 1;
         steps += 1;
         if steps > steps_max {
             return Verdict::Inconclusive;
         }
-        let event = &events[entry];
-        if event.is_call {
-            let op = event.op;
-            if let Some(next_state) = step(&state, ops[op]) {
-                linearized[op / 64] |= 1 << (op % 64);
-                if cache.insert((linearized.clone(), state_hash(&next_state))) {
-                    let previous = std::mem::replace(&mut state, next_state);
-                    stack.push((entry, previous));
-                    lift(&mut events, entry);
-                    entry = events[head].next;
-                    continue;
-                }
-                linearized[op / 64] &= !(1 << (op % 64));
-            }
-            entry = events[entry].next;
-        } else {
-            if stack.len() >= deepest {
-                deepest = stack.len();
-                deepest_blocker = event.op;
-            }
-            let Some((call, previous)) = stack.pop() else {
-                let blocker = ops[deepest_blocker.min(ops.len() - 1)];
-                return Verdict::Violation(format!(
-                    "at most {deepest} ops linearize; then this one cannot be placed: {}",
-                    blocker.describe()
-                ));
-            };
-            state = previous;
-            let op = events[call].op;
+        let op = events[call].op;
+        let Some(next_state) = step(&frame.state, ops[op]) else {
+            continue;
+        };
+        linearized[op / 64] |= 1 << (op % 64);
+        if !cache.insert((linearized.clone(), state_hash(&next_state))) {
             linearized[op / 64] &= !(1 << (op % 64));
-            unlift(&mut events, call);
-            entry = events[call].next;
+            continue;
         }
+        lift(&mut events, call);
+        if determinate(ops[op]) {
+            remaining -= 1;
+        }
+        let next_candidates = candidates(&events, head, ops);
+        stack.push(Frame {
+            state: next_state,
+            candidates: next_candidates,
+            next: 0,
+            lifted: call,
+        });
     }
     Verdict::Linearizable
+}
+
+struct Frame {
+    state: LedgerState,
+    /// Call events that may be linearized next, in the order to try them.
+    candidates: Vec<usize>,
+    next: usize,
+    /// The call linearized to reach this frame (`NONE` for the root).
+    lifted: usize,
+}
+
+/// The calls before the first pending return, determinate ones first (each group by time).
+fn candidates(events: &[Event], head: usize, ops: &[&Op]) -> Vec<usize> {
+    let mut found = Vec::new();
+    let mut entry = events[head].next;
+    while entry != NONE && events[entry].is_call {
+        found.push(entry);
+        entry = events[entry].next;
+    }
+    found.sort_by_key(|&call| matches!(ops[events[call].op].answer, Answer::Indeterminate(_)));
+    found
+}
+
+/// The op whose return bounds the current candidates.
+fn first_pending_return(events: &[Event], head: usize) -> Option<usize> {
+    let mut entry = events[head].next;
+    while entry != NONE {
+        if !events[entry].is_call {
+            return Some(events[entry].op);
+        }
+        entry = events[entry].next;
+    }
+    None
 }
 
 /// Removes a call and its return from the list (they keep their own links for `unlift`).
@@ -221,11 +268,40 @@ fn unlift(events: &mut [Event], call: usize) {
     }
 }
 
+/// A hash of everything in a model state that can change a later answer (no allocation: it
+/// runs once per search step).
 fn state_hash(state: &LedgerState) -> u64 {
     let mut hasher = crate::history::Fnv::default();
-    match bincode::serialize(state) {
-        Ok(bytes) => hasher.write(&bytes),
-        Err(error) => hasher.write(error.to_string().as_bytes()),
+    for (sku, record) in &state.skus {
+        hasher.write(sku);
+        for value in [record.total, record.available, record.reserved, record.sold] {
+            hasher.write(&value.to_le_bytes());
+        }
+    }
+    for (order_id, order) in &state.orders {
+        hasher.write(order_id.as_bytes());
+        hasher.write(&order.qty.to_le_bytes());
+        let tag: u8 = match order.state {
+            OrderState::Reserved { .. } => 1,
+            OrderState::Confirmed { .. } => 2,
+            OrderState::Released => 3,
+            OrderState::Expired => 4,
+            OrderState::Rejected { .. } => 5,
+        };
+        hasher.write(&[tag]);
+        // A replay answers the first outcome, which may differ between otherwise equal states.
+        let (code, a, b) = match &order.first_outcome {
+            ModelOutcome::SoldOut { available } => (1u8, *available, 0),
+            ModelOutcome::LimitExceeded { held, limit } => (2, *held, *limit),
+            ModelOutcome::Reserved { expires_at_ms } => (3, *expires_at_ms, 0),
+            ModelOutcome::Confirmed => (4, 0, 0),
+            ModelOutcome::SaleClosed => (5, 0, 0),
+            ModelOutcome::UnknownSku => (6, 0, 0),
+            _ => (7, 0, 0),
+        };
+        hasher.write(&[code]);
+        hasher.write(&a.to_le_bytes());
+        hasher.write(&b.to_le_bytes());
     }
     hasher.0
 }
