@@ -6,7 +6,8 @@
 #   scripts/sim-sweep.sh 100
 #   scripts/sim-sweep.sh 200 1 -- --plant stale-leader-read
 #
-# SIM_JOBS sets the parallelism (default: every core). Exits 1 when a seed failed.
+# SIM_JOBS sets the parallelism (default: every core); SIM_BIN runs a prebuilt binary instead of
+# building one. Exits 1 when a seed failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,9 +23,13 @@ extra=("$@")
 [[ "$count" =~ ^[0-9]+$ && "$first" =~ ^[0-9]+$ ]] || { echo "N and FIRST_SEED must be numbers" >&2; exit 2; }
 
 jobs="${SIM_JOBS:-$(nproc)}"
-target_dir="${CARGO_TARGET_DIR:-target}-madsim"
-RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR="$target_dir" cargo build --release -q -p flashledger-sim
-bin="$target_dir/release/flashledger-sim"
+if [[ -n "${SIM_BIN:-}" ]]; then
+  bin="$SIM_BIN" # a prebuilt flashledger-sim (e.g. a copy, so rebuilding meanwhile is safe)
+else
+  target_dir="${CARGO_TARGET_DIR:-target}-madsim"
+  RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR="$target_dir" cargo build --release -q -p flashledger-sim
+  bin="$target_dir/release/flashledger-sim"
+fi
 
 logs="$(mktemp -d)"
 trap 'rm -rf "$logs"' EXIT
@@ -41,7 +46,8 @@ elapsed=$(( $(date +%s) - started ))
 passed=$(cat "$logs"/*.log | grep -c '^seed [0-9]* PASS' || true)
 failed_seeds=$(cat "$logs"/*.log | grep '^seed [0-9]* FAIL' | awk '{print $2}' | sort -n | tr '\n' ' ')
 failed=$(echo "$failed_seeds" | wc -w)
-cat "$logs"/*.log | grep -A8 '^seed [0-9]* FAIL' | grep -E '^seed|^  \[|^  replay' || true
+# Each failed seed: its verdict line, the checkers' findings and the replay command.
+cat "$logs"/*.log | awk '/^seed [0-9]+ / { show = ($3 == "FAIL") } show && /^(seed|  \[|  replay)/' | cut -c1-400
 missing=$(( count - passed - failed ))
 per_minute=$(awk -v n="$count" -v s="$elapsed" 'BEGIN { if (s == 0) s = 1; printf "%.1f", n * 60 / s }')
 echo "sweep of $count seeds from $first (${extra[*]:-no extra arguments}): $passed passed, $failed failed, $missing without a verdict; ${elapsed}s, $per_minute seeds/min on $jobs jobs"

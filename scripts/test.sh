@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command: the one gate a reviewer would run. It changes no files.
 #   formatting, clippy (warnings are errors), the whole test suite (with real PostgreSQL, see
-#   scripts/pg-env.sh), and a build of the
-#   workspace for the deterministic simulator (RUSTFLAGS="--cfg madsim", own target dir).
+#   scripts/pg-env.sh), and the deterministic simulation (RUSTFLAGS="--cfg madsim", own target
+#   dir): its tests and a sweep of SIM_SEEDS (default 100) seeds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,7 +28,17 @@ else
   cargo test --workspace --no-fail-fast
 fi
 
-step "simulator build (RUSTFLAGS=--cfg madsim)"
-RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR="${target_dir}-madsim" cargo build --workspace --all-targets
+step "deterministic simulation (RUSTFLAGS=--cfg madsim, release): build, its tests, a seed sweep"
+# The whole workspace must build for the simulator; then the simulator's own tests (pinned
+# regression seeds, determinism, planted bugs caught) and a sweep of SIM_SEEDS seeds (CI: 100).
+export RUSTFLAGS="--cfg madsim"
+CARGO_TARGET_DIR="${target_dir}-madsim" cargo build --release --workspace --all-targets
+if cargo nextest --version >/dev/null 2>&1; then
+  CARGO_TARGET_DIR="${target_dir}-madsim" cargo nextest run --release -p flashledger-sim --no-fail-fast
+else
+  CARGO_TARGET_DIR="${target_dir}-madsim" cargo test --release -p flashledger-sim
+fi
+CARGO_TARGET_DIR="$target_dir" scripts/sim-sweep.sh "${SIM_SEEDS:-100}"
+unset RUSTFLAGS
 
 step "all checks passed"

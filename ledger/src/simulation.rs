@@ -6,11 +6,13 @@
 //!   skewed times exactly as a badly synchronised machine would.
 //! - Planted bugs ([`plant`]): known defects switched on by the simulator's own tests to prove
 //!   that its checkers catch them. Never set outside those tests.
+//!
+//! Both are per thread: madsim runs a whole simulated world on the one thread that calls
+//! `block_on`, so parallel runs (one per thread) do not see each other's settings.
 
+use std::cell::Cell;
+use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::sync::Mutex;
-use std::sync::atomic::AtomicU8;
-use std::sync::atomic::Ordering;
 
 /// A defect the simulator can plant to show its checkers bite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,34 +57,33 @@ impl PlantedBug {
     }
 }
 
-static PLANTED: AtomicU8 = AtomicU8::new(0);
+thread_local! {
+    static PLANTED: Cell<u8> = const { Cell::new(0) };
+    static CLOCK_SKEW_MS: RefCell<BTreeMap<madsim::task::NodeId, i64>> = const { RefCell::new(BTreeMap::new()) };
+}
 
-/// Plants `bug` (or none) for every node of the running simulation.
+/// Plants `bug` (or none) for every node of the simulation running on this thread.
 pub fn plant(bug: Option<PlantedBug>) {
-    PLANTED.store(bug.map_or(0, PlantedBug::code), Ordering::SeqCst);
+    PLANTED.with(|planted| planted.set(bug.map_or(0, PlantedBug::code)));
 }
 
 /// Whether `bug` is planted.
 pub fn planted(bug: PlantedBug) -> bool {
-    PLANTED.load(Ordering::SeqCst) == bug.code()
+    PLANTED.with(|planted| planted.get() == bug.code())
 }
-
-static CLOCK_SKEW_MS: Mutex<BTreeMap<madsim::task::NodeId, i64>> = Mutex::new(BTreeMap::new());
 
 /// Makes the wall clock of simulated node `sim_node` (madsim's node id) run `skew_ms` off.
 pub fn set_clock_skew_ms(sim_node: madsim::task::NodeId, skew_ms: i64) {
-    let mut skews = CLOCK_SKEW_MS.lock().unwrap_or_else(|p| p.into_inner());
-    skews.insert(sim_node, skew_ms);
+    CLOCK_SKEW_MS.with(|skews| skews.borrow_mut().insert(sim_node, skew_ms));
 }
 
-/// Forgets every skew (between simulation runs in one process).
+/// Forgets every skew (between simulation runs on one thread).
 pub fn clear_clock_skews() {
-    CLOCK_SKEW_MS.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    CLOCK_SKEW_MS.with(|skews| skews.borrow_mut().clear());
 }
 
 /// The skew of the node the calling task runs on.
 pub fn clock_skew_ms() -> i64 {
     let node = madsim::plugin::node();
-    let skews = CLOCK_SKEW_MS.lock().unwrap_or_else(|p| p.into_inner());
-    skews.get(&node).copied().unwrap_or(0)
+    CLOCK_SKEW_MS.with(|skews| skews.borrow().get(&node).copied().unwrap_or(0))
 }

@@ -26,6 +26,9 @@ pub enum Fault {
     Kill { nodes: Vec<NodeId>, down_ms: u64 },
     /// Power-fail whichever node leads `shard` when the fault fires.
     KillLeader { shard: ShardId, down_ms: u64 },
+    /// Power-fail every node at once (a data-centre outage): nothing acknowledged may be lost,
+    /// since it was synced on a majority. Availability during the outage is not asked for.
+    PowerLoss { down_ms: u64 },
     /// Cut `minority` off from the rest, both directions.
     Partition { minority: Vec<NodeId>, ms: u64 },
     /// Drop everything `from` sends to `to` (but not the reverse).
@@ -59,13 +62,13 @@ impl FaultPlan {
         let disk_latency_us = if rng.gen_bool(0.25) {
             0
         } else {
-            rng.gen_range(200..3_000)
+            rng.gen_range(200..20_000)
         };
         let mut faults = Vec::new();
         let mut at = rng.gen_range(200..1_000);
         while at < phase_ms {
             let shard = rng.gen_range(1..=shards as ShardId);
-            let fault = match rng.gen_range(0..10) {
+            let fault = match rng.gen_range(0..11) {
                 0 => {
                     let count = rng.gen_range(1..=minority);
                     let chosen = node_ids.choose_multiple(&mut rng, count).copied().collect();
@@ -113,6 +116,9 @@ impl FaultPlan {
                     node: *node_ids.choose(&mut rng).unwrap_or(&1),
                     latency_ms: rng.gen_range(10..200),
                     ms: rng.gen_range(300..3_000),
+                },
+                9 => Fault::PowerLoss {
+                    down_ms: rng.gen_range(100..1_500),
                 },
                 _ => Fault::KillLeader {
                     shard,
@@ -260,6 +266,18 @@ fn fire(sim: &mut SimCluster, fault: &Fault, start: Instant, fault_log: &FaultLo
                 format!("kill leader {leader} of shard {shard} for {down_ms} ms"),
             );
             Some((*down_ms, Undo::Restart(vec![leader])))
+        }
+        Fault::PowerLoss { down_ms } => {
+            let victims: Vec<NodeId> = sim.node_ids().into_iter().filter(|id| sim.is_up(*id)).collect();
+            for node in &victims {
+                sim.kill(*node);
+            }
+            log(
+                fault_log,
+                start,
+                format!("power loss: kill {victims:?} for {down_ms} ms"),
+            );
+            Some((*down_ms, Undo::Restart(victims)))
         }
         Fault::Partition { minority: side, ms } => {
             let mut links = Vec::new();

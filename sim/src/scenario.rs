@@ -103,12 +103,11 @@ pub fn run_seed(seed: u64, options: &SimOptions) -> SeedReport {
     let thread_options = options.clone();
     let outcome = std::thread::spawn(move || {
         let mut runtime = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
-        runtime.set_allow_system_thread(true);
+        // A run takes about a minute of simulated time; a hang becomes a failure, not a stall.
+        runtime.set_time_limit(Duration::from_secs(600));
         runtime.block_on(simulate(seed, thread_options))
     })
     .join();
-    ledger::simulation::plant(None);
-    ledger::simulation::clear_clock_skews();
     match outcome {
         Ok(report) => report,
         Err(panic) => {

@@ -523,6 +523,12 @@ fn raft_config(config: &ClusterConfig) -> Result<openraft::Config, NodeError> {
         install_snapshot_timeout: raft.rpc_timeout_ms.max(10_000),
         snapshot_policy: SnapshotPolicy::LogsSinceLast(raft.snapshot_logs_since_last),
         max_in_snapshot_log_to_keep: raft.snapshot_logs_since_last / 2,
+        // A restarted leader must not resume leadership in its old term. openraft replicates an
+        // entry before the leader's own copy is synced, so a leader that crashes can lose an
+        // entry a follower holds; resuming the same term, it would write a different entry
+        // under the same log id, and the follower would keep the old one as "matching".
+        // Found by the simulator (seeds 106 and 118): replicas diverged.
+        enable_leader_restore: Some(false),
         ..Default::default()
     }
     .validate()

@@ -130,7 +130,11 @@ fn check_sku(ops: &[&Op], steps_max: u64) -> Verdict {
             is_call: !is_return,
             partner: NONE,
             prev: if position == 0 { head } else { position - 1 },
-            next: if position + 1 == order.len() { NONE } else { position + 1 },
+            next: if position + 1 == order.len() {
+                NONE
+            } else {
+                position + 1
+            },
         });
     }
     events.push(Event {
