@@ -13,58 +13,10 @@ ledger="${CARGO_TARGET_DIR:-target}/release/ledger"
 echo "==> building (release)"
 cargo build --release -p flashledger-ledger --bin ledger
 
-pids=()
-stop_cluster() {
-  if [ "${#pids[@]}" -gt 0 ]; then
-    echo "==> stopping the cluster"
-    kill -TERM "${pids[@]}" 2>/dev/null || true
-    for _ in $(seq 1 50); do
-      alive=0
-      for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-      [ "$alive" = 0 ] && break
-      sleep 0.2
-    done
-    kill -KILL "${pids[@]}" 2>/dev/null || true
-    wait "${pids[@]}" 2>/dev/null || true
-    pids=()
-  fi
-}
-trap stop_cluster EXIT INT TERM
-
-node_ids=$(grep -E '^\s*id\s*=' "$config" | head -n "$(grep -c '^\[\[nodes\]\]' "$config")" | sed -E 's/[^0-9]//g')
-for addr in $(grep -E '^\s*addr\s*=' "$config" | sed -E 's/.*"(.*)".*/\1/'); do
-  port="${addr##*:}"
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    echo "error: port $port is already in use (is another cluster running?)" >&2
-    exit 1
-  fi
-done
-
-echo "==> starting nodes $(echo $node_ids) from $config (fresh data in $data_root/)"
-rm -rf "$data_root"
-mkdir -p "$data_root"
-for id in $node_ids; do
-  RUST_LOG="${RUST_LOG:-info,openraft=warn}" "$ledger" serve --config "$config" --node "$id" \
-    >"$data_root/node$id.log" 2>&1 &
-  pids+=("$!")
-done
-
-echo "==> waiting for every shard to elect a leader"
-for attempt in $(seq 1 100); do
-  if "$ledger" status --config "$config" --json 2>/dev/null | python3 -c '
-import json, sys
-nodes = json.load(sys.stdin)["nodes"]
-shards = [s for n in nodes for s in n.get("shards", [])]
-sys.exit(0 if shards and all(n.get("shards") for n in nodes) and all(s["leader"] for s in shards) else 1)
-'; then
-    break
-  fi
-  if [ "$attempt" = 100 ]; then
-    echo "error: no leader after 20 s; node logs are in $data_root/" >&2
-    exit 1
-  fi
-  sleep 0.2
-done
+LEDGER="$ledger"
+source scripts/lib/cluster.sh
+trap cluster_stop EXIT INT TERM
+cluster_start "$config" "$data_root"
 "$ledger" status --config "$config"
 
 echo "==> flash sale"
@@ -72,10 +24,11 @@ echo "==> flash sale"
 
 echo "==> final cluster status"
 "$ledger" status --config "$config"
-stop_cluster
-for id in $node_ids; do
-  if pgrep -f "ledger serve --config $config --node $id" >/dev/null; then
-    echo "error: node $id is still running" >&2
+survivors=$(cluster_pids)
+cluster_stop
+for pid in $survivors; do
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "error: node process $pid is still running" >&2
     exit 1
   fi
 done

@@ -1,0 +1,180 @@
+//! `flashbench`: load generator for a running flashledger cluster, and the table that puts it
+//! beside the peers.
+//!
+//! ```text
+//! flashbench run --workload hot --mode independent --clients 64 --secs 10
+//! flashbench run --workload hot --mode service --services 2 --clients 256 --secs 10
+//! flashbench run --workload hot --sold-out --mode service --clients 256
+//! flashbench run --workload reads --linearizable --clients 64
+//! flashbench run --workload black-friday --scale 100 --mode service --clients 256
+//! flashbench run --workload hot --rate 20000 --clients 512      # open loop
+//! flashbench compare results/*.jsonl
+//! ```
+
+mod compare;
+mod driver;
+mod report;
+mod workload;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use clap::Subcommand;
+
+#[derive(Parser)]
+#[command(name = "flashbench", about = "Load generator for flashledger")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Drive the cluster and write the result (JSON, Markdown, PNG).
+    Run(RunArgs),
+    /// Print one Markdown table of JSON-line results, with flashledger's ratio to each peer.
+    Compare {
+        /// JSON-line files (peers' results and `flashbench run --jsonl` output).
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Node addresses (host:port), comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103"
+    )]
+    seeds: Vec<String>,
+    #[arg(long, value_enum, default_value = "hot")]
+    workload: workload::WorkloadKind,
+    #[arg(long, value_enum, default_value = "independent")]
+    mode: driver::Mode,
+    /// Concurrent callers (closed loop), or the most operations in flight (open loop).
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Service mode: how many clients (service processes) the callers share.
+    #[arg(long, default_value_t = 2)]
+    services: usize,
+    /// Open loop at this many operations per second (default: closed loop).
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Measured seconds (after the warm-up). Black Friday runs until its plan is done.
+    #[arg(long, default_value_t = 10)]
+    secs: u64,
+    #[arg(long, default_value_t = 1)]
+    warmup_secs: u64,
+    /// SKUs of the zipf and reads workloads.
+    #[arg(long, default_value_t = 1_000)]
+    skus: usize,
+    #[arg(long, default_value_t = 1.0)]
+    zipf_s: f64,
+    /// Units per SKU (default: never sells out; Black Friday: flash-sale stock).
+    #[arg(long)]
+    stock: Option<i64>,
+    /// Put the SKUs on sale with no stock: every purchase is a sold-out rejection.
+    #[arg(long)]
+    sold_out: bool,
+    /// Reads are linearizable (default: stale, up to 1 000 entries behind).
+    #[arg(long)]
+    linearizable: bool,
+    /// Black Friday scale divisor (100 = 1/100 of 5M orders and 500M reads).
+    #[arg(long, default_value_t = 100)]
+    scale: u64,
+    /// Service mode: operations per Batch RPC.
+    #[arg(long, default_value_t = 64)]
+    coalesce_ops_max: usize,
+    /// Service mode: Batch RPCs per shard in flight per client.
+    #[arg(long, default_value_t = 8)]
+    coalesce_inflight_max: usize,
+    /// Tokio worker threads of the load generator (the peers' load generator uses 1).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Label in the results (default: derived from the options).
+    #[arg(long)]
+    label: Option<String>,
+    /// Directory for the JSON, Markdown and PNG.
+    #[arg(long, default_value = "target/flashbench")]
+    out_dir: PathBuf,
+    /// Also append the result as one JSON line to this file (for `compare`).
+    #[arg(long)]
+    jsonl: Option<PathBuf>,
+    #[arg(long)]
+    no_progress: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Compare { files } => {
+            print!("{}", compare::table(&files)?);
+            Ok(())
+        }
+        Command::Run(args) => run(args),
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    if args.clients == 0 {
+        anyhow::bail!("--clients must be at least 1");
+    }
+    let label = args.label.clone().unwrap_or_else(|| {
+        let mut label = format!("{:?} {:?}", args.workload, args.mode).to_lowercase();
+        if args.sold_out {
+            label += " sold-out";
+        }
+        if args.workload == workload::WorkloadKind::Reads {
+            label += if args.linearizable { " linearizable" } else { " stale" };
+        }
+        if let Some(rate) = args.rate {
+            label += &format!(" open {rate}/s");
+        }
+        label
+    });
+    let config = driver::RunConfig {
+        seeds: args.seeds.clone(),
+        workload: args.workload,
+        mode: args.mode,
+        clients: args.clients,
+        services: args.services,
+        rate: args.rate,
+        duration: Duration::from_secs(args.secs),
+        warmup: Duration::from_secs(args.warmup_secs),
+        skus: args.skus,
+        zipf_s: args.zipf_s,
+        stock: if args.sold_out { Some(0) } else { args.stock },
+        linearizable_reads: args.linearizable,
+        scale: args.scale,
+        coalesce_ops_max: args.coalesce_ops_max,
+        coalesce_inflight_max: args.coalesce_inflight_max,
+        progress: !args.no_progress,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let measured = runtime.block_on(driver::run(config.clone()))?;
+    let result = report::result_json(&label, &config, &measured, true);
+    let name: String = label
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let markdown = report::write_all(&args.out_dir, &format!("{name}-c{}", args.clients), &label, &result)?;
+    let line = report::result_json(&label, &config, &measured, false);
+    println!("{line}");
+    if let Some(path) = &args.jsonl {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        writeln!(file, "{line}")?;
+    }
+    eprintln!("flashbench: report {}", markdown.display());
+    Ok(())
+}

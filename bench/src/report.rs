@@ -1,0 +1,199 @@
+//! A run's result: the JSON (full, with the per-second timeline), one JSON line in the peers'
+//! format (so `flashbench compare` can put flashledger beside Redis, PostgreSQL and etcd), a
+//! Markdown table, and a PNG of throughput and latency over time.
+
+use std::path::Path;
+
+use anyhow::Context;
+use plotters::prelude::*;
+use serde_json::Value;
+use serde_json::json;
+
+use crate::driver::Measured;
+use crate::driver::RunConfig;
+
+/// The result as one JSON object (`detail` adds the timeline).
+pub fn result_json(label: &str, config: &RunConfig, measured: &Measured, detail: bool) -> Value {
+    let per_second = |count: u64| count as f64 / measured.secs.max(1e-9);
+    let mut value = json!({
+        "system": "flashledger",
+        "label": label,
+        "workload": config.workload,
+        "mode": config.mode,
+        "loop": if config.rate.is_some() { "open" } else { "closed" },
+        "target_rate": config.rate,
+        "clients": config.clients,
+        "services": if config.mode == crate::driver::Mode::Service { config.services } else { 0 },
+        "skus": match config.workload { crate::workload::WorkloadKind::Hot => 1, crate::workload::WorkloadKind::BlackFriday => 1000, _ => config.skus },
+        "secs": measured.secs,
+        "purchases_per_s": per_second(measured.ok_total),
+        "rejections_per_s": per_second(measured.soldout_total),
+        "attempts_per_s": per_second(measured.attempts_total),
+        "p50_us": measured.p50_us,
+        "p99_us": measured.p99_us,
+        "p999_us": measured.p999_us,
+        "max_us": measured.max_us,
+        "mean_us": measured.mean_us,
+        "ok_total": measured.ok_total,
+        "soldout_replies": measured.soldout_total,
+        "other_replies": measured.other_total,
+        "errors": measured.errors,
+        "late_starts": measured.late_total,
+    });
+    if let Some(plan) = measured.plan {
+        value["black_friday"] = json!({
+            "plan": plan,
+            "scale": config.scale,
+            "elapsed_secs": measured.secs,
+            "full_scale_estimate_secs": measured.secs * config.scale as f64,
+        });
+    }
+    if detail {
+        value["timeline"] = json!(measured.timeline);
+    }
+    value
+}
+
+/// Markdown: the headline numbers, then the timeline.
+pub fn markdown(label: &str, result: &Value, png: Option<&str>) -> String {
+    let number = |key: &str| result[key].as_f64().unwrap_or(0.0);
+    let mut text = format!(
+        "# flashbench: {label}\n\n| workload | mode | loop | clients | ok/s | rejections/s | attempts/s | p50 ms | p99 ms | p99.9 ms | max ms | errors |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} |\n",
+        result["workload"].as_str().unwrap_or("?"),
+        result["mode"].as_str().unwrap_or("?"),
+        result["loop"].as_str().unwrap_or("?"),
+        result["clients"],
+        number("purchases_per_s"),
+        number("rejections_per_s"),
+        number("attempts_per_s"),
+        number("p50_us") / 1000.0,
+        number("p99_us") / 1000.0,
+        number("p999_us") / 1000.0,
+        number("max_us") / 1000.0,
+        result["errors"],
+    );
+    if let Some(bf) = result.get("black_friday") {
+        text += &format!(
+            "\nBlack Friday at 1/{}: {} in {:.1} s; the full-scale mix would take {:.1} h at this rate.\n",
+            bf["scale"],
+            bf["plan"],
+            bf["elapsed_secs"].as_f64().unwrap_or(0.0),
+            bf["full_scale_estimate_secs"].as_f64().unwrap_or(0.0) / 3600.0
+        );
+    }
+    if let Some(png) = png {
+        text += &format!("\n![throughput and latency over time]({png})\n");
+    }
+    text += "\n| second | ops | p50 ms | p99 ms |\n|---|---|---|---|\n";
+    for second in result["timeline"].as_array().into_iter().flatten() {
+        text += &format!(
+            "| {} | {} | {:.2} | {:.2} |\n",
+            second["t"],
+            second["ops"],
+            second["p50_us"].as_f64().unwrap_or(0.0) / 1000.0,
+            second["p99_us"].as_f64().unwrap_or(0.0) / 1000.0
+        );
+    }
+    text
+}
+
+/// Font files tried for the PNG's text (plotters draws text only with a font it is given).
+const FONT_PATHS: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "/System/Library/Fonts/Supplemental/Arial.ttf",
+];
+
+fn register_font() -> anyhow::Result<()> {
+    let configured = std::env::var("FLASHBENCH_FONT").ok();
+    let candidates = configured.iter().map(String::as_str).chain(FONT_PATHS.iter().copied());
+    for path in candidates {
+        if let Ok(bytes) = std::fs::read(path) {
+            // plotters keeps fonts for the process's lifetime.
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            if register_font_bytes(bytes).is_ok() {
+                return Ok(());
+            }
+        }
+    }
+    anyhow::bail!("no TrueType font found (set FLASHBENCH_FONT to a .ttf file); tried {FONT_PATHS:?}")
+}
+
+fn register_font_bytes(bytes: &'static [u8]) -> Result<(), ()> {
+    plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).map_err(|_| ())
+}
+
+/// Throughput (top) and p50/p99 latency (bottom) per second.
+pub fn png(path: &Path, label: &str, result: &Value) -> anyhow::Result<()> {
+    register_font()?;
+    let seconds: Vec<(u64, f64, f64, f64)> = result["timeline"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            (
+                s["t"].as_u64().unwrap_or(0),
+                s["ops"].as_f64().unwrap_or(0.0),
+                s["p50_us"].as_f64().unwrap_or(0.0) / 1000.0,
+                s["p99_us"].as_f64().unwrap_or(0.0) / 1000.0,
+            )
+        })
+        .collect();
+    let last = seconds.last().map_or(1, |s| s.0 + 1).max(1);
+    let max_ops = seconds.iter().map(|s| s.1).fold(1.0, f64::max) * 1.1;
+    let max_ms = seconds.iter().map(|s| s.3).fold(1.0, f64::max) * 1.1;
+    let root = BitMapBackend::new(path, (1000, 700)).into_drawing_area();
+    let draw = || -> Result<(), Box<dyn std::error::Error>> {
+        root.fill(&WHITE)?;
+        let (top, bottom) = root.split_vertically(350);
+        let mut chart = ChartBuilder::on(&top)
+            .caption(format!("{label}: operations per second"), ("sans-serif", 20))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0u64..last, 0f64..max_ops)?;
+        chart.configure_mesh().x_desc("second").y_desc("ops/s").draw()?;
+        chart.draw_series(LineSeries::new(seconds.iter().map(|s| (s.0, s.1)), &BLUE))?;
+        let mut chart = ChartBuilder::on(&bottom)
+            .caption("latency (ms)", ("sans-serif", 20))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0u64..last, 0f64..max_ms)?;
+        chart.configure_mesh().x_desc("second").y_desc("ms").draw()?;
+        chart
+            .draw_series(LineSeries::new(seconds.iter().map(|s| (s.0, s.2)), &GREEN))?
+            .label("p50")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN));
+        chart
+            .draw_series(LineSeries::new(seconds.iter().map(|s| (s.0, s.3)), &RED))?
+            .label("p99")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+        chart.configure_series_labels().border_style(BLACK).draw()?;
+        root.present()?;
+        Ok(())
+    };
+    draw().map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))
+}
+
+/// Writes `<dir>/<name>.json`, `.md` and `.png`; returns the Markdown's path.
+pub fn write_all(dir: &Path, name: &str, label: &str, result: &Value) -> anyhow::Result<std::path::PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let json_path = dir.join(format!("{name}.json"));
+    std::fs::write(&json_path, serde_json::to_string_pretty(result)?)
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    let png_name = format!("{name}.png");
+    let png_written = match png(&dir.join(&png_name), label, result) {
+        Ok(()) => Some(png_name.as_str()),
+        Err(error) => {
+            eprintln!("flashbench: no PNG: {error:#}");
+            None
+        }
+    };
+    let md_path = dir.join(format!("{name}.md"));
+    std::fs::write(&md_path, markdown(label, result, png_written))
+        .with_context(|| format!("writing {}", md_path.display()))?;
+    Ok(md_path)
+}

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# flashledger and the systems a shop would use instead, one after another on this machine, with
+# the same client counts, then one table: decisions/s, p50, p99 and flashledger's ratio to each.
+#
+#   scripts/bench-vs-peers.sh                 # CLIENTS="64 256" SECS=10 REPS=1
+#   PEERS="redis" CLIENTS=64 scripts/bench-vs-peers.sh
+#
+# flashledger: the 3 nodes of cluster.toml (each append fdatasynced, a majority before an
+# answer), one hot SKU whose stock never runs out, then a sold-out storm (stock 0), in two
+# client modes: independent buyers (one connection each, one op per RPC) and the realistic
+# deployment (2 service processes' worth of clients, coalescing their callers into Batch RPCs).
+# Peers: ../shared/bench/peers/{redis,postgres,etcd}.sh, called as they are (PEERS_DIR to
+# override); plus Redis answering the same sold-out storm through the peers' load generator.
+# Results: target/bench-vs-peers/<time>/ (JSON lines, per-run Markdown + PNG, table.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CLIENTS="${CLIENTS:-64 256}"
+SECS="${SECS:-10}"
+REPS="${REPS:-1}"
+PEERS="${PEERS:-redis postgres etcd}"
+PEERS_DIR="$(cd "${PEERS_DIR:-../shared/bench/peers}" && pwd)"
+target="${CARGO_TARGET_DIR:-target}"
+results="$target/bench-vs-peers/$(date +%Y%m%d-%H%M%S)"
+mkdir -p "$results/peers"
+results="$(cd "$results" && pwd)"
+
+echo "==> building flashledger and flashbench (release)"
+cargo build --release -p flashledger-ledger --bin ledger -p flashbench
+LEDGER="$target/release/ledger"
+flashbench="$target/release/flashbench"
+
+source scripts/lib/cluster.sh
+trap cluster_stop EXIT INT TERM
+
+echo "==> flashledger"
+cluster_start cluster.toml .flashledger
+bench() { # bench LABEL CLIENTS flashbench-args...
+  local label=$1 clients=$2
+  shift 2
+  for rep in $(seq 1 "$REPS"); do
+    "$flashbench" run --clients "$clients" --secs "$SECS" --label "$label" --no-progress \
+      --out-dir "$results" --jsonl "$results/flashledger.jsonl" "$@"
+  done
+}
+for c in $CLIENTS; do
+  bench "hot independent" "$c" --workload hot --mode independent
+  bench "hot service" "$c" --workload hot --mode service --services 2
+  bench "hot independent sold-out" "$c" --workload hot --mode independent --sold-out
+  bench "hot service sold-out" "$c" --workload hot --mode service --services 2 --sold-out
+done
+cluster_stop
+
+for peer in $PEERS; do
+  echo "==> peer: $peer"
+  RESULTS_DIR="$results/peers" REPS="$REPS" SECS="$SECS" CLIENTS="$CLIENTS" SKUS_LIST=1 \
+    bash "$PEERS_DIR/$peer.sh"
+done
+
+if [[ " $PEERS " == *" redis "* ]]; then
+  echo "==> peer: redis (no AOF) answering a sold-out storm"
+  loadgen="${PEERS_TARGET_DIR:-/tmp/peers-target}/release/loadgen"
+  port=6391
+  redis_dir="$(mktemp -d)"
+  redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no --dir "$redis_dir" \
+    --daemonize no --logfile "$redis_dir/redis.log" &
+  redis_pid=$!
+  for _ in $(seq 1 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+  for c in $CLIENTS; do
+    "$loadgen" redis --addr "127.0.0.1:$port" --clients "$c" --skus 1 --stock 0 --secs "$SECS" \
+      --label "noaof sold-out" | tee -a "$results/peers/redis-sold-out.jsonl"
+  done
+  kill "$redis_pid"; wait "$redis_pid" 2>/dev/null || true
+  rm -rf "$redis_dir"
+fi
+
+echo "==> table"
+"$flashbench" compare "$results/flashledger.jsonl" "$results"/peers/*.jsonl | tee "$results/table.md"
+echo "results in $results"

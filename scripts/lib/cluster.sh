@@ -1,0 +1,73 @@
+# Starting and stopping a local flashledger cluster (the nodes of a cluster.toml as processes on
+# this machine). Sourced by scripts/demo.sh and scripts/bench-vs-peers.sh; not run on its own.
+#
+#   cluster_start CONFIG DATA_ROOT   # fresh data, one `ledger serve` per node, waits for leaders
+#   cluster_stop                     # SIGTERM, then SIGKILL after 10 s; leaves no process behind
+#   cluster_pids                     # the node processes, one per line
+#
+# Needs $LEDGER (the ledger binary). The caller sets `trap cluster_stop EXIT`.
+
+cluster_node_pids=()
+cluster_config=""
+
+cluster_pids() {
+  printf '%s\n' "${cluster_node_pids[@]}"
+}
+
+cluster_stop() {
+  if [ "${#cluster_node_pids[@]}" -gt 0 ]; then
+    echo "==> stopping the cluster"
+    kill -TERM "${cluster_node_pids[@]}" 2>/dev/null || true
+    for _ in $(seq 1 50); do
+      local alive=0 pid
+      for pid in "${cluster_node_pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+      [ "$alive" = 0 ] && break
+      sleep 0.2
+    done
+    kill -KILL "${cluster_node_pids[@]}" 2>/dev/null || true
+    wait "${cluster_node_pids[@]}" 2>/dev/null || true
+    cluster_node_pids=()
+  fi
+}
+
+# Blocks until every shard of the running cluster has a leader (at most 20 s).
+cluster_wait_leaders() {
+  local attempt
+  for attempt in $(seq 1 100); do
+    if "$LEDGER" status --config "$cluster_config" --json 2>/dev/null | python3 -c '
+import json, sys
+nodes = json.load(sys.stdin)["nodes"]
+shards = [s for n in nodes for s in n.get("shards", [])]
+sys.exit(0 if shards and all(n.get("shards") for n in nodes) and all(s["leader"] for s in shards) else 1)
+'; then
+      return 0
+    fi
+    sleep 0.2
+  done
+  echo "error: no leader after 20 s" >&2
+  return 1
+}
+
+cluster_start() {
+  local config="$1" data_root="$2" id addr port
+  cluster_config="$config"
+  local node_ids
+  node_ids=$(grep -E '^\s*id\s*=' "$config" | head -n "$(grep -c '^\[\[nodes\]\]' "$config")" | sed -E 's/[^0-9]//g')
+  for addr in $(grep -E '^\s*addr\s*=' "$config" | sed -E 's/.*"(.*)".*/\1/'); do
+    port="${addr##*:}"
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "error: port $port is already in use (is another cluster running?)" >&2
+      return 1
+    fi
+  done
+  echo "==> starting nodes $(echo $node_ids) from $config (fresh data in $data_root/)"
+  rm -rf "$data_root"
+  mkdir -p "$data_root"
+  for id in $node_ids; do
+    RUST_LOG="${RUST_LOG:-info,openraft=warn}" "$LEDGER" serve --config "$config" --node "$id" \
+      >"$data_root/node$id.log" 2>&1 &
+    cluster_node_pids+=("$!")
+  done
+  echo "==> waiting for every shard to elect a leader"
+  cluster_wait_leaders || { echo "node logs are in $data_root/" >&2; return 1; }
+}
