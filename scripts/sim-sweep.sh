@@ -49,7 +49,8 @@ failed=$(echo "$failed_seeds" | wc -w)
 # Each failed seed: its verdict line, the checkers' findings and the replay command.
 cat "$logs"/*.log | awk '/^seed [0-9]+ / { show = ($3 == "FAIL") } show && /^(seed|  \[|  replay)/' | cut -c1-400
 missing=$(( count - passed - failed ))
+inconclusive=$(cat "$logs"/*.log | grep -c '^seed [0-9]* PASS.*inconclusive' || true)
 per_minute=$(awk -v n="$count" -v s="$elapsed" 'BEGIN { if (s == 0) s = 1; printf "%.1f", n * 60 / s }')
-echo "sweep of $count seeds from $first (${extra[*]:-no extra arguments}): $passed passed, $failed failed, $missing without a verdict; ${elapsed}s, $per_minute seeds/min on $jobs jobs"
+echo "sweep of $count seeds from $first (${extra[*]:-no extra arguments}): $passed passed ($inconclusive with a SKU whose linearizability search ran out of budget), $failed failed, $missing without a verdict; ${elapsed}s, $per_minute seeds/min on $jobs jobs"
 [[ -n "$failed_seeds" ]] && echo "failed seeds: $failed_seeds"
 [[ "$failed" -eq 0 && "$missing" -eq 0 ]]

@@ -97,6 +97,16 @@ impl Default for Fnv {
     }
 }
 
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        Fnv::write(self, bytes)
+    }
+}
+
 impl Fnv {
     pub fn write(&mut self, bytes: &[u8]) {
         for byte in bytes {

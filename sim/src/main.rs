@@ -85,8 +85,16 @@ fn main() {
         }
         if verdict_failures.is_empty() {
             println!(
-                "seed {seed} PASS ({}; {} ops, {} indeterminate; digest {:#018x})",
-                report.shape, report.ops, report.indeterminate_ops, report.trace_digest
+                "seed {seed} PASS ({}; {} ops, {} indeterminate; digest {:#018x}){}",
+                report.shape,
+                report.ops,
+                report.indeterminate_ops,
+                report.trace_digest,
+                if report.inconclusive.is_empty() {
+                    String::new()
+                } else {
+                    format!("; linearizability inconclusive for {:?}", report.inconclusive)
+                }
             );
         } else {
             println!("seed {seed} FAIL ({})", report.shape);

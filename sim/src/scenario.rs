@@ -55,7 +55,7 @@ impl Default for SimOptions {
             buyers: 10,
             coalesced_buyers: 4,
             liveness_bound: Duration::from_secs(20),
-            linearizability_steps_max: 1_000_000,
+            linearizability_steps_max: 4_000_000,
         }
     }
 }
@@ -74,6 +74,8 @@ pub struct SeedReport {
     pub indeterminate_ops: usize,
     pub fault_log: Vec<String>,
     pub notes: Vec<String>,
+    /// SKUs whose linearizability search ran out of budget (neither proven nor refuted).
+    pub inconclusive: Vec<String>,
     /// Every recorded call (for `--history SKU`).
     pub history: crate::history::History,
 }
@@ -126,6 +128,7 @@ pub fn run_seed(seed: u64, options: &SimOptions) -> SeedReport {
                 fault_log: Vec::new(),
                 notes: Vec::new(),
                 history: Default::default(),
+                inconclusive: Vec::new(),
             }
         }
     }
@@ -154,6 +157,7 @@ async fn simulate(seed: u64, options: SimOptions) -> SeedReport {
         fault_log: Vec::new(),
         notes: Vec::new(),
         history: Default::default(),
+        inconclusive: Vec::new(),
     };
     let phase_ms = options.safety_phase.as_millis() as u64;
     let plan = FaultPlan::generate(seed, shape.nodes, shape.shards, phase_ms);
@@ -325,6 +329,7 @@ async fn simulate(seed: u64, options: SimOptions) -> SeedReport {
                 "linearizability: {} skus, {} ops, linearizable except inconclusive {:?}",
                 lin.skus_checked, lin.ops_checked, lin.inconclusive
             ));
+            report.inconclusive = lin.inconclusive;
         }
         Err(error) => report.failures.push(("linearizability".into(), error)),
     }

@@ -9,12 +9,10 @@
 //! answer (timeout, unavailable) may take effect at any point after its invocation — or never,
 //! which is the same as at the very end — so it gets a return at infinity and any answer.
 //!
-//! The sequential model is the ledger's own [`LedgerState`] applying one operation per entry.
-//! That is deliberate: this checker tests replication, leadership, retries and reads — the
-//! distributed part — against the single-copy state machine, whose own semantics are
-//! property-tested against an independent model in `ledger/src/state_machine/model_test.rs`.
-//! Reservations in checked SKUs must not expire during a run (the model's clock does not move);
-//! SKUs whose reservations do expire are left to the other checkers.
+//! The sequential specification is [`crate::check::model`], an independent model of one SKU
+//! (not the ledger's state machine, so a bug there is not also in the yardstick). Reservations
+//! in checked SKUs must not expire during a run (the model has no clock); SKUs whose
+//! reservations do expire are left to the other checkers.
 //!
 //! The search is bounded by a step budget per SKU: a SKU that exhausts it is reported as
 //! inconclusive, never as passing.
@@ -24,16 +22,11 @@ use std::collections::BTreeSet;
 use std::collections::HashSet;
 
 use flashledger_client::Consistency;
-use flashledger_client::Outcome;
-use flashledger_client::WriteOp;
-use ledger::state_machine::command::CommandBody;
-use ledger::state_machine::command::LogCommand;
-use ledger::state_machine::command::Operation;
-use ledger::state_machine::command::Outcome as ModelOutcome;
-use ledger::state_machine::command::SaleRules;
-use ledger::state_machine::state::LedgerState;
-use ledger::state_machine::state::OrderState;
 
+use crate::check::model;
+use crate::check::model::Interner;
+use crate::check::model::ModelOp;
+use crate::check::model::SkuModel;
 use crate::history::Answer;
 use crate::history::Call;
 use crate::history::Counts;
@@ -106,6 +99,17 @@ struct Event {
 }
 
 fn check_sku(ops: &[&Op], steps_max: u64) -> Verdict {
+    let mut interner = Interner::default();
+    let mut model_ops = Vec::with_capacity(ops.len());
+    for op in ops {
+        match &op.call {
+            Call::Read { .. } => model_ops.push(ModelOp::Read),
+            Call::Write(write) => match ModelOp::from_write(write, &mut interner) {
+                Ok(model_op) => model_ops.push(model_op),
+                Err(reason) => return Verdict::Violation(format!("cannot check {}: {reason}", op.describe())),
+            },
+        }
+    }
     let determinate = |op: &Op| !matches!(op.answer, Answer::Indeterminate(_));
     let return_time = |op: &Op| if determinate(op) { op.return_ns } else { u64::MAX };
     // (time, returns after calls at equal times so touching intervals count as concurrent)
@@ -157,7 +161,7 @@ fn check_sku(ops: &[&Op], steps_max: u64) -> Verdict {
     let mut cache: HashSet<(Vec<u64>, u64)> = HashSet::new();
     let first_candidates = candidates(&events, head, ops);
     let mut stack = vec![Frame {
-        state: LedgerState::default(),
+        state: SkuModel::new(interner.order_count()),
         candidates: first_candidates,
         next: 0,
         lifted: NONE,
@@ -194,7 +198,7 @@ fn check_sku(ops: &[&Op], steps_max: u64) -> Verdict {
             return Verdict::Inconclusive;
         }
         let op = events[call].op;
-        let Some(next_state) = step(&frame.state, ops[op]) else {
+        let Some(next_state) = step(&frame.state, ops[op], model_ops[op]) else {
             continue;
         };
         linearized[op / 64] |= 1 << (op % 64);
@@ -218,7 +222,7 @@ fn check_sku(ops: &[&Op], steps_max: u64) -> Verdict {
 }
 
 struct Frame {
-    state: LedgerState,
+    state: SkuModel,
     /// Call events that may be linearized next, in the order to try them.
     candidates: Vec<usize>,
     next: usize,
@@ -272,49 +276,17 @@ fn unlift(events: &mut [Event], call: usize) {
     }
 }
 
-/// A hash of everything in a model state that can change a later answer (no allocation: it
-/// runs once per search step).
-fn state_hash(state: &LedgerState) -> u64 {
+fn state_hash(state: &SkuModel) -> u64 {
     let mut hasher = crate::history::Fnv::default();
-    for (sku, record) in &state.skus {
-        hasher.write(sku);
-        for value in [record.total, record.available, record.reserved, record.sold] {
-            hasher.write(&value.to_le_bytes());
-        }
-    }
-    for (order_id, order) in &state.orders {
-        hasher.write(order_id.as_bytes());
-        hasher.write(&order.qty.to_le_bytes());
-        let tag: u8 = match order.state {
-            OrderState::Reserved { .. } => 1,
-            OrderState::Confirmed { .. } => 2,
-            OrderState::Released => 3,
-            OrderState::Expired => 4,
-            OrderState::Rejected { .. } => 5,
-        };
-        hasher.write(&[tag]);
-        // A replay answers the first outcome, which may differ between otherwise equal states.
-        let (code, a, b) = match &order.first_outcome {
-            ModelOutcome::SoldOut { available } => (1u8, *available, 0),
-            ModelOutcome::LimitExceeded { held, limit } => (2, *held, *limit),
-            ModelOutcome::Reserved { expires_at_ms } => (3, *expires_at_ms, 0),
-            ModelOutcome::Confirmed => (4, 0, 0),
-            ModelOutcome::SaleClosed => (5, 0, 0),
-            ModelOutcome::UnknownSku => (6, 0, 0),
-            _ => (7, 0, 0),
-        };
-        hasher.write(&[code]);
-        hasher.write(&a.to_le_bytes());
-        hasher.write(&b.to_le_bytes());
-    }
+    std::hash::Hash::hash(state, &mut hasher);
     hasher.0
 }
 
 /// The model's next state if `op` can take effect in `state` with the answer it got.
-fn step(state: &LedgerState, op: &Op) -> Option<LedgerState> {
-    match (&op.call, &op.answer) {
-        (Call::Read { sku, .. }, Answer::Stock(counts)) => {
-            let model = state.stock(sku).map(|c| Counts {
+fn step(state: &SkuModel, op: &Op, model_op: ModelOp) -> Option<SkuModel> {
+    match &op.answer {
+        Answer::Stock(counts) => {
+            let model = state.counts.map(|c| Counts {
                 total: c.total as i64,
                 available: c.available as i64,
                 reserved: c.reserved as i64,
@@ -322,25 +294,23 @@ fn step(state: &LedgerState, op: &Op) -> Option<LedgerState> {
             });
             (model == *counts).then(|| state.clone())
         }
-        (Call::Write(write), answer) => {
+        answer => {
             let mut next = state.clone();
-            let command = LogCommand {
-                timestamp_ms: 0,
-                body: CommandBody::Batch(vec![to_model(write)]),
-            };
-            let (outcomes, _) = next.apply(1, &command).ok()?;
+            let model_answer: Option<model::Answer> = next.apply(model_op);
             let matches = match answer {
-                Answer::Outcome(observed) => outcomes.first().is_some_and(|model| same_outcome(observed, model)),
+                Answer::Outcome(observed) => model_answer.is_some_and(|a| a.matches(observed)),
                 _ => true,
             };
             matches.then_some(next)
         }
-        _ => None,
     }
 }
 
-/// The client's operation as the state machine's.
-pub fn to_model(op: &WriteOp) -> Operation {
+/// The ledger's form of a client write (for the model's own cross-check against the ledger).
+#[cfg(test)]
+pub(crate) fn to_ledger_operation(op: &flashledger_client::WriteOp) -> ledger::state_machine::command::Operation {
+    use flashledger_client::WriteOp;
+    use ledger::state_machine::command::Operation;
     let unsigned = |value: i64| u64::try_from(value).unwrap_or(u64::MAX);
     match op.clone() {
         WriteOp::Reserve {
@@ -369,47 +339,49 @@ pub fn to_model(op: &WriteOp) -> Operation {
             user,
             order_id,
         },
-        WriteOp::PutSku { sku, total, rules } => Operation::PutSku {
+        WriteOp::PutSku { sku, total, .. } => Operation::PutSku {
             sku,
             total: unsigned(total),
-            rules: SaleRules {
-                start_ms: rules.start_ms.map_or(0, unsigned),
-                end_ms: rules.end_ms.map_or(0, unsigned),
-                per_user_limit: rules.per_user_limit.map_or(0, unsigned),
-                default_ttl_ms: rules.default_ttl.map_or(0, |ttl| ttl.as_millis() as u64),
-            },
+            rules: Default::default(),
         },
         WriteOp::Restock { sku, delta } => Operation::Restock { sku, delta },
     }
 }
 
-/// Whether the answer a client saw is the one the model gives. Reservation expiry times and
-/// free-text explanations are not compared (the model's clock is not the leader's).
-pub fn same_outcome(observed: &Outcome, model: &ModelOutcome) -> bool {
-    match (observed, model) {
-        (Outcome::Reserved { .. }, ModelOutcome::Reserved { .. })
-        | (Outcome::Confirmed, ModelOutcome::Confirmed)
-        | (Outcome::Released, ModelOutcome::Released)
-        | (Outcome::Ok, ModelOutcome::Ok)
-        | (Outcome::SaleClosed, ModelOutcome::SaleClosed)
-        | (Outcome::UnknownSku, ModelOutcome::UnknownSku)
-        | (Outcome::NotFound, ModelOutcome::NotFound)
-        | (Outcome::Expired, ModelOutcome::Expired)
-        | (Outcome::AlreadyConfirmed, ModelOutcome::AlreadyConfirmed)
-        | (Outcome::OrderIdReused { .. }, ModelOutcome::OrderIdReused)
-        | (Outcome::Rejected { .. }, ModelOutcome::Rejected { .. }) => true,
-        (Outcome::SoldOut { available }, ModelOutcome::SoldOut { available: model }) => {
-            u64::try_from(*available).is_ok_and(|a| a == *model)
-        }
-        (Outcome::LimitExceeded { held, limit }, ModelOutcome::LimitExceeded { held: h, limit: l }) => {
-            u64::try_from(*held).is_ok_and(|a| a == *h) && u64::try_from(*limit).is_ok_and(|a| a == *l)
-        }
-        _ => false,
+/// The ledger's outcome as the client would have received it (for the same cross-check).
+#[cfg(test)]
+pub(crate) fn client_outcome(outcome: &ledger::state_machine::command::Outcome) -> flashledger_client::Outcome {
+    use flashledger_client::Outcome;
+    use ledger::state_machine::command::Outcome as Ledger;
+    match outcome {
+        Ledger::Reserved { expires_at_ms } => Outcome::Reserved {
+            expires_at_ms: *expires_at_ms as i64,
+        },
+        Ledger::Confirmed => Outcome::Confirmed,
+        Ledger::Released => Outcome::Released,
+        Ledger::Ok => Outcome::Ok,
+        Ledger::SoldOut { available } => Outcome::SoldOut {
+            available: *available as i64,
+        },
+        Ledger::LimitExceeded { held, limit } => Outcome::LimitExceeded {
+            held: *held as i64,
+            limit: *limit as i64,
+        },
+        Ledger::SaleClosed => Outcome::SaleClosed,
+        Ledger::UnknownSku => Outcome::UnknownSku,
+        Ledger::NotFound => Outcome::NotFound,
+        Ledger::Expired => Outcome::Expired,
+        Ledger::AlreadyConfirmed => Outcome::AlreadyConfirmed,
+        Ledger::OrderIdReused => Outcome::OrderIdReused { detail: String::new() },
+        Ledger::Rejected { reason } => Outcome::Rejected { detail: reason.clone() },
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use flashledger_client::Outcome;
+    use flashledger_client::WriteOp;
+
     use super::*;
 
     fn op(client: usize, invoke: u64, ret: u64, call: Call, answer: Answer) -> Op {

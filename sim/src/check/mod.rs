@@ -6,4 +6,5 @@ pub mod exactly_once;
 pub mod invariant;
 pub mod linearizability;
 pub mod lost_writes;
+pub mod model;
 pub mod replicas;
