@@ -44,7 +44,7 @@ seq "$first" "$chunk" $((first + count - 1)) | xargs -P "$jobs" -I{} sh -c '
 elapsed=$(( $(date +%s) - started ))
 
 passed=$(cat "$logs"/*.log | grep -c '^seed [0-9]* PASS' || true)
-failed_seeds=$(cat "$logs"/*.log | grep '^seed [0-9]* FAIL' | awk '{print $2}' | sort -n | tr '\n' ' ')
+failed_seeds=$(cat "$logs"/*.log | { grep '^seed [0-9]* FAIL' || true; } | awk '{print $2}' | sort -n | tr '\n' ' ')
 failed=$(echo "$failed_seeds" | wc -w)
 # Each failed seed: its verdict line, the checkers' findings and the replay command.
 cat "$logs"/*.log | awk '/^seed [0-9]+ / { show = ($3 == "FAIL") } show && /^(seed|  \[|  replay)/' | cut -c1-400

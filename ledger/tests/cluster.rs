@@ -8,6 +8,7 @@ mod common;
 use common::TestCluster;
 use common::purchase;
 use ledger::node::ReadConsistency;
+use ledger::state_machine::command::Operation;
 use ledger::state_machine::command::Outcome;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,5 +249,45 @@ async fn a_coalescing_client_shares_log_entries_and_keeps_answers_apart() {
         "{} entries for 200 purchases",
         log_after - log_before
     );
+    cluster.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sold_out_storm_is_answered_without_log_entries_and_a_retry_is_decided_afresh() {
+    let cluster = TestCluster::start(3, |_| {}).await;
+    cluster.put_sku("apple", 1).await;
+    let (bought, _) = cluster.write(vec![purchase("apple", "u0", "first")]).await;
+    assert_eq!(bought, vec![Outcome::Confirmed]);
+    let leader = cluster.leader(1).await;
+    let log_before = cluster.last_log_index(leader, 1);
+
+    tracing::info!("--- 100 purchases of an empty SKU, from the leader");
+    for n in 0..100 {
+        let (answer, _) = cluster.write(vec![purchase("apple", "u1", &format!("late{n}"))]).await;
+        assert_eq!(answer, vec![Outcome::SoldOut { available: 0 }]);
+    }
+    assert_eq!(
+        cluster.last_log_index(leader, 1),
+        log_before,
+        "a sold-out answer must not cost a log entry"
+    );
+
+    tracing::info!("--- after a restock the same order id is decided afresh; a replay of a sale is not");
+    cluster
+        .write(vec![Operation::Restock {
+            sku: b"apple".to_vec(),
+            delta: 1,
+        }])
+        .await;
+    let (retry, _) = cluster.write(vec![purchase("apple", "u1", "late0")]).await;
+    assert_eq!(retry, vec![Outcome::Confirmed]);
+    let (replay, _) = cluster.write(vec![purchase("apple", "u0", "first")]).await;
+    assert_eq!(
+        replay,
+        vec![Outcome::Confirmed],
+        "a replayed sale answers its first answer"
+    );
+    let stock = cluster.linearizable_stock("apple").await;
+    assert_eq!((stock.total, stock.available, stock.sold), (2, 0, 2));
     cluster.stop_all().await;
 }

@@ -289,12 +289,51 @@ impl Node {
                 requested: route_epoch,
             });
         }
+        if let Some(answered) = self.answer_sold_out_from_lease(shard, &operations).await {
+            return Ok(answered);
+        }
         let command = LogCommand {
             timestamp_ms: now_ms(),
             body: CommandBody::Batch(operations),
         };
         let response = self.propose(shard, command).await?;
         Ok((response.0, response.1))
+    }
+
+    /// A sold-out storm without a log entry per rejection. When every operation is a reserve or
+    /// purchase of a new order id that its SKU cannot cover, the leader confirms its leadership
+    /// from its lease (no consensus round while a quorum acknowledged it recently), waits until
+    /// it has applied everything committed before, and answers `SoldOut` from that state: the
+    /// answer the log would have given at that point, and since a sold-out answer records nothing
+    /// (`LedgerState::take`), skipping the log changes nothing else. `None`: use the log.
+    async fn answer_sold_out_from_lease(
+        &self,
+        shard: &ShardReplica,
+        operations: &[Operation],
+    ) -> Option<(Vec<Outcome>, u64)> {
+        if !shard.raft.is_leader() {
+            return None;
+        }
+        let answer = |image: &crate::applied::ShardImage| {
+            let outcomes = operations
+                .iter()
+                .map(|operation| sold_out_answer(&image.ledger, operation))
+                .collect::<Option<Vec<Outcome>>>()?;
+            Some((outcomes, image.meta.applied.map_or(0, |log_id| log_id.index)))
+        };
+        // Most requests of a storm are for a SKU already known to be empty; others skip the wait.
+        shard.view.read(answer)?;
+        #[cfg(madsim)]
+        if crate::simulation::planted(crate::simulation::PlantedBug::StaleLeaderRead) {
+            return shard.view.read(answer);
+        }
+        let timeout = Duration::from_millis(self.config.server.request_timeout_ms);
+        let option = LinearizerOption::new(None, true).with_wait_timeout(timeout);
+        match tokio::time::timeout(timeout, shard.raft.ensure_linearizable(option)).await {
+            Ok(Ok(_read_log_id)) => shard.view.read(answer),
+            // Not (or no longer) the leader, or no quorum: the log path gives the right error.
+            _ => None,
+        }
     }
 
     fn shard_for_operations(&self, operations: &[Operation]) -> Result<&Arc<ShardReplica>, NodeError> {
@@ -501,6 +540,29 @@ impl Node {
             })
             .collect()
     }
+}
+
+/// `SoldOut` if `operation` is a valid reserve/purchase of a new order id whose SKU has fewer
+/// units than asked and no rule decided earlier in `LedgerState::decide_take` applies (sale
+/// window, per-user limit); `None` for anything else.
+fn sold_out_answer(ledger: &crate::state_machine::state::LedgerState, operation: &Operation) -> Option<Outcome> {
+    let (sku, qty, order_id) = match operation {
+        Operation::Reserve { sku, qty, order_id, .. } | Operation::Purchase { sku, qty, order_id, .. } => {
+            (sku, *qty, order_id)
+        }
+        _ => return None,
+    };
+    if crate::state_machine::state::operation_defect(operation).is_some() || ledger.orders.contains_key(order_id) {
+        return None;
+    }
+    let record = ledger.skus.get(sku)?;
+    let rules = &record.rules;
+    if rules.start_ms != 0 || rules.end_ms != 0 || rules.per_user_limit != 0 || record.available >= qty {
+        return None;
+    }
+    Some(Outcome::SoldOut {
+        available: record.available,
+    })
 }
 
 fn role_name(state: ServerState) -> &'static str {

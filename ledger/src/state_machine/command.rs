@@ -121,6 +121,8 @@ pub enum Outcome {
     Confirmed,
     Released,
     Ok,
+    /// Fewer units are available than asked for. Unlike every other answer this one is not
+    /// recorded: the order id stays unused (see `LedgerState::take`).
     SoldOut {
         available: u64,
     },

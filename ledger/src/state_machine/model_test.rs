@@ -239,6 +239,9 @@ impl Model {
                 }
             }
         };
+        if matches!(outcome, Outcome::SoldOut { .. }) {
+            return outcome;
+        }
         let state = match &outcome {
             Outcome::Confirmed => ModelState::Confirmed,
             Outcome::Reserved { expires_at_ms } => ModelState::Reserved(*expires_at_ms),
@@ -426,50 +429,63 @@ fn invariant_violation_is_reported_not_continued() {
 }
 
 #[test]
-fn a_rejected_order_id_answers_its_first_rejection() {
+fn a_sold_out_answer_records_nothing_while_other_rejections_stick() {
     let mut ledger = LedgerState::default();
     let ops = |ops: Vec<Operation>, t: u64| LogCommand {
         timestamp_ms: t,
         body: CommandBody::Batch(ops),
     };
-    let buy = Operation::Purchase {
-        sku: b"x".to_vec(),
+    let buy = |sku: &[u8], order_id: &str| Operation::Purchase {
+        sku: sku.to_vec(),
         qty: 2,
         user: "u".into(),
-        order_id: "o1".into(),
+        order_id: order_id.into(),
+    };
+    let put = |sku: &[u8], total: u64, per_user_limit: u64| Operation::PutSku {
+        sku: sku.to_vec(),
+        total,
+        rules: SaleRules {
+            per_user_limit,
+            ..SaleRules::default()
+        },
     };
     ledger
-        .apply(
-            1,
-            &ops(
-                vec![Operation::PutSku {
-                    sku: b"x".to_vec(),
-                    total: 1,
-                    rules: SaleRules::default(),
-                }],
-                10,
-            ),
-        )
+        .apply(1, &ops(vec![put(b"x", 1, 0), put(b"y", 10, 1)], 10))
         .expect("applies");
-    let (first, _) = ledger.apply(2, &ops(vec![buy.clone()], 11)).expect("applies");
-    assert_eq!(first, vec![Outcome::SoldOut { available: 1 }]);
+    let (first, _) = ledger
+        .apply(2, &ops(vec![buy(b"x", "o1"), buy(b"y", "o2")], 11))
+        .expect("applies");
+    assert_eq!(
+        first,
+        vec![
+            Outcome::SoldOut { available: 1 },
+            Outcome::LimitExceeded { held: 0, limit: 1 }
+        ]
+    );
+    assert!(!ledger.orders.contains_key("o1"), "a sold-out answer records no order");
     ledger
         .apply(
             3,
             &ops(
-                vec![Operation::Restock {
-                    sku: b"x".to_vec(),
-                    delta: 5,
-                }],
+                vec![
+                    Operation::Restock {
+                        sku: b"x".to_vec(),
+                        delta: 5,
+                    },
+                    put(b"y", 10, 0),
+                ],
                 12,
             ),
         )
         .expect("applies");
-    let (replay, _) = ledger.apply(4, &ops(vec![buy], 13)).expect("applies");
+    let (retry, _) = ledger
+        .apply(4, &ops(vec![buy(b"x", "o1"), buy(b"y", "o2")], 13))
+        .expect("applies");
     assert_eq!(
-        replay,
-        vec![Outcome::SoldOut { available: 1 }],
-        "a retry must not turn a rejection into a sale"
+        retry,
+        vec![Outcome::Confirmed, Outcome::LimitExceeded { held: 0, limit: 1 }],
+        "sold out is decided afresh; any other rejection replays its first answer"
     );
-    assert_eq!(ledger.stock(b"x").expect("sku").sold, 0);
+    assert_eq!(ledger.stock(b"x").expect("sku").sold, 2);
+    assert_eq!(ledger.stock(b"y").expect("sku").sold, 0);
 }

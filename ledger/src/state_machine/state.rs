@@ -291,6 +291,11 @@ impl LedgerState {
         let now = self.clock_ms;
         let decision = self.decide_take(sku, qty, user, ttl_ms);
         let (state, outcome) = match decision {
+            // A sold-out answer holds nothing and records nothing: the order id stays unused and
+            // a later request with it is decided afresh. That is what lets the leader answer a
+            // sold-out storm from its lease without a log entry per rejection (node::write) and
+            // still give the same answers as this log path.
+            Err(sold_out @ Outcome::SoldOut { .. }) => return Ok(sold_out),
             Err(rejection) => (OrderState::Rejected { at_ms: now }, rejection),
             Ok(expires_at_ms) => {
                 let record = self.skus.get_mut(sku).ok_or_else(|| missing_sku(log_index, sku))?;
@@ -631,7 +636,7 @@ impl LedgerState {
 }
 
 /// Defects the gRPC layer should have caught; the state machine refuses them as data.
-fn operation_defect(operation: &Operation) -> Option<String> {
+pub(crate) fn operation_defect(operation: &Operation) -> Option<String> {
     let check = || -> Result<(), limits::InvalidField> {
         limits::check_sku(operation.sku())?;
         match operation {

@@ -167,8 +167,12 @@ impl TestCluster {
             let leader = self.leader(shard).await;
             match self.node(leader).write(operations.clone(), 0).await {
                 Ok(answer) => return answer,
-                Err(NodeError::NotLeader { .. } | NodeError::Timeout { .. } | NodeError::Unavailable { .. })
-                    if tokio::time::Instant::now() < deadline => {}
+                Err(
+                    NodeError::NotLeader { .. }
+                    | NodeError::Timeout { .. }
+                    | NodeError::Unavailable { .. }
+                    | NodeError::OutcomeUnknown { .. },
+                ) if tokio::time::Instant::now() < deadline => {}
                 Err(error) => panic!("write failed: {error}"),
             }
         }
@@ -198,8 +202,12 @@ impl TestCluster {
                 .await
             {
                 Ok((counts, _)) => return counts,
-                Err(NodeError::NotLeader { .. } | NodeError::Timeout { .. } | NodeError::Unavailable { .. })
-                    if tokio::time::Instant::now() < deadline => {}
+                Err(
+                    NodeError::NotLeader { .. }
+                    | NodeError::Timeout { .. }
+                    | NodeError::Unavailable { .. }
+                    | NodeError::OutcomeUnknown { .. },
+                ) if tokio::time::Instant::now() < deadline => {}
                 Err(error) => panic!("linearizable read failed: {error}"),
             }
         }

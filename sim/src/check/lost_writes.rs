@@ -37,9 +37,6 @@ pub fn check(history: &History, ledgers: &[&LedgerState]) -> Result<usize, Strin
             (WriteOp::Cancel { order_id, .. }, Outcome::Released) => {
                 !matches!(state(order_id), Some(OrderState::Released))
             }
-            (WriteOp::Reserve { order_id, .. } | WriteOp::Purchase { order_id, .. }, Outcome::SoldOut { .. }) => {
-                !matches!(state(order_id), Some(OrderState::Rejected { .. }))
-            }
             (WriteOp::PutSku { sku, .. }, Outcome::Ok) => !sku_exists(sku),
             _ => continue,
         };

@@ -7,7 +7,7 @@
 //! outlive the run). [`ModelOp::from_write`] refuses anything else, so the checker never judges a
 //! history against semantics it does not model. Like the ledger, repeating a reserve or purchase
 //! with the same `order_id` answers the first answer, and a different request under a used
-//! `order_id` answers `OrderIdReused`.
+//! `order_id` answers `OrderIdReused` — except after `SoldOut`, which records nothing.
 
 use flashledger_client::Outcome;
 use flashledger_client::WriteOp;
@@ -237,12 +237,12 @@ impl SkuModel {
                 }
                 let (state, answer) = match &mut self.counts {
                     None => (State::Rejected, Answer::UnknownSku),
-                    Some(counts) if counts.available < qty => (
-                        State::Rejected,
-                        Answer::SoldOut {
+                    // Sold out records nothing: the order id stays unused.
+                    Some(counts) if counts.available < qty => {
+                        return Some(Answer::SoldOut {
                             available: counts.available,
-                        },
-                    ),
+                        });
+                    }
                     Some(counts) => {
                         counts.available -= qty;
                         if kind_purchase {
