@@ -65,6 +65,11 @@ pub struct RunConfig {
     pub coalesce_ops_max: usize,
     pub coalesce_inflight_max: usize,
     pub progress: bool,
+    /// Keep the wall-clock time (ms since the Unix epoch) of every successful answer, for
+    /// measuring how long writes stop during a failover.
+    pub log_successes: bool,
+    /// Stop after this many operations instead of after `duration` (hot, zipf, reads).
+    pub ops_max: Option<u64>,
 }
 
 /// How one operation ended.
@@ -97,6 +102,9 @@ pub struct Measured {
     pub timeline: Vec<Second>,
     /// Black Friday: the plan and how long it took.
     pub plan: Option<BlackFridayPlan>,
+    /// Unix ms of every successful answer (only with `log_successes`).
+    #[serde(skip)]
+    pub successes: Vec<u64>,
 }
 
 /// One second of the measurement window.
@@ -113,6 +121,8 @@ struct Recorder {
     all: Histogram<u64>,
     per_second: Vec<(u64, Histogram<u64>)>,
     counts: [u64; 4],
+    /// Unix ms of each success, when asked for.
+    successes: Option<Vec<u64>>,
 }
 
 impl Recorder {
@@ -137,7 +147,17 @@ impl Recorder {
             Result_::Error => 3,
         };
         self.counts[index] += 1;
+        if let (Some(successes), Result_::Ok) = (&mut self.successes, result) {
+            successes.push(unix_ms());
+        }
     }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn histogram() -> Histogram<u64> {
@@ -212,8 +232,12 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Measured> {
     }
 
     let start = Instant::now();
-    // A finite plan (Black Friday) is measured whole, from its first operation.
-    let warmup = if plan.is_some() { Duration::ZERO } else { config.warmup };
+    // A finite plan (Black Friday, an operation count) is measured whole, from its first operation.
+    let warmup = if plan.is_some() || config.ops_max.is_some() {
+        Duration::ZERO
+    } else {
+        config.warmup
+    };
     let measure_from = start + warmup;
     let deadline = measure_from + config.duration;
     let recorder = Arc::new(Mutex::new(Recorder {
@@ -221,6 +245,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Measured> {
         all: histogram(),
         per_second: Vec::new(),
         counts: [0; 4],
+        successes: config.log_successes.then(Vec::new),
     }));
     let zipf = Arc::new(Zipf::new(sku_count, config.zipf_s));
     let next_index = Arc::new(AtomicU64::new(0));
@@ -243,7 +268,10 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Measured> {
         linearizable_reads: config.linearizable_reads,
         run_id,
         next_index: next_index.clone(),
+        ops_max: config.ops_max,
     });
+    // A run with an operation count, like Black Friday, is measured whole.
+    let finite = plan.is_some() || config.ops_max.is_some();
     match config.rate {
         None => {
             let mut callers = Vec::new();
@@ -255,7 +283,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Measured> {
                     let mut sequence = 0u64;
                     while let Some(action) = context.next_action(&mut rng) {
                         let started = Instant::now();
-                        if plan.is_none() && started >= deadline {
+                        if !finite && started >= deadline {
                             break;
                         }
                         sequence += 1;
@@ -275,7 +303,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Measured> {
             let mut tasks = tokio::task::JoinSet::new();
             for k in 0u64.. {
                 let scheduled = start + Duration::from_nanos(k.saturating_mul(interval_ns));
-                if plan.is_none() && scheduled >= deadline {
+                if !finite && scheduled >= deadline {
                     break;
                 }
                 let Some(action) = context.next_action(&mut rng) else {
@@ -308,7 +336,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Measured> {
     }
     let finished = Instant::now();
     let recorder = lock(&recorder);
-    let secs = if plan.is_some() {
+    let secs = if finite {
         finished.duration_since(measure_from.min(finished)).as_secs_f64()
     } else {
         config.duration.as_secs_f64()
@@ -346,6 +374,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Measured> {
             })
             .collect(),
         plan,
+        successes: recorder.successes.clone().unwrap_or_default(),
     })
 }
 
@@ -362,6 +391,7 @@ struct Context_ {
     linearizable_reads: bool,
     run_id: u64,
     next_index: Arc<AtomicU64>,
+    ops_max: Option<u64>,
 }
 
 impl Context_ {
@@ -371,6 +401,11 @@ impl Context_ {
         if let Some(plan) = &self.plan {
             let index = self.next_index.fetch_add(1, Ordering::Relaxed);
             return (index < plan.total()).then(|| plan.action(index, rng, &self.zipf));
+        }
+        if let Some(ops_max) = self.ops_max
+            && self.next_index.fetch_add(1, Ordering::Relaxed) >= ops_max
+        {
+            return None;
         }
         let user = rng.gen_range(0..1_000_000u64);
         Some(match self.workload {

@@ -105,6 +105,13 @@ struct RunArgs {
     jsonl: Option<PathBuf>,
     #[arg(long)]
     no_progress: bool,
+    /// Write the Unix-ms time of every successful answer to this file, one per line (failover
+    /// measurements: the gap after a leader is killed).
+    #[arg(long)]
+    success_log: Option<PathBuf>,
+    /// Stop after this many operations (instead of --secs); the run is measured whole.
+    #[arg(long)]
+    ops: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -151,6 +158,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         coalesce_ops_max: args.coalesce_ops_max,
         coalesce_inflight_max: args.coalesce_inflight_max,
         progress: !args.no_progress,
+        log_successes: args.success_log.is_some(),
+        ops_max: args.ops,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))
@@ -158,6 +167,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     let measured = runtime.block_on(driver::run(config.clone()))?;
+    if let Some(path) = &args.success_log {
+        let lines: String = measured.successes.iter().map(|ms| format!("{ms}\n")).collect();
+        std::fs::write(path, lines).with_context(|| format!("writing {}", path.display()))?;
+    }
     let result = report::result_json(&label, &config, &measured, true);
     let name: String = label
         .chars()

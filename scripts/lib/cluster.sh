@@ -4,11 +4,13 @@
 #   cluster_start CONFIG DATA_ROOT   # fresh data, one `ledger serve` per node, waits for leaders
 #   cluster_stop                     # SIGTERM, then SIGKILL after 10 s; leaves no process behind
 #   cluster_pids                     # the node processes, one per line
+#   cluster_kill_node ID / cluster_start_node ID   # SIGKILL one node / start it on its data
 #
 # Needs $LEDGER (the ledger binary). The caller sets `trap cluster_stop EXIT`.
 
 cluster_node_pids=()
 cluster_config=""
+cluster_data_root=""
 
 cluster_pids() {
   printf '%s\n' "${cluster_node_pids[@]}"
@@ -48,9 +50,31 @@ sys.exit(0 if shards and all(n.get("shards") for n in nodes) and all(s["leader"]
   return 1
 }
 
+# The node process of node ID (nodes are started in config order, ids 1..N).
+cluster_pid_of() {
+  echo "${cluster_node_pids[$(($1 - 1))]}"
+}
+
+# Power-fails node ID (SIGKILL).
+cluster_kill_node() {
+  local pid
+  pid=$(cluster_pid_of "$1")
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+# Starts node ID again on its existing data.
+cluster_start_node() {
+  local id=$1
+  RUST_LOG="${RUST_LOG:-info,openraft=warn}" "$LEDGER" serve --config "$cluster_config" --node "$id" \
+    >>"$cluster_data_root/node$id.log" 2>&1 &
+  cluster_node_pids[$((id - 1))]=$!
+}
+
 cluster_start() {
   local config="$1" data_root="$2" id addr port
   cluster_config="$config"
+  cluster_data_root="$data_root"
   local node_ids
   node_ids=$(grep -E '^\s*id\s*=' "$config" | head -n "$(grep -c '^\[\[nodes\]\]' "$config")" | sed -E 's/[^0-9]//g')
   for addr in $(grep -E '^\s*addr\s*=' "$config" | sed -E 's/.*"(.*)".*/\1/'); do

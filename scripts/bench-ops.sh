@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# The operational figures of the performance issue, on the 3-node cluster of cluster.toml:
+#   1. the Black Friday mix at 1/SCALE (default 1/100) end to end, and the full-scale estimate;
+#   2. RSS per node after ORDERS confirmed orders (default 5 000 000), and how long a node
+#      holding them takes to restart (SIGKILL, start, caught up with the leader);
+#   3. failover: the leader of shard 1 SIGKILLed under load, time to the next successful
+#      write; KILLS times (default 5), median.
+# Results (JSON lines, Markdown, PNG, summary.md) go to target/bench-ops/<time>/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SCALE="${SCALE:-100}"
+ORDERS="${ORDERS:-5000000}"
+KILLS="${KILLS:-5}"
+CLIENTS="${CLIENTS:-256}"
+target="${CARGO_TARGET_DIR:-target}"
+results="$target/bench-ops/$(date +%Y%m%d-%H%M%S)"
+mkdir -p "$results"
+results="$(cd "$results" && pwd)"
+summary="$results/summary.md"
+
+echo "==> building flashledger and flashbench (release)"
+cargo build --release -p flashledger-ledger --bin ledger -p flashbench
+LEDGER="$target/release/ledger"
+flashbench="$target/release/flashbench"
+source scripts/lib/cluster.sh
+trap cluster_stop EXIT INT TERM
+cluster_start cluster.toml .flashledger
+
+status_json() { "$LEDGER" status --config cluster.toml --json 2>/dev/null; }
+leader_of_shard1() {
+  status_json | python3 -c '
+import json, sys
+for node in json.load(sys.stdin)["nodes"]:
+    for shard in node.get("shards", []):
+        if shard["shard_id"] == 1 and shard["role"] == "leader":
+            print(node["node_id"]); sys.exit(0)
+sys.exit(1)'
+}
+
+echo "==> 1. Black Friday at 1/$SCALE"
+"$flashbench" run --workload black-friday --scale "$SCALE" --mode service --services 2 --clients "$CLIENTS" \
+  --label "black-friday 1/$SCALE" --no-progress --out-dir "$results" --jsonl "$results/ops.jsonl" | tail -n 1
+python3 - "$results/ops.jsonl" >>"$summary" <<'PY'
+import json, sys
+r = [json.loads(l) for l in open(sys.argv[1])][-1]
+bf = r["black_friday"]
+plan = bf["plan"]
+print(f"Black Friday at 1/{bf['scale']}: {plan['orders']} orders + {plan['reads']} reads by {plan['users']} users, "
+      f"{plan['burst_orders']} orders as the opening burst: {bf['elapsed_secs']:.1f} s "
+      f"({r['attempts_per_s']:.0f} ops/s, p50 {r['p50_us']/1000:.2f} ms, p99 {r['p99_us']/1000:.2f} ms, "
+      f"{r['errors']} errors); the full-scale mix would take {bf['full_scale_estimate_secs']/3600:.2f} h at this rate.")
+PY
+
+echo "==> 2. $ORDERS orders, then RSS per node and a restart"
+"$flashbench" run --workload zipf --skus 1000 --ops "$ORDERS" --mode service --services 2 --clients "$CLIENTS" \
+  --label "load $ORDERS orders" --no-progress --out-dir "$results" --jsonl "$results/ops.jsonl" | tail -n 1
+sleep 2
+{
+  echo
+  echo "RSS after $ORDERS orders (zipf over 1 000 SKUs, all confirmed):"
+  for id in 1 2 3; do
+    echo "- node $id: $(awk '/VmRSS/ { printf "%.0f MiB", $2 / 1024 }' "/proc/$(cluster_pid_of "$id")/status")"
+  done
+  echo "- data directories: $(du -sh .flashledger | cut -f1)"
+} >>"$summary"
+leader=$(leader_of_shard1)
+victim=$(( leader % 3 + 1 ))
+cluster_kill_node "$victim"
+started=$(date +%s%N)
+cluster_start_node "$victim"
+# Restarted = the node answers Status and every shard it hosts has applied what the leader had.
+python3 - "$LEDGER" "$victim" <<'PY'
+import json, subprocess, sys, time
+ledger, victim = sys.argv[1], int(sys.argv[2])
+deadline = time.time() + 600
+while time.time() < deadline:
+    out = subprocess.run([ledger, "status", "--config", "cluster.toml", "--json"], capture_output=True, text=True)
+    try:
+        nodes = json.loads(out.stdout)["nodes"]
+    except Exception:
+        time.sleep(0.05); continue
+    mine = next((n for n in nodes if n.get("node_id") == victim and "shards" in n), None)
+    leaders = {s["shard_id"]: s["last_log_index"] for n in nodes for s in n.get("shards", []) if s["role"] == "leader"}
+    if mine and all(s["shard_id"] in leaders and s["applied_index"] >= leaders[s["shard_id"]] for s in mine["shards"]):
+        sys.exit(0)
+    time.sleep(0.05)
+sys.exit("the restarted node did not catch up within 600 s")
+PY
+restart_ms=$(( ($(date +%s%N) - started) / 1000000 ))
+echo "- restart of node $victim (SIGKILL, start, caught up with every leader): ${restart_ms} ms" >>"$summary"
+
+echo "==> 3. failover: SIGKILL the leader of shard 1 under load, $KILLS times"
+: >"$results/kills.txt"
+window=$(( KILLS * 8 + 6 ))
+"$flashbench" run --workload hot --mode service --services 2 --clients 64 --secs "$window" --warmup-secs 0 \
+  --label "failover load" --no-progress --out-dir "$results" --success-log "$results/successes.txt" \
+  >"$results/failover-load.json" &
+load=$!
+sleep 3
+for kill in $(seq 1 "$KILLS"); do
+  leader=$(leader_of_shard1)
+  date +%s%3N >>"$results/kills.txt"
+  cluster_kill_node "$leader"
+  sleep 3
+  cluster_start_node "$leader"
+  sleep 5
+done
+wait "$load"
+python3 - "$results/kills.txt" "$results/successes.txt" >>"$summary" <<'PY'
+import bisect, statistics, sys
+kills = [int(l) for l in open(sys.argv[1]) if l.strip()]
+successes = sorted(int(l) for l in open(sys.argv[2]) if l.strip())
+gaps = []
+for k in kills:
+    i = bisect.bisect_right(successes, k)
+    gaps.append(successes[i] - k if i < len(successes) else float("nan"))
+print(f"\nFailover (leader of shard 1 SIGKILLed under load -> next successful write), {len(gaps)} kills: "
+      + ", ".join(f"{g:.0f} ms" for g in gaps) + f"; median {statistics.median(gaps):.0f} ms")
+PY
+cluster_stop
+echo
+cat "$summary"
+echo "results in $results"
