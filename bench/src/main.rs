@@ -33,7 +33,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Drive the cluster and write the result (JSON, Markdown, PNG).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print one Markdown table of JSON-line results, with flashledger's ratio to each peer.
     Compare {
         /// JSON-line files (peers' results and `flashbench run --jsonl` output).
@@ -120,7 +120,7 @@ fn main() -> anyhow::Result<()> {
             print!("{}", compare::table(&files)?);
             Ok(())
         }
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
     }
 }
 
