@@ -55,7 +55,15 @@ pub async fn serve(
     if let Ok(reflection) = reflection {
         router = router.add_service(reflection);
     }
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // tonic ignores its own `tcp_nodelay` for a caller's listener, so set it per connection:
+    // with Nagle's algorithm on, a small reply waits for the client's delayed ACK (tens of ms).
+    let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |stream| {
+        let stream = stream?;
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::warn!(%error, "could not disable Nagle's algorithm on a connection");
+        }
+        Ok::<_, std::io::Error>(stream)
+    });
     router
         .serve_with_incoming_shutdown(incoming, close_streams_on(node, shutdown))
         .await
