@@ -300,7 +300,6 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Measured> {
             let permits = Arc::new(tokio::sync::Semaphore::new(config.clients.max(1)));
             let mut rng = SmallRng::seed_from_u64(run_id);
             let interval_ns = 1_000_000_000 / rate.max(1);
-            let mut tasks = tokio::task::JoinSet::new();
             for k in 0u64.. {
                 let scheduled = start + Duration::from_nanos(k.saturating_mul(interval_ns));
                 if !finite && scheduled >= deadline {
@@ -320,14 +319,14 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Measured> {
                 };
                 let client = clients[(k as usize) % clients.len()].clone();
                 let (context, recorder) = (context.clone(), recorder.clone());
-                tasks.spawn(async move {
+                tokio::spawn(async move {
                     let result = execute(&client, &context, action, usize::MAX, k).await;
                     lock(&recorder).record(scheduled, result);
                     drop(permit);
                 });
-                while tasks.try_join_next().is_some() {}
             }
-            while tasks.join_next().await.is_some() {}
+            // Every operation in flight holds a permit: holding them all means all answered.
+            let _all_answered = permits.acquire_many(config.clients.max(1) as u32).await?;
         }
     }
     done.store(true, Ordering::SeqCst);
