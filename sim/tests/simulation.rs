@@ -37,6 +37,16 @@ fn seeds_106_and_118_a_restarted_leader_does_not_reuse_log_ids() {
     assert_passes(118);
 }
 
+/// A follower persisted applied state for entries whose local append was still queued; after a
+/// crash its log ended in an older term's entries below what it had applied, and it could not
+/// start ("inverted log order"). Applying now waits for the WAL first. Found by the 10 000-seed
+/// sweep.
+#[test]
+fn seeds_5403_and_9239_applied_state_never_runs_ahead_of_the_durable_log() {
+    assert_passes(5403);
+    assert_passes(9239);
+}
+
 #[test]
 fn the_same_seed_replays_the_same_trace() {
     let options = SimOptions::default();

@@ -178,7 +178,8 @@ impl Node {
                 .applied_kv(shard.id)
                 .map_err(|e| NodeError::Storage(e.to_string()))?;
             let state_machine = ShardStateMachine::open(shard.id, AppliedStore::new(kv))
-                .map_err(|e| NodeError::Storage(format!("shard {}: {e}", shard.id)))?;
+                .map_err(|e| NodeError::Storage(format!("shard {}: {e}", shard.id)))?
+                .with_log_barrier(opened.wal());
             let view = state_machine.view();
             let network = ShardNetworkFactory {
                 shard_id: shard.id,

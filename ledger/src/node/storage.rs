@@ -111,6 +111,11 @@ impl OpenedStorage {
         self.wal.log_store(shard_id)
     }
 
+    /// The node's WAL (shared by every shard's log store).
+    pub fn wal(&self) -> Arc<Wal> {
+        self.wal.clone()
+    }
+
     pub fn applied_kv(&self, shard_id: ShardId) -> Result<Arc<dyn KvBackend>, StorageError> {
         match &self.applied {
             #[cfg(not(madsim))]

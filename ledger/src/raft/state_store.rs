@@ -114,6 +114,8 @@ impl ShardView {
 pub struct ShardStateMachine {
     view: Arc<ShardView>,
     store: AppliedStore,
+    /// The node's WAL, synced before applied state is persisted (see `apply`).
+    log: Option<Arc<crate::storage::wal::Wal>>,
 }
 
 impl ShardStateMachine {
@@ -123,7 +125,18 @@ impl ShardStateMachine {
         Ok(ShardStateMachine {
             view: Arc::new(ShardView::new(shard_id, image)),
             store,
+            log: None,
         })
+    }
+
+    /// Makes `apply` wait until `wal` holds every entry it applies durably before it persists
+    /// the applied state. openraft may apply a committed entry whose local append is still
+    /// queued; persisted applied state ahead of the local log would, after a crash, leave a log
+    /// whose tail conflicts with what was applied, and the node could not start (found by the
+    /// simulator, seeds 5403 and 9239).
+    pub fn with_log_barrier(mut self, wal: Arc<crate::storage::wal::Wal>) -> Self {
+        self.log = Some(wal);
+        self
     }
 
     pub fn view(&self) -> Arc<ShardView> {
@@ -162,6 +175,11 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         let mut batch = Vec::new();
         while let Some(entry_and_responder) = entries.try_next().await? {
             batch.push(entry_and_responder);
+        }
+        // Everything being applied was appended (queued to the WAL) before this call: one
+        // barrier makes it durable here before the applied state that depends on it is written.
+        if let Some(log) = &self.log {
+            log.sync().await.map_err(io::Error::from)?;
         }
         {
             let mut image = self.view.state.write().unwrap_or_else(|p| p.into_inner());
