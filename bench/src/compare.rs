@@ -30,6 +30,15 @@ struct Row {
     p99_us: f64,
 }
 
+/// Milliseconds from microseconds, "-" when the source recorded none.
+fn ms(micros: f64) -> String {
+    if micros.is_nan() {
+        "-".to_string()
+    } else {
+        format!("{:.2}", micros / 1000.0)
+    }
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     match values.len() {
@@ -45,7 +54,10 @@ fn read_rows(files: &[PathBuf]) -> anyhow::Result<Vec<Row>> {
     for file in files {
         let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         for line in text.lines().filter(|l| l.trim_start().starts_with('{')) {
-            let Ok(value) = serde_json::from_str::<Value>(line) else {
+            // The peers' load generator writes NaN for latencies it did not record (JSON has
+            // no NaN); read those as missing.
+            let line = line.replace(":NaN", ":null");
+            let Ok(value) = serde_json::from_str::<Value>(&line) else {
                 continue;
             };
             let (Some(system), Some(rate)) = (value["system"].as_str(), value["purchases_per_s"].as_f64()) else {
@@ -129,14 +141,14 @@ pub fn table(files: &[PathBuf]) -> anyhow::Result<String> {
     for row in rows.iter().filter(|r| peer_of(r).is_some()) {
         let value = if sold_out(row) { row.attempts } else { row.rate };
         text += &format!(
-            "| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} |{}\n",
+            "| {} | {} | {} | {} | {:.0} | {} | {} |{}\n",
             row.system,
             row.label,
             row.clients,
             row.skus,
             value,
-            row.p50_us / 1000.0,
-            row.p99_us / 1000.0,
+            ms(row.p50_us),
+            ms(row.p99_us),
             " |".repeat(PEERS.len())
         );
     }
@@ -146,13 +158,13 @@ pub fn table(files: &[PathBuf]) -> anyhow::Result<String> {
         let storm = sold_out(row);
         let value = if storm { row.rejections } else { row.rate };
         text += &format!(
-            "| **flashledger** | {} | {} | {} | {:.0} | {:.2} | {:.2} |",
+            "| **flashledger** | {} | {} | {} | {:.0} | {} | {} |",
             row.label,
             row.clients,
             row.skus,
             value,
-            row.p50_us / 1000.0,
-            row.p99_us / 1000.0
+            ms(row.p50_us),
+            ms(row.p99_us)
         );
         for (system, prefix, _) in PEERS {
             let label = peer_label(prefix, storm);
