@@ -400,12 +400,7 @@ impl LedgerState {
                 let (sku, qty, user) = (order.sku.clone(), order.qty, order.user.clone());
                 let record = self.skus.get_mut(&sku).ok_or_else(|| missing_sku(log_index, &sku))?;
                 record.sold += qty;
-                if let Some(order) = self.orders.get_mut(order_id) {
-                    order.state = OrderState::Confirmed { confirmed_at_ms: now };
-                }
-                changes.skus.insert(sku.clone());
-                changes.orders.insert(order_id.to_string());
-                self.record_event(log_index, order_id, &sku, qty, &user, changes);
+                self.mark_sold(log_index, order_id, &sku, qty, &user, changes);
                 Ok(Outcome::Confirmed)
             }
             OrderState::Expired => Ok(Outcome::Expired),
@@ -420,15 +415,21 @@ impl LedgerState {
                 record.reserved = checked_sub(record.reserved, qty, log_index, &sku)?;
                 record.sold += qty;
                 self.expiries.remove(&(expires_at_ms, order_id.to_string()));
-                if let Some(order) = self.orders.get_mut(order_id) {
-                    order.state = OrderState::Confirmed { confirmed_at_ms: now };
-                }
-                changes.skus.insert(sku.clone());
-                changes.orders.insert(order_id.to_string());
-                self.record_event(log_index, order_id, &sku, qty, &user, changes);
+                self.mark_sold(log_index, order_id, &sku, qty, &user, changes);
                 Ok(Outcome::Confirmed)
             }
         }
+    }
+
+    /// The order's units are now counted as sold: mark it confirmed and emit its order event.
+    fn mark_sold(&mut self, log_index: u64, order_id: &str, sku: &Sku, qty: u64, user: &str, changes: &mut Changes) {
+        let now = self.clock_ms;
+        if let Some(order) = self.orders.get_mut(order_id) {
+            order.state = OrderState::Confirmed { confirmed_at_ms: now };
+        }
+        changes.skus.insert(sku.clone());
+        changes.orders.insert(order_id.to_string());
+        self.record_event(log_index, order_id, sku, qty, user, changes);
     }
 
     fn cancel(
