@@ -41,21 +41,25 @@ for node in json.load(sys.stdin)["nodes"]:
 sys.exit(1)'
 }
 
-# Blocks until node $1 answers Status and has applied what every leader had.
+# Blocks until node $1 answers Status and has applied, in every shard, what the shard's leader
+# had logged when this was called (a fixed target: under load the leader's log keeps growing).
 wait_caught_up() {
   python3 - "$LEDGER" "$1" <<'PY'
 import json, subprocess, sys, time
 ledger, victim = sys.argv[1], int(sys.argv[2])
 deadline = time.time() + 600
+target = None
 while time.time() < deadline:
     out = subprocess.run([ledger, "status", "--config", "cluster.toml", "--json"], capture_output=True, text=True)
     try:
         nodes = json.loads(out.stdout)["nodes"]
     except Exception:
         time.sleep(0.05); continue
-    mine = next((n for n in nodes if n.get("node_id") == victim and "shards" in n), None)
     leaders = {s["shard_id"]: s["last_log_index"] for n in nodes for s in n.get("shards", []) if s["role"] == "leader"}
-    if mine and all(s["shard_id"] in leaders and s["applied_index"] >= leaders[s["shard_id"]] for s in mine["shards"]):
+    if target is None or any(shard not in target for shard in leaders):
+        target = {**leaders, **(target or {})}
+    mine = next((n for n in nodes if n.get("node_id") == victim and "shards" in n), None)
+    if mine and all(s["shard_id"] in target and s["applied_index"] >= target[s["shard_id"]] for s in mine["shards"]):
         sys.exit(0)
     time.sleep(0.05)
 sys.exit("the restarted node did not catch up within 600 s")
