@@ -176,10 +176,11 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         while let Some(entry_and_responder) = entries.try_next().await? {
             batch.push(entry_and_responder);
         }
-        // Everything being applied was appended (queued to the WAL) before this call: one
-        // barrier makes it durable here before the applied state that depends on it is written.
+        // Everything being applied was appended (queued to the WAL) before this call: wait
+        // until it is durable (usually it already is: no extra fdatasync) before the applied
+        // state that depends on it is written.
         if let Some(log) = &self.log {
-            log.sync().await.map_err(io::Error::from)?;
+            log.wait_durable().await.map_err(io::Error::from)?;
         }
         {
             let mut image = self.view.state.write().unwrap_or_else(|p| p.into_inner());

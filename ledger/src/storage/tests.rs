@@ -483,3 +483,36 @@ proptest! {
         });
     }
 }
+
+#[test]
+fn wait_durable_waits_for_what_was_queued_and_costs_no_sync_when_it_is_durable() {
+    TypeConfig::run(async {
+        let disk = MemoryBackend::new();
+        let wal = open(&disk);
+        let mut store = wal.log_store(1);
+        append(&mut store, blanks(1, 1..=3)).await.expect("durable append");
+        let syncs = disk.sync_count();
+        wal.wait_durable().await.expect("nothing pending");
+        assert_eq!(disk.sync_count(), syncs, "a barrier over durable records must not sync");
+
+        wal.write(&record::Record::SaveCommitted {
+            shard: 1,
+            committed: Some(log_id(1, 3)),
+        })
+        .await
+        .expect("queued");
+        wal.wait_durable().await.expect("durable");
+        assert_eq!(
+            disk.unsynced_bytes(),
+            0,
+            "the queued record is synced when the barrier returns"
+        );
+        assert!(disk.sync_count() > syncs);
+
+        disk.set_fail_syncs(true);
+        let failed = append(&mut store, blanks(1, 4..=4)).await;
+        assert!(failed.is_err());
+        let barrier = wal.wait_durable().await;
+        assert!(matches!(barrier, Err(WalError::Failed(_))), "{barrier:?}");
+    });
+}

@@ -455,6 +455,8 @@ struct Counters {
 #[derive(Default)]
 struct Queue {
     items: Vec<Pending>,
+    /// Records ever queued; a batch taken now covers every record up to this count.
+    queued_total: u64,
     closed: bool,
     /// Set by the first failed write or fdatasync; every later write is refused with it.
     failure: Option<String>,
@@ -467,6 +469,8 @@ struct Shared {
     wakeup: std::sync::Condvar,
     writer: Mutex<Writer>,
     counters: Counters,
+    /// How many of the records ever queued are durable. Read by `Wal::wait_durable`.
+    durable_total: AtomicU64,
     /// Under madsim: a delayed group commit is already scheduled (see `Wal::schedule_flush`).
     #[cfg(madsim)]
     flush_scheduled: std::sync::atomic::AtomicBool,
@@ -482,13 +486,15 @@ impl Shared {
             return Err(WalError::Closed);
         }
         queue.items.push(pending);
+        queue.queued_total += 1;
         #[cfg(not(madsim))]
         self.wakeup.notify_one();
         Ok(())
     }
 
-    /// Write, sync and complete one batch; on failure fail the whole WAL.
-    fn flush(&self, batch: Vec<Pending>) {
+    /// Write, sync and complete one batch, which covers the first `through` records ever
+    /// queued; on failure fail the whole WAL.
+    fn flush(&self, batch: Vec<Pending>, through: u64) {
         let mut writer = lock(&self.writer);
         let result = writer.write_batch(&batch).map_err(|e| e.to_string());
         let result = result.and_then(|()| self.after_sync(&mut writer, &batch));
@@ -501,6 +507,14 @@ impl Shared {
         for pending in batch {
             pending.completion.complete(result.clone());
         }
+        if result.is_ok() {
+            self.durable_total.fetch_max(through, Ordering::SeqCst);
+        }
+    }
+
+    /// Takes everything queued, with the count of records it brings the WAL up to.
+    fn take_queued(queue: &mut Queue) -> (Vec<Pending>, u64) {
+        (std::mem::take(&mut queue.items), queue.queued_total)
     }
 
     fn after_sync(&self, writer: &mut Writer, batch: &[Pending]) -> Result<(), String> {
@@ -517,11 +531,11 @@ impl Shared {
 
     /// Take everything queued (the group of a group commit); `None` once closed and drained.
     #[cfg(not(madsim))]
-    fn next_batch(&self) -> Option<Vec<Pending>> {
+    fn next_batch(&self) -> Option<(Vec<Pending>, u64)> {
         let mut queue = lock(&self.queue);
         loop {
             if !queue.items.is_empty() {
-                return Some(std::mem::take(&mut queue.items));
+                return Some(Self::take_queued(&mut queue));
             }
             if queue.closed {
                 return None;
@@ -534,9 +548,9 @@ impl Shared {
     /// sync everything queued as one group.
     #[cfg(madsim)]
     fn flush_queued(&self) {
-        let batch = std::mem::take(&mut lock(&self.queue).items);
+        let (batch, through) = Self::take_queued(&mut lock(&self.queue));
         if !batch.is_empty() {
-            self.flush(batch);
+            self.flush(batch, through);
         }
     }
 }
@@ -575,6 +589,7 @@ impl Wal {
             wakeup: std::sync::Condvar::new(),
             writer: Mutex::new(writer),
             counters: Counters::default(),
+            durable_total: AtomicU64::new(0),
             #[cfg(madsim)]
             flush_scheduled: std::sync::atomic::AtomicBool::new(false),
         });
@@ -698,6 +713,17 @@ impl Wal {
         receiver.await.map_err(|_| WalError::Closed)?.map_err(WalError::Io)
     }
 
+    /// Wait until every record queued before this call is durable. Unlike [`Wal::sync`] it
+    /// costs nothing when they are durable already (the usual case); otherwise it is a `sync`,
+    /// whose empty record joins the group commit already due.
+    pub async fn wait_durable(&self) -> Result<(), WalError> {
+        let target = lock(&self.shared.queue).queued_total;
+        if self.shared.durable_total.load(Ordering::SeqCst) >= target {
+            return Ok(());
+        }
+        self.sync().await
+    }
+
     /// Encode `record`, admit it and queue it without waiting for durability.
     pub(crate) async fn write(&self, record: &Record) -> Result<(), WalError> {
         let bytes = record::encode(record).map_err(|e| WalError::Encode(e.to_string()))?;
@@ -709,8 +735,8 @@ impl Wal {
 #[cfg(not(madsim))]
 fn spawn_flusher(shared: Arc<Shared>) -> Result<std::thread::JoinHandle<()>, WalError> {
     let thread = std::thread::Builder::new().name("wal-flusher".into()).spawn(move || {
-        while let Some(batch) = shared.next_batch() {
-            shared.flush(batch);
+        while let Some((batch, through)) = shared.next_batch() {
+            shared.flush(batch, through);
         }
     })?;
     Ok(thread)
