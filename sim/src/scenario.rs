@@ -81,6 +81,22 @@ pub struct SeedReport {
 }
 
 impl SeedReport {
+    /// A report with nothing found yet.
+    fn new(seed: u64, shape: String) -> SeedReport {
+        SeedReport {
+            seed,
+            shape,
+            failures: Vec::new(),
+            trace_digest: 0,
+            ops: 0,
+            indeterminate_ops: 0,
+            fault_log: Vec::new(),
+            notes: Vec::new(),
+            history: Default::default(),
+            inconclusive: Vec::new(),
+        }
+    }
+
     pub fn passed(&self) -> bool {
         self.failures.is_empty()
     }
@@ -118,18 +134,9 @@ pub fn run_seed(seed: u64, options: &SimOptions) -> SeedReport {
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown panic".into());
-            SeedReport {
-                seed,
-                shape: String::new(),
-                failures: vec![("panic".into(), message)],
-                trace_digest: 0,
-                ops: 0,
-                indeterminate_ops: 0,
-                fault_log: Vec::new(),
-                notes: Vec::new(),
-                history: Default::default(),
-                inconclusive: Vec::new(),
-            }
+            let mut report = SeedReport::new(seed, String::new());
+            report.failures.push(("panic".into(), message));
+            report
         }
     }
 }
@@ -144,21 +151,13 @@ async fn simulate(seed: u64, options: SimOptions) -> SeedReport {
         shards: rng.gen_range(2..=3),
         replicas: if nodes == 5 && rng.gen_bool(0.5) { 5 } else { 3 },
     };
-    let mut report = SeedReport {
+    let mut report = SeedReport::new(
         seed,
-        shape: format!(
+        format!(
             "{} nodes, {} shards of {} replicas",
             shape.nodes, shape.shards, shape.replicas
         ),
-        failures: Vec::new(),
-        trace_digest: 0,
-        ops: 0,
-        indeterminate_ops: 0,
-        fault_log: Vec::new(),
-        notes: Vec::new(),
-        history: Default::default(),
-        inconclusive: Vec::new(),
-    };
+    );
     let phase_ms = options.safety_phase.as_millis() as u64;
     let plan = FaultPlan::generate(seed, shape.nodes, shape.shards, phase_ms);
     let cluster = match SimCluster::start(shape.clone()) {
