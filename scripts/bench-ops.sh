@@ -23,7 +23,7 @@ results="$(cd "$results" && pwd)"
 summary="$results/summary.md"
 
 echo "==> building flashledger and flashbench (release)"
-cargo build --release -p flashledger-ledger --bin ledger -p flashbench
+cargo build --release -p flashledger-ledger --bin ledger && cargo build --release -p flashbench --bin flashbench
 LEDGER="$target/release/ledger"
 flashbench="$target/release/flashbench"
 source scripts/lib/cluster.sh

@@ -26,7 +26,7 @@ mkdir -p "$results/peers"
 results="$(cd "$results" && pwd)"
 
 echo "==> building flashledger and flashbench (release)"
-cargo build --release -p flashledger-ledger --bin ledger -p flashbench
+cargo build --release -p flashledger-ledger --bin ledger && cargo build --release -p flashbench --bin flashbench
 LEDGER="$target/release/ledger"
 flashbench="$target/release/flashbench"
 

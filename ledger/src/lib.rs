@@ -3,7 +3,7 @@
 //! # Layout
 //!
 //! - [`state_machine`]: the ledger itself, a pure function of (state, command, log time).
-//! - [`applied`]: node-local persistence of each shard's applied state (sled / memory).
+//! - [`applied`]: each shard's latest snapshot of its applied state (files / memory).
 //! - [`storage`]: the write-ahead log holding every shard's Raft log and vote (group commit).
 //! - [`raft`]: openraft glue: type config, runtime, state-machine adapter, network.
 //! - [`node`]: one node's shard replicas and the operations clients call on them.

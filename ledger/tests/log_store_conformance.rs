@@ -1,8 +1,9 @@
 //! openraft's log-store conformance suite run against [`ShardLogStore`] over a real
 //! [`FileBackend`] in a temporary directory, so the fdatasync path is the one tested.
 //!
-//! The suite also drives the state machine: it is the real one, [`ShardStateMachine`] over sled
-//! in the same temporary directory, so the suite covers both halves of a replica's storage.
+//! The suite also drives the state machine: it is the real one, [`ShardStateMachine`] saving its
+//! snapshots as files in the same temporary directory, so the suite covers both halves of a
+//! replica's storage.
 
 #![cfg(not(madsim))]
 
@@ -10,7 +11,7 @@ use std::io;
 use std::sync::Arc;
 
 use ledger::applied::AppliedStore;
-use ledger::applied::SledKv;
+use ledger::applied::FileSnapshots;
 use ledger::raft::state_store::ShardStateMachine;
 use ledger::raft::types::TypeConfig;
 use ledger::storage::FileBackend;
@@ -30,12 +31,8 @@ impl StoreBuilder<TypeConfig, ShardLogStore, ShardStateMachine, tempfile::TempDi
         let directory = tempfile::tempdir().map_err(io_error)?;
         let backend = FileBackend::open(directory.path()).map_err(io_error)?;
         let wal = Wal::open(backend, WalOptions::default()).map_err(|e| io_error(e.into()))?;
-        let db = sled::Config::new()
-            .path(directory.path().join("applied"))
-            .open()
-            .map_err(|e| io_error(e.into()))?;
-        let kv = SledKv::open(&db, 1).map_err(|e| io_error(e.into()))?;
-        let state_machine = ShardStateMachine::open(1, AppliedStore::new(Arc::new(kv))).map_err(io_error)?;
+        let snapshots = FileSnapshots::open(&directory.path().join("snapshots"), 1).map_err(|e| io_error(e.into()))?;
+        let state_machine = ShardStateMachine::open(1, AppliedStore::new(Arc::new(snapshots))).map_err(io_error)?;
         Ok((directory, wal.log_store(1), state_machine))
     }
 }

@@ -1,51 +1,24 @@
-//! An in-memory [`KvBackend`]: the simulator's stand-in for sled, and the test double.
-//! Writes are visible and "durable" at once; a simulated crash keeps them (the simulator's
-//! crash model for unsynced bytes lives in the WAL, which is what acknowledgements depend on).
+//! An in-memory [`SnapshotBackend`]: the simulator's disk for snapshots, and the test double.
+//! A save is durable at once (the simulator's crash model for unsynced bytes lives in the WAL;
+//! a snapshot is saved only after the log it covers is durable).
 
-use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use crate::applied::AppliedStoreError;
-use crate::applied::KvBackend;
-use crate::applied::KvPair;
-use crate::applied::KvWrite;
-
-type Map = BTreeMap<Vec<u8>, Vec<u8>>;
+use crate::applied::SnapshotBackend;
 
 #[derive(Debug, Default)]
-pub struct MemoryKv {
-    map: Mutex<Map>,
+pub struct MemorySnapshots {
+    latest: Mutex<Option<Vec<u8>>>,
 }
 
-impl MemoryKv {
-    fn map(&self) -> Result<std::sync::MutexGuard<'_, Map>, AppliedStoreError> {
-        self.map
-            .lock()
-            .map_err(|_| AppliedStoreError::Backend("memory store lock poisoned".into()))
-    }
-}
-
-impl KvBackend for MemoryKv {
-    fn write_batch(&self, writes: Vec<KvWrite>) -> Result<(), AppliedStoreError> {
-        let mut map = self.map()?;
-        for (key, value) in writes {
-            match value {
-                Some(value) => map.insert(key, value),
-                None => map.remove(&key),
-            };
-        }
+impl SnapshotBackend for MemorySnapshots {
+    fn save(&self, bytes: &[u8]) -> Result<(), AppliedStoreError> {
+        *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(bytes.to_vec());
         Ok(())
     }
 
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, AppliedStoreError> {
-        Ok(self.map()?.get(key).cloned())
-    }
-
-    fn scan(&self) -> Result<Vec<KvPair>, AppliedStoreError> {
-        Ok(self.map()?.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-    }
-
-    fn flush(&self) -> Result<(), AppliedStoreError> {
-        Ok(())
+    fn load(&self) -> Result<Option<Vec<u8>>, AppliedStoreError> {
+        Ok(self.latest.lock().unwrap_or_else(|p| p.into_inner()).clone())
     }
 }

@@ -16,7 +16,6 @@ use openraft::errors::ClientWriteError;
 use openraft::errors::RaftError;
 
 use crate::applied::AppliedStore;
-use crate::applied::KvBackend;
 use crate::config::ClusterConfig;
 use crate::config::ShardConfig;
 use crate::raft::network::PeerChannels;
@@ -174,10 +173,10 @@ impl Node {
         let raft_config = Arc::new(raft_config(&config)?);
         let mut shards = BTreeMap::new();
         for shard in config.shards.iter().filter(|s| s.replicas.contains(&node_id)) {
-            let kv: Arc<dyn KvBackend> = opened
-                .applied_kv(shard.id)
+            let snapshots = opened
+                .snapshots(shard.id)
                 .map_err(|e| NodeError::Storage(e.to_string()))?;
-            let state_machine = ShardStateMachine::open(shard.id, AppliedStore::new(kv))
+            let state_machine = ShardStateMachine::open(shard.id, AppliedStore::new(snapshots))
                 .map_err(|e| NodeError::Storage(format!("shard {}: {e}", shard.id)))?
                 .with_log_barrier(opened.wal());
             let view = state_machine.view();

@@ -1,5 +1,5 @@
-//! Where a node keeps its bytes: the WAL (Raft logs and votes of every shard) and the applied
-//! state. A real node uses files under its `data_dir`; the simulator hands every node a
+//! Where a node keeps its bytes: the WAL (Raft logs and votes of every shard) and each shard's
+//! latest snapshot of its applied state. A real node uses files under its `data_dir`; the simulator hands every node a
 //! [`MemoryDisk`] it owns, so a killed node restarts from exactly what it had synced.
 
 use std::collections::BTreeMap;
@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::Mutex;
 
-use crate::applied::KvBackend;
-use crate::applied::MemoryKv;
+use crate::applied::MemorySnapshots;
+use crate::applied::SnapshotBackend;
 use crate::raft::types::ShardId;
 use crate::storage::backend::MemoryBackend;
 use crate::storage::log_store::ShardLogStore;
@@ -18,7 +18,7 @@ use crate::storage::wal::WalOptions;
 /// How a node stores its data.
 #[derive(Clone)]
 pub enum Storage {
-    /// Files under the node's `data_dir`: `wal/` (fdatasynced) and `applied/` (sled).
+    /// Files under the node's `data_dir`: `wal/` and `snapshots/` (both fdatasynced).
     Disk,
     /// The simulator's in-memory disk, owned by the harness so it outlives a node kill.
     Memory(Arc<MemoryDisk>),
@@ -29,13 +29,13 @@ pub enum Storage {
 pub struct MemoryDisk {
     /// Clones share the same bytes (the backend is a handle).
     pub wal: MemoryBackend,
-    applied: Mutex<BTreeMap<ShardId, Arc<MemoryKv>>>,
+    snapshots: Mutex<BTreeMap<ShardId, Arc<MemorySnapshots>>>,
 }
 
 impl MemoryDisk {
-    fn applied(&self, shard_id: ShardId) -> Arc<MemoryKv> {
-        let mut applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
-        applied.entry(shard_id).or_default().clone()
+    fn snapshots(&self, shard_id: ShardId) -> Arc<MemorySnapshots> {
+        let mut snapshots = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
+        snapshots.entry(shard_id).or_default().clone()
     }
 }
 
@@ -53,12 +53,12 @@ pub enum StorageError {
 /// Storage opened for one node.
 pub struct OpenedStorage {
     wal: Arc<Wal>,
-    applied: AppliedBackends,
+    snapshots: SnapshotBackends,
 }
 
-enum AppliedBackends {
+enum SnapshotBackends {
     #[cfg(not(madsim))]
-    Sled(sled::Db),
+    Files(std::path::PathBuf),
     Memory(Arc<MemoryDisk>),
 }
 
@@ -70,7 +70,7 @@ impl Storage {
                     Wal::open(disk.wal.clone(), WalOptions::default()).map_err(|e| StorageError::Wal(e.to_string()))?;
                 Ok(OpenedStorage {
                     wal,
-                    applied: AppliedBackends::Memory(disk.clone()),
+                    snapshots: SnapshotBackends::Memory(disk.clone()),
                 })
             }
             Storage::Disk => open_disk(data_dir),
@@ -86,15 +86,22 @@ fn open_disk(data_dir: &Path) -> Result<OpenedStorage, StorageError> {
         message: e.to_string(),
     };
     std::fs::create_dir_all(data_dir).map_err(dir_error)?;
+    if data_dir.join("applied").exists() {
+        // Earlier versions kept applied state in sled under `applied/` and purged the log
+        // behind it; without it this node could not rebuild its state from what is left.
+        return Err(StorageError::DataDir {
+            path: data_dir.display().to_string(),
+            message: "holds applied state in the old sled format (`applied/`), which this version \
+                      does not read (it keeps snapshots in `snapshots/`): start this node from an \
+                      empty data directory"
+                .into(),
+        });
+    }
     let backend = FileBackend::open(data_dir.join("wal")).map_err(dir_error)?;
     let wal = Wal::open(backend, WalOptions::default()).map_err(|e| StorageError::Wal(e.to_string()))?;
-    let db = sled::Config::new()
-        .path(data_dir.join("applied"))
-        .open()
-        .map_err(|e| StorageError::Applied(e.to_string()))?;
     Ok(OpenedStorage {
         wal,
-        applied: AppliedBackends::Sled(db),
+        snapshots: SnapshotBackends::Files(data_dir.join("snapshots")),
     })
 }
 
@@ -116,15 +123,16 @@ impl OpenedStorage {
         self.wal.clone()
     }
 
-    pub fn applied_kv(&self, shard_id: ShardId) -> Result<Arc<dyn KvBackend>, StorageError> {
-        match &self.applied {
+    /// Where `shard_id` keeps its latest snapshot.
+    pub fn snapshots(&self, shard_id: ShardId) -> Result<Arc<dyn SnapshotBackend>, StorageError> {
+        match &self.snapshots {
             #[cfg(not(madsim))]
-            AppliedBackends::Sled(db) => {
-                let kv =
-                    crate::applied::SledKv::open(db, shard_id).map_err(|e| StorageError::Applied(e.to_string()))?;
-                Ok(Arc::new(kv))
+            SnapshotBackends::Files(directory) => {
+                let files = crate::applied::FileSnapshots::open(directory, shard_id)
+                    .map_err(|e| StorageError::Applied(e.to_string()))?;
+                Ok(Arc::new(files))
             }
-            AppliedBackends::Memory(disk) => Ok(disk.applied(shard_id)),
+            SnapshotBackends::Memory(disk) => Ok(disk.snapshots(shard_id)),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! [`ShardStateMachine`]: openraft's state machine for one shard — applies committed entries
-//! to the [`LedgerState`], persists what changed, builds and installs snapshots, and publishes
-//! stock changes to Watch subscribers.
+//! to the in-memory [`LedgerState`], builds, saves and installs snapshots (the only applied
+//! state on disk, see `crate::applied`), and publishes stock changes to Watch subscribers.
 //!
 //! The state is shared with the gRPC layer through [`ShardView`] (reads take a read lock; apply
 //! takes the write lock once per batch of entries). If the ledger invariant ever breaks, the view
@@ -24,6 +24,7 @@ use openraft::storage::RaftStateMachine;
 use tokio::sync::broadcast;
 
 use crate::applied::AppliedStore;
+use crate::applied::AppliedStoreError;
 use crate::applied::ShardImage;
 use crate::applied::StoredSnapshot;
 use crate::applied::decode_image;
@@ -114,12 +115,12 @@ impl ShardView {
 pub struct ShardStateMachine {
     view: Arc<ShardView>,
     store: AppliedStore,
-    /// The node's WAL, synced before applied state is persisted (see `apply`).
+    /// The node's WAL, durable up to a snapshot before the snapshot is saved.
     log: Option<Arc<crate::storage::wal::Wal>>,
 }
 
 impl ShardStateMachine {
-    /// Loads the shard's applied state from `store`.
+    /// Starts from the shard's latest snapshot in `store` (or the empty state).
     pub fn open(shard_id: ShardId, store: AppliedStore) -> Result<Self, io::Error> {
         let image = store.load()?;
         Ok(ShardStateMachine {
@@ -129,11 +130,11 @@ impl ShardStateMachine {
         })
     }
 
-    /// Makes `apply` wait until `wal` holds every entry it applies durably before it persists
-    /// the applied state. openraft may apply a committed entry whose local append is still
-    /// queued; persisted applied state ahead of the local log would, after a crash, leave a log
-    /// whose tail conflicts with what was applied, and the node could not start (found by the
-    /// simulator, seeds 5403 and 9239).
+    /// Makes a snapshot wait until `wal` holds every entry it covers durably before it is
+    /// saved. openraft may apply a committed entry whose local append is still queued; saved
+    /// applied state ahead of the local log would, after a crash, leave a log whose tail
+    /// conflicts with what was applied, and the node could not start (found by the simulator,
+    /// seeds 5403 and 9239, when applied state was persisted on every apply).
     pub fn with_log_barrier(mut self, wal: Arc<crate::storage::wal::Wal>) -> Self {
         self.log = Some(wal);
         self
@@ -176,12 +177,6 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         while let Some(entry_and_responder) = entries.try_next().await? {
             batch.push(entry_and_responder);
         }
-        // Everything being applied was appended (queued to the WAL) before this call: wait
-        // until it is durable (usually it already is: no extra fdatasync) before the applied
-        // state that depends on it is written.
-        if let Some(log) = &self.log {
-            log.wait_durable().await.map_err(io::Error::from)?;
-        }
         {
             let mut image = self.view.state.write().unwrap_or_else(|p| p.into_inner());
             for (entry, responder) in batch {
@@ -207,11 +202,6 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
                     replies.push((responder, reply));
                 }
             }
-            image.meta.clock_ms = image.ledger.clock_ms;
-            image.meta.next_event_seq = image.ledger.next_event_seq;
-            image.meta.shipped_below_seq = image.ledger.shipped_below_seq;
-            image.meta.shipped_by = image.ledger.shipped_by;
-            self.store.commit(&image.ledger, &all_changes, &image.meta)?;
             self.view.publish(&image, &all_changes, last_index);
         }
         // Answer after the lock is released; the entries are already durable in the Raft log.
@@ -229,11 +219,12 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         let data = snapshot.into_inner();
         let image = decode_image(&data)?;
         image.ledger.check_all().map_err(|violation| self.halt(violation))?;
-        self.store.replace(&image)?;
-        self.store.save_snapshot(&StoredSnapshot {
+        let store = self.store.clone();
+        let stored = StoredSnapshot {
             meta: meta.clone(),
             data,
-        })?;
+        };
+        run_blocking(move || store.save_snapshot(&stored)).await?;
         tracing::info!(shard = self.view.shard_id, last_log_id = ?meta.last_log_id, "installed snapshot");
         *self.view.state.write().unwrap_or_else(|p| p.into_inner()) = image;
         Ok(())
@@ -255,24 +246,46 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
     async fn build_snapshot(
         &mut self,
     ) -> Result<openraft::alias::SnapshotOf<TypeConfig, Self::SnapshotData>, io::Error> {
-        let (data, meta) = self.view.read(|image| {
-            let meta = SnapshotMeta {
-                last_log_id: image.meta.applied,
-                last_membership: image.meta.membership.clone(),
+        // Apply waits only for this copy (it holds the write lock per batch); encoding and
+        // writing the snapshot happen on a blocking thread while the shard keeps applying.
+        let image = self.view.read(ShardImage::clone);
+        let meta = SnapshotMeta {
+            last_log_id: image.meta.applied,
+            last_membership: image.meta.membership.clone(),
+        };
+        if let Some(log) = &self.log {
+            log.wait_durable().await.map_err(io::Error::from)?;
+        }
+        // The log may be purged up to this snapshot once this returns: it must be durable.
+        let store = self.store.clone();
+        let snapshot_meta = meta.clone();
+        let data = run_blocking(move || {
+            let stored = StoredSnapshot {
+                meta: snapshot_meta,
+                data: encode_image(&image)?,
             };
-            (encode_image(image), meta)
-        });
-        let data = data?;
-        // The log may be purged up to this snapshot: the applied state must reach disk first.
-        self.store.flush()?;
-        self.store.save_snapshot(&StoredSnapshot {
-            meta: meta.clone(),
-            data: data.clone(),
-        })?;
+            store.save_snapshot(&stored)?;
+            Ok(stored.data)
+        })
+        .await?;
         tracing::info!(shard = self.view.shard_id, last_log_id = ?meta.last_log_id, bytes = data.len(), "built snapshot");
         Ok(openraft::Snapshot {
             meta,
             snapshot: Cursor::new(data),
         })
     }
+}
+
+/// Runs blocking snapshot work (encoding, file writes, fdatasync) off the async workers. The
+/// simulator runs it inline: its disk is memory and its scheduler must stay deterministic.
+async fn run_blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, AppliedStoreError> + Send + 'static,
+) -> Result<T, io::Error> {
+    #[cfg(not(madsim))]
+    let result = tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| io::Error::other(format!("snapshot task: {e}")))?;
+    #[cfg(madsim)]
+    let result = work();
+    result.map_err(io::Error::from)
 }

@@ -1,0 +1,119 @@
+//! The [`SnapshotBackend`] of a real node: one file per shard, `<dir>/shard-<id>.snap`.
+//!
+//! A save writes `shard-<id>.snap.tmp`, fdatasyncs it, renames it over the old file and fsyncs
+//! the directory, so a crash at any point leaves the old snapshot or the new one. The file is
+//! framed (magic, length, CRC-32 of the payload), so a damaged file is reported, never loaded.
+
+use std::fs::File;
+use std::io::Read;
+use std::io::Write;
+use std::path::Path;
+use std::path::PathBuf;
+
+use crate::applied::AppliedStoreError;
+use crate::applied::SnapshotBackend;
+use crate::raft::types::ShardId;
+
+const MAGIC: &[u8; 8] = b"FLSNAP01";
+/// magic (8) + payload length (8) + CRC-32 of the payload (4).
+const HEADER_BYTES: usize = 8 + 8 + 4;
+
+pub struct FileSnapshots {
+    directory: PathBuf,
+    path: PathBuf,
+    temporary: PathBuf,
+}
+
+impl FileSnapshots {
+    /// The snapshot file of `shard_id` in `directory` (created if needed).
+    pub fn open(directory: &Path, shard_id: ShardId) -> Result<Self, AppliedStoreError> {
+        std::fs::create_dir_all(directory).map_err(|e| io_error(directory, e))?;
+        Ok(FileSnapshots {
+            directory: directory.to_path_buf(),
+            path: directory.join(format!("shard-{shard_id}.snap")),
+            temporary: directory.join(format!("shard-{shard_id}.snap.tmp")),
+        })
+    }
+}
+
+fn io_error(path: &Path, error: std::io::Error) -> AppliedStoreError {
+    AppliedStoreError::Backend(format!("{}: {error}", path.display()))
+}
+
+impl SnapshotBackend for FileSnapshots {
+    fn save(&self, bytes: &[u8]) -> Result<(), AppliedStoreError> {
+        let write = || -> std::io::Result<()> {
+            let mut file = File::create(&self.temporary)?;
+            file.write_all(MAGIC)?;
+            file.write_all(&(bytes.len() as u64).to_le_bytes())?;
+            file.write_all(&crc32fast::hash(bytes).to_le_bytes())?;
+            file.write_all(bytes)?;
+            file.sync_data()?;
+            Ok(())
+        };
+        write().map_err(|e| io_error(&self.temporary, e))?;
+        std::fs::rename(&self.temporary, &self.path).map_err(|e| io_error(&self.path, e))?;
+        File::open(&self.directory)
+            .and_then(|directory| directory.sync_all())
+            .map_err(|e| io_error(&self.directory, e))
+    }
+
+    fn load(&self) -> Result<Option<Vec<u8>>, AppliedStoreError> {
+        let mut file = match File::open(&self.path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_error(&self.path, e)),
+        };
+        let mut contents = Vec::new();
+        file.read_to_end(&mut contents).map_err(|e| io_error(&self.path, e))?;
+        let damaged = |detail: &str| AppliedStoreError::Decode {
+            what: self.path.display().to_string(),
+            message: detail.to_string(),
+        };
+        if contents.len() < HEADER_BYTES || &contents[..8] != MAGIC {
+            return Err(damaged("not a flashledger snapshot file"));
+        }
+        let length = u64::from_le_bytes(contents[8..16].try_into().expect("8 bytes"));
+        let crc = u32::from_le_bytes(contents[16..20].try_into().expect("4 bytes"));
+        let payload = &contents[HEADER_BYTES..];
+        if payload.len() as u64 != length {
+            return Err(damaged("truncated"));
+        }
+        if crc32fast::hash(payload) != crc {
+            return Err(damaged("checksum mismatch"));
+        }
+        contents.drain(..HEADER_BYTES);
+        Ok(Some(contents))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_save_replaces_the_snapshot_and_damage_is_reported() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let snapshots = FileSnapshots::open(directory.path(), 7).expect("open");
+        assert_eq!(snapshots.load().expect("load"), None);
+        snapshots.save(b"first").expect("save");
+        snapshots.save(b"second snapshot").expect("save");
+        assert_eq!(
+            snapshots.load().expect("load").as_deref(),
+            Some(&b"second snapshot"[..])
+        );
+        assert!(!directory.path().join("shard-7.snap.tmp").exists());
+
+        let path = directory.path().join("shard-7.snap");
+        let mut bytes = std::fs::read(&path).expect("read");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&path, &bytes).expect("write");
+        let error = snapshots.load().expect_err("a flipped byte is caught");
+        assert!(error.to_string().contains("checksum mismatch"), "{error}");
+
+        std::fs::write(&path, &bytes[..bytes.len() - 3]).expect("write");
+        let error = snapshots.load().expect_err("a cut file is caught");
+        assert!(error.to_string().contains("truncated"), "{error}");
+    }
+}
