@@ -2,10 +2,11 @@
 //! node turns into one log entry — the cost of a round trip, an fdatasync and a consensus round is
 //! shared by every operation in it (the per-RPC cost dominates, see FACTS.md).
 //!
-//! One queue and one worker per shard. The worker takes the first waiting operation, then every
+//! One queue and one worker per shard. The worker takes the first waiting operation, waits for
+//! a free in-flight slot (at most `coalesce_inflight_max` batches per shard), then takes every
 //! operation already queued behind it (up to `coalesce_ops_max`), and sends them without waiting
 //! for more: an idle client adds no latency, a busy one batches naturally while earlier batches
-//! are in flight (up to `coalesce_inflight_max` per shard). Only operations keyed by an
+//! are in flight. Only operations keyed by an
 //! `order_id` are coalesced, so resending a batch after an ambiguous failure is safe. If the node
 //! refuses a batch as invalid, every operation is resent alone, so one bad request cannot fail
 //! its neighbours.
@@ -90,6 +91,12 @@ impl Coalescer {
 async fn run_worker(direct: Client, mut queue: mpsc::Receiver<Pending>, ops_max: usize, inflight_max: usize) {
     let inflight = Arc::new(Semaphore::new(inflight_max));
     while let Some(first) = queue.recv().await {
+        // Wait for a free slot before taking the rest of the queue: while every slot is busy,
+        // callers keep queueing and the next batch takes them all, instead of leaving with
+        // whatever had arrived when the slots filled up.
+        let Ok(permit) = inflight.clone().acquire_owned().await else {
+            return;
+        };
         let mut batch = vec![first];
         while batch.len() < ops_max {
             match queue.try_recv() {
@@ -97,9 +104,6 @@ async fn run_worker(direct: Client, mut queue: mpsc::Receiver<Pending>, ops_max:
                 Err(_) => break,
             }
         }
-        let Ok(permit) = inflight.clone().acquire_owned().await else {
-            return;
-        };
         let direct = direct.clone();
         tokio::spawn(async move {
             send(&direct, batch).await;

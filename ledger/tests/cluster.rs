@@ -168,6 +168,61 @@ async fn a_restarted_follower_catches_up_from_a_snapshot() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_cluster_restart_rebuilds_the_state_from_snapshots_and_the_log() {
+    // Applied state is on disk only as snapshots: every node must come back from its own
+    // snapshot plus the log after it, with nothing lost and the same answers to replays.
+    let mut cluster = TestCluster::start(3, |config| config.raft.snapshot_logs_since_last = 40).await;
+    cluster.put_sku("apple", 100_000).await;
+    let mut last_index = 0;
+    for n in 0..150 {
+        let (outcomes, index) = cluster
+            .write(vec![purchase("apple", &format!("u{}", n % 7), &format!("o{n}"))])
+            .await;
+        assert_eq!(outcomes, vec![Outcome::Confirmed]);
+        last_index = index;
+    }
+    let ids = cluster.running_ids();
+    for id in &ids {
+        cluster.wait_applied(*id, 1, last_index).await;
+    }
+    let before: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let status = cluster.node(*id).status();
+            status.into_iter().find(|s| s.shard_id == 1).expect("shard 1")
+        })
+        .collect();
+    for shard in &before {
+        assert!(shard.snapshot_index > 0, "every node built a snapshot: {shard:?}");
+        assert!(shard.snapshot_index < last_index, "and has log after it: {shard:?}");
+    }
+
+    tracing::info!("--- every node stops, then every node starts from its disk");
+    for id in &ids {
+        cluster.kill(*id).await;
+    }
+    for id in &ids {
+        cluster.restart(*id).await;
+    }
+    cluster.leader(1).await;
+    // The new leader's first (blank) entry commits everything before it; each node re-applies
+    // its log after its snapshot.
+    for (id, shard_before) in ids.iter().zip(&before) {
+        cluster.wait_applied(*id, 1, last_index).await;
+        let status = cluster.node(*id).status();
+        let shard = status.into_iter().find(|s| s.shard_id == 1).expect("shard 1");
+        assert_eq!(shard.state_digest, shard_before.state_digest, "node {id}");
+    }
+    let (outcomes, index) = cluster.write(vec![purchase("apple", "u0", "o0")]).await;
+    assert_eq!(outcomes, vec![Outcome::Confirmed], "a replay answers the first answer");
+    for id in &ids {
+        cluster.wait_applied(*id, 1, index).await;
+        assert_eq!(cluster.local_stock(*id, "apple").await.sold, 150, "node {id}");
+    }
+    cluster.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_streams_stock_changes_through_the_client() {
     use futures::StreamExt;
 
