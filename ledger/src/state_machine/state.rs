@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
+use std::collections::HashMap;
 
 use serde::Deserialize;
 use serde::Serialize;
@@ -97,35 +98,35 @@ pub struct InvariantViolation {
     pub detail: String,
 }
 
-/// What one applied entry changed, for the storage layer (which persists exactly these keys)
-/// and for Watch subscribers.
+/// What one applied entry changed: the SKUs whose counts moved (checked against the invariant
+/// after the entry, and streamed to Watch subscribers).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Changes {
     pub skus: BTreeSet<Sku>,
-    pub orders: BTreeSet<String>,
-    pub holdings: BTreeSet<(Sku, String)>,
-    pub events_added: Vec<u64>,
-    /// Events pruned because every PostgreSQL shard has them.
-    pub events_removed: Vec<u64>,
 }
 
 impl Changes {
     pub fn merge(&mut self, other: Changes) {
         self.skus.extend(other.skus);
-        self.orders.extend(other.orders);
-        self.holdings.extend(other.holdings);
-        self.events_added.extend(other.events_added);
-        self.events_removed.extend(other.events_removed);
     }
 }
+
+/// Units each user holds (reserved + sold) per SKU, for per-user limits. Per SKU a hash map: a
+/// hot SKU has a holder per buyer, and looking one up must not cost a walk of ordered keys that
+/// all start with the same SKU (it was the top of the profile). A SKU whose holders all let go
+/// has no entry, so replicas that reached the same state compare equal.
+pub type Holdings = BTreeMap<Sku, HashMap<String, u64>>;
 
 /// The whole applied state of one shard.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerState {
     pub skus: BTreeMap<Sku, SkuRecord>,
-    pub orders: BTreeMap<String, OrderRecord>,
-    /// Units each (sku, user) holds reserved + sold, for per-user limits.
-    pub holdings: BTreeMap<(Sku, String), u64>,
+    /// Every order by id. A hash map: an order id is looked up and inserted on every reserve
+    /// and purchase, and ids of one client share long prefixes (ordered keys cost a walk of
+    /// string comparisons per lookup; it was the top of the profile).
+    pub orders: HashMap<String, OrderRecord>,
+    /// Units each user holds reserved + sold, per SKU.
+    pub holdings: Holdings,
     /// Confirmed orders not yet shipped, by sequence number (dense: `shipped_below_seq..next_event_seq`).
     pub order_events: BTreeMap<u64, OrderEvent>,
     pub next_event_seq: u64,
@@ -213,7 +214,7 @@ impl LedgerState {
                 Vec::new()
             }
             CommandBody::Shipped { below_seq, shipper } => {
-                self.mark_shipped(*below_seq, *shipper, &mut changes);
+                self.mark_shipped(*below_seq, *shipper);
                 Vec::new()
             }
         };
@@ -300,11 +301,7 @@ impl LedgerState {
             Ok(expires_at_ms) => {
                 let record = self.skus.get_mut(sku).ok_or_else(|| missing_sku(log_index, sku))?;
                 record.available = checked_sub(record.available, qty, log_index, sku)?;
-                let holding = self.holdings.entry((sku.clone(), user.to_string())).or_insert(0);
-                *holding += qty;
-                changes.skus.insert(sku.clone());
-                changes.holdings.insert((sku.clone(), user.to_string()));
-                match kind {
+                let taken = match kind {
                     OrderKind::Reserve => {
                         record.reserved += qty;
                         (
@@ -314,10 +311,15 @@ impl LedgerState {
                     }
                     OrderKind::Purchase => {
                         record.sold += qty;
-                        self.record_event(log_index, order_id, sku, qty, user, changes);
                         (OrderState::Confirmed { confirmed_at_ms: now }, Outcome::Confirmed)
                     }
+                };
+                self.add_held(sku, user, qty);
+                if kind == OrderKind::Purchase {
+                    self.record_event(log_index, order_id, sku, qty, user);
                 }
+                changes.skus.insert(sku.clone());
+                taken
             }
         };
         match state {
@@ -340,7 +342,6 @@ impl LedgerState {
                 first_outcome: outcome.clone(),
             },
         );
-        changes.orders.insert(order_id.to_string());
         Ok(outcome)
     }
 
@@ -353,11 +354,7 @@ impl LedgerState {
             return Err(Outcome::SaleClosed);
         }
         if rules.per_user_limit != 0 {
-            let held = self
-                .holdings
-                .get(&(sku.to_vec(), user.to_string()))
-                .copied()
-                .unwrap_or(0);
+            let held = self.held(sku, user);
             if held + qty > rules.per_user_limit {
                 return Err(Outcome::LimitExceeded {
                     held,
@@ -428,8 +425,7 @@ impl LedgerState {
             order.state = OrderState::Confirmed { confirmed_at_ms: now };
         }
         changes.skus.insert(sku.clone());
-        changes.orders.insert(order_id.to_string());
-        self.record_event(log_index, order_id, sku, qty, user, changes);
+        self.record_event(log_index, order_id, sku, qty, user);
     }
 
     fn cancel(
@@ -479,17 +475,9 @@ impl LedgerState {
         let record = self.skus.get_mut(&sku).ok_or_else(|| missing_sku(log_index, &sku))?;
         record.reserved = checked_sub(record.reserved, qty, log_index, &sku)?;
         record.available += qty;
-        let key = (sku.clone(), user);
-        let holding = self.holdings.get(&key).copied().unwrap_or(0);
-        let remaining = checked_sub(holding, qty, log_index, &sku)?;
-        if remaining == 0 {
-            self.holdings.remove(&key);
-        } else {
-            self.holdings.insert(key.clone(), remaining);
-        }
-        changes.holdings.insert(key);
+        let remaining = checked_sub(self.held(&sku, &user), qty, log_index, &sku)?;
+        self.set_held(&sku, &user, remaining);
         changes.skus.insert(sku);
-        changes.orders.insert(order_id.to_string());
         Ok(())
     }
 
@@ -559,7 +547,6 @@ impl LedgerState {
         for key in forgotten {
             self.rejections.remove(&key);
             self.orders.remove(&key.1);
-            changes.orders.insert(key.1);
         }
         Ok(())
     }
@@ -568,15 +555,50 @@ impl LedgerState {
     /// mark past the events that exist changes nothing: a correct shipper only acknowledges
     /// events it read from this log, so such a mark means Postgres holds another ledger's
     /// watermarks, and pruning on its word would drop orders that were never shipped.
-    fn mark_shipped(&mut self, below_seq: u64, shipper: u64, changes: &mut Changes) {
+    fn mark_shipped(&mut self, below_seq: u64, shipper: u64) {
         if below_seq <= self.shipped_below_seq || below_seq > self.next_event_seq {
             return;
         }
-        let kept = self.order_events.split_off(&below_seq);
-        let pruned = std::mem::replace(&mut self.order_events, kept);
-        changes.events_removed.extend(pruned.into_keys());
+        self.order_events = self.order_events.split_off(&below_seq);
         self.shipped_below_seq = below_seq;
         self.shipped_by = shipper;
+    }
+
+    /// Units `user` holds of `sku` (reserved + sold).
+    pub fn held(&self, sku: &[u8], user: &str) -> u64 {
+        self.holdings
+            .get(sku)
+            .and_then(|holders| holders.get(user))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn add_held(&mut self, sku: &[u8], user: &str, qty: u64) {
+        let held = self.held(sku, user) + qty;
+        self.set_held(sku, user, held);
+    }
+
+    /// Sets what `user` holds of `sku`; zero removes the holder (and an emptied SKU entry).
+    fn set_held(&mut self, sku: &[u8], user: &str, units: u64) {
+        if units == 0 {
+            if let Some(holders) = self.holdings.get_mut(sku) {
+                holders.remove(user);
+                if holders.is_empty() {
+                    self.holdings.remove(sku);
+                }
+            }
+            return;
+        }
+        let holders = match self.holdings.get_mut(sku) {
+            Some(holders) => holders,
+            None => self.holdings.entry(sku.to_vec()).or_default(),
+        };
+        match holders.get_mut(user) {
+            Some(held) => *held = units,
+            None => {
+                holders.insert(user.to_string(), units);
+            }
+        }
     }
 
     /// The oldest event not yet known to be shipped: what shipping lag is measured from.
@@ -584,15 +606,7 @@ impl LedgerState {
         self.order_events.first_key_value().map(|(_, event)| event)
     }
 
-    fn record_event(
-        &mut self,
-        log_index: u64,
-        order_id: &str,
-        sku: &[u8],
-        qty: u64,
-        user: &str,
-        changes: &mut Changes,
-    ) {
+    fn record_event(&mut self, log_index: u64, order_id: &str, sku: &[u8], qty: u64, user: &str) {
         let seq = self.next_event_seq;
         self.next_event_seq += 1;
         self.order_events.insert(
@@ -606,7 +620,6 @@ impl LedgerState {
                 confirmed_at_ms: self.clock_ms,
             },
         );
-        changes.events_added.push(seq);
     }
 
     /// A digest of the replicated state, equal on replicas that applied the same entries.
@@ -624,11 +637,17 @@ impl LedgerState {
                 hasher.write(&value.to_le_bytes());
             }
         }
+        // Orders are a hash map (no order to iterate in): combine their hashes commutatively.
+        let mut orders_sum = 0u64;
         for (order_id, order) in &self.orders {
-            hasher.write(order_id.as_bytes());
-            hasher.write(&order.qty.to_le_bytes());
-            hasher.write(format!("{:?}", order.state).as_bytes());
+            let mut order_hasher = Fnv64::default();
+            order_hasher.write(order_id.as_bytes());
+            order_hasher.write(&order.qty.to_le_bytes());
+            order_hasher.write(format!("{:?}", order.state).as_bytes());
+            orders_sum = orders_sum.wrapping_add(order_hasher.finish());
         }
+        hasher.write(&(self.orders.len() as u64).to_le_bytes());
+        hasher.write(&orders_sum.to_le_bytes());
         hasher.write(&self.next_event_seq.to_le_bytes());
         hasher.write(&self.shipped_below_seq.to_le_bytes());
         hasher.write(&self.clock_ms.to_le_bytes());
