@@ -88,8 +88,8 @@ struct RunArgs {
     /// Service mode: operations per Batch RPC.
     #[arg(long, default_value_t = 64)]
     coalesce_ops_max: usize,
-    /// Service mode: Batch RPCs per shard in flight per client.
-    #[arg(long, default_value_t = 8)]
+    /// Service mode: Batch RPCs per shard in flight per client (the client library's default).
+    #[arg(long, default_value_t = 4)]
     coalesce_inflight_max: usize,
     /// Tokio worker threads of the load generator (the peers' load generator uses 1).
     #[arg(long, default_value_t = 1)]
