@@ -125,7 +125,7 @@ async fn killing_the_leader_loses_no_acknowledged_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_follower_catches_up_from_a_snapshot() {
-    let mut cluster = TestCluster::start(3, |config| config.raft.snapshot_logs_since_last = 40).await;
+    let mut cluster = TestCluster::start(3, |config| config.raft.snapshot_ops_since_last = 40).await;
     cluster.put_sku("apple", 100_000).await;
     let leader = cluster.leader(1).await;
     let follower = cluster
@@ -171,7 +171,7 @@ async fn a_restarted_follower_catches_up_from_a_snapshot() {
 async fn a_whole_cluster_restart_rebuilds_the_state_from_snapshots_and_the_log() {
     // Applied state is on disk only as snapshots: every node must come back from its own
     // snapshot plus the log after it, with nothing lost and the same answers to replays.
-    let mut cluster = TestCluster::start(3, |config| config.raft.snapshot_logs_since_last = 40).await;
+    let mut cluster = TestCluster::start(3, |config| config.raft.snapshot_ops_since_last = 40).await;
     cluster.put_sku("apple", 100_000).await;
     let mut last_index = 0;
     for n in 0..150 {

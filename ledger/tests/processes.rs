@@ -46,7 +46,7 @@ impl ProcessCluster {
             })
             .collect();
         let mut toml = String::from(
-            "[raft]\nelection_timeout_ms_min = 300\nelection_timeout_ms_max = 600\nheartbeat_interval_ms = 50\nsnapshot_logs_since_last = 500\n",
+            "[raft]\nelection_timeout_ms_min = 300\nelection_timeout_ms_max = 600\nheartbeat_interval_ms = 50\nsnapshot_ops_since_last = 500\n",
         );
         for (position, addr) in addrs.iter().enumerate() {
             let id = position + 1;

@@ -97,7 +97,7 @@ async fn every_confirmed_order_lands_in_postgres_exactly_once() {
         config.shipping.retry_backoff_ms_max = 500;
         config.shipping.statement_timeout_ms = 2000;
         // Snapshots during the sale, so some carry unshipped events.
-        config.raft.snapshot_logs_since_last = 200;
+        config.raft.snapshot_ops_since_last = 200;
     })
     .await;
     for (sku, total) in SKUS {

@@ -228,6 +228,7 @@ impl Node {
         });
         for shard in node.shards.values() {
             tokio::spawn(expire_reservations(Arc::downgrade(&node), shard.config.id));
+            tokio::spawn(trigger_snapshots(Arc::downgrade(&node), shard.config.id));
         }
         #[cfg(not(madsim))]
         if !node.config.postgres.is_empty() {
@@ -583,8 +584,10 @@ fn raft_config(config: &ClusterConfig) -> Result<openraft::Config, NodeError> {
         election_timeout_max: raft.election_timeout_ms_max,
         heartbeat_interval: raft.heartbeat_interval_ms,
         install_snapshot_timeout: raft.rpc_timeout_ms.max(10_000),
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(raft.snapshot_logs_since_last),
-        max_in_snapshot_log_to_keep: raft.snapshot_logs_since_last / 2,
+        // Snapshots are triggered by `trigger_snapshots`, counting operations, not entries.
+        snapshot_policy: SnapshotPolicy::Never,
+        // Entries kept behind a snapshot so a briefly lagging follower needs no snapshot.
+        max_in_snapshot_log_to_keep: (raft.snapshot_ops_since_last / 2).min(SNAPSHOT_LOG_KEPT_ENTRIES_MAX),
         // A restarted leader must not resume leadership in its old term. openraft replicates an
         // entry before the leader's own copy is synced, so a leader that crashes can lose an
         // entry a follower holds; resuming the same term, it would write a different entry
@@ -595,6 +598,31 @@ fn raft_config(config: &ClusterConfig) -> Result<openraft::Config, NodeError> {
     }
     .validate()
     .map_err(|e| NodeError::Raft(format!("raft config: {e}")))
+}
+
+/// Most log entries a shard keeps in memory behind its snapshot for lagging followers.
+const SNAPSHOT_LOG_KEPT_ENTRIES_MAX: u64 = 1_000;
+/// How often each shard checks whether it is due a snapshot.
+const SNAPSHOT_CHECK_INTERVAL_MS: u64 = 250;
+
+/// Asks openraft for a snapshot of a shard once `raft.snapshot_ops_since_last` operations were
+/// applied since the last one (on every replica: each builds its own). Ends when the node is
+/// dropped.
+async fn trigger_snapshots(node: Weak<Node>, shard_id: ShardId) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(SNAPSHOT_CHECK_INTERVAL_MS)).await;
+        let Some(node) = node.upgrade() else { return };
+        let Some(shard) = node.shards.get(&shard_id) else {
+            return;
+        };
+        if shard.view.ops_since_snapshot() < node.config.raft.snapshot_ops_since_last {
+            continue;
+        }
+        // A trigger while a snapshot is being built is ignored by openraft.
+        if let Err(error) = shard.raft.trigger().snapshot().await {
+            tracing::debug!(shard = shard_id, %error, "snapshot trigger failed; retrying next tick");
+        }
+    }
 }
 
 /// The leader of each shard proposes `Expire` when a reservation is due, so expiry is a

@@ -12,6 +12,8 @@ use std::io::Cursor;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::RwLock;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 
 use futures::Stream;
 use futures::TryStreamExt;
@@ -34,7 +36,9 @@ use crate::raft::types::ShardId;
 use crate::raft::types::SnapshotMeta;
 use crate::raft::types::StoredMembership;
 use crate::raft::types::TypeConfig;
+use crate::state_machine::command::CommandBody;
 use crate::state_machine::command::CommandReply;
+use crate::state_machine::command::LogCommand;
 use crate::state_machine::command::Sku;
 use crate::state_machine::state::Changes;
 use crate::state_machine::state::InvariantViolation;
@@ -58,6 +62,9 @@ pub struct ShardView {
     state: RwLock<ShardImage>,
     halted: Mutex<Option<InvariantViolation>>,
     changes: broadcast::Sender<StockChange>,
+    /// Operations applied since the state the latest snapshot was taken from (see
+    /// `node::trigger_snapshots`). Changed only under the state lock.
+    ops_since_snapshot: AtomicU64,
 }
 
 impl ShardView {
@@ -68,6 +75,7 @@ impl ShardView {
             state: RwLock::new(image),
             halted: Mutex::new(None),
             changes,
+            ops_since_snapshot: AtomicU64::new(0),
         }
     }
 
@@ -80,6 +88,11 @@ impl ShardView {
     /// The applied log index (0 before anything was applied).
     pub fn applied_index(&self) -> u64 {
         self.read(|image| image.meta.applied.map(|id| id.index).unwrap_or(0))
+    }
+
+    /// Operations applied since the latest snapshot's state.
+    pub fn ops_since_snapshot(&self) -> u64 {
+        self.ops_since_snapshot.load(Ordering::Relaxed)
     }
 
     /// The invariant violation that stopped this replica, if any.
@@ -172,6 +185,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         let mut all_changes = Changes::default();
         let mut replies = Vec::new();
         let mut last_index = 0;
+        let mut applied_ops = 0u64;
         // Drain the stream first: the state lock must not be held across an await.
         let mut batch = Vec::new();
         while let Some(entry_and_responder) = entries.try_next().await? {
@@ -181,6 +195,13 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
             let mut image = self.view.state.write().unwrap_or_else(|p| p.into_inner());
             for (entry, responder) in batch {
                 let log_id = entry.log_id();
+                applied_ops += match &entry.payload {
+                    EntryPayload::Normal(LogCommand {
+                        body: CommandBody::Batch(operations),
+                        ..
+                    }) => operations.len().max(1) as u64,
+                    _ => 1,
+                };
                 let reply = match entry.payload {
                     EntryPayload::Blank => CommandReply::default(),
                     EntryPayload::Normal(ref command) => {
@@ -202,6 +223,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
                     replies.push((responder, reply));
                 }
             }
+            self.view.ops_since_snapshot.fetch_add(applied_ops, Ordering::Relaxed);
             self.view.publish(&image, &all_changes, last_index);
         }
         // Answer after the lock is released; the entries are already durable in the Raft log.
@@ -226,7 +248,9 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         };
         run_blocking(move || store.save_snapshot(&stored)).await?;
         tracing::info!(shard = self.view.shard_id, last_log_id = ?meta.last_log_id, "installed snapshot");
-        *self.view.state.write().unwrap_or_else(|p| p.into_inner()) = image;
+        let mut state = self.view.state.write().unwrap_or_else(|p| p.into_inner());
+        *state = image;
+        self.view.ops_since_snapshot.store(0, Ordering::Relaxed);
         Ok(())
     }
 
@@ -248,7 +272,10 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
     ) -> Result<openraft::alias::SnapshotOf<TypeConfig, Self::SnapshotData>, io::Error> {
         // Apply waits only for this copy (it holds the write lock per batch); encoding and
         // writing the snapshot happen on a blocking thread while the shard keeps applying.
-        let image = self.view.read(ShardImage::clone);
+        let image = self.view.read(|image| {
+            self.view.ops_since_snapshot.store(0, Ordering::Relaxed);
+            image.clone()
+        });
         let meta = SnapshotMeta {
             last_log_id: image.meta.applied,
             last_membership: image.meta.membership.clone(),
