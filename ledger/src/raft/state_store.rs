@@ -272,29 +272,39 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
     ) -> Result<openraft::alias::SnapshotOf<TypeConfig, Self::SnapshotData>, io::Error> {
         // Apply waits only for this copy (it holds the write lock per batch); encoding and
         // writing the snapshot happen on a blocking thread while the shard keeps applying.
-        let image = self.view.read(|image| {
-            self.view.ops_since_snapshot.store(0, Ordering::Relaxed);
-            image.clone()
-        });
+        let (image, ops_covered) = self
+            .view
+            .read(|image| (image.clone(), self.view.ops_since_snapshot.swap(0, Ordering::Relaxed)));
         let meta = SnapshotMeta {
             last_log_id: image.meta.applied,
             last_membership: image.meta.membership.clone(),
         };
-        if let Some(log) = &self.log {
-            log.wait_durable().await.map_err(io::Error::from)?;
-        }
         // The log may be purged up to this snapshot once this returns: it must be durable.
         let store = self.store.clone();
         let snapshot_meta = meta.clone();
-        let data = run_blocking(move || {
-            let stored = StoredSnapshot {
-                meta: snapshot_meta,
-                data: encode_image(&image)?,
-            };
-            store.save_snapshot(&stored)?;
-            Ok(stored.data)
-        })
-        .await?;
+        let log = self.log.clone();
+        let saved = async move {
+            if let Some(log) = log {
+                log.wait_durable().await.map_err(io::Error::from)?;
+            }
+            run_blocking(move || {
+                let stored = StoredSnapshot {
+                    meta: snapshot_meta,
+                    data: encode_image(&image)?,
+                };
+                store.save_snapshot(&stored)?;
+                Ok(stored.data)
+            })
+            .await
+        };
+        let data = match saved.await {
+            Ok(data) => data,
+            Err(error) => {
+                // Not saved: the operations it covered still count toward the next one.
+                self.view.ops_since_snapshot.fetch_add(ops_covered, Ordering::Relaxed);
+                return Err(error);
+            }
+        };
         tracing::info!(shard = self.view.shard_id, last_log_id = ?meta.last_log_id, bytes = data.len(), "built snapshot");
         Ok(openraft::Snapshot {
             meta,
