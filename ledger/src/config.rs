@@ -124,6 +124,14 @@ pub struct RaftSection {
     /// in operations, not entries, because a snapshot's cost and the log's memory grow with
     /// operations: one-operation entries would snapshot 64x as often as coalesced ones.
     pub snapshot_ops_since_last: u64,
+    /// ... and once they reach this percent of the records (orders, holdings, unshipped order
+    /// events) the last snapshot held. A snapshot is a full image, so a fixed interval would
+    /// make its cost per operation grow with the state (a 5-million-order shard rewrote
+    /// gigabytes every 200 000 operations); growing the interval with the state keeps it
+    /// constant, as Redis' `auto-aof-rewrite-percentage` does. The price is a log (on disk and
+    /// in memory) and a replay on restart of up to this percent of the state. 0: only
+    /// `snapshot_ops_since_last` counts.
+    pub snapshot_growth_percent: u64,
 }
 
 impl Default for RaftSection {
@@ -134,6 +142,7 @@ impl Default for RaftSection {
             heartbeat_interval_ms: 100,
             rpc_timeout_ms: 1000,
             snapshot_ops_since_last: 200_000,
+            snapshot_growth_percent: 25,
         }
     }
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use ledger::applied::AppliedStore;
 use ledger::applied::FileSnapshots;
+use ledger::raft::state_store::ShardLog;
 use ledger::raft::state_store::ShardStateMachine;
 use ledger::raft::types::TypeConfig;
 use ledger::storage::FileBackend;
@@ -32,8 +33,14 @@ impl StoreBuilder<TypeConfig, ShardLogStore, ShardStateMachine, tempfile::TempDi
         let backend = FileBackend::open(directory.path()).map_err(io_error)?;
         let wal = Wal::open(backend, WalOptions::default()).map_err(|e| io_error(e.into()))?;
         let snapshots = FileSnapshots::open(&directory.path().join("snapshots"), 1).map_err(|e| io_error(e.into()))?;
-        let state_machine = ShardStateMachine::open(1, AppliedStore::new(Arc::new(snapshots))).map_err(io_error)?;
-        Ok((directory, wal.log_store(1), state_machine))
+        let log_store = wal.log_store(1);
+        let log = ShardLog {
+            wal,
+            reader: log_store.clone(),
+        };
+        let state_machine =
+            ShardStateMachine::open(1, AppliedStore::new(Arc::new(snapshots)), log).map_err(io_error)?;
+        Ok((directory, log_store, state_machine))
     }
 }
 

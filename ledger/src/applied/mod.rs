@@ -41,6 +41,8 @@ pub enum AppliedStoreError {
     Encode(String),
     #[error("snapshot {what} does not decode: {message}")]
     Decode { what: String, message: String },
+    #[error("building a snapshot from the latest one and the log: {0}")]
+    Replay(String),
 }
 
 impl From<AppliedStoreError> for std::io::Error {

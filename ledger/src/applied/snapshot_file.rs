@@ -3,10 +3,16 @@
 //! A save writes `shard-<id>.snap.tmp`, fdatasyncs it, renames it over the old file and fsyncs
 //! the directory, so a crash at any point leaves the old snapshot or the new one. The file is
 //! framed (magic, length, CRC-32 of the payload), so a damaged file is reported, never loaded.
+//!
+//! The payload is written and flushed to disk a few MiB at a time (`sync_file_range`), not left
+//! to one fdatasync at the end: ext4 (data=ordered) makes the WAL's next fdatasync wait for every
+//! dirty block of a file whose blocks the same journal commit allocates, and a 90 MB snapshot
+//! flushed at once stalled the write path for half a second.
 
 use std::fs::File;
 use std::io::Read;
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::path::PathBuf;
 
@@ -17,6 +23,8 @@ use crate::raft::types::ShardId;
 const MAGIC: &[u8; 8] = b"FLSNAP01";
 /// magic (8) + payload length (8) + CRC-32 of the payload (4).
 const HEADER_BYTES: usize = 8 + 8 + 4;
+/// The payload is written and flushed in chunks of this many bytes.
+const WRITE_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
 pub struct FileSnapshots {
     directory: PathBuf,
@@ -36,6 +44,27 @@ impl FileSnapshots {
     }
 }
 
+/// Writes `length` bytes at `offset` to disk and waits for them (Linux `sync_file_range`; no
+/// metadata, no durability guarantee by itself).
+fn flush_range(file: &File, offset: usize, length: usize) -> std::io::Result<()> {
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: a syscall on a file descriptor `file` owns and keeps open for the call; no memory
+    // is passed.
+    let result = unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            length as libc::off64_t,
+            flags,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 fn io_error(path: &Path, error: std::io::Error) -> AppliedStoreError {
     AppliedStoreError::Backend(format!("{}: {error}", path.display()))
 }
@@ -47,7 +76,14 @@ impl SnapshotBackend for FileSnapshots {
             file.write_all(MAGIC)?;
             file.write_all(&(bytes.len() as u64).to_le_bytes())?;
             file.write_all(&crc32fast::hash(bytes).to_le_bytes())?;
-            file.write_all(bytes)?;
+            let mut written = HEADER_BYTES;
+            for chunk in bytes.chunks(WRITE_CHUNK_BYTES) {
+                file.write_all(chunk)?;
+                flush_range(&file, written, chunk.len())?;
+                written += chunk.len();
+            }
+            // What makes it durable (and the file's size and blocks): the chunks' flushes only
+            // spread the writing out.
             file.sync_data()?;
             Ok(())
         };

@@ -17,12 +17,14 @@ use openraft::errors::RaftError;
 
 use crate::applied::AppliedStore;
 use crate::config::ClusterConfig;
+use crate::config::RaftSection;
 use crate::config::ShardConfig;
 use crate::raft::network::PeerChannels;
 use crate::raft::network::RAFT_MESSAGE_BYTES_MAX;
 use crate::raft::network::RemoteResult;
 use crate::raft::network::ShardNetworkFactory;
 use crate::raft::network::ShippedMark;
+use crate::raft::state_store::ShardLog;
 use crate::raft::state_store::ShardStateMachine;
 use crate::raft::state_store::ShardView;
 use crate::raft::types::NodeId;
@@ -176,23 +178,21 @@ impl Node {
             let snapshots = opened
                 .snapshots(shard.id)
                 .map_err(|e| NodeError::Storage(e.to_string()))?;
-            let state_machine = ShardStateMachine::open(shard.id, AppliedStore::new(snapshots))
-                .map_err(|e| NodeError::Storage(format!("shard {}: {e}", shard.id)))?
-                .with_log_barrier(opened.wal());
+            let log_store = opened.log_store(shard.id);
+            let log = ShardLog {
+                wal: opened.wal(),
+                reader: log_store.clone(),
+            };
+            let state_machine = ShardStateMachine::open(shard.id, AppliedStore::new(snapshots), log)
+                .map_err(|e| NodeError::Storage(format!("shard {}: {e}", shard.id)))?;
             let view = state_machine.view();
             let network = ShardNetworkFactory {
                 shard_id: shard.id,
                 peers: peers.clone(),
             };
-            let raft = Raft::new(
-                node_id,
-                raft_config.clone(),
-                network,
-                opened.log_store(shard.id),
-                state_machine,
-            )
-            .await
-            .map_err(|e| NodeError::Raft(format!("shard {}: {e}", shard.id)))?;
+            let raft = Raft::new(node_id, raft_config.clone(), network, log_store, state_machine)
+                .await
+                .map_err(|e| NodeError::Raft(format!("shard {}: {e}", shard.id)))?;
             if !raft
                 .is_initialized()
                 .await
@@ -605,9 +605,9 @@ const SNAPSHOT_LOG_KEPT_ENTRIES_MAX: u64 = 1_000;
 /// How often each shard checks whether it is due a snapshot.
 const SNAPSHOT_CHECK_INTERVAL_MS: u64 = 250;
 
-/// Asks openraft for a snapshot of a shard once `raft.snapshot_ops_since_last` operations were
-/// applied since the last one (on every replica: each builds its own). Ends when the node is
-/// dropped.
+/// Asks openraft for a snapshot of a shard once the operations applied since the last one reach
+/// both `raft.snapshot_ops_since_last` and `raft.snapshot_growth_percent` of the records the last
+/// one held (on every replica: each builds its own). Ends when the node is dropped.
 async fn trigger_snapshots(node: Weak<Node>, shard_id: ShardId) {
     loop {
         tokio::time::sleep(Duration::from_millis(SNAPSHOT_CHECK_INTERVAL_MS)).await;
@@ -615,7 +615,11 @@ async fn trigger_snapshots(node: Weak<Node>, shard_id: ShardId) {
         let Some(shard) = node.shards.get(&shard_id) else {
             return;
         };
-        if shard.view.ops_since_snapshot() < node.config.raft.snapshot_ops_since_last {
+        if !snapshot_due(
+            &node.config.raft,
+            shard.view.ops_since_snapshot(),
+            shard.view.snapshot_records(),
+        ) {
             continue;
         }
         // A trigger while a snapshot is being built is ignored by openraft.
@@ -623,6 +627,13 @@ async fn trigger_snapshots(node: Weak<Node>, shard_id: ShardId) {
             tracing::debug!(shard = shard_id, %error, "snapshot trigger failed; retrying next tick");
         }
     }
+}
+
+/// Whether `ops_since_snapshot` operations applied on top of a snapshot of `snapshot_records`
+/// records are enough for the next one (see `RaftSection::snapshot_growth_percent`).
+fn snapshot_due(raft: &RaftSection, ops_since_snapshot: u64, snapshot_records: u64) -> bool {
+    let by_growth = snapshot_records.saturating_mul(raft.snapshot_growth_percent) / 100;
+    ops_since_snapshot >= raft.snapshot_ops_since_last.max(by_growth)
 }
 
 /// The leader of each shard proposes `Expire` when a reservation is due, so expiry is a
@@ -654,5 +665,34 @@ async fn expire_reservations(node: Weak<Node>, shard_id: ShardId) {
                 tracing::debug!(shard = shard_id, %error, "expire proposal failed; retrying next tick");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_is_due_after_the_fixed_interval_and_the_growth_of_the_state() {
+        let raft = RaftSection {
+            snapshot_ops_since_last: 1_000,
+            snapshot_growth_percent: 25,
+            ..RaftSection::default()
+        };
+        // A small state: the fixed interval decides.
+        assert!(!snapshot_due(&raft, 999, 100));
+        assert!(snapshot_due(&raft, 1_000, 100));
+        // A large state: a quarter of it must have been applied on top.
+        assert!(!snapshot_due(&raft, 1_000, 1_000_000));
+        assert!(!snapshot_due(&raft, 249_999, 1_000_000));
+        assert!(snapshot_due(&raft, 250_000, 1_000_000));
+        // 0 turns the growth rule off; a huge state does not overflow.
+        let fixed = RaftSection {
+            snapshot_growth_percent: 0,
+            ..raft.clone()
+        };
+        assert!(snapshot_due(&fixed, 1_000, 1_000_000));
+        assert!(!snapshot_due(&raft, u64::MAX / 100 - 1, u64::MAX));
+        assert!(snapshot_due(&raft, u64::MAX / 100, u64::MAX));
     }
 }

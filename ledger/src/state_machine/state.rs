@@ -171,6 +171,13 @@ impl LedgerState {
         }
     }
 
+    /// Records that grow with the orders taken: orders, holders, unshipped order events. What a
+    /// snapshot's size (and so its cost) is proportional to.
+    pub fn records(&self) -> u64 {
+        let holders: usize = self.holdings.values().map(HashMap::len).sum();
+        (self.orders.len() + holders + self.order_events.len()) as u64
+    }
+
     pub fn stock(&self, sku: &[u8]) -> Option<StockCounts> {
         self.skus.get(sku).map(|r| StockCounts {
             total: r.total,

@@ -57,6 +57,16 @@ impl ShardLogStore {
     pub fn shard(&self) -> ShardId {
         self.shard
     }
+
+    /// Copies of the entries in `range` the log holds now (none that were purged or truncated).
+    /// Synchronous: the snapshot builder reads the log from a blocking thread.
+    pub fn entries_in(&self, range: impl RangeBounds<u64>) -> Vec<Entry> {
+        lock(&self.state)
+            .entries
+            .range(range)
+            .map(|(_, entry)| entry.clone())
+            .collect()
+    }
 }
 
 impl RaftLogReader<TypeConfig> for ShardLogStore {
