@@ -91,7 +91,7 @@ sleep 2
   echo
   echo "RSS after $ORDERS orders (zipf over 1 000 SKUs, all confirmed):"
   for id in 1 2 3; do
-    echo "- node $id: $(awk '/VmRSS/ { printf "%.0f MiB", $2 / 1024 }' "/proc/$(cluster_pid_of "$id")/status")"
+    echo "- node $id: $(awk '/VmRSS/ { printf "%.0f MiB", $2 / 1024 } /VmHWM/ { peak = $2 } END { printf " (peak %.0f MiB)", peak / 1024 }' "/proc/$(cluster_pid_of "$id")/status")"
   done
   echo "- data directories: $(du -sh .flashledger | cut -f1)"
 } >>"$summary"

@@ -2,9 +2,10 @@
 //!
 //! The applied state (SKU records, orders, holdings, unshipped order events) lives in memory,
 //! in the state machine's [`ShardImage`]; applying an entry writes nothing to disk. The Raft log
-//! (the WAL, fdatasynced before any answer) is the source of truth. Every
-//! `raft.snapshot_ops_since_last` applied operations a snapshot is due: a full image of the applied
-//! state at one log id, saved here durably (fdatasync, atomic replace). A restarted node starts
+//! (the WAL, fdatasynced before any answer) is the source of truth. Now and then (see
+//! `RaftSection::snapshot_growth_percent`) a snapshot is due: a full image of the applied state at
+//! one log id, built from the previous one and the log (`crate::raft::state_store`), saved here
+//! durably (fdatasync, atomic replace). A restarted node starts
 //! from its snapshot and openraft re-applies the log after it; the log is purged only up to a
 //! snapshot that is already durable.
 //!
