@@ -64,15 +64,17 @@ pub type RemoteResult<T> = Result<T, String>;
 pub struct PeerChannels {
     addresses: Arc<BTreeMap<NodeId, String>>,
     channels: Arc<Mutex<BTreeMap<NodeId, Channel>>>,
-    connect_timeout: Duration,
+    /// `raft.rpc_timeout_ms`: the connect timeout, and the deadline of an append that carries
+    /// entries (see `ShardPeer::append_entries`).
+    rpc_timeout: Duration,
 }
 
 impl PeerChannels {
-    pub fn new(addresses: BTreeMap<NodeId, String>, connect_timeout: Duration) -> Self {
+    pub fn new(addresses: BTreeMap<NodeId, String>, rpc_timeout: Duration) -> Self {
         PeerChannels {
             addresses: Arc::new(addresses),
             channels: Arc::default(),
-            connect_timeout,
+            rpc_timeout,
         }
     }
 
@@ -88,7 +90,7 @@ impl PeerChannels {
             .ok_or_else(|| format!("node {node} is not in the cluster config"))?;
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| format!("node {node} address {addr}: {e}"))?
-            .connect_timeout(self.connect_timeout);
+            .connect_timeout(self.rpc_timeout);
         let channel = endpoint.connect_lazy();
         channels.insert(node, channel.clone());
         Ok(channel)
@@ -193,7 +195,17 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(RaftRpc::AppendEntries, &rpc, option.hard_ttl())
+        // openraft gives a replicated append the heartbeat interval (100 ms) as its deadline,
+        // and the answer waits for the follower's fdatasync. Under disk contention (a snapshot
+        // being written) that missed; the stream was torn down and rebuilt and writes stalled
+        // for up to half a second. An append carrying entries gets `raft.rpc_timeout_ms`;
+        // heartbeats (no entries) keep the short deadline, so a dead peer is still noticed fast.
+        let deadline = if rpc.entries.is_empty() {
+            option.hard_ttl()
+        } else {
+            option.hard_ttl().max(self.peers.rpc_timeout)
+        };
+        self.call(RaftRpc::AppendEntries, &rpc, deadline)
             .await
             .map_err(CallError::into_rpc)
     }

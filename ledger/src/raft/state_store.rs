@@ -390,7 +390,7 @@ fn replay_snapshot(
     let from = image.meta.applied.map(|id| id.index + 1).unwrap_or(0);
     let mut replayed_entries = 0;
     if let Some(upto) = upto.filter(|upto| upto.index >= from) {
-        let entries = log.entries_in(from..=upto.index);
+        let entries = log.entries_in(from, upto.index);
         // Indexes come from a map, so they are distinct and increasing: as many as the span and
         // ending at `upto` means every one is there.
         let complete =
@@ -561,7 +561,7 @@ mod tests {
             let put = |sku: &[u8]| Operation::PutSku {
                 sku: sku.to_vec(),
                 total: 1_000,
-                rules: rules.clone(),
+                rules,
             };
             let mut next = 0;
             // The second and third snapshots are built on top of the one before them.

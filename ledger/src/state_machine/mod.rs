@@ -5,6 +5,7 @@
 
 pub mod command;
 pub mod limits;
+pub mod spread_map;
 pub mod state;
 
 #[cfg(test)]

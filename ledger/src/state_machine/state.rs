@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
-use std::collections::HashMap;
 
 use serde::Deserialize;
 use serde::Serialize;
@@ -20,6 +19,7 @@ use crate::state_machine::command::Outcome;
 use crate::state_machine::command::SaleRules;
 use crate::state_machine::command::Sku;
 use crate::state_machine::limits;
+use crate::state_machine::spread_map::SpreadMap;
 
 /// One SKU's counts and rules.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,9 +113,10 @@ impl Changes {
 
 /// Units each user holds (reserved + sold) per SKU, for per-user limits. Per SKU a hash map: a
 /// hot SKU has a holder per buyer, and looking one up must not cost a walk of ordered keys that
-/// all start with the same SKU (it was the top of the profile). A SKU whose holders all let go
-/// has no entry, so replicas that reached the same state compare equal.
-pub type Holdings = BTreeMap<Sku, HashMap<String, u64>>;
+/// all start with the same SKU (it was the top of the profile); a spread one, so that it never
+/// rehashes every holder at once. A SKU whose holders all let go has no entry, so replicas that
+/// reached the same state compare equal.
+pub type Holdings = BTreeMap<Sku, SpreadMap<u64>>;
 
 /// The whole applied state of one shard.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,8 +124,9 @@ pub struct LedgerState {
     pub skus: BTreeMap<Sku, SkuRecord>,
     /// Every order by id. A hash map: an order id is looked up and inserted on every reserve
     /// and purchase, and ids of one client share long prefixes (ordered keys cost a walk of
-    /// string comparisons per lookup; it was the top of the profile).
-    pub orders: HashMap<String, OrderRecord>,
+    /// string comparisons per lookup; it was the top of the profile), spread so that growing it
+    /// never rehashes every order at once.
+    pub orders: SpreadMap<OrderRecord>,
     /// Units each user holds reserved + sold, per SKU.
     pub holdings: Holdings,
     /// Confirmed orders not yet shipped, by sequence number (dense: `shipped_below_seq..next_event_seq`).
@@ -174,7 +176,7 @@ impl LedgerState {
     /// Records that grow with the orders taken: orders, holders, unshipped order events. What a
     /// snapshot's size (and so its cost) is proportional to.
     pub fn records(&self) -> u64 {
-        let holders: usize = self.holdings.values().map(HashMap::len).sum();
+        let holders: usize = self.holdings.values().map(SpreadMap::len).sum();
         (self.orders.len() + holders + self.order_events.len()) as u64
     }
 

@@ -36,6 +36,22 @@ use crate::storage::wal::ShardState;
 use crate::storage::wal::Wal;
 use crate::storage::wal::WalError;
 
+/// How many entries `entries_in` copies per acquisition of the shard's lock.
+const ENTRIES_COPIED_PER_LOCK: usize = 512;
+
+/// Frees `value` off the caller's thread: purged log entries are hundreds of thousands of small
+/// allocations, and the Raft core that purges would stall for tens of milliseconds. The simulator
+/// frees inline (no real threads there).
+fn drop_elsewhere<T: Send + 'static>(value: T) {
+    // If no thread can be had, the failed spawn drops the value right here: freed either way.
+    #[cfg(not(madsim))]
+    let _ = std::thread::Builder::new()
+        .name("log-purge".into())
+        .spawn(move || drop(value));
+    #[cfg(madsim)]
+    drop(value);
+}
+
 /// One shard's Raft log and vote. Cloning gives a reader of the same log.
 #[derive(Clone)]
 pub struct ShardLogStore {
@@ -58,14 +74,25 @@ impl ShardLogStore {
         self.shard
     }
 
-    /// Copies of the entries in `range` the log holds now (none that were purged or truncated).
-    /// Synchronous: the snapshot builder reads the log from a blocking thread.
-    pub fn entries_in(&self, range: impl RangeBounds<u64>) -> Vec<Entry> {
-        lock(&self.state)
-            .entries
-            .range(range)
-            .map(|(_, entry)| entry.clone())
-            .collect()
+    /// Copies of the entries from `first` to `last` the log holds (none that were purged or
+    /// truncated). Synchronous: the snapshot builder reads the log from a blocking thread. The
+    /// lock is taken per chunk, so appends are never held up for the whole copy.
+    pub fn entries_in(&self, first: u64, last: u64) -> Vec<Entry> {
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut next = first;
+        while next <= last {
+            let copied = entries.len();
+            {
+                let state = lock(&self.state);
+                let chunk = state.entries.range(next..=last).take(ENTRIES_COPIED_PER_LOCK);
+                entries.extend(chunk.map(|(_, entry)| entry.clone()));
+            }
+            match entries.last() {
+                Some(entry) if entries.len() > copied => next = entry.index() + 1,
+                _ => break,
+            }
+        }
+        entries
     }
 }
 
@@ -184,7 +211,8 @@ impl RaftLogStorage<TypeConfig> for ShardLogStore {
                 upto: log_id,
             })
             .await?;
-        lock(&self.state).purge(log_id);
+        let purged = lock(&self.state).purge(log_id);
+        drop_elsewhere(purged);
         Ok(())
     }
 }

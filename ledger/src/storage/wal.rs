@@ -155,18 +155,21 @@ impl ShardState {
         }
     }
 
-    pub(crate) fn purge(&mut self, upto: LogId) {
+    /// Forgets the entries up to `upto` and returns them (freeing a few hundred thousand
+    /// operations takes long enough that the caller should not do it under the shard's lock).
+    pub(crate) fn purge(&mut self, upto: LogId) -> BTreeMap<u64, Entry> {
         if self.last_purged.is_none_or(|purged| purged < upto) {
             self.last_purged = Some(upto);
         }
-        self.entries = self.entries.split_off(&(upto.index() + 1));
+        let kept = self.entries.split_off(&(upto.index() + 1));
+        std::mem::replace(&mut self.entries, kept)
     }
 
     fn apply(&mut self, record: Record) -> Result<(), String> {
         match record {
             Record::Append { entries, .. } => self.append(entries)?,
             Record::TruncateAfter { last_kept, .. } => self.truncate_after(last_kept),
-            Record::Purge { upto, .. } => self.purge(upto),
+            Record::Purge { upto, .. } => drop(self.purge(upto)),
             Record::SaveVote { vote, .. } => self.vote = Some(vote),
             Record::SaveCommitted { committed, .. } => self.committed = committed,
         }
