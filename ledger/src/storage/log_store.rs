@@ -37,7 +37,7 @@ use crate::storage::wal::Wal;
 use crate::storage::wal::WalError;
 
 /// How many entries `entries_in` copies per acquisition of the shard's lock.
-const ENTRIES_COPIED_PER_LOCK: usize = 512;
+const ENTRIES_COPIED_PER_LOCK: usize = 64;
 
 /// Frees `value` off the caller's thread: purged log entries are hundreds of thousands of small
 /// allocations, and the Raft core that purges would stall for tens of milliseconds. The simulator
