@@ -5,9 +5,9 @@
 //! framed (magic, length, CRC-32 of the payload), so a damaged file is reported, never loaded.
 //!
 //! The payload is written and flushed to disk a few MiB at a time (`sync_file_range`), not left
-//! to one fdatasync at the end: ext4 (data=ordered) makes the WAL's next fdatasync wait for every
-//! dirty block of a file whose blocks the same journal commit allocates, and a 90 MB snapshot
-//! flushed at once stalled the write path for half a second.
+//! to one fdatasync at the end: on ext4 (data=ordered) a journal commit first writes the data of
+//! the blocks it allocates, so a 90 MB snapshot flushed at once can hold up the WAL's next
+//! fdatasync, which every write waits for (docs/storage.md).
 
 use std::fs::File;
 use std::io::Read;

@@ -196,10 +196,11 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         // openraft gives a replicated append the heartbeat interval (100 ms) as its deadline,
-        // and the answer waits for the follower's fdatasync. Under disk contention (a snapshot
-        // being written) that missed; the stream was torn down and rebuilt and writes stalled
-        // for up to half a second. An append carrying entries gets `raft.rpc_timeout_ms`;
-        // heartbeats (no entries) keep the short deadline, so a dead peer is still noticed fast.
+        // and the answer waits for the follower's fdatasync. While snapshots were being built
+        // the leaders logged "no answer in 100ms" for such appends, and each one tears the
+        // replication stream down (the follower was slow, not gone). An append carrying entries
+        // gets `raft.rpc_timeout_ms`; heartbeats (no entries) keep the short deadline, so a dead
+        // peer is still noticed fast.
         let deadline = if rpc.entries.is_empty() {
             option.hard_ttl()
         } else {
