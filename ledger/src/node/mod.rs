@@ -615,13 +615,13 @@ async fn trigger_snapshots(node: Weak<Node>, shard_id: ShardId) {
         let Some(shard) = node.shards.get(&shard_id) else {
             return;
         };
-        if !snapshot_due(
-            &node.config.raft,
-            shard.view.ops_since_snapshot(),
-            shard.view.snapshot_records(),
-        ) {
+        let (ops_since, records) = (shard.view.ops_since_snapshot(), shard.view.snapshot_records());
+        if !snapshot_due(&node.config.raft, ops_since, records) {
             continue;
         }
+        shard
+            .view
+            .set_snapshot_overdue(snapshot_overdue(&node.config.raft, ops_since, records));
         // A trigger while a snapshot is being built is ignored by openraft.
         if let Err(error) = shard.raft.trigger().snapshot().await {
             tracing::debug!(shard = shard_id, %error, "snapshot trigger failed; retrying next tick");
@@ -632,9 +632,22 @@ async fn trigger_snapshots(node: Weak<Node>, shard_id: ShardId) {
 /// Whether `ops_since_snapshot` operations applied on top of a snapshot of `snapshot_records`
 /// records are enough for the next one (see `RaftSection::snapshot_growth_percent`).
 fn snapshot_due(raft: &RaftSection, ops_since_snapshot: u64, snapshot_records: u64) -> bool {
-    let by_growth = snapshot_records.saturating_mul(raft.snapshot_growth_percent) / 100;
-    ops_since_snapshot >= raft.snapshot_ops_since_last.max(by_growth)
+    ops_since_snapshot >= snapshot_due_at(raft, snapshot_records)
 }
+
+/// Whether the next snapshot is so late (`SNAPSHOT_OVERDUE_FACTOR` times its due point) that it
+/// is built at normal CPU priority instead of in the background.
+fn snapshot_overdue(raft: &RaftSection, ops_since_snapshot: u64, snapshot_records: u64) -> bool {
+    ops_since_snapshot >= snapshot_due_at(raft, snapshot_records).saturating_mul(SNAPSHOT_OVERDUE_FACTOR)
+}
+
+fn snapshot_due_at(raft: &RaftSection, snapshot_records: u64) -> u64 {
+    let by_growth = snapshot_records.saturating_mul(raft.snapshot_growth_percent) / 100;
+    raft.snapshot_ops_since_last.max(by_growth)
+}
+
+/// A snapshot this many times past its due point is built at normal priority.
+const SNAPSHOT_OVERDUE_FACTOR: u64 = 3;
 
 /// The leader of each shard proposes `Expire` when a reservation is due, so expiry is a
 /// replicated decision at a log-stamped time. Ends when the node is dropped.
@@ -694,5 +707,12 @@ mod tests {
         assert!(snapshot_due(&fixed, 1_000, 1_000_000));
         assert!(!snapshot_due(&raft, u64::MAX / 100 - 1, u64::MAX));
         assert!(snapshot_due(&raft, u64::MAX / 100, u64::MAX));
+        // Three times late: built at normal priority.
+        assert!(!snapshot_overdue(&raft, 749_999, 1_000_000));
+        assert!(snapshot_overdue(&raft, 750_000, 1_000_000));
+        assert!(!snapshot_overdue(&raft, 2_999, 100));
+        assert!(snapshot_overdue(&raft, 3_000, 100));
+        assert!(!snapshot_overdue(&raft, 3 * (u64::MAX / 100) - 1, u64::MAX));
+        assert!(snapshot_overdue(&raft, 3 * (u64::MAX / 100), u64::MAX));
     }
 }

@@ -12,6 +12,7 @@ use std::io::Cursor;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::RwLock;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 
@@ -70,6 +71,9 @@ pub struct ShardView {
     ops_since_snapshot: AtomicU64,
     /// `LedgerState::records` of the latest snapshot's state (or of the state loaded at start).
     snapshot_records: AtomicU64,
+    /// Set by the snapshot trigger when a snapshot is badly overdue: then it is built at normal
+    /// CPU priority.
+    snapshot_overdue: AtomicBool,
     /// Held while a snapshot is built or installed: a snapshot is built from the latest one, which
     /// must not be replaced meanwhile.
     snapshot_lock: tokio::sync::Mutex<()>,
@@ -81,6 +85,7 @@ impl ShardView {
         let snapshot_records = AtomicU64::new(image.ledger.records());
         ShardView {
             snapshot_records,
+            snapshot_overdue: AtomicBool::new(false),
             snapshot_lock: tokio::sync::Mutex::new(()),
             shard_id,
             state: RwLock::new(image),
@@ -104,6 +109,12 @@ impl ShardView {
     /// Operations applied since the latest snapshot's state.
     pub fn ops_since_snapshot(&self) -> u64 {
         self.ops_since_snapshot.load(Ordering::Relaxed)
+    }
+
+    /// Marks the next snapshot as badly overdue (or no longer): a machine that never idles would
+    /// starve a background builder while the log it would let go of grows in memory.
+    pub fn set_snapshot_overdue(&self, overdue: bool) {
+        self.snapshot_overdue.store(overdue, Ordering::Relaxed);
     }
 
     /// Records the latest snapshot held (see `LedgerState::records`).
@@ -245,7 +256,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
             meta: meta.clone(),
             data,
         };
-        run_blocking(move || store.save_snapshot(&stored)).await?;
+        run_blocking(SnapshotPriority::Normal, move || store.save_snapshot(&stored)).await?;
         tracing::info!(shard = self.view.shard_id, last_log_id = ?meta.last_log_id, "installed snapshot");
         let mut state = self.view.state.write().unwrap_or_else(|p| p.into_inner());
         self.view
@@ -281,12 +292,17 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
         // apply uses, while the shard keeps applying.
         let (upto, ops_covered) =
             view.read(|image| (image.meta.applied, view.ops_since_snapshot.swap(0, Ordering::Relaxed)));
+        let priority = if view.snapshot_overdue.load(Ordering::Relaxed) {
+            SnapshotPriority::Normal
+        } else {
+            SnapshotPriority::Background
+        };
         let store = self.store.clone();
         let log = self.log.clone();
         let replayed = async move {
             // The log may be purged up to this snapshot once it is saved: it must be durable.
             log.wal.wait_durable().await.map_err(io::Error::from)?;
-            run_blocking(move || {
+            run_blocking(priority, move || {
                 let built = replay_snapshot(&store, &log.reader, upto)?;
                 if let Some(built) = &built {
                     store.save_snapshot(&built.stored)?;
@@ -310,7 +326,7 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
                 let wal = self.log.wal.clone();
                 async move {
                     wal.wait_durable().await.map_err(io::Error::from)?;
-                    run_blocking(move || {
+                    run_blocking(priority, move || {
                         let built = snapshot_of(&image, 0)?;
                         store.save_snapshot(&built.stored)?;
                         Ok(built)
@@ -438,12 +454,25 @@ fn snapshot_of(image: &ShardImage, replayed_entries: u64) -> Result<BuiltSnapsho
     })
 }
 
+/// How urgently blocking snapshot work should get a core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SnapshotPriority {
+    /// Only when nothing else wants the core (a snapshot that is merely due).
+    Background,
+    /// Like the node's own threads: an installed snapshot a lagging replica waits for, or a
+    /// snapshot so overdue (see `ShardView::set_snapshot_overdue`) that the log it would let go
+    /// of is piling up in memory because the machine never idles.
+    Normal,
+}
+
 /// Runs blocking snapshot work (replaying, encoding, file writes, fdatasync) off the async
-/// workers, on a thread of its own at the lowest CPU priority: every replica builds its snapshot
-/// at about the same log index, and on a small machine three builders at normal priority took the
-/// cores from the write path (throughput fell by half for the second they ran). The simulator
-/// runs it inline: its disk is memory and its scheduler must stay deterministic.
+/// workers, on a thread of its own, by default at the lowest CPU priority: every replica builds
+/// its snapshot at about the same log index, and on a small machine three builders at normal
+/// priority took the cores from the write path (throughput fell by half for the second they
+/// ran). The simulator runs it inline: its disk is memory and its scheduler must stay
+/// deterministic.
 async fn run_blocking<T: Send + 'static>(
+    priority: SnapshotPriority,
     work: impl FnOnce() -> Result<T, AppliedStoreError> + Send + 'static,
 ) -> Result<T, io::Error> {
     #[cfg(not(madsim))]
@@ -452,7 +481,9 @@ async fn run_blocking<T: Send + 'static>(
         std::thread::Builder::new()
             .name("snapshot".into())
             .spawn(move || {
-                lower_this_threads_priority();
+                if priority == SnapshotPriority::Background {
+                    lower_this_threads_priority();
+                }
                 // The receiver is gone only if the build was abandoned; nothing to tell.
                 let _ = done.send(work());
             })
@@ -462,7 +493,10 @@ async fn run_blocking<T: Send + 'static>(
             .map_err(|_| io::Error::other("snapshot thread ended without a result"))?
     };
     #[cfg(madsim)]
-    let result = work();
+    let result = {
+        let _ = priority;
+        work()
+    };
     result.map_err(io::Error::from)
 }
 
