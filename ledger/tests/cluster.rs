@@ -144,6 +144,8 @@ async fn a_restarted_follower_catches_up_from_a_snapshot() {
         assert_eq!(outcomes, vec![Outcome::Confirmed]);
         last_index = index;
     }
+    cluster.wait_snapshot(leader, 1).await;
+    cluster.wait_log_purged(leader, 1).await;
     let leader_status = cluster.node(leader).status();
     let shard_status = leader_status.iter().find(|s| s.shard_id == 1).expect("shard 1");
     assert!(
@@ -171,17 +173,28 @@ async fn a_restarted_follower_catches_up_from_a_snapshot() {
 async fn a_whole_cluster_restart_rebuilds_the_state_from_snapshots_and_the_log() {
     // Applied state is on disk only as snapshots: every node must come back from its own
     // snapshot plus the log after it, with nothing lost and the same answers to replays.
-    let mut cluster = TestCluster::start(3, |config| config.raft.snapshot_ops_since_last = 40).await;
+    // 100 operations per snapshot: the first 120 writes make one due on every node, and the 30
+    // after it cannot make another, so every node restarts from a snapshot plus log after it
+    // however late its (background) snapshot is built.
+    let mut cluster = TestCluster::start(3, |config| config.raft.snapshot_ops_since_last = 100).await;
     cluster.put_sku("apple", 100_000).await;
+    let purchase_number = |n: u64| purchase("apple", &format!("u{}", n % 7), &format!("o{n}"));
     let mut last_index = 0;
-    for n in 0..150 {
-        let (outcomes, index) = cluster
-            .write(vec![purchase("apple", &format!("u{}", n % 7), &format!("o{n}"))])
-            .await;
+    for n in 0..120 {
+        let (outcomes, index) = cluster.write(vec![purchase_number(n)]).await;
         assert_eq!(outcomes, vec![Outcome::Confirmed]);
         last_index = index;
     }
     let ids = cluster.running_ids();
+    for id in &ids {
+        cluster.wait_applied(*id, 1, last_index).await;
+        cluster.wait_snapshot(*id, 1).await;
+    }
+    for n in 120..150 {
+        let (outcomes, index) = cluster.write(vec![purchase_number(n)]).await;
+        assert_eq!(outcomes, vec![Outcome::Confirmed]);
+        last_index = index;
+    }
     for id in &ids {
         cluster.wait_applied(*id, 1, last_index).await;
     }

@@ -232,6 +232,26 @@ impl TestCluster {
             .unwrap_or_else(|e| panic!("node {id} shard {shard} did not apply {index}: {e}"));
     }
 
+    /// Waits until node `id` has a snapshot of `shard`. Snapshots are built in the background, at
+    /// the lowest CPU priority, so on a busy machine one lags the writes it covers.
+    pub async fn wait_snapshot(&self, id: NodeId, shard: ShardId) {
+        let raft = &self.node(id).shards[&shard].raft;
+        raft.wait(Some(WAIT))
+            .metrics(|metrics| metrics.snapshot.is_some(), "built a snapshot")
+            .await
+            .unwrap_or_else(|e| panic!("node {id} shard {shard} built no snapshot: {e}"));
+    }
+
+    /// Waits until node `id` has purged some of `shard`'s log behind a snapshot: a replica that
+    /// has been away since before it can then catch up only through a snapshot.
+    pub async fn wait_log_purged(&self, id: NodeId, shard: ShardId) {
+        let raft = &self.node(id).shards[&shard].raft;
+        raft.wait(Some(WAIT))
+            .metrics(|metrics| metrics.purged.is_some(), "purged its log")
+            .await
+            .unwrap_or_else(|e| panic!("node {id} shard {shard} purged no log: {e}"));
+    }
+
     /// This node's applied counts of `sku` (a stale read of its own state).
     pub async fn local_stock(&self, id: NodeId, sku: &str) -> StockCounts {
         self.node(id)
