@@ -89,7 +89,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 64)]
     coalesce_ops_max: usize,
     /// Service mode: Batch RPCs per shard in flight per client (the client library's default).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = flashledger_client::ClientOptions::default().coalesce_inflight_max)]
     coalesce_inflight_max: usize,
     /// Tokio worker threads of the load generator (the peers' load generator uses 1).
     #[arg(long, default_value_t = 1)]

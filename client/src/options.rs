@@ -28,7 +28,10 @@ pub struct ClientOptions {
     /// Concurrent reserve/confirm/cancel/purchase calls to one shard are sent together as one
     /// Batch RPC (one log entry) of at most this many operations; 0 or 1 sends each alone.
     pub coalesce_ops_max: usize,
-    /// Batch RPCs one shard may have in flight at once when coalescing.
+    /// Batch RPCs one shard may have in flight at once when coalescing. Few and large beat many
+    /// and small on a loaded machine (each RPC costs more than an operation in it): measured with
+    /// 64 callers, 2 in flight did 10–18 % more purchases and 12 % more sold-out answers than 4,
+    /// and 1 left the pipeline idle during each round trip (docs/benchmarks.md).
     pub coalesce_inflight_max: usize,
 }
 
@@ -42,7 +45,7 @@ impl Default for ClientOptions {
             backoff_ms_initial: 10,
             backoff_ms_max: 500,
             coalesce_ops_max: 0,
-            coalesce_inflight_max: 4,
+            coalesce_inflight_max: 2,
         }
     }
 }

@@ -44,8 +44,8 @@ pub struct FlashSaleArgs {
     /// Batch RPC (one log entry); 0 sends each purchase in its own RPC.
     #[arg(long, default_value_t = 0)]
     pub coalesce_ops_max: usize,
-    /// Batch RPCs per shard in flight at once when coalescing.
-    #[arg(long, default_value_t = 4)]
+    /// Batch RPCs per shard in flight at once when coalescing (the client library's default).
+    #[arg(long, default_value_t = flashledger_client::ClientOptions::default().coalesce_inflight_max)]
     pub coalesce_inflight_max: usize,
     #[command(flatten)]
     pub target: Target,
