@@ -17,6 +17,9 @@ fn main() {
 #[cfg(not(madsim))]
 fn main() -> std::process::ExitCode {
     let command = cli::Command::parse();
+    if !matches!(command.action, cli::Action::Serve { .. }) {
+        end_quietly_on_a_closed_pipe();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -30,5 +33,18 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {error:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// `ledger status | head` must end like any Unix tool when `head` closes the pipe, not panic in
+/// `println!` (Rust ignores SIGPIPE, so the write fails and `println!` panics: exit 101). The
+/// operator commands get the default action back; `serve` keeps it ignored, so a peer that
+/// closes a socket is an error to handle, never the end of the node.
+#[cfg(not(madsim))]
+fn end_quietly_on_a_closed_pipe() {
+    // SAFETY: called at the start of main, before any thread is spawned; restores the
+    // default disposition of one signal.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

@@ -295,6 +295,38 @@ fn bad_input_through_the_cli_is_refused_and_changes_nothing() {
     assert!(stderr(&output).contains("missing field"), "{}", stderr(&output));
 }
 
+#[test]
+fn an_operator_command_piped_into_a_reader_that_stops_ends_without_a_panic() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+
+    // Far more output than a pipe buffers: a status line per (unreachable) seed.
+    let seeds: Vec<String> = (20_000..22_000).map(|port| format!("127.0.0.1:{port}")).collect();
+    let mut child = Command::new(LEDGER)
+        .args(["status", "--seeds", &seeds.join(",")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run");
+    let mut first_bytes = [0u8; 16];
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_exact(&mut first_bytes)
+        .expect("some output");
+    // The reader went away (as `ledger status | head -1` does) after dropping stdout above.
+    let output = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        output.status.signal(),
+        Some(libc::SIGPIPE),
+        "ends as Unix tools do: {:?}",
+        output.status
+    );
+}
+
 /// Kills a random node with SIGKILL at random moments while buyers keep purchasing, restarts
 /// it, and checks: replicas converge to one state, the invariant holds, nothing is oversold,
 /// and every acknowledged purchase is in the ledger.
