@@ -299,45 +299,30 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
         };
         let store = self.store.clone();
         let log = self.log.clone();
-        let replayed = async move {
+        let live = view.clone();
+        let built = async move {
             // The log may be purged up to this snapshot once it is saved: it must be durable.
             log.wal.wait_durable().await.map_err(io::Error::from)?;
             run_blocking(priority, move || {
-                let built = replay_snapshot(&store, &log.reader, upto)?;
-                if let Some(built) = &built {
-                    store.save_snapshot(&built.stored)?;
-                }
+                let built = match replay_snapshot(&store, &log.reader, upto)? {
+                    Some(built) => built,
+                    None => {
+                        // Raft never purges the log after the latest snapshot, so this is for a
+                        // state machine driven without its log (openraft's conformance suite
+                        // does that): a copy of the live state, taken under the lock.
+                        tracing::warn!(
+                            shard = live.shard_id,
+                            "the log does not hold what the last snapshot lacks; snapshotting a copy of the live state"
+                        );
+                        snapshot_of(&live.read(|image| image.clone()), 0)?
+                    }
+                };
+                store.save_snapshot(&built.stored)?;
                 Ok(built)
             })
             .await
         };
-        let built = match replayed.await {
-            Ok(Some(built)) => Ok(built),
-            Ok(None) => {
-                // Raft never purges the log after the latest snapshot, so this is for a state
-                // machine driven without its log (openraft's conformance suite does that): a
-                // copy of the live state, taken under the lock, as the first version did.
-                tracing::warn!(
-                    shard = view.shard_id,
-                    "the log does not hold what the last snapshot lacks; snapshotting a copy of the live state"
-                );
-                let image = view.read(|image| image.clone());
-                let store = self.store.clone();
-                let wal = self.log.wal.clone();
-                async move {
-                    wal.wait_durable().await.map_err(io::Error::from)?;
-                    run_blocking(priority, move || {
-                        let built = snapshot_of(&image, 0)?;
-                        store.save_snapshot(&built.stored)?;
-                        Ok(built)
-                    })
-                    .await
-                }
-                .await
-            }
-            Err(error) => Err(error),
-        };
-        let built = match built {
+        let built = match built.await {
             Ok(built) => built,
             Err(error) => {
                 // Not saved: the operations it covered still count toward the next one.
@@ -404,16 +389,11 @@ fn replay_snapshot(
 ) -> Result<Option<BuiltSnapshot>, AppliedStoreError> {
     let started = tokio::time::Instant::now();
     let mut image = store.load()?;
-    let loaded = started.elapsed();
+    let loaded_ms = started.elapsed().as_millis() as u64;
     let from = image.meta.applied.map(|id| id.index + 1).unwrap_or(0);
     let mut replayed_entries = 0;
     if let Some(upto) = upto.filter(|upto| upto.index >= from) {
         let entries = log.entries_in(from, upto.index);
-        tracing::debug!(
-            loaded_ms = loaded.as_millis() as u64,
-            copied_ms = (started.elapsed() - loaded).as_millis() as u64,
-            "snapshot: previous one loaded, log copied"
-        );
         // Indexes come from a map, so they are distinct and increasing: as many as the span and
         // ending at `upto` means every one is there.
         let complete =
@@ -425,17 +405,16 @@ fn replay_snapshot(
             apply_entry(&mut image, entry).map_err(|violation| AppliedStoreError::Replay(violation.to_string()))?;
         }
         replayed_entries = entries.len() as u64;
-        tracing::debug!(
-            replayed_ms = started.elapsed().as_millis() as u64,
-            "snapshot: log replayed"
-        );
-        drop(entries);
     }
-    let built = snapshot_of(&image, replayed_entries);
-    tracing::debug!(encoded_ms = started.elapsed().as_millis() as u64, "snapshot: encoded");
-    drop(image);
-    tracing::debug!(freed_ms = started.elapsed().as_millis() as u64, "snapshot: image freed");
-    built.map(Some)
+    let replayed_ms = started.elapsed().as_millis() as u64;
+    let built = snapshot_of(&image, replayed_entries)?;
+    tracing::debug!(
+        loaded_ms,
+        replayed_ms,
+        encoded_ms = started.elapsed().as_millis() as u64,
+        "snapshot built from the last one and the log"
+    );
+    Ok(Some(built))
 }
 
 /// `image` encoded as a snapshot.
@@ -530,12 +509,12 @@ mod tests {
     use crate::storage::MemoryBackend;
     use crate::storage::WalOptions;
 
-    fn entry(index: u64, operations: Vec<Operation>) -> Entry {
+    fn entry(index: u64, body: CommandBody) -> Entry {
         Entry {
             log_id: openraft::testing::log_id::<TypeConfig>(1, 1, index),
             payload: EntryPayload::Normal(LogCommand {
                 timestamp_ms: 1_000 + index,
-                body: CommandBody::Batch(operations),
+                body,
             }),
         }
     }
@@ -546,13 +525,7 @@ mod tests {
         (first..first + count)
             .map(|index| {
                 if index % 10 == 9 {
-                    return Entry {
-                        log_id: openraft::testing::log_id::<TypeConfig>(1, 1, index),
-                        payload: EntryPayload::Normal(LogCommand {
-                            timestamp_ms: 1_000 + index,
-                            body: CommandBody::Expire,
-                        }),
-                    };
+                    return entry(index, CommandBody::Expire);
                 }
                 let user = format!("u{}", index % 5);
                 let sku = if index % 2 == 0 {
@@ -583,7 +556,7 @@ mod tests {
                         order_id: format!("r{}", index - 3),
                     },
                 };
-                entry(index, vec![operation])
+                entry(index, CommandBody::Batch(vec![operation]))
             })
             .collect()
     }
@@ -618,7 +591,7 @@ mod tests {
             // The second and third snapshots are built on top of the one before them.
             for round in 0..3 {
                 let mut entries = if round == 0 {
-                    vec![entry(0, vec![put(b"apple"), put(b"pear")])]
+                    vec![entry(0, CommandBody::Batch(vec![put(b"apple"), put(b"pear")]))]
                 } else {
                     Vec::new()
                 };

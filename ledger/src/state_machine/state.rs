@@ -582,9 +582,19 @@ impl LedgerState {
             .unwrap_or(0)
     }
 
+    /// Adds `qty` (> 0) to what `user` holds of `sku`: one lookup of the holder, on every reserve
+    /// and purchase.
     fn add_held(&mut self, sku: &[u8], user: &str, qty: u64) {
-        let held = self.held(sku, user) + qty;
-        self.set_held(sku, user, held);
+        let holders = match self.holdings.get_mut(sku) {
+            Some(holders) => holders,
+            None => self.holdings.entry(sku.to_vec()).or_default(),
+        };
+        match holders.get_mut(user) {
+            Some(held) => *held += qty,
+            None => {
+                holders.insert(user.to_string(), qty);
+            }
+        }
     }
 
     /// Sets what `user` holds of `sku`; zero removes the holder (and an emptied SKU entry).

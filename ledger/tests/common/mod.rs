@@ -235,21 +235,29 @@ impl TestCluster {
     /// Waits until node `id` has a snapshot of `shard`. Snapshots are built in the background, at
     /// the lowest CPU priority, so on a busy machine one lags the writes it covers.
     pub async fn wait_snapshot(&self, id: NodeId, shard: ShardId) {
-        let raft = &self.node(id).shards[&shard].raft;
-        raft.wait(Some(WAIT))
-            .metrics(|metrics| metrics.snapshot.is_some(), "built a snapshot")
-            .await
-            .unwrap_or_else(|e| panic!("node {id} shard {shard} built no snapshot: {e}"));
+        self.wait_metrics(id, shard, "built a snapshot", |metrics| metrics.snapshot.is_some())
+            .await;
     }
 
     /// Waits until node `id` has purged some of `shard`'s log behind a snapshot: a replica that
     /// has been away since before it can then catch up only through a snapshot.
     pub async fn wait_log_purged(&self, id: NodeId, shard: ShardId) {
+        self.wait_metrics(id, shard, "purged its log", |metrics| metrics.purged.is_some())
+            .await;
+    }
+
+    async fn wait_metrics(
+        &self,
+        id: NodeId,
+        shard: ShardId,
+        what: &str,
+        reached: impl Fn(&openraft::RaftMetrics<ledger::raft::types::TypeConfig>) -> bool + Send + 'static,
+    ) {
         let raft = &self.node(id).shards[&shard].raft;
         raft.wait(Some(WAIT))
-            .metrics(|metrics| metrics.purged.is_some(), "purged its log")
+            .metrics(reached, what)
             .await
-            .unwrap_or_else(|e| panic!("node {id} shard {shard} purged no log: {e}"));
+            .unwrap_or_else(|e| panic!("node {id} shard {shard} never {what}: {e}"));
     }
 
     /// This node's applied counts of `sku` (a stale read of its own state).
