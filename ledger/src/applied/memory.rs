@@ -13,8 +13,8 @@ pub struct MemorySnapshots {
 }
 
 impl SnapshotBackend for MemorySnapshots {
-    fn save(&self, bytes: &[u8]) -> Result<(), AppliedStoreError> {
-        *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(bytes.to_vec());
+    fn save(&self, parts: &[&[u8]]) -> Result<(), AppliedStoreError> {
+        *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(parts.concat());
         Ok(())
     }
 

@@ -70,14 +70,17 @@ fn io_error(path: &Path, error: std::io::Error) -> AppliedStoreError {
 }
 
 impl SnapshotBackend for FileSnapshots {
-    fn save(&self, bytes: &[u8]) -> Result<(), AppliedStoreError> {
+    fn save(&self, parts: &[&[u8]]) -> Result<(), AppliedStoreError> {
         let write = || -> std::io::Result<()> {
             let mut file = File::create(&self.temporary)?;
+            let mut crc = crc32fast::Hasher::new();
+            parts.iter().for_each(|part| crc.update(part));
+            let length: usize = parts.iter().map(|part| part.len()).sum();
             file.write_all(MAGIC)?;
-            file.write_all(&(bytes.len() as u64).to_le_bytes())?;
-            file.write_all(&crc32fast::hash(bytes).to_le_bytes())?;
+            file.write_all(&(length as u64).to_le_bytes())?;
+            file.write_all(&crc.finalize().to_le_bytes())?;
             let mut written = HEADER_BYTES;
-            for chunk in bytes.chunks(WRITE_CHUNK_BYTES) {
+            for chunk in parts.iter().flat_map(|part| part.chunks(WRITE_CHUNK_BYTES)) {
                 file.write_all(chunk)?;
                 flush_range(&file, written, chunk.len())?;
                 written += chunk.len();
@@ -100,26 +103,44 @@ impl SnapshotBackend for FileSnapshots {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_error(&self.path, e)),
         };
-        let mut contents = Vec::new();
-        file.read_to_end(&mut contents).map_err(|e| io_error(&self.path, e))?;
         let damaged = |detail: &str| AppliedStoreError::Decode {
             what: self.path.display().to_string(),
             message: detail.to_string(),
         };
-        if contents.len() < HEADER_BYTES || &contents[..8] != MAGIC {
+        let mut header = [0u8; HEADER_BYTES];
+        match file.read_exact(&mut header) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(damaged("not a flashledger snapshot file"));
+            }
+            Err(e) => return Err(io_error(&self.path, e)),
+        }
+        if &header[..8] != MAGIC {
             return Err(damaged("not a flashledger snapshot file"));
         }
-        let length = u64::from_le_bytes(contents[8..16].try_into().expect("8 bytes"));
-        let crc = u32::from_le_bytes(contents[16..20].try_into().expect("4 bytes"));
-        let payload = &contents[HEADER_BYTES..];
+        let length = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+        let crc = u32::from_le_bytes(header[16..20].try_into().expect("4 bytes"));
+        // Read into a buffer of the payload's size (the file says how big it is): a growing
+        // buffer copied the snapshot up to twice more. A damaged length cannot ask for more
+        // than the file holds.
+        let file_bytes = file.metadata().map_err(|e| io_error(&self.path, e))?.len();
+        let stored = file_bytes.saturating_sub(HEADER_BYTES as u64);
+        if length != stored {
+            return Err(damaged(&format!(
+                "truncated or damaged: the header announces {length} bytes, the file holds {stored}"
+            )));
+        }
+        let mut payload = Vec::with_capacity(length as usize);
+        file.take(length)
+            .read_to_end(&mut payload)
+            .map_err(|e| io_error(&self.path, e))?;
         if payload.len() as u64 != length {
             return Err(damaged("truncated"));
         }
-        if crc32fast::hash(payload) != crc {
+        if crc32fast::hash(&payload) != crc {
             return Err(damaged("checksum mismatch"));
         }
-        contents.drain(..HEADER_BYTES);
-        Ok(Some(contents))
+        Ok(Some(payload))
     }
 }
 
@@ -132,8 +153,8 @@ mod tests {
         let directory = tempfile::tempdir().expect("tempdir");
         let snapshots = FileSnapshots::open(directory.path(), 7).expect("open");
         assert_eq!(snapshots.load().expect("load"), None);
-        snapshots.save(b"first").expect("save");
-        snapshots.save(b"second snapshot").expect("save");
+        snapshots.save(&[b"first"]).expect("save");
+        snapshots.save(&[b"second ", b"snap", b"shot"]).expect("save");
         assert_eq!(
             snapshots.load().expect("load").as_deref(),
             Some(&b"second snapshot"[..])
