@@ -178,12 +178,18 @@ impl Client {
     /// and other shards' ops may have been applied; resending the whole batch is safe for
     /// ops with an `order_id`.
     pub async fn batch(&self, ops: Vec<WriteOp>) -> Result<Vec<Outcome>, ClientError> {
-        for op in &ops {
+        self.batch_of(&ops).await
+    }
+
+    /// [`Client::batch`] of borrowed operations: the coalescer keeps its callers' operations to
+    /// resend them one by one if the node refuses the batch.
+    pub(crate) async fn batch_of(&self, ops: &[WriteOp]) -> Result<Vec<Outcome>, ClientError> {
+        for op in ops {
             check_sku(op.sku())?;
         }
-        let groups = self.group_by_shard(&ops).await?;
+        let groups = self.group_by_shard(ops).await?;
         let sends = groups.iter().map(|indexes| {
-            let group_ops: Vec<WriteOp> = indexes.iter().map(|&i| ops[i].clone()).collect();
+            let group_ops: Vec<&WriteOp> = indexes.iter().map(|&i| &ops[i]).collect();
             self.send_batch(group_ops)
         });
         let answers = join_all(sends).await;
@@ -265,14 +271,10 @@ impl Client {
             idempotent: is_idempotent(&op),
             ..WRITE
         };
-        let sku = op.sku().to_vec();
-        let op = convert::write_op_to_wire(op);
         let reply = self
             .router
-            .call(&sku, kind, |inventory, epoch| {
-                let mut op = op.clone();
-                convert::stamp_route(&mut op, epoch);
-                send_write(inventory, op)
+            .call(op.sku(), kind, |inventory, epoch| {
+                send_write(inventory, convert::write_op_to_wire(&op, epoch))
             })
             .await?;
         convert::write_reply_from_wire(&reply)
@@ -297,32 +299,27 @@ impl Client {
     }
 
     /// One shard's share of a batch, routed by its first op's SKU.
-    async fn send_batch(&self, ops: Vec<WriteOp>) -> Result<Vec<Outcome>, ClientError> {
+    async fn send_batch(&self, ops: Vec<&WriteOp>) -> Result<Vec<Outcome>, ClientError> {
         let Some(first) = ops.first() else {
             return Ok(Vec::new());
         };
-        let sku = first.sku().to_vec();
         let kind = CallKind {
-            idempotent: ops.iter().all(is_idempotent),
+            idempotent: ops.iter().all(|op| is_idempotent(op)),
             ..WRITE
         };
-        let count = ops.len();
-        let wire_ops: Vec<Op> = ops.into_iter().map(convert::write_op_to_wire).collect();
         let reply = self
             .router
-            .call(&sku, kind, |mut inventory, epoch| {
-                let ops = wire_ops
+            .call(first.sku(), kind, |mut inventory, epoch| {
+                let ops = ops
                     .iter()
-                    .map(|op| {
-                        let mut op = op.clone();
-                        convert::stamp_route(&mut op, epoch);
-                        wire::WriteOp { op: Some(op) }
+                    .map(|op| wire::WriteOp {
+                        op: Some(convert::write_op_to_wire(op, epoch)),
                     })
                     .collect();
                 async move { inventory.batch(wire::BatchRequest { ops }).await }
             })
             .await?;
-        convert::batch_reply_from_wire(&reply, count)
+        convert::batch_reply_from_wire(&reply, ops.len())
     }
 }
 

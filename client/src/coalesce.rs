@@ -114,7 +114,7 @@ async fn run_worker(direct: Client, mut queue: mpsc::Receiver<Pending>, ops_max:
 
 async fn send(direct: &Client, batch: Vec<Pending>) {
     let (ops, replies): (Vec<WriteOp>, Vec<Reply>) = batch.into_iter().map(|p| (p.op, p.reply)).unzip();
-    match direct.batch(ops.clone()).await {
+    match direct.batch_of(&ops).await {
         Ok(outcomes) => {
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                 let _ = reply.send(Ok(outcome));

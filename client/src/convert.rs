@@ -123,8 +123,11 @@ fn sale_rules_to_wire(rules: &SaleRules) -> wire::SaleRules {
     }
 }
 
-/// Domain write → wire write. The route epoch is left 0 ("do not check"); the router stamps it.
-pub(crate) fn write_op_to_wire(op: WriteOp) -> Op {
+/// Domain write → wire write, stamped with the shard `epoch` the request is routed by (0 = "do
+/// not check"). Built from a reference for each attempt: the caller keeps the operation for a
+/// retry (or to resend it alone), and this is the only copy of its strings a send makes.
+pub(crate) fn write_op_to_wire(op: &WriteOp, epoch: u64) -> Op {
+    let route = Some(wire::RouteEpoch { epoch });
     match op {
         WriteOp::Reserve {
             sku,
@@ -133,22 +136,22 @@ pub(crate) fn write_op_to_wire(op: WriteOp) -> Op {
             order_id,
             ttl,
         } => Op::Reserve(wire::ReserveRequest {
-            sku: sku.into(),
-            qty,
-            user,
-            order_id,
+            sku: sku.clone().into(),
+            qty: *qty,
+            user: user.clone(),
+            order_id: order_id.clone(),
             ttl_ms: ttl.map(millis).unwrap_or(0),
-            route: None,
+            route,
         }),
         WriteOp::Confirm { sku, order_id } => Op::Confirm(wire::ConfirmRequest {
-            sku: sku.into(),
-            order_id,
-            route: None,
+            sku: sku.clone().into(),
+            order_id: order_id.clone(),
+            route,
         }),
         WriteOp::Cancel { sku, order_id } => Op::Cancel(wire::CancelRequest {
-            sku: sku.into(),
-            order_id,
-            route: None,
+            sku: sku.clone().into(),
+            order_id: order_id.clone(),
+            route,
         }),
         WriteOp::Purchase {
             sku,
@@ -156,37 +159,23 @@ pub(crate) fn write_op_to_wire(op: WriteOp) -> Op {
             user,
             order_id,
         } => Op::Purchase(wire::PurchaseRequest {
-            sku: sku.into(),
-            qty,
-            user,
-            order_id,
-            route: None,
+            sku: sku.clone().into(),
+            qty: *qty,
+            user: user.clone(),
+            order_id: order_id.clone(),
+            route,
         }),
         WriteOp::PutSku { sku, total, rules } => Op::PutSku(wire::PutSkuRequest {
-            sku: sku.into(),
-            total,
-            rules: Some(sale_rules_to_wire(&rules)),
-            route: None,
+            sku: sku.clone().into(),
+            total: *total,
+            rules: Some(sale_rules_to_wire(rules)),
+            route,
         }),
         WriteOp::Restock { sku, delta } => Op::Restock(wire::RestockRequest {
-            sku: sku.into(),
-            delta,
-            route: None,
+            sku: sku.clone().into(),
+            delta: *delta,
+            route,
         }),
-    }
-}
-
-/// Stamps the shard epoch the request was routed by, so a node with a newer map answers
-/// `FAILED_PRECONDITION` instead of applying it to the wrong range.
-pub(crate) fn stamp_route(op: &mut Op, epoch: u64) {
-    let route = Some(wire::RouteEpoch { epoch });
-    match op {
-        Op::Reserve(request) => request.route = route,
-        Op::Confirm(request) => request.route = route,
-        Op::Cancel(request) => request.route = route,
-        Op::Purchase(request) => request.route = route,
-        Op::PutSku(request) => request.route = route,
-        Op::Restock(request) => request.route = route,
     }
 }
 
