@@ -95,6 +95,13 @@ impl Router {
         self.map.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
+    /// Learns that `leader` leads `shard_id` (at `addr`, if given).
+    fn set_leader(&self, shard_id: u64, leader: NodeId, addr: Option<&str>) {
+        if !self.map().knows_leader(shard_id, leader, addr) {
+            self.update_map(|map| map.set_leader(shard_id, leader, addr));
+        }
+    }
+
     fn update_map(&self, update: impl FnOnce(&mut ShardMap) -> bool) {
         let mut guard = self.map.write().unwrap_or_else(PoisonError::into_inner);
         let mut next = ShardMap::clone(&guard);
@@ -240,7 +247,7 @@ impl Router {
             let next = match answer {
                 Ok(Ok(reply)) => {
                     if let (true, Some(node)) = (kind.leader_only, target.node) {
-                        self.update_map(|map| map.set_leader(shard.shard_id, node, None));
+                        self.set_leader(shard.shard_id, node, None);
                     }
                     return Ok(reply.into_inner());
                 }
@@ -313,7 +320,7 @@ impl Router {
             return None;
         }
         if let Some(node) = node {
-            self.update_map(|map| map.set_leader(shard.shard_id, node, Some(&addr)));
+            self.set_leader(shard.shard_id, node, Some(&addr));
         }
         Some(Target { node, addr })
     }

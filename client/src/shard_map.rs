@@ -108,6 +108,17 @@ impl ShardMap {
 
     /// Records `leader` as the leader of `shard_id` (and its address, when the map lacks it).
     /// Returns false when nothing changed.
+    /// Whether [`ShardMap::set_leader`] would change nothing: every successful write confirms
+    /// its shard's leader, and copying the map to find that out cost allocations per RPC.
+    pub(crate) fn knows_leader(&self, shard_id: u64, leader: NodeId, addr: Option<&str>) -> bool {
+        let addr_known = addr.is_none_or(|addr| self.nodes.get(&leader).map(String::as_str) == Some(addr));
+        let leader_known = !self
+            .shards
+            .iter()
+            .any(|s| s.shard_id == shard_id && s.leader != Some(leader));
+        addr_known && leader_known
+    }
+
     pub(crate) fn set_leader(&mut self, shard_id: u64, leader: NodeId, addr: Option<&str>) -> bool {
         let mut changed = false;
         let new_addr = addr.filter(|addr| self.nodes.get(&leader).map(String::as_str) != Some(addr));
@@ -171,5 +182,20 @@ mod tests {
         let mut orphan = shard(1, b"", b"");
         orphan.replicas = vec![9];
         assert!(map(vec![orphan]).is_err());
+    }
+
+    #[test]
+    fn a_known_leader_is_known_until_it_or_its_address_changes() {
+        let mut map = map(vec![shard(1, b"", b"m"), shard(2, b"m", b"")]).unwrap();
+        assert!(!map.knows_leader(1, 1, None));
+        assert!(map.set_leader(1, 1, None));
+        assert!(map.knows_leader(1, 1, None));
+        assert!(map.knows_leader(1, 1, Some("a:1")));
+        assert!(!map.knows_leader(1, 1, Some("a:2")), "a new address");
+        assert!(!map.knows_leader(1, 2, None), "another node");
+        assert!(!map.knows_leader(2, 1, None), "another shard");
+        assert!(!map.set_leader(1, 1, Some("a:1")), "nothing to change");
+        assert!(map.set_leader(1, 2, Some("b:1")));
+        assert!(map.knows_leader(1, 2, Some("b:1")));
     }
 }
