@@ -181,7 +181,7 @@ async fn every_confirmed_order_lands_in_postgres_exactly_once() {
         let leader = cluster.leader(shard).await;
         cluster.node(leader).shards[&shard].view.read(|image| {
             next_seq.insert(shard, image.ledger.next_event_seq);
-            for (order_id, order) in &image.ledger.orders {
+            for (order_id, order) in image.ledger.orders.iter() {
                 if matches!(order.state, OrderState::Confirmed { .. }) {
                     let row = Row {
                         sku: order.sku.clone(),

@@ -553,12 +553,13 @@ fn sold_out_answer(ledger: &crate::state_machine::state::LedgerState, operation:
         }
         _ => return None,
     };
-    if crate::state_machine::state::operation_defect(operation).is_some() || ledger.orders.contains_key(order_id) {
-        return None;
-    }
+    // Cheapest test first: every write asks, and while the SKU has stock it is the only one.
     let record = ledger.skus.get(sku)?;
     let rules = &record.rules;
     if rules.start_ms != 0 || rules.end_ms != 0 || rules.per_user_limit != 0 || record.available >= qty {
+        return None;
+    }
+    if crate::state_machine::state::operation_defect(operation).is_some() || ledger.orders.contains_key(order_id) {
         return None;
     }
     Some(Outcome::SoldOut {

@@ -160,7 +160,7 @@ impl LedgerState {
     pub fn rebuild_indexes(&mut self) {
         self.expiries.clear();
         self.rejections.clear();
-        for (order_id, order) in &self.orders {
+        for (order_id, order) in self.orders.iter() {
             match order.state {
                 OrderState::Reserved { expires_at_ms } => {
                     self.expiries.insert((expires_at_ms, order_id.clone()));
@@ -290,7 +290,9 @@ impl LedgerState {
         ttl_ms: u64,
         changes: &mut Changes,
     ) -> Result<Outcome, InvariantViolation> {
-        if let Some(existing) = self.orders.get(order_id) {
+        // Hashed once for the lookup here and the insert below (the map is unchanged between).
+        let order_hash = self.orders.hash(order_id);
+        if let Some(existing) = self.orders.get_hashed(order_hash, order_id) {
             let same = existing.kind == kind && existing.sku == *sku && existing.qty == qty && existing.user == user;
             return Ok(if same {
                 existing.first_outcome.clone()
@@ -340,7 +342,8 @@ impl LedgerState {
             }
             _ => {}
         }
-        self.orders.insert(
+        self.orders.insert_hashed(
+            order_hash,
             order_id.to_string(),
             OrderRecord {
                 kind,
@@ -589,12 +592,7 @@ impl LedgerState {
             Some(holders) => holders,
             None => self.holdings.entry(sku.to_vec()).or_default(),
         };
-        match holders.get_mut(user) {
-            Some(held) => *held += qty,
-            None => {
-                holders.insert(user.to_string(), qty);
-            }
-        }
+        *holders.get_or_insert_with(user, || 0) += qty;
     }
 
     /// Sets what `user` holds of `sku`; zero removes the holder (and an emptied SKU entry).
@@ -612,12 +610,7 @@ impl LedgerState {
             Some(holders) => holders,
             None => self.holdings.entry(sku.to_vec()).or_default(),
         };
-        match holders.get_mut(user) {
-            Some(held) => *held = units,
-            None => {
-                holders.insert(user.to_string(), units);
-            }
-        }
+        *holders.get_or_insert_with(user, || 0) = units;
     }
 
     /// The oldest event not yet known to be shipped: what shipping lag is measured from.
@@ -658,7 +651,7 @@ impl LedgerState {
         }
         // Orders are a hash map (no order to iterate in): combine their hashes commutatively.
         let mut orders_sum = 0u64;
-        for (order_id, order) in &self.orders {
+        for (order_id, order) in self.orders.iter() {
             let mut order_hasher = Fnv64::default();
             order_hasher.write(order_id.as_bytes());
             order_hasher.write(&order.qty.to_le_bytes());

@@ -21,7 +21,7 @@ pub fn check(ledgers: &[&LedgerState], recorded: &Recorded) -> Result<usize, Str
     }
     let mut confirmed = 0;
     for ledger in ledgers {
-        for (order_id, order) in &ledger.orders {
+        for (order_id, order) in ledger.orders.iter() {
             if !matches!(order.state, OrderState::Confirmed { .. }) {
                 continue;
             }

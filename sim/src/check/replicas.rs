@@ -55,7 +55,7 @@ fn first_difference(a: &LedgerState, b: &LedgerState) -> String {
             );
         }
     }
-    for (order_id, order) in &a.orders {
+    for (order_id, order) in a.orders.iter() {
         if b.orders.get(order_id) != Some(order) {
             return format!("; order {order_id}: {order:?} vs {:?}", b.orders.get(order_id));
         }
