@@ -109,6 +109,13 @@ impl Changes {
     pub fn merge(&mut self, other: Changes) {
         self.skus.extend(other.skus);
     }
+
+    /// Notes that `sku` moved; copies the SKU only the first time (a batch is mostly one SKU).
+    fn touch(&mut self, sku: &[u8]) {
+        if !self.skus.contains(sku) {
+            self.skus.insert(sku.to_vec());
+        }
+    }
 }
 
 /// Units each user holds (reserved + sold) per SKU, for per-user limits. Per SKU a hash map: a
@@ -329,7 +336,7 @@ impl LedgerState {
                 if kind == OrderKind::Purchase {
                     self.record_event(log_index, order_id, sku, qty, user);
                 }
-                changes.skus.insert(sku.clone());
+                changes.touch(sku);
                 taken
             }
         };
@@ -436,7 +443,7 @@ impl LedgerState {
         if let Some(order) = self.orders.get_mut(order_id) {
             order.state = OrderState::Confirmed { confirmed_at_ms: now };
         }
-        changes.skus.insert(sku.clone());
+        changes.touch(sku);
         self.record_event(log_index, order_id, sku, qty, user);
     }
 
@@ -511,7 +518,7 @@ impl LedgerState {
         record.total = total;
         record.available = total - held;
         record.rules = rules;
-        changes.skus.insert(sku.clone());
+        changes.touch(sku);
         Outcome::Ok
     }
 
@@ -533,7 +540,7 @@ impl LedgerState {
         }
         record.total = new_total as u64;
         record.available = record.total - held;
-        changes.skus.insert(sku.clone());
+        changes.touch(sku);
         Outcome::Ok
     }
 
