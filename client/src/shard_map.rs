@@ -106,8 +106,6 @@ impl ShardMap {
         }
     }
 
-    /// Records `leader` as the leader of `shard_id` (and its address, when the map lacks it).
-    /// Returns false when nothing changed.
     /// Whether [`ShardMap::set_leader`] would change nothing: every successful write confirms
     /// its shard's leader, and copying the map to find that out cost allocations per RPC.
     pub(crate) fn knows_leader(&self, shard_id: u64, leader: NodeId, addr: Option<&str>) -> bool {
@@ -119,6 +117,8 @@ impl ShardMap {
         addr_known && leader_known
     }
 
+    /// Records `leader` as the leader of `shard_id` (and its address, when the map lacks it).
+    /// Returns false when nothing changed.
     pub(crate) fn set_leader(&mut self, shard_id: u64, leader: NodeId, addr: Option<&str>) -> bool {
         let mut changed = false;
         let new_addr = addr.filter(|addr| self.nodes.get(&leader).map(String::as_str) != Some(addr));

@@ -61,8 +61,12 @@ fn assert_unchanged(before: &[Replica], after: &[Replica]) {
     for (was, now) in before.iter().zip(after) {
         assert_eq!((was.node, was.shard), (now.node, now.shard));
         assert_eq!(was.state_digest, now.state_digest, "state changed: {was:?} -> {now:?}");
-        let appended = now.applied_index - was.applied_index;
-        let new_terms = now.term - was.term;
+        let (Some(appended), Some(new_terms)) = (
+            now.applied_index.checked_sub(was.applied_index),
+            now.term.checked_sub(was.term),
+        ) else {
+            panic!("applied index or term went back: {was:?} -> {now:?}");
+        };
         assert!(
             appended <= new_terms,
             "{appended} entries applied in {new_terms} new terms: {was:?} -> {now:?}"

@@ -192,6 +192,14 @@ mod tests {
         image.meta.applied = Some(openraft::testing::log_id::<crate::raft::types::TypeConfig>(1, 1, index));
     }
 
+    fn put_sku(sku: &[u8], total: u64) -> CommandBody {
+        CommandBody::Batch(vec![Operation::PutSku {
+            sku: sku.to_vec(),
+            total,
+            rules: SaleRules::default(),
+        }])
+    }
+
     fn snapshot_of(image: &ShardImage) -> StoredSnapshot {
         StoredSnapshot {
             meta: SnapshotMeta {
@@ -207,12 +215,7 @@ mod tests {
         let store = AppliedStore::new(Arc::new(MemorySnapshots::default()));
         assert!(store.load_snapshot().expect("load").is_none());
         let mut image = ShardImage::default();
-        let put = Operation::PutSku {
-            sku: b"x".to_vec(),
-            total: 10,
-            rules: SaleRules::default(),
-        };
-        apply(&mut image, 1, CommandBody::Batch(vec![put]));
+        apply(&mut image, 1, put_sku(b"x", 10));
         let reserve = Operation::Reserve {
             sku: b"x".to_vec(),
             qty: 2,
@@ -258,12 +261,7 @@ mod tests {
         let backend = Arc::new(MemorySnapshots::default());
         let store = AppliedStore::new(backend.clone());
         let mut image = ShardImage::default();
-        let put = Operation::PutSku {
-            sku: b"y".to_vec(),
-            total: 3,
-            rules: SaleRules::default(),
-        };
-        apply(&mut image, 7, CommandBody::Batch(vec![put]));
+        apply(&mut image, 7, put_sku(b"y", 3));
         let snapshot = snapshot_of(&image);
         assert_eq!(
             snapshot.data.len() as u64,

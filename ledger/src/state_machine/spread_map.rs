@@ -62,6 +62,7 @@ impl<V> Default for SpreadMap<V> {
 }
 
 impl<V> SpreadMap<V> {
+    /// `key`'s hash in this map, for [`SpreadMap::get_hashed`] and [`SpreadMap::insert_hashed`].
     pub fn hash(&self, key: &str) -> KeyHash {
         KeyHash(self.hasher.hash_one(key))
     }
