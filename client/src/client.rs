@@ -45,6 +45,13 @@ fn is_idempotent(op: &WriteOp) -> bool {
     !matches!(op, WriteOp::Restock { .. })
 }
 
+/// This machine's clock in ms since the Unix epoch: a write's first-attempt stamp.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as i64)
+}
+
 const WRITE: CallKind = CallKind {
     leader_only: true,
     idempotent: true,
@@ -90,6 +97,7 @@ impl Client {
             user: user.to_string(),
             order_id: order_id.to_string(),
             ttl,
+            first_attempt_ms: 0,
         })
         .await
     }
@@ -99,6 +107,7 @@ impl Client {
         self.write(WriteOp::Confirm {
             sku: sku.as_ref().to_vec(),
             order_id: order_id.to_string(),
+            first_attempt_ms: 0,
         })
         .await
     }
@@ -108,6 +117,7 @@ impl Client {
         self.write(WriteOp::Cancel {
             sku: sku.as_ref().to_vec(),
             order_id: order_id.to_string(),
+            first_attempt_ms: 0,
         })
         .await
     }
@@ -125,6 +135,7 @@ impl Client {
             qty,
             user: user.to_string(),
             order_id: order_id.to_string(),
+            first_attempt_ms: 0,
         })
         .await
     }
@@ -177,7 +188,11 @@ impl Client {
     /// outcome per op in the caller's order. If any shard's batch fails, the error is returned
     /// and other shards' ops may have been applied; resending the whole batch is safe for
     /// ops with an `order_id`.
-    pub async fn batch(&self, ops: Vec<WriteOp>) -> Result<Vec<Outcome>, ClientError> {
+    pub async fn batch(&self, mut ops: Vec<WriteOp>) -> Result<Vec<Outcome>, ClientError> {
+        let now = now_ms();
+        for op in &mut ops {
+            op.stamp_first_attempt(now);
+        }
         self.batch_of(&ops).await
     }
 
@@ -244,8 +259,9 @@ impl Client {
     }
 
     /// One write through the router.
-    async fn write(&self, op: WriteOp) -> Result<Outcome, ClientError> {
+    async fn write(&self, mut op: WriteOp) -> Result<Outcome, ClientError> {
         check_sku(op.sku())?;
+        op.stamp_first_attempt(now_ms());
         if let Some(coalescer) = &self.coalescer {
             let coalescable = matches!(
                 op,

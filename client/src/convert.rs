@@ -49,6 +49,7 @@ pub(crate) fn outcome_from_wire(outcome: &wire::Outcome) -> Result<Outcome, Clie
             detail: outcome.detail.clone(),
         },
         Code::AlreadyConfirmed => Outcome::AlreadyConfirmed,
+        Code::RequestTooOld => Outcome::RequestTooOld,
         Code::OrderIdReused => Outcome::OrderIdReused {
             detail: outcome.detail.clone(),
         },
@@ -81,6 +82,7 @@ pub fn outcome_to_wire(outcome: &Outcome) -> wire::Outcome {
         Outcome::NotFound => Code::NotFound,
         Outcome::Expired => Code::Expired,
         Outcome::AlreadyConfirmed => Code::AlreadyConfirmed,
+        Outcome::RequestTooOld => Code::RequestTooOld,
         Outcome::OrderIdReused { detail } => {
             wire_outcome.detail = detail.clone();
             Code::OrderIdReused
@@ -135,22 +137,34 @@ pub(crate) fn write_op_to_wire(op: &WriteOp, epoch: u64) -> Op {
             user,
             order_id,
             ttl,
+            first_attempt_ms,
         } => Op::Reserve(wire::ReserveRequest {
             sku: sku.clone().into(),
             qty: *qty,
             user: user.clone(),
             order_id: order_id.clone(),
             ttl_ms: ttl.map(millis).unwrap_or(0),
+            first_attempt_ms: *first_attempt_ms,
             route,
         }),
-        WriteOp::Confirm { sku, order_id } => Op::Confirm(wire::ConfirmRequest {
+        WriteOp::Confirm {
+            sku,
+            order_id,
+            first_attempt_ms,
+        } => Op::Confirm(wire::ConfirmRequest {
             sku: sku.clone().into(),
             order_id: order_id.clone(),
+            first_attempt_ms: *first_attempt_ms,
             route,
         }),
-        WriteOp::Cancel { sku, order_id } => Op::Cancel(wire::CancelRequest {
+        WriteOp::Cancel {
+            sku,
+            order_id,
+            first_attempt_ms,
+        } => Op::Cancel(wire::CancelRequest {
             sku: sku.clone().into(),
             order_id: order_id.clone(),
+            first_attempt_ms: *first_attempt_ms,
             route,
         }),
         WriteOp::Purchase {
@@ -158,11 +172,13 @@ pub(crate) fn write_op_to_wire(op: &WriteOp, epoch: u64) -> Op {
             qty,
             user,
             order_id,
+            first_attempt_ms,
         } => Op::Purchase(wire::PurchaseRequest {
             sku: sku.clone().into(),
             qty: *qty,
             user: user.clone(),
             order_id: order_id.clone(),
+            first_attempt_ms: *first_attempt_ms,
             route,
         }),
         WriteOp::PutSku { sku, total, rules } => Op::PutSku(wire::PutSkuRequest {

@@ -39,6 +39,10 @@ pub enum Outcome {
     Expired,
     /// The order was already confirmed (a cancel came too late).
     AlreadyConfirmed,
+    /// The write's first attempt is older than the ledger's idempotency window: it was not
+    /// decided (the order it repeats may be forgotten, so deciding afresh could buy twice) and
+    /// nothing changed. Look the order up elsewhere (the shipped orders in PostgreSQL).
+    RequestTooOld,
     /// The order id was used before for a different request.
     OrderIdReused {
         /// The ledger's explanation.
@@ -65,6 +69,13 @@ pub struct SaleRules {
 }
 
 /// One write, for [`crate::Client::batch`]. Each variant carries the SKU that routes it.
+///
+/// Writes keyed by an `order_id` carry `first_attempt_ms`: when this write was first sent (ms
+/// since the Unix epoch). Leave it 0 and the library stamps the current time when the call
+/// starts and sends the same stamp on each of its own retries. A caller that retries an order
+/// itself, in a later call (after a crash, from a queue), passes the stamp of the first call:
+/// the ledger answers a repeat with the first answer within its idempotency window (default
+/// 24 h) and with [`Outcome::RequestTooOld`] after it, so a retry never buys twice.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteOp {
     /// Hold `qty` units for `order_id` until the TTL (or the SKU's default) lapses.
@@ -74,17 +85,27 @@ pub enum WriteOp {
         user: String,
         order_id: String,
         ttl: Option<Duration>,
+        first_attempt_ms: i64,
     },
     /// Turn the reservation `order_id` into a sale.
-    Confirm { sku: Vec<u8>, order_id: String },
+    Confirm {
+        sku: Vec<u8>,
+        order_id: String,
+        first_attempt_ms: i64,
+    },
     /// Release the reservation `order_id`.
-    Cancel { sku: Vec<u8>, order_id: String },
+    Cancel {
+        sku: Vec<u8>,
+        order_id: String,
+        first_attempt_ms: i64,
+    },
     /// Reserve and confirm in one step.
     Purchase {
         sku: Vec<u8>,
         qty: i64,
         user: String,
         order_id: String,
+        first_attempt_ms: i64,
     },
     /// Admin: create or reset a SKU with `total` units on sale.
     PutSku { sku: Vec<u8>, total: i64, rules: SaleRules },
@@ -102,6 +123,21 @@ impl WriteOp {
             | WriteOp::Purchase { sku, .. }
             | WriteOp::PutSku { sku, .. }
             | WriteOp::Restock { sku, .. } => sku,
+        }
+    }
+
+    /// Sets `first_attempt_ms` to `now_ms` where it is 0 (see [`WriteOp`]).
+    pub(crate) fn stamp_first_attempt(&mut self, now_ms: i64) {
+        match self {
+            WriteOp::Reserve { first_attempt_ms, .. }
+            | WriteOp::Confirm { first_attempt_ms, .. }
+            | WriteOp::Cancel { first_attempt_ms, .. }
+            | WriteOp::Purchase { first_attempt_ms, .. } => {
+                if *first_attempt_ms == 0 {
+                    *first_attempt_ms = now_ms;
+                }
+            }
+            WriteOp::PutSku { .. } | WriteOp::Restock { .. } => {}
         }
     }
 }

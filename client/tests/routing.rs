@@ -313,6 +313,36 @@ async fn a_write_whose_outcome_is_unknown_is_resent_with_its_order_id() -> anyho
     let seen = cluster.node(1).seen();
     assert_eq!(seen.len(), 3);
     assert!(seen.iter().all(|s| s.order_id == "order-1"), "{seen:?}");
+    // Stamped once, when the call started: every retry carries the first attempt's time.
+    assert!(seen[0].first_attempt_ms > 1_700_000_000_000, "{seen:?}");
+    assert!(
+        seen.iter().all(|s| s.first_attempt_ms == seen[0].first_attempt_ms),
+        "{seen:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_callers_own_first_attempt_stamp_is_sent_as_it_is() -> anyhow::Result<()> {
+    let cluster = FakeCluster::start(1).await?;
+    cluster.set_shards(vec![shard(1, b"", b"", 1, &[1], 1)]);
+    cluster.node(1).script([Reply::Dropped]);
+    let client = Client::connect(cluster.addrs(), fast_options()).await?;
+    // A retry in a later call (after a crash, from a queue) passes the first call's stamp.
+    let retry = WriteOp::Purchase {
+        sku: b"sku-a".to_vec(),
+        qty: 1,
+        user: "erin".into(),
+        order_id: "order-1".into(),
+        first_attempt_ms: 1_234,
+    };
+
+    let outcomes = client.batch(vec![retry]).await?;
+
+    assert_eq!(outcomes, vec![Outcome::Confirmed]);
+    let seen = cluster.node(1).seen();
+    assert_eq!(seen.len(), 2);
+    assert!(seen.iter().all(|s| s.first_attempt_ms == 1_234), "{seen:?}");
     Ok(())
 }
 
@@ -327,6 +357,7 @@ async fn batch_is_split_by_shard_and_reassembled_in_order() -> anyhow::Result<()
         user: "erin".into(),
         order_id: format!("order-{sku}"),
         ttl: None,
+        first_attempt_ms: 0,
     };
     let ops = vec![
         reserve("z", 1),
@@ -335,6 +366,7 @@ async fn batch_is_split_by_shard_and_reassembled_in_order() -> anyhow::Result<()
         WriteOp::Confirm {
             sku: b"b".to_vec(),
             order_id: "order-b".into(),
+            first_attempt_ms: 0,
         },
         reserve("m", 5),
     ];

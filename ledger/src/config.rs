@@ -176,12 +176,22 @@ impl Default for ServerSection {
 pub struct LedgerSection {
     /// How often each shard leader checks for due reservations.
     pub expire_interval_ms: u64,
+    /// How long an order id answers its first answer (a retry within it is safe). An order
+    /// leaves the applied state once it is older than this and (with PostgreSQL configured)
+    /// shipped; a write whose first attempt is older is answered `REQUEST_TOO_OLD`. Carried to
+    /// every replica through the log (the leader's value wins). Default 24 h.
+    pub idempotency_window_ms: u64,
+    /// How far a client's clock may be off the leaders': the window is shortened by it for
+    /// refusals, and a first attempt further ahead of the leader's clock is refused. Default 5 min.
+    pub clock_skew_margin_ms: u64,
 }
 
 impl Default for LedgerSection {
     fn default() -> Self {
         LedgerSection {
             expire_interval_ms: 1000,
+            idempotency_window_ms: crate::state_machine::limits::IDEMPOTENCY_WINDOW_MS_DEFAULT,
+            clock_skew_margin_ms: crate::state_machine::limits::CLOCK_SKEW_MARGIN_MS_DEFAULT,
         }
     }
 }
@@ -366,6 +376,12 @@ impl ClusterConfig {
             return Err(ConfigError::Bound {
                 field: "shipping.retry_backoff_ms_max",
                 reason: "must be at least shipping.retry_backoff_ms_min".into(),
+            });
+        }
+        if self.ledger.idempotency_window_ms <= self.ledger.clock_skew_margin_ms.saturating_mul(2) {
+            return Err(ConfigError::Bound {
+                field: "ledger.idempotency_window_ms",
+                reason: "must be more than twice ledger.clock_skew_margin_ms".into(),
             });
         }
         if raft.election_timeout_ms_max <= raft.election_timeout_ms_min {

@@ -26,13 +26,20 @@ pub enum PlantedBug {
     /// A linearizable read is served by any replica that believes it leads, without
     /// confirming its leadership with a quorum (a deposed leader answers from old state).
     StaleLeaderRead,
+    /// Pruning forgets confirmed orders whose events were not shipped yet (lost to Postgres).
+    PruneUnshipped,
+    /// Pruning forgets orders a tenth of the way into the idempotency window, so a retry inside
+    /// the window is decided afresh (a second purchase).
+    PruneInsideWindow,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 3] = [
+    pub const ALL: [PlantedBug; 5] = [
         PlantedBug::ConfirmWithoutReservation,
         PlantedBug::AckBeforeDurable,
         PlantedBug::StaleLeaderRead,
+        PlantedBug::PruneUnshipped,
+        PlantedBug::PruneInsideWindow,
     ];
 
     /// The name the simulator's command line uses.
@@ -41,6 +48,8 @@ impl PlantedBug {
             PlantedBug::ConfirmWithoutReservation => "confirm-without-reservation",
             PlantedBug::AckBeforeDurable => "ack-before-durable",
             PlantedBug::StaleLeaderRead => "stale-leader-read",
+            PlantedBug::PruneUnshipped => "prune-unshipped",
+            PlantedBug::PruneInsideWindow => "prune-inside-window",
         }
     }
 
@@ -53,6 +62,8 @@ impl PlantedBug {
             PlantedBug::ConfirmWithoutReservation => 1,
             PlantedBug::AckBeforeDurable => 2,
             PlantedBug::StaleLeaderRead => 3,
+            PlantedBug::PruneUnshipped => 4,
+            PlantedBug::PruneInsideWindow => 5,
         }
     }
 }

@@ -81,6 +81,7 @@ fn reserve(sku: &[u8], qty: i64) -> pb::ReserveRequest {
         user: "u".into(),
         order_id: "o".into(),
         ttl_ms: 0,
+        first_attempt_ms: ledger::node::now_ms() as i64,
         route: None,
     }
 }

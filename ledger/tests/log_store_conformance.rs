@@ -34,10 +34,7 @@ impl StoreBuilder<TypeConfig, ShardLogStore, ShardStateMachine, tempfile::TempDi
         let wal = Wal::open(backend, WalOptions::default()).map_err(|e| io_error(e.into()))?;
         let snapshots = FileSnapshots::open(&directory.path().join("snapshots"), 1).map_err(|e| io_error(e.into()))?;
         let log_store = wal.log_store(1);
-        let log = ShardLog {
-            wal,
-            reader: log_store.clone(),
-        };
+        let log = ShardLog { wal };
         let state_machine =
             ShardStateMachine::open(1, AppliedStore::new(Arc::new(snapshots)), log).map_err(io_error)?;
         Ok((directory, log_store, state_machine))

@@ -58,6 +58,7 @@ fn batch(first: u64, orders: u64) -> Vec<Operation> {
             qty: 1 + n % 2,
             user: format!("user-{}", n % 997),
             order_id: format!("order-{n}"),
+            first_attempt_ms: ledger::node::now_ms(),
         })
         .collect()
 }
@@ -177,16 +178,32 @@ async fn every_confirmed_order_lands_in_postgres_exactly_once() {
     tracing::info!("--- Postgres holds exactly the confirmed orders");
     let mut confirmed: BTreeMap<String, Row> = BTreeMap::new();
     let mut next_seq: BTreeMap<ShardId, u64> = BTreeMap::new();
+    // The ledger keeps orders under hashes of their ids: look up every order the sale sent.
+    let sent: Vec<Operation> = (0..orders)
+        .step_by(BATCH_ORDERS as usize)
+        .flat_map(|first| batch(first, BATCH_ORDERS.min(orders - first)))
+        .collect();
     for shard in [1, 2] {
         let leader = cluster.leader(shard).await;
         cluster.node(leader).shards[&shard].view.read(|image| {
             next_seq.insert(shard, image.ledger.next_event_seq);
-            for (order_id, order) in image.ledger.orders.iter() {
-                if matches!(order.state, OrderState::Confirmed { .. }) {
+            for operation in &sent {
+                let Operation::Purchase {
+                    sku,
+                    qty,
+                    user,
+                    order_id,
+                    ..
+                } = operation
+                else {
+                    continue;
+                };
+                let kept = image.ledger.order(order_id);
+                if kept.is_some_and(|order| order.state == OrderState::Confirmed) {
                     let row = Row {
-                        sku: order.sku.clone(),
-                        qty: order.qty,
-                        user: order.user.clone(),
+                        sku: sku.clone(),
+                        qty: *qty,
+                        user: user.clone(),
                         ledger_shard: shard,
                     };
                     confirmed.insert(order_id.clone(), row);

@@ -31,6 +31,7 @@ fn entry_of_about_4_kib(index: u64) -> Entry {
         user: "u".repeat(ENTRY_BYTES - 64),
         order_id: format!("order-{index}"),
         ttl_ms: 0,
+        first_attempt_ms: index,
     };
     let command = LogCommand {
         timestamp_ms: index,

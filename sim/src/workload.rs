@@ -105,6 +105,8 @@ impl Recorder {
     /// failures; every attempt is recorded. Returns the decided outcome, if any.
     pub async fn write(&self, who: usize, client: &Client, op: WriteOp) -> Option<Outcome> {
         let retriable = !matches!(op, WriteOp::Restock { .. });
+        // Retried in later calls, as a careful service would: with the first call's stamp.
+        let op = first_attempt_now(op);
         for _ in 0..ATTEMPTS_MAX {
             let invoke_ns = self.now_ns();
             let result = client.batch(vec![op.clone()]).await;
@@ -177,6 +179,21 @@ impl Recorder {
             answer,
         });
     }
+}
+
+/// `op` stamped with this client's clock as its first attempt (writes keyed by an order id).
+fn first_attempt_now(mut op: WriteOp) -> WriteOp {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |since| since.as_millis() as i64);
+    if let WriteOp::Reserve { first_attempt_ms, .. }
+    | WriteOp::Confirm { first_attempt_ms, .. }
+    | WriteOp::Cancel { first_attempt_ms, .. }
+    | WriteOp::Purchase { first_attempt_ms, .. } = &mut op
+    {
+        *first_attempt_ms = now;
+    }
+    op
 }
 
 fn failed_write(error: &ClientError) -> Answer {
@@ -271,6 +288,7 @@ pub async fn buyer(
                     qty: rng.gen_range(1..=2),
                     user: user.clone(),
                     order_id,
+                    first_attempt_ms: 0,
                 };
                 recorder.write(who, &client, op).await;
             }
@@ -282,6 +300,7 @@ pub async fn buyer(
                     user: user.clone(),
                     order_id: order_id.clone(),
                     ttl: Some(ttl),
+                    first_attempt_ms: 0,
                 };
                 let reserved = recorder.write(who, &client, reserve).await;
                 if !matches!(reserved, Some(Outcome::Reserved { .. })) {
@@ -294,9 +313,17 @@ pub async fn buyer(
                 };
                 tokio::time::sleep(Duration::from_millis(pause)).await;
                 let finish = if rng.gen_bool(0.6) {
-                    WriteOp::Confirm { sku, order_id }
+                    WriteOp::Confirm {
+                        sku,
+                        order_id,
+                        first_attempt_ms: 0,
+                    }
                 } else {
-                    WriteOp::Cancel { sku, order_id }
+                    WriteOp::Cancel {
+                        sku,
+                        order_id,
+                        first_attempt_ms: 0,
+                    }
                 };
                 recorder.write(who, &client, finish).await;
             }
@@ -318,6 +345,7 @@ pub async fn buyer(
                         qty: 1,
                         user: user.clone(),
                         order_id: format!("{order_id}-{i}"),
+                        first_attempt_ms: 0,
                     })
                     .collect();
                 recorder.batch(who, &client, ops).await;

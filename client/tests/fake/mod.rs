@@ -57,6 +57,8 @@ pub struct Seen {
     pub order_id: String,
     /// The route epoch the client stamped (0 when none).
     pub epoch: u64,
+    /// The first-attempt time the client stamped (0 for writes without an order id).
+    pub first_attempt_ms: i64,
 }
 
 /// One fake node's state, shared by its two services.
@@ -136,6 +138,7 @@ impl FakeNode {
             skus: vec![sku],
             order_id,
             epoch,
+            first_attempt_ms: first_attempt_of(&op),
         };
         let outcome = match self.decide(seen).await? {
             Some(outcome) => outcome,
@@ -158,6 +161,16 @@ fn describe(op: &Op) -> (Vec<u8>, String, u64) {
         Op::Purchase(r) => (r.sku.to_vec(), r.order_id.clone(), epoch(&r.route)),
         Op::PutSku(r) => (r.sku.to_vec(), String::new(), epoch(&r.route)),
         Op::Restock(r) => (r.sku.to_vec(), String::new(), epoch(&r.route)),
+    }
+}
+
+fn first_attempt_of(op: &Op) -> i64 {
+    match op {
+        Op::Reserve(r) => r.first_attempt_ms,
+        Op::Confirm(r) => r.first_attempt_ms,
+        Op::Cancel(r) => r.first_attempt_ms,
+        Op::Purchase(r) => r.first_attempt_ms,
+        Op::PutSku(_) | Op::Restock(_) => 0,
     }
 }
 
@@ -213,6 +226,7 @@ impl Inventory for FakeNode {
             skus: described.iter().map(|(sku, _, _)| sku.clone()).collect(),
             order_id: described.first().map(|(_, id, _)| id.clone()).unwrap_or_default(),
             epoch: described.first().map(|(_, _, epoch)| *epoch).unwrap_or(0),
+            first_attempt_ms: ops.first().map_or(0, first_attempt_of),
         };
         let forced = self.decide(seen).await?;
         let outcomes = ops
@@ -229,6 +243,7 @@ impl Inventory for FakeNode {
             skus: vec![request.sku.to_vec()],
             order_id: String::new(),
             epoch: 0,
+            first_attempt_ms: 0,
         };
         self.decide(seen).await?;
         Ok(Response::new(StockReply {
@@ -253,6 +268,7 @@ impl Inventory for FakeNode {
             skus: vec![request.start.to_vec()],
             order_id: String::new(),
             epoch: 0,
+            first_attempt_ms: 0,
         };
         self.decide(seen).await?;
         let from = request.from_index;

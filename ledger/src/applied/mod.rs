@@ -31,6 +31,7 @@ pub use snapshot_file::FileSnapshots;
 use crate::raft::types::LogId;
 use crate::raft::types::SnapshotMeta;
 use crate::raft::types::StoredMembership;
+use crate::state_machine::state::FrozenLedger;
 use crate::state_machine::state::LedgerState;
 
 /// Failure of the snapshot store.
@@ -42,8 +43,6 @@ pub enum AppliedStoreError {
     Encode(String),
     #[error("snapshot {what} does not decode: {message}")]
     Decode { what: String, message: String },
-    #[error("building a snapshot from the latest one and the log: {0}")]
-    Replay(String),
 }
 
 impl From<AppliedStoreError> for std::io::Error {
@@ -159,9 +158,35 @@ fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, A
     })
 }
 
+/// A [`ShardImage`] frozen for a snapshot (`ShardImage::frozen`): encodes to the same bytes.
+#[derive(Debug, Clone, Serialize)]
+pub struct FrozenImage {
+    pub meta: AppliedMeta,
+    pub ledger: FrozenLedger,
+}
+
+impl FrozenImage {
+    /// Records that grow with the orders taken (as `LedgerState::records`).
+    pub fn records(&self) -> u64 {
+        let orders: usize = self.ledger.orders.chunks.iter().map(|chunk| chunk.records.len()).sum();
+        let holders: usize = self.ledger.holdings.iter().map(|(_, holders)| holders.len()).sum();
+        (orders + holders + self.ledger.order_events.len()) as u64
+    }
+}
+
+impl ShardImage {
+    /// The image as it is now, sharing the order records (see `LedgerState::frozen`).
+    pub fn frozen(&self) -> FrozenImage {
+        FrozenImage {
+            meta: self.meta.clone(),
+            ledger: self.ledger.frozen(),
+        }
+    }
+}
+
 /// Encodes a snapshot image into a buffer of exactly its size: sizing it first costs a walk of
 /// the state, growing it by doubling cost copies and page faults of up to twice the snapshot.
-pub fn encode_image(image: &ShardImage) -> Result<Vec<u8>, AppliedStoreError> {
+pub fn encode_image(image: &FrozenImage) -> Result<Vec<u8>, AppliedStoreError> {
     let size = bincode::serialized_size(image).map_err(|e| AppliedStoreError::Encode(e.to_string()))?;
     let mut bytes = Vec::with_capacity(size as usize);
     bincode::serialize_into(&mut bytes, image).map_err(|e| AppliedStoreError::Encode(e.to_string()))?;
@@ -170,9 +195,7 @@ pub fn encode_image(image: &ShardImage) -> Result<Vec<u8>, AppliedStoreError> {
 
 /// Decodes a snapshot image; a received snapshot that does not decode is a data error.
 pub fn decode_image(bytes: &[u8]) -> Result<ShardImage, AppliedStoreError> {
-    let mut image: ShardImage = decode("image", bytes)?;
-    image.ledger.rebuild_indexes();
-    Ok(image)
+    decode("image", bytes)
 }
 
 #[cfg(test)]
@@ -206,12 +229,12 @@ mod tests {
                 last_log_id: image.meta.applied,
                 last_membership: image.meta.membership.clone(),
             },
-            data: encode_image(image).expect("encode"),
+            data: encode_image(&image.frozen()).expect("encode"),
         }
     }
 
     #[test]
-    fn a_saved_snapshot_loads_as_the_same_state_with_its_indexes_rebuilt() {
+    fn a_saved_snapshot_loads_as_the_same_state() {
         let store = AppliedStore::new(Arc::new(MemorySnapshots::default()));
         assert!(store.load_snapshot().expect("load").is_none());
         let mut image = ShardImage::default();
@@ -222,12 +245,14 @@ mod tests {
             user: "u".into(),
             order_id: "r1".into(),
             ttl_ms: 5_000,
+            first_attempt_ms: 2,
         };
         let buys = (0..5).map(|n| Operation::Purchase {
             sku: b"x".to_vec(),
             qty: 1,
             user: "u".into(),
             order_id: format!("o{n}"),
+            first_attempt_ms: 2,
         });
         apply(
             &mut image,
@@ -252,7 +277,7 @@ mod tests {
             vec![3, 4]
         );
         assert_eq!((loaded.ledger.shipped_below_seq, loaded.ledger.shipped_by), (3, 2));
-        // The reservation's expiry is derived state: rebuilt, so it still expires.
+        // The reservation is kept with the state, so it still expires.
         assert_eq!(loaded.ledger.next_expiry_ms(), Some(2 + 5_000));
     }
 

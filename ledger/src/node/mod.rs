@@ -31,9 +31,11 @@ use crate::raft::types::NodeId;
 use crate::raft::types::Raft;
 use crate::raft::types::ShardId;
 use crate::state_machine::command::CommandBody;
+use crate::state_machine::command::LedgerSettings;
 use crate::state_machine::command::LogCommand;
 use crate::state_machine::command::Operation;
 use crate::state_machine::command::Outcome;
+use crate::state_machine::keys::HashKey;
 use crate::state_machine::state::StockCounts;
 pub mod storage;
 
@@ -133,6 +135,9 @@ pub struct Node {
     peer_addresses: BTreeMap<NodeId, String>,
     /// The channels Raft uses, reused by a follower's shipper to reach the leader.
     peers: PeerChannels,
+    /// Whether this node runs a shipper (PostgreSQL configured, or a sink a test or the simulator
+    /// gives it): as leader it then asks its shards to keep order events.
+    ships_orders: std::sync::atomic::AtomicBool,
     /// Flips to true when the node starts shutting down, so long-lived streams (Watch) end and
     /// a graceful shutdown can drain its connections.
     closing: tokio::sync::watch::Sender<bool>,
@@ -179,10 +184,7 @@ impl Node {
                 .snapshots(shard.id)
                 .map_err(|e| NodeError::Storage(e.to_string()))?;
             let log_store = opened.log_store(shard.id);
-            let log = ShardLog {
-                wal: opened.wal(),
-                reader: log_store.clone(),
-            };
+            let log = ShardLog { wal: opened.wal() };
             let state_machine = ShardStateMachine::open(shard.id, AppliedStore::new(snapshots), log)
                 .map_err(|e| NodeError::Storage(format!("shard {}: {e}", shard.id)))?;
             let view = state_machine.view();
@@ -224,6 +226,7 @@ impl Node {
             shards,
             peer_addresses,
             peers,
+            ships_orders: std::sync::atomic::AtomicBool::new(false),
             closing,
         });
         for shard in node.shards.values() {
@@ -293,6 +296,7 @@ impl Node {
         if let Some(answered) = self.answer_sold_out_from_lease(shard, &operations).await {
             return Ok(answered);
         }
+        self.configure_if_needed(shard).await?;
         let command = LogCommand {
             timestamp_ms: now_ms(),
             body: CommandBody::Batch(operations),
@@ -318,7 +322,7 @@ impl Node {
         let answer = |image: &crate::applied::ShardImage| {
             let outcomes = operations
                 .iter()
-                .map(|operation| sold_out_answer(&image.ledger, operation))
+                .map(|operation| image.ledger.sold_out_answer(operation))
                 .collect::<Option<Vec<Outcome>>>()?;
             Some((outcomes, image.meta.applied.map_or(0, |log_id| log_id.index)))
         };
@@ -335,6 +339,51 @@ impl Node {
             // Not (or no longer) the leader, or no quorum: the log path gives the right error.
             _ => None,
         }
+    }
+
+    /// Marks this node as one that ships confirmed orders (see `crate::shipping::shipper::spawn`).
+    pub fn ship_orders(&self) {
+        self.ships_orders.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The settings this node's config asks every replica of a shard to apply.
+    fn wanted_settings(&self) -> LedgerSettings {
+        LedgerSettings {
+            hash_key: HashKey::default(),
+            idempotency_window_ms: self.config.ledger.idempotency_window_ms,
+            clock_skew_margin_ms: self.config.ledger.clock_skew_margin_ms,
+            keep_order_events: self.ships_orders.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    /// On the leader: proposes a `Configure` entry when the shard's applied settings differ
+    /// from this node's config, or it has no hash key yet (a fresh random one: it is taken only
+    /// once, see `CommandBody::Configure`). Every write asks first, so no order is ever hashed
+    /// with the empty key; the check is a copy of the settings under the read lock.
+    async fn configure_if_needed(&self, shard: &ShardReplica) -> Result<(), NodeError> {
+        if !shard.raft.is_leader() {
+            return Ok(());
+        }
+        let wanted = self.wanted_settings();
+        let applied = shard.view.read(|image| image.ledger.settings);
+        let wanted_with_key = LedgerSettings {
+            hash_key: applied.hash_key,
+            ..wanted
+        };
+        if applied.hash_key.is_set() && wanted_with_key == applied {
+            return Ok(());
+        }
+        let hash_key = if applied.hash_key.is_set() {
+            applied.hash_key
+        } else {
+            random_hash_key()
+        };
+        tracing::info!(shard = shard.config.id, ?wanted, "proposing the shard's settings");
+        let command = LogCommand {
+            timestamp_ms: now_ms(),
+            body: CommandBody::Configure(LedgerSettings { hash_key, ..wanted }),
+        };
+        self.propose(shard, command).await.map(|_| ())
     }
 
     fn shard_for_operations(&self, operations: &[Operation]) -> Result<&Arc<ShardReplica>, NodeError> {
@@ -543,28 +592,12 @@ impl Node {
     }
 }
 
-/// `SoldOut` if `operation` is a valid reserve/purchase of a new order id whose SKU has fewer
-/// units than asked and no rule decided earlier in `LedgerState::decide_take` applies (sale
-/// window, per-user limit); `None` for anything else.
-fn sold_out_answer(ledger: &crate::state_machine::state::LedgerState, operation: &Operation) -> Option<Outcome> {
-    let (sku, qty, order_id) = match operation {
-        Operation::Reserve { sku, qty, order_id, .. } | Operation::Purchase { sku, qty, order_id, .. } => {
-            (sku, *qty, order_id)
-        }
-        _ => return None,
-    };
-    // Cheapest test first: every write asks, and while the SKU has stock it is the only one.
-    let record = ledger.skus.get(sku)?;
-    let rules = &record.rules;
-    if rules.start_ms != 0 || rules.end_ms != 0 || rules.per_user_limit != 0 || record.available >= qty {
-        return None;
-    }
-    if crate::state_machine::state::operation_defect(operation).is_some() || ledger.orders.contains_key(order_id) {
-        return None;
-    }
-    Some(Outcome::SoldOut {
-        available: record.available,
-    })
+/// 128 random bits from the OS (std's hasher keys are drawn from it; the simulator makes them
+/// deterministic per seed).
+fn random_hash_key() -> HashKey {
+    use std::hash::BuildHasher;
+    let (first, second) = (std::hash::RandomState::new(), std::hash::RandomState::new());
+    HashKey([first.hash_one(0x5eed_u64), second.hash_one(0xfeed_u64)])
 }
 
 fn role_name(state: ServerState) -> &'static str {
@@ -651,7 +684,8 @@ fn snapshot_due_at(raft: &RaftSection, snapshot_records: u64) -> u64 {
 const SNAPSHOT_OVERDUE_FACTOR: u64 = 3;
 
 /// The leader of each shard proposes `Expire` when a reservation is due, so expiry is a
-/// replicated decision at a log-stamped time. Ends when the node is dropped.
+/// replicated decision at a log-stamped time, and its settings when they differ from its config
+/// (a new leader, a changed config). Ends when the node is dropped.
 async fn expire_reservations(node: Weak<Node>, shard_id: ShardId) {
     loop {
         let interval_ms = match node.upgrade() {
@@ -665,6 +699,9 @@ async fn expire_reservations(node: Weak<Node>, shard_id: ShardId) {
         };
         if !shard.raft.is_leader() {
             continue;
+        }
+        if let Err(error) = node.configure_if_needed(shard).await {
+            tracing::debug!(shard = shard_id, %error, "settings proposal failed; retrying next tick");
         }
         let now = now_ms();
         let due = shard

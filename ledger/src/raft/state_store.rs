@@ -28,6 +28,7 @@ use tokio::sync::broadcast;
 
 use crate::applied::AppliedStore;
 use crate::applied::AppliedStoreError;
+use crate::applied::FrozenImage;
 use crate::applied::ShardImage;
 use crate::applied::StoredSnapshot;
 use crate::applied::decode_image;
@@ -45,7 +46,6 @@ use crate::state_machine::command::Sku;
 use crate::state_machine::state::Changes;
 use crate::state_machine::state::InvariantViolation;
 use crate::state_machine::state::StockCounts;
-use crate::storage::log_store::ShardLogStore;
 use crate::storage::wal::Wal;
 
 /// How many stock changes a slow Watch subscriber may lag before it is cut off (it resumes
@@ -157,8 +157,6 @@ pub struct ShardLog {
     /// saved state ahead of the local log would, after a crash, leave a log whose tail conflicts
     /// with what was applied (found by the simulator, seeds 5403 and 9239).
     pub wal: Arc<Wal>,
-    /// A reader of this shard's log: snapshots are built by replaying it.
-    pub reader: ShardLogStore,
 }
 
 /// openraft's handle on one shard's state machine. Cheap to clone (it is also the snapshot
@@ -286,37 +284,25 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
         let view = self.view.clone();
         let _only_one = view.snapshot_lock.lock().await;
         let started = tokio::time::Instant::now();
-        // The snapshot is of what is applied now, but not made from the live state: copying
-        // that under the lock stalled every write for up to a second and a half. It is the
-        // latest snapshot plus the log up to here, replayed on a blocking thread by the code
-        // apply uses, while the shard keeps applying.
-        let (upto, ops_covered) =
-            view.read(|image| (image.meta.applied, view.ops_since_snapshot.swap(0, Ordering::Relaxed)));
+        // A fork of the live state: the order records are shared chunks, so taking it under the
+        // read lock costs a list of chunk pointers plus the small parts, not a copy of the
+        // orders; writes go on meanwhile and copy a chunk only when they change a record of one
+        // the fork still holds. Encoding and saving run on a thread of their own.
+        let (frozen, ops_covered) =
+            view.read(|image| (image.frozen(), view.ops_since_snapshot.swap(0, Ordering::Relaxed)));
+        let fork_us = started.elapsed().as_micros() as u64;
         let priority = if view.snapshot_overdue.load(Ordering::Relaxed) {
             SnapshotPriority::Normal
         } else {
             SnapshotPriority::Background
         };
         let store = self.store.clone();
-        let log = self.log.clone();
-        let live = view.clone();
+        let wal = self.log.wal.clone();
         let built = async move {
             // The log may be purged up to this snapshot once it is saved: it must be durable.
-            log.wal.wait_durable().await.map_err(io::Error::from)?;
+            wal.wait_durable().await.map_err(io::Error::from)?;
             run_blocking(priority, move || {
-                let built = match replay_snapshot(&store, &log.reader, upto)? {
-                    Some(built) => built,
-                    None => {
-                        // Raft never purges the log after the latest snapshot, so this is for a
-                        // state machine driven without its log (openraft's conformance suite
-                        // does that): a copy of the live state, taken under the lock.
-                        tracing::warn!(
-                            shard = live.shard_id,
-                            "the log does not hold what the last snapshot lacks; snapshotting a copy of the live state"
-                        );
-                        snapshot_of(&live.read(|image| image.clone()), 0)?
-                    }
-                };
+                let built = snapshot_of(&frozen)?;
                 store.save_snapshot(&built.stored)?;
                 Ok(built)
             })
@@ -333,8 +319,7 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
         view.snapshot_records.store(built.records, Ordering::Relaxed);
         let StoredSnapshot { meta, data } = built.stored;
         tracing::info!(shard = view.shard_id, last_log_id = ?meta.last_log_id, bytes = data.len(),
-            records = built.records, replayed_entries = built.replayed_entries,
-            total_ms = started.elapsed().as_millis() as u64, "built snapshot");
+            records = built.records, fork_us, total_ms = started.elapsed().as_millis() as u64, "built snapshot");
         Ok(openraft::Snapshot {
             meta,
             snapshot: Cursor::new(data),
@@ -342,8 +327,7 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
     }
 }
 
-/// Applies one committed entry to `image`: what apply does for every entry, and what building a
-/// snapshot replays.
+/// Applies one committed entry to `image`.
 fn apply_entry(image: &mut ShardImage, entry: &Entry) -> Result<(CommandReply, Changes), InvariantViolation> {
     let log_id = entry.log_id();
     let applied = match &entry.payload {
@@ -372,64 +356,24 @@ fn operations_in(entry: &Entry) -> u64 {
     }
 }
 
-/// A snapshot built, encoded and ready to save.
+/// A snapshot encoded and ready to save.
 struct BuiltSnapshot {
     stored: StoredSnapshot,
     records: u64,
-    replayed_entries: u64,
-}
-
-/// The state at `upto`: the latest saved snapshot with the log after it, up to `upto`, replayed.
-/// None if the log does not hold every entry that takes. Blocking. The caller holds the snapshot
-/// lock, so the latest snapshot cannot change meanwhile.
-fn replay_snapshot(
-    store: &AppliedStore,
-    log: &ShardLogStore,
-    upto: Option<LogId>,
-) -> Result<Option<BuiltSnapshot>, AppliedStoreError> {
-    let started = tokio::time::Instant::now();
-    let mut image = store.load()?;
-    let loaded_ms = started.elapsed().as_millis() as u64;
-    let from = image.meta.applied.map(|id| id.index + 1).unwrap_or(0);
-    let mut replayed_entries = 0;
-    if let Some(upto) = upto.filter(|upto| upto.index >= from) {
-        let entries = log.entries_in(from, upto.index);
-        // Indexes come from a map, so they are distinct and increasing: as many as the span and
-        // ending at `upto` means every one is there.
-        let complete =
-            entries.len() as u64 == upto.index - from + 1 && entries.last().map(|entry| entry.log_id()) == Some(upto);
-        if !complete {
-            return Ok(None);
-        }
-        for entry in &entries {
-            apply_entry(&mut image, entry).map_err(|violation| AppliedStoreError::Replay(violation.to_string()))?;
-        }
-        replayed_entries = entries.len() as u64;
-    }
-    let replayed_ms = started.elapsed().as_millis() as u64;
-    let built = snapshot_of(&image, replayed_entries)?;
-    tracing::debug!(
-        loaded_ms,
-        replayed_ms,
-        encoded_ms = started.elapsed().as_millis() as u64,
-        "snapshot built from the last one and the log"
-    );
-    Ok(Some(built))
 }
 
 /// `image` encoded as a snapshot.
-fn snapshot_of(image: &ShardImage, replayed_entries: u64) -> Result<BuiltSnapshot, AppliedStoreError> {
+fn snapshot_of(image: &FrozenImage) -> Result<BuiltSnapshot, AppliedStoreError> {
     let meta = SnapshotMeta {
         last_log_id: image.meta.applied,
         last_membership: image.meta.membership.clone(),
     };
     Ok(BuiltSnapshot {
-        records: image.ledger.records(),
+        records: image.records(),
         stored: StoredSnapshot {
             meta,
             data: encode_image(image)?,
         },
-        replayed_entries,
     })
 }
 
@@ -444,7 +388,7 @@ enum SnapshotPriority {
     Normal,
 }
 
-/// Runs blocking snapshot work (replaying, encoding, file writes, fdatasync) off the async
+/// Runs blocking snapshot work (encoding, file writes, fdatasync) off the async
 /// workers, on a thread of its own, by default at the lowest CPU priority: every replica builds
 /// its snapshot at about the same log index, and on a small machine three builders at normal
 /// priority took the cores from the write path (throughput fell by half for the second they
@@ -504,9 +448,12 @@ mod tests {
 
     use super::*;
     use crate::applied::MemorySnapshots;
+    use crate::state_machine::command::LedgerSettings;
     use crate::state_machine::command::Operation;
     use crate::state_machine::command::SaleRules;
+    use crate::state_machine::keys::HashKey;
     use crate::storage::MemoryBackend;
+    use crate::storage::ShardLogStore;
     use crate::storage::WalOptions;
 
     fn entry(index: u64, body: CommandBody) -> Entry {
@@ -533,6 +480,7 @@ mod tests {
                 } else {
                     b"pear".to_vec()
                 };
+                let first_attempt_ms = 1_000 + index;
                 let operation = match index % 4 {
                     0 => Operation::Reserve {
                         sku,
@@ -540,20 +488,24 @@ mod tests {
                         user,
                         order_id: format!("r{index}"),
                         ttl_ms: 20,
+                        first_attempt_ms,
                     },
                     1 => Operation::Cancel {
                         sku: b"apple".to_vec(),
                         order_id: format!("r{}", index - 1),
+                        first_attempt_ms,
                     },
                     2 => Operation::Purchase {
                         sku,
                         qty: 2,
                         user,
                         order_id: format!("p{}", index % 30),
+                        first_attempt_ms,
                     },
                     _ => Operation::Confirm {
                         sku: b"apple".to_vec(),
                         order_id: format!("r{}", index - 3),
+                        first_attempt_ms,
                     },
                 };
                 entry(index, CommandBody::Batch(vec![operation]))
@@ -567,17 +519,18 @@ mod tests {
         receiver.await.expect("callback").expect("durable");
     }
 
+    /// A replica: its state machine over its own log and snapshot store.
+    fn replica() -> (ShardStateMachine, ShardLogStore, AppliedStore) {
+        let wal = crate::storage::Wal::open(MemoryBackend::default(), WalOptions::default()).expect("WAL opens");
+        let log = wal.log_store(1);
+        let store = AppliedStore::new(Arc::new(MemorySnapshots::default()));
+        let machine = ShardStateMachine::open(1, store.clone(), ShardLog { wal }).expect("opens");
+        (machine, log, store)
+    }
+
     #[test]
-    fn a_snapshot_replayed_from_the_last_one_and_the_log_equals_the_live_state() {
+    fn snapshots_fork_the_live_state_and_are_byte_identical_on_every_replica() {
         TypeConfig::run(async {
-            let wal = crate::storage::Wal::open(MemoryBackend::default(), WalOptions::default()).expect("WAL opens");
-            let mut log = wal.log_store(1);
-            let store = AppliedStore::new(Arc::new(MemorySnapshots::default()));
-            let shard_log = ShardLog {
-                wal,
-                reader: log.clone(),
-            };
-            let mut machine = ShardStateMachine::open(1, store.clone(), shard_log).expect("opens");
             let rules = SaleRules {
                 per_user_limit: 40,
                 ..SaleRules::default()
@@ -587,40 +540,54 @@ mod tests {
                 total: 1_000,
                 rules,
             };
-            let mut next = 0;
-            // The second and third snapshots are built on top of the one before them.
-            for round in 0..3 {
-                let mut entries = if round == 0 {
-                    vec![entry(0, CommandBody::Batch(vec![put(b"apple"), put(b"pear")]))]
-                } else {
-                    Vec::new()
-                };
-                entries.extend(traffic(next + entries.len() as u64, 60));
-                let round_entries = entries.len() as u64;
-                next += round_entries;
-                append(&mut log, entries.clone()).await;
-                let stream = stream::iter(entries.into_iter().map(|entry| Ok((entry, None))));
+            let settings = LedgerSettings {
+                hash_key: HashKey([11, 22]),
+                ..LedgerSettings::default()
+            };
+            let mut entries = vec![
+                entry(0, CommandBody::Configure(settings)),
+                entry(1, CommandBody::Batch(vec![put(b"apple"), put(b"pear")])),
+            ];
+            entries.extend(traffic(2, 300));
+            let mut replicas: Vec<_> = (0..3).map(|_| replica()).collect();
+            let mut snapshots = Vec::new();
+            for (machine, log, _) in &mut replicas {
+                append(log, entries.clone()).await;
+                let stream = stream::iter(entries.clone().into_iter().map(|entry| Ok((entry, None))));
                 machine.apply(stream).await.expect("applies");
-
-                let (live_ledger, live_applied) =
-                    machine.view().read(|image| (image.ledger.clone(), image.meta.applied));
-                assert!(live_ledger.records() > 0);
-                let built = replay_snapshot(&store, &log, live_applied)
-                    .expect("replays")
-                    .expect("the log holds every entry after the last snapshot");
-                assert_eq!(
-                    built.replayed_entries, round_entries,
-                    "round {round}: only the entries after the last snapshot"
-                );
-                let replayed = decode_image(&built.stored.data).expect("decodes");
-                assert_eq!(replayed.meta.applied, live_applied, "round {round}");
-                assert_eq!(replayed.ledger, live_ledger, "round {round}");
-
-                // What openraft calls saves the same state, which the next round starts from.
                 let snapshot = machine.build_snapshot().await.expect("builds");
-                assert_eq!(snapshot.meta.last_log_id, live_applied, "round {round}");
-                assert_eq!(store.load().expect("loads").ledger, live_ledger, "round {round}");
+                snapshots.push(snapshot.snapshot.into_inner());
             }
+            assert!(
+                snapshots.iter().all(|bytes| *bytes == snapshots[0]),
+                "replicas encode the same bytes"
+            );
+
+            tracing::info!("--- a fork does not see writes applied after it");
+            let (machine, log, store) = &mut replicas[0];
+            let (forked, at_fork) = machine.view().read(|image| (image.frozen(), image.ledger.clone()));
+            let more = traffic(302, 100);
+            append(log, more.clone()).await;
+            machine
+                .apply(stream::iter(more.into_iter().map(|entry| Ok((entry, None)))))
+                .await
+                .expect("applies");
+            let decoded = decode_image(&encode_image(&forked).expect("encodes")).expect("decodes");
+            assert_eq!(decoded.ledger, at_fork);
+            assert_ne!(machine.view().read(|image| image.ledger.clone()), at_fork);
+
+            tracing::info!("--- a restart starts from the saved snapshot");
+            let saved = store.load().expect("loads");
+            let (restarted, ..) = (ShardStateMachine::open(
+                1,
+                store.clone(),
+                ShardLog {
+                    wal: crate::storage::Wal::open(MemoryBackend::default(), WalOptions::default()).expect("WAL opens"),
+                },
+            )
+            .expect("opens"),);
+            assert_eq!(restarted.view().read(|image| image.ledger.clone()), saved.ledger);
+            assert_eq!(saved.meta.applied.map(|id| id.index), Some(301));
         });
     }
 }

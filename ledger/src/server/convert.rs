@@ -52,6 +52,7 @@ pub fn reserve(request: pb::ReserveRequest) -> Checked<Operation> {
         user: checked_id("user", request.user)?,
         order_id: checked_id("order_id", request.order_id)?,
         ttl_ms: limits::check_ttl("ttl_ms", request.ttl_ms)?,
+        first_attempt_ms: limits::check_first_attempt(request.first_attempt_ms)?,
         sku: request.sku.to_vec(),
     })
 }
@@ -62,6 +63,7 @@ pub fn purchase(request: pb::PurchaseRequest) -> Checked<Operation> {
         qty: limits::check_qty(request.qty)?,
         user: checked_id("user", request.user)?,
         order_id: checked_id("order_id", request.order_id)?,
+        first_attempt_ms: limits::check_first_attempt(request.first_attempt_ms)?,
         sku: request.sku.to_vec(),
     })
 }
@@ -70,6 +72,7 @@ pub fn confirm(request: pb::ConfirmRequest) -> Checked<Operation> {
     limits::check_sku(&request.sku)?;
     Ok(Operation::Confirm {
         order_id: checked_id("order_id", request.order_id)?,
+        first_attempt_ms: limits::check_first_attempt(request.first_attempt_ms)?,
         sku: request.sku.to_vec(),
     })
 }
@@ -78,6 +81,7 @@ pub fn cancel(request: pb::CancelRequest) -> Checked<Operation> {
     limits::check_sku(&request.sku)?;
     Ok(Operation::Cancel {
         order_id: checked_id("order_id", request.order_id)?,
+        first_attempt_ms: limits::check_first_attempt(request.first_attempt_ms)?,
         sku: request.sku.to_vec(),
     })
 }
@@ -88,7 +92,7 @@ pub fn put_sku(request: pb::PutSkuRequest) -> Checked<Operation> {
     let rules = SaleRules {
         start_ms: limits::check_non_negative("rules.start_ms", rules.start_ms)?,
         end_ms: limits::check_non_negative("rules.end_ms", rules.end_ms)?,
-        per_user_limit: limits::check_non_negative("rules.per_user_limit", rules.per_user_limit)?,
+        per_user_limit: limits::check_per_user_limit(rules.per_user_limit)?,
         default_ttl_ms: limits::check_ttl("rules.default_ttl_ms", rules.default_ttl_ms)?,
     };
     if rules.end_ms != 0 && rules.end_ms <= rules.start_ms {
@@ -195,6 +199,7 @@ pub fn outcome(outcome: &Outcome) -> pb::Outcome {
         Outcome::NotFound => Code::NotFound,
         Outcome::Expired => Code::Expired,
         Outcome::AlreadyConfirmed => Code::AlreadyConfirmed,
+        Outcome::RequestTooOld => Code::RequestTooOld,
         Outcome::OrderIdReused => {
             wire.detail = "order_id already used by a different request".into();
             Code::OrderIdReused
@@ -232,6 +237,7 @@ mod tests {
             user: "alice".into(),
             order_id: "order-1".into(),
             ttl_ms: 0,
+            first_attempt_ms: 1_700_000_000_000,
             route: None,
         }
     }
@@ -250,7 +256,8 @@ mod tests {
                 qty: 2,
                 user: "alice".into(),
                 order_id: "order-1".into(),
-                ttl_ms: 0
+                ttl_ms: 0,
+                first_attempt_ms: 1_700_000_000_000,
             }
         );
     }

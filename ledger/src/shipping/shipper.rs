@@ -78,6 +78,8 @@ pub enum ShipError {
 /// The production node does this with [`crate::shipping::postgres::PostgresSink`]; the
 /// simulator can pass a recording sink.
 pub fn spawn<S: ShippingSink>(node: &Arc<Node>, mut sink_for: impl FnMut(ShardId) -> Arc<S>) {
+    // A node that ships asks its shards to keep order events (they are kept only while a sink is).
+    node.ship_orders();
     for shard_id in node.shards.keys().copied() {
         let sink = sink_for(shard_id);
         tokio::spawn(run(Arc::downgrade(node), shard_id, sink, node.config.shipping.clone()));

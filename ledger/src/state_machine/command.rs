@@ -8,6 +8,8 @@
 use serde::Deserialize;
 use serde::Serialize;
 
+use crate::state_machine::keys::HashKey;
+
 /// A SKU: an opaque byte string, ordered bytewise, at most [`crate::state_machine::limits::SKU_BYTES_MAX`] bytes.
 pub type Sku = Vec<u8>;
 
@@ -24,7 +26,10 @@ pub struct SaleRules {
     pub default_ttl_ms: u64,
 }
 
-/// One client write. Every field has been validated by [`crate::state_machine::limits`]
+/// One client write. Writes keyed by an order id carry `first_attempt_ms`: the client's clock
+/// (ms since the Unix epoch) when it first sent this write, reused on every retry; the state
+/// machine refuses one older than the idempotency window (`Outcome::RequestTooOld`) instead of
+/// deciding it afresh, because the order it repeats may have been pruned. Every field has been validated by [`crate::state_machine::limits`]
 /// before it is proposed; the state machine validates again (it never trusts the log's producer).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Operation {
@@ -34,20 +39,24 @@ pub enum Operation {
         user: String,
         order_id: String,
         ttl_ms: u64,
+        first_attempt_ms: u64,
     },
     Confirm {
         sku: Sku,
         order_id: String,
+        first_attempt_ms: u64,
     },
     Cancel {
         sku: Sku,
         order_id: String,
+        first_attempt_ms: u64,
     },
     Purchase {
         sku: Sku,
         qty: u64,
         user: String,
         order_id: String,
+        first_attempt_ms: u64,
     },
     PutSku {
         sku: Sku,
@@ -72,6 +81,17 @@ impl Operation {
             | Operation::Restock { sku, .. } => sku,
         }
     }
+
+    /// When the client first sent this write; `None` for writes not keyed by an order id.
+    pub fn first_attempt_ms(&self) -> Option<u64> {
+        match self {
+            Operation::Reserve { first_attempt_ms, .. }
+            | Operation::Confirm { first_attempt_ms, .. }
+            | Operation::Cancel { first_attempt_ms, .. }
+            | Operation::Purchase { first_attempt_ms, .. } => Some(*first_attempt_ms),
+            Operation::PutSku { .. } | Operation::Restock { .. } => None,
+        }
+    }
 }
 
 /// What one Raft entry asks the state machine to do.
@@ -89,6 +109,37 @@ pub enum CommandBody {
         /// The node whose shipper made the progress; other replicas use it to decide who ships.
         shipper: u64,
     },
+    /// The shard's settings, proposed by a leader whose config differs from the applied ones
+    /// (and before its first write, to choose the hash key). The hash key is taken only while
+    /// the shard has none: it is chosen once and never changes.
+    Configure(LedgerSettings),
+}
+
+/// Settings every replica of a shard must apply identically, so they travel through the log
+/// instead of being read from each node's config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerSettings {
+    /// Key of the hashes that stand for order ids and users (`state_machine::keys`).
+    pub hash_key: HashKey,
+    /// How long an order id answers its first answer (`ledger.idempotency_window_ms`).
+    pub idempotency_window_ms: u64,
+    /// How far a client's clock may be off the leaders' (`ledger.clock_skew_margin_ms`): a
+    /// write is refused once `first_attempt_ms + window - margin` has passed, and a
+    /// `first_attempt_ms` more than the margin ahead of the log's time is refused outright.
+    pub clock_skew_margin_ms: u64,
+    /// Whether confirmed orders are kept as events for a shipper (PostgreSQL configured).
+    pub keep_order_events: bool,
+}
+
+impl Default for LedgerSettings {
+    fn default() -> Self {
+        LedgerSettings {
+            hash_key: HashKey::default(),
+            idempotency_window_ms: crate::state_machine::limits::IDEMPOTENCY_WINDOW_MS_DEFAULT,
+            clock_skew_margin_ms: crate::state_machine::limits::CLOCK_SKEW_MARGIN_MS_DEFAULT,
+            keep_order_events: true,
+        }
+    }
 }
 
 /// One entry of a shard's log.
@@ -108,6 +159,14 @@ impl std::fmt::Display for LogCommand {
             CommandBody::Shipped { below_seq, shipper } => {
                 write!(f, "shipped(<{below_seq} by {shipper} @{})", self.timestamp_ms)
             }
+            CommandBody::Configure(settings) => write!(
+                f,
+                "configure(window {} ms, margin {} ms, events {} @{})",
+                settings.idempotency_window_ms,
+                settings.clock_skew_margin_ms,
+                settings.keep_order_events,
+                self.timestamp_ms
+            ),
         }
     }
 }
@@ -138,6 +197,10 @@ pub enum Outcome {
     AlreadyConfirmed,
     /// The `order_id` is already used by a different SKU, quantity or user.
     OrderIdReused,
+    /// The write's first attempt is older than the idempotency window: the order it may repeat
+    /// could have been forgotten, so it is not decided afresh (a retry never buys twice).
+    /// Nothing changed.
+    RequestTooOld,
     /// A well-formed request the ledger refuses (restock below what is held, ...).
     Rejected {
         reason: String,

@@ -13,8 +13,12 @@ pub const TOTAL_MAX: u64 = 1_000_000_000_000;
 pub const TTL_MS_MAX: u64 = 86_400_000;
 /// The TTL used when neither the request nor the SKU's rules name one (ten minutes).
 pub const TTL_MS_DEFAULT: u64 = 600_000;
-/// How long a rejected order id keeps answering its first rejection before it may be reused.
-pub const REJECTION_RETENTION_MS: u64 = 3_600_000;
+/// How long an order id answers its first answer (24 h; `ledger.idempotency_window_ms`).
+pub const IDEMPOTENCY_WINDOW_MS_DEFAULT: u64 = 86_400_000;
+/// How far a client's clock may be off the leaders' (5 min; `ledger.clock_skew_margin_ms`).
+pub const CLOCK_SKEW_MARGIN_MS_DEFAULT: u64 = 300_000;
+/// The largest per-user limit (records keep a limit answer's limit in 32 bits).
+pub const PER_USER_LIMIT_MAX: u64 = u32::MAX as u64;
 
 /// A request field that broke a bound: which field, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -105,6 +109,32 @@ pub fn check_ttl(field: &'static str, ttl_ms: i64) -> Result<u64, InvalidField> 
         return Err(InvalidField::new(field, format!("{ttl_ms} ms, at most {TTL_MS_MAX}")));
     }
     Ok(ttl_ms)
+}
+
+/// The time of a write's first attempt: required (ms since the Unix epoch, at least 1).
+pub fn check_first_attempt(first_attempt_ms: i64) -> Result<u64, InvalidField> {
+    if first_attempt_ms <= 0 {
+        return Err(InvalidField::new(
+            "first_attempt_ms",
+            format!(
+                "{first_attempt_ms}: must be set to the time the client first sent this write (ms since the Unix \
+                 epoch), the same on every retry"
+            ),
+        ));
+    }
+    Ok(first_attempt_ms as u64)
+}
+
+/// A per-user limit: 0 (none) ..= [`PER_USER_LIMIT_MAX`].
+pub fn check_per_user_limit(limit: i64) -> Result<u64, InvalidField> {
+    let limit = check_non_negative("rules.per_user_limit", limit)?;
+    if limit > PER_USER_LIMIT_MAX {
+        return Err(InvalidField::new(
+            "rules.per_user_limit",
+            format!("{limit}, at most {PER_USER_LIMIT_MAX}"),
+        ));
+    }
+    Ok(limit)
 }
 
 pub fn check_non_negative(field: &'static str, value: i64) -> Result<u64, InvalidField> {

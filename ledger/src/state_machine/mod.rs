@@ -1,11 +1,13 @@
 //! The ledger's state machine: a pure function of (state, command, leader timestamp).
 //!
-//! No I/O, no clock, no randomness, deterministic iteration (`BTreeMap` only). Storage and
+//! No I/O, no clock, no randomness, deterministic iteration (`BTreeMap`, or hash tables keyed by the log's hash key and encoded in log order). Storage and
 //! Raft live elsewhere and call [`state::LedgerState::apply`].
 
 pub mod command;
+pub mod holders;
+pub mod keys;
 pub mod limits;
-pub mod spread_map;
+pub mod orders;
 pub mod state;
 
 #[cfg(test)]

@@ -1,111 +1,194 @@
 //! Property test: [`LedgerState`] against a deliberately naive reference model.
 //!
-//! The model derives everything by scanning (holdings, due reservations) instead of keeping
-//! indexes, so a bookkeeping bug in the real state machine shows up as a divergence. Long random
-//! sequences include replays of order ids, expiry sweeps, restocks and clock jumps (forwards and
-//! backwards: a new leader's clock may be behind).
-
-use std::collections::HashMap;
+//! The model keeps every order it ever saw, by id, in creation order, and derives everything by
+//! scanning (holdings, due reservations, what may be pruned) instead of keeping indexes, so a
+//! bookkeeping bug in the real state machine shows up as a divergence. Long random sequences
+//! include replays of order ids with first attempts inside, at the edge of and past the
+//! idempotency window (and ahead of the clock), expiry sweeps, restocks, limits switched on and
+//! off, shipping marks, settings changes, and clock jumps (forwards and backwards: a new
+//! leader's clock may be behind).
 
 use proptest::prelude::*;
 
 use crate::state_machine::command::CommandBody;
+use crate::state_machine::command::LedgerSettings;
 use crate::state_machine::command::LogCommand;
 use crate::state_machine::command::Operation;
 use crate::state_machine::command::Outcome;
 use crate::state_machine::command::SaleRules;
+use crate::state_machine::keys::HashKey;
 use crate::state_machine::limits;
+use crate::state_machine::orders::CHUNK_RECORDS;
 use crate::state_machine::state::LedgerState;
-use crate::state_machine::state::OrderKind;
 
-#[derive(Debug, Clone, PartialEq)]
+/// The window and margin the tests configure: small, so that random clocks cross them.
+const WINDOW_MS: u64 = 20_000;
+const MARGIN_MS: u64 = 2_000;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum ModelState {
     Reserved(u64),
     Confirmed,
     Released,
     Expired,
-    Rejected(u64),
+    Rejected,
 }
 
 #[derive(Debug, Clone)]
 struct ModelOrder {
+    id: String,
     purchase: bool,
     sku: Vec<u8>,
     qty: u64,
     user: String,
     state: ModelState,
     first: Outcome,
+    created_ms: u64,
+    /// The SKU's limit epoch when the order counted towards its buyer's holding.
+    counted_in: Option<u32>,
+    /// Its order event's sequence number, if it emitted one.
+    event: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ModelSku {
+    total: u64,
+    available: u64,
+    reserved: u64,
+    sold: u64,
+    rules: SaleRules,
+    limit_epoch: u32,
 }
 
 #[derive(Debug, Default)]
 struct Model {
-    // sku -> (total, available, reserved, sold, rules)
-    skus: HashMap<Vec<u8>, (u64, u64, u64, u64, SaleRules)>,
-    orders: HashMap<String, ModelOrder>,
+    settings: LedgerSettings,
+    skus: std::collections::HashMap<Vec<u8>, ModelSku>,
+    /// Every order ever created, oldest first; `orders[..first_kept]` were pruned.
+    orders: Vec<ModelOrder>,
+    first_kept: usize,
     clock: u64,
-    /// Every confirmation ever, in order: (sequence number, order id). Never pruned here.
-    confirmations: Vec<(u64, String)>,
-    /// The highest shipped mark proposed so far, capped by the confirmations that existed.
+    /// Every order event ever emitted: (sequence number, order id).
+    events: Vec<(u64, String)>,
     shipped_below: u64,
 }
 
 impl Model {
+    fn kept(&self, order_id: &str) -> Option<usize> {
+        (self.first_kept..self.orders.len()).find(|&i| self.orders[i].id == order_id)
+    }
+
     fn held(&self, sku: &[u8], user: &str) -> u64 {
+        let Some(record) = self.skus.get(sku) else { return 0 };
+        if record.rules.per_user_limit == 0 {
+            return 0;
+        }
         self.orders
-            .values()
-            .filter(|o| o.sku == sku && o.user == user)
+            .iter()
+            .filter(|o| o.sku == sku && o.user == user && o.counted_in == Some(record.limit_epoch))
             .filter(|o| matches!(o.state, ModelState::Reserved(_) | ModelState::Confirmed))
             .map(|o| o.qty)
             .sum()
     }
 
-    /// The events a replica must still hold: every confirmation at or above the shipped mark.
     fn unshipped(&self) -> Vec<(u64, String)> {
-        self.confirmations
+        self.events
             .iter()
             .filter(|(seq, _)| *seq >= self.shipped_below)
             .cloned()
             .collect()
     }
 
-    fn confirmed(&mut self, order_id: &str) {
-        let seq = self.confirmations.len() as u64;
-        self.confirmations.push((seq, order_id.to_string()));
+    fn emit(&mut self, index: usize) {
+        if !self.settings.keep_order_events {
+            return;
+        }
+        let seq = self.events.len() as u64;
+        self.events.push((seq, self.orders[index].id.clone()));
+        self.orders[index].event = Some(seq);
     }
 
-    fn release(&mut self, order_id: &str, to: ModelState) {
-        let order = self.orders.get_mut(order_id).expect("model order");
+    fn release(&mut self, index: usize, to: ModelState) {
+        let order = &mut self.orders[index];
         order.state = to;
         let s = self.skus.get_mut(&order.sku).expect("model sku");
-        s.2 -= order.qty;
-        s.1 += order.qty;
+        s.reserved -= order.qty;
+        s.available += order.qty;
+    }
+
+    fn refusal(&self, first_attempt_ms: u64) -> Option<Outcome> {
+        let (window, margin, now) = (
+            self.settings.idempotency_window_ms,
+            self.settings.clock_skew_margin_ms,
+            self.clock,
+        );
+        if first_attempt_ms + window.saturating_sub(margin) <= now {
+            return Some(Outcome::RequestTooOld);
+        }
+        if first_attempt_ms > now + margin {
+            return Some(Outcome::Rejected {
+                reason: format!(
+                    "invalid first_attempt_ms: {first_attempt_ms} is more than the {margin} ms clock-skew margin \
+                     ahead of the ledger's clock ({now})"
+                ),
+            });
+        }
+        None
     }
 
     fn apply(&mut self, cmd: &LogCommand) -> Vec<Outcome> {
         self.clock = self.clock.max(cmd.timestamp_ms);
-        match &cmd.body {
+        let outcomes = match &cmd.body {
             CommandBody::Expire => {
-                let due: Vec<String> = self
-                    .orders
-                    .iter()
-                    .filter(|(_, o)| matches!(o.state, ModelState::Reserved(at) if at <= self.clock))
-                    .map(|(id, _)| id.clone())
-                    .collect();
-                for id in due {
-                    self.release(&id, ModelState::Expired);
+                for index in self.first_kept..self.orders.len() {
+                    if matches!(self.orders[index].state, ModelState::Reserved(at) if at <= self.clock) {
+                        self.release(index, ModelState::Expired);
+                    }
                 }
-                let horizon = self.clock.saturating_sub(limits::REJECTION_RETENTION_MS);
-                self.orders
-                    .retain(|_, o| !matches!(o.state, ModelState::Rejected(at) if at <= horizon));
                 vec![]
             }
             CommandBody::Batch(ops) => ops.iter().map(|op| self.apply_op(op)).collect(),
             CommandBody::Shipped { below_seq, .. } => {
-                if *below_seq <= self.confirmations.len() as u64 {
-                    self.shipped_below = self.shipped_below.max(*below_seq);
+                if *below_seq > self.shipped_below && *below_seq <= self.events.len() as u64 {
+                    self.shipped_below = *below_seq;
                 }
                 vec![]
             }
+            CommandBody::Configure(settings) => {
+                let hash_key = if self.settings.hash_key.is_set() {
+                    self.settings.hash_key
+                } else {
+                    settings.hash_key
+                };
+                if !settings.keep_order_events {
+                    self.shipped_below = self.events.len() as u64;
+                }
+                self.settings = LedgerSettings { hash_key, ..*settings };
+                vec![]
+            }
+        };
+        self.prune();
+        outcomes
+    }
+
+    /// Oldest first, a chunk of orders at a time, as the module docs of `orders` say.
+    fn prune(&mut self) {
+        for _ in 0..4 {
+            let end = (self.first_kept + CHUNK_RECORDS).min(self.orders.len());
+            if end == self.first_kept {
+                return;
+            }
+            let chunk = &self.orders[self.first_kept..end];
+            let newest = chunk.last().expect("non-empty").created_ms;
+            let may_go = chunk.iter().all(|o| match o.state {
+                ModelState::Reserved(_) => false,
+                ModelState::Confirmed => o.event.is_none_or(|seq| seq < self.shipped_below),
+                _ => true,
+            });
+            if newest + self.settings.idempotency_window_ms > self.clock || !may_go {
+                return;
+            }
+            self.first_kept = end;
         }
     }
 
@@ -121,63 +204,93 @@ impl Model {
                 user,
                 order_id,
                 ttl_ms,
-            } => self.take(false, sku, *qty, user, order_id, *ttl_ms),
+                first_attempt_ms,
+            } => self.take(false, sku, *qty, user, order_id, *ttl_ms, *first_attempt_ms),
             Operation::Purchase {
                 sku,
                 qty,
                 user,
                 order_id,
-            } => self.take(true, sku, *qty, user, order_id, 0),
-            Operation::Confirm { sku, order_id } => {
-                let Some(o) = self.orders.get(order_id).filter(|o| &o.sku == sku).cloned() else {
-                    return Outcome::NotFound;
+                first_attempt_ms,
+            } => self.take(true, sku, *qty, user, order_id, 0, *first_attempt_ms),
+            Operation::Confirm {
+                sku,
+                order_id,
+                first_attempt_ms,
+            } => {
+                let Some(index) = self.kept(order_id) else {
+                    return self.refusal(*first_attempt_ms).unwrap_or(Outcome::NotFound);
                 };
+                let o = self.orders[index].clone();
+                if o.sku != *sku {
+                    return Outcome::NotFound;
+                }
                 match o.state {
                     ModelState::Confirmed => Outcome::Confirmed,
                     ModelState::Expired => Outcome::Expired,
-                    ModelState::Released | ModelState::Rejected(_) => Outcome::NotFound,
+                    ModelState::Released | ModelState::Rejected => Outcome::NotFound,
                     ModelState::Reserved(at) if at <= now => {
-                        self.release(order_id, ModelState::Expired);
+                        self.release(index, ModelState::Expired);
                         Outcome::Expired
                     }
                     ModelState::Reserved(_) => {
                         let s = self.skus.get_mut(sku).expect("sku");
-                        s.2 -= o.qty;
-                        s.3 += o.qty;
-                        self.orders.get_mut(order_id).expect("order").state = ModelState::Confirmed;
-                        self.confirmed(order_id);
+                        s.reserved -= o.qty;
+                        s.sold += o.qty;
+                        self.orders[index].state = ModelState::Confirmed;
+                        self.emit(index);
                         Outcome::Confirmed
                     }
                 }
             }
-            Operation::Cancel { sku, order_id } => {
-                let Some(o) = self.orders.get(order_id).filter(|o| &o.sku == sku).cloned() else {
-                    return Outcome::NotFound;
+            Operation::Cancel {
+                sku,
+                order_id,
+                first_attempt_ms,
+            } => {
+                let Some(index) = self.kept(order_id) else {
+                    return self.refusal(*first_attempt_ms).unwrap_or(Outcome::NotFound);
                 };
+                let o = self.orders[index].clone();
+                if o.sku != *sku {
+                    return Outcome::NotFound;
+                }
                 match o.state {
                     ModelState::Confirmed => Outcome::AlreadyConfirmed,
                     ModelState::Released => Outcome::Released,
                     ModelState::Expired => Outcome::Expired,
-                    ModelState::Rejected(_) => Outcome::NotFound,
+                    ModelState::Rejected => Outcome::NotFound,
                     ModelState::Reserved(at) if at <= now => {
-                        self.release(order_id, ModelState::Expired);
+                        self.release(index, ModelState::Expired);
                         Outcome::Expired
                     }
                     ModelState::Reserved(_) => {
-                        self.release(order_id, ModelState::Released);
+                        self.release(index, ModelState::Released);
                         Outcome::Released
                     }
                 }
             }
             Operation::PutSku { sku, total, rules } => {
-                let entry = self.skus.entry(sku.clone()).or_insert((0, 0, 0, 0, *rules));
-                let held = entry.2 + entry.3;
+                let entry = self.skus.entry(sku.clone()).or_insert(ModelSku {
+                    total: 0,
+                    available: 0,
+                    reserved: 0,
+                    sold: 0,
+                    rules: SaleRules::default(),
+                    limit_epoch: 0,
+                });
+                let held = entry.reserved + entry.sold;
                 if *total < held {
                     return Outcome::Rejected {
                         reason: format!("total {total} is below the {held} units reserved or sold"),
                     };
                 }
-                *entry = (*total, total - held, entry.2, entry.3, *rules);
+                if (entry.rules.per_user_limit != 0) != (rules.per_user_limit != 0) {
+                    entry.limit_epoch = entry.limit_epoch.wrapping_add(1);
+                }
+                entry.total = *total;
+                entry.available = total - held;
+                entry.rules = *rules;
                 Outcome::Ok
             }
             Operation::Restock { delta: 0, .. } => Outcome::Rejected {
@@ -187,46 +300,59 @@ impl Model {
                 let Some(entry) = self.skus.get_mut(sku) else {
                     return Outcome::UnknownSku;
                 };
-                let held = entry.2 + entry.3;
-                let new_total = entry.0 as i128 + *delta as i128;
+                let held = entry.reserved + entry.sold;
+                let new_total = entry.total as i128 + *delta as i128;
                 if new_total < held as i128 {
                     return Outcome::Rejected {
                         reason: format!("total would fall to {new_total}, below the {held} units reserved or sold"),
                     };
                 }
-                entry.0 = new_total as u64;
-                entry.1 = entry.0 - held;
+                entry.total = new_total as u64;
+                entry.available = entry.total - held;
                 Outcome::Ok
             }
         }
     }
 
-    fn take(&mut self, purchase: bool, sku: &[u8], qty: u64, user: &str, order_id: &str, ttl: u64) -> Outcome {
+    #[allow(clippy::too_many_arguments)]
+    fn take(
+        &mut self,
+        purchase: bool,
+        sku: &[u8],
+        qty: u64,
+        user: &str,
+        order_id: &str,
+        ttl: u64,
+        first_attempt_ms: u64,
+    ) -> Outcome {
         let now = self.clock;
-        if let Some(o) = self.orders.get(order_id) {
+        if let Some(index) = self.kept(order_id) {
+            let o = &self.orders[index];
             let same = o.purchase == purchase && o.sku == sku && o.qty == qty && o.user == user;
             return if same { o.first.clone() } else { Outcome::OrderIdReused };
+        }
+        if let Some(refusal) = self.refusal(first_attempt_ms) {
+            return refusal;
         }
         let held = self.held(sku, user);
         let outcome = match self.skus.get(sku) {
             None => Outcome::UnknownSku,
-            Some(&(_, _, _, _, rules))
-                if (rules.start_ms != 0 && now < rules.start_ms) || (rules.end_ms != 0 && now >= rules.end_ms) =>
+            Some(s)
+                if (s.rules.start_ms != 0 && now < s.rules.start_ms)
+                    || (s.rules.end_ms != 0 && now >= s.rules.end_ms) =>
             {
                 Outcome::SaleClosed
             }
-            Some(&(_, _, _, _, rules)) if rules.per_user_limit != 0 && held + qty > rules.per_user_limit => {
-                Outcome::LimitExceeded {
-                    held,
-                    limit: rules.per_user_limit,
-                }
-            }
-            Some(&(_, available, _, _, _)) if available < qty => Outcome::SoldOut { available },
-            Some(&(_, _, _, _, rules)) => {
+            Some(s) if s.rules.per_user_limit != 0 && held + qty > s.rules.per_user_limit => Outcome::LimitExceeded {
+                held,
+                limit: s.rules.per_user_limit,
+            },
+            Some(s) if s.available < qty => Outcome::SoldOut { available: s.available },
+            Some(s) => {
                 let ttl = if ttl != 0 {
                     ttl
-                } else if rules.default_ttl_ms != 0 {
-                    rules.default_ttl_ms
+                } else if s.rules.default_ttl_ms != 0 {
+                    s.rules.default_ttl_ms
                 } else {
                     limits::TTL_MS_DEFAULT
                 };
@@ -245,27 +371,36 @@ impl Model {
         let state = match &outcome {
             Outcome::Confirmed => ModelState::Confirmed,
             Outcome::Reserved { expires_at_ms } => ModelState::Reserved(*expires_at_ms),
-            _ => ModelState::Rejected(now),
+            _ => ModelState::Rejected,
         };
+        let mut counted_in = None;
         if matches!(state, ModelState::Confirmed | ModelState::Reserved(_)) {
             let s = self.skus.get_mut(sku).expect("sku");
-            s.1 -= qty;
-            if purchase { s.3 += qty } else { s.2 += qty }
+            s.available -= qty;
+            if purchase {
+                s.sold += qty
+            } else {
+                s.reserved += qty
+            }
+            if s.rules.per_user_limit != 0 {
+                counted_in = Some(s.limit_epoch);
+            }
         }
+        self.orders.push(ModelOrder {
+            id: order_id.to_string(),
+            purchase,
+            sku: sku.to_vec(),
+            qty,
+            user: user.to_string(),
+            state,
+            first: outcome.clone(),
+            created_ms: now,
+            counted_in,
+            event: None,
+        });
         if purchase && state == ModelState::Confirmed {
-            self.confirmed(order_id);
+            self.emit(self.orders.len() - 1);
         }
-        self.orders.insert(
-            order_id.to_string(),
-            ModelOrder {
-                purchase,
-                sku: sku.to_vec(),
-                qty,
-                user: user.to_string(),
-                state,
-                first: outcome.clone(),
-            },
-        );
         outcome
     }
 }
@@ -294,166 +429,239 @@ fn rules() -> impl Strategy<Value = SaleRules> {
         })
 }
 
+/// How long before the entry's time a write was first attempted (negative: ahead of it). Set in
+/// `first_attempt_ms` by the strategies and turned into a time by [`stamped`].
+fn attempt_age() -> impl Strategy<Value = u64> {
+    let edge = WINDOW_MS - MARGIN_MS;
+    prop_oneof![
+        8 => 0..1_000i64,
+        2 => (edge as i64 - 50)..(edge as i64 + 50),
+        1 => 0..(3 * WINDOW_MS as i64),
+        1 => -(2 * MARGIN_MS as i64)..0,
+    ]
+    .prop_map(|age| age as u64)
+}
+
 fn operation() -> impl Strategy<Value = Operation> {
     prop_oneof![
-        4 => (sku(), 0..4u64, user(), order_id(), prop::option::of(1..300_000u64)).prop_map(
-            |(sku, qty, user, order_id, ttl)| Operation::Reserve { sku, qty, user, order_id, ttl_ms: ttl.unwrap_or(0) }
+        4 => (sku(), 0..4u64, user(), order_id(), prop::option::of(1..30_000u64), attempt_age()).prop_map(
+            |(sku, qty, user, order_id, ttl, age)| Operation::Reserve { sku, qty, user, order_id, ttl_ms: ttl.unwrap_or(0), first_attempt_ms: age }
         ),
-        3 => (sku(), order_id()).prop_map(|(sku, order_id)| Operation::Confirm { sku, order_id }),
-        2 => (sku(), order_id()).prop_map(|(sku, order_id)| Operation::Cancel { sku, order_id }),
-        3 => (sku(), 0..4u64, user(), order_id())
-            .prop_map(|(sku, qty, user, order_id)| Operation::Purchase { sku, qty, user, order_id }),
+        3 => (sku(), order_id(), attempt_age()).prop_map(|(sku, order_id, age)| Operation::Confirm { sku, order_id, first_attempt_ms: age }),
+        2 => (sku(), order_id(), attempt_age()).prop_map(|(sku, order_id, age)| Operation::Cancel { sku, order_id, first_attempt_ms: age }),
+        3 => (sku(), 0..4u64, user(), order_id(), attempt_age())
+            .prop_map(|(sku, qty, user, order_id, age)| Operation::Purchase { sku, qty, user, order_id, first_attempt_ms: age }),
         1 => (sku(), 0..12u64, rules()).prop_map(|(sku, total, rules)| Operation::PutSku { sku, total, rules }),
         1 => (sku(), -6..6i64).prop_map(|(sku, delta)| Operation::Restock { sku, delta }),
     ]
 }
 
+fn settings(keep_order_events: bool) -> LedgerSettings {
+    LedgerSettings {
+        hash_key: HashKey([0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210]),
+        idempotency_window_ms: WINDOW_MS,
+        clock_skew_margin_ms: MARGIN_MS,
+        keep_order_events,
+    }
+}
+
 fn command() -> impl Strategy<Value = (i64, CommandBody)> {
-    // Clock steps: mostly forwards, sometimes backwards (an older leader's clock).
-    let step = prop_oneof![8 => 0..120_000i64, 1 => -60_000..0i64, 1 => 3_000_000..4_000_000i64];
+    // Clock steps: mostly forwards, sometimes backwards (an older leader's clock), sometimes
+    // past the whole window.
+    let step = prop_oneof![8 => 0..3_000i64, 1 => -3_000..0i64, 1 => 30_000..40_000i64];
     let body = prop_oneof![
-        6 => prop::collection::vec(operation(), 1..5).prop_map(CommandBody::Batch),
-        1 => Just(CommandBody::Expire),
+        12 => prop::collection::vec(operation(), 1..5).prop_map(CommandBody::Batch),
+        2 => Just(CommandBody::Expire),
         // Marks both behind and ahead of what exists: the ledger must ignore both.
-        1 => (0..30u64, 1..4u64).prop_map(|(below_seq, shipper)| CommandBody::Shipped { below_seq, shipper }),
+        2 => (0..30u64, 1..4u64).prop_map(|(below_seq, shipper)| CommandBody::Shipped { below_seq, shipper }),
+        1 => any::<bool>().prop_map(|keep| CommandBody::Configure(settings(keep))),
     ];
     (step, body)
+}
+
+/// Turns the strategies' attempt ages into first-attempt times at log time `now`.
+fn stamped(body: CommandBody, now: u64) -> CommandBody {
+    let CommandBody::Batch(mut operations) = body else {
+        return body;
+    };
+    for operation in &mut operations {
+        if let Operation::Reserve { first_attempt_ms, .. }
+        | Operation::Purchase { first_attempt_ms, .. }
+        | Operation::Confirm { first_attempt_ms, .. }
+        | Operation::Cancel { first_attempt_ms, .. } = operation
+        {
+            *first_attempt_ms = (now as i64 - *first_attempt_ms as i64).max(1) as u64;
+        }
+    }
+    CommandBody::Batch(operations)
+}
+
+fn configured() -> (LedgerState, Model) {
+    let mut ledger = LedgerState::default();
+    let mut model = Model::default();
+    let configure = LogCommand {
+        timestamp_ms: 1_000_000,
+        body: CommandBody::Configure(settings(true)),
+    };
+    ledger.apply(0, &configure).expect("configures");
+    model.apply(&configure);
+    (ledger, model)
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
-    fn ledger_matches_model(commands in prop::collection::vec(command(), 1..120)) {
-        let mut ledger = LedgerState::default();
-        let mut model = Model::default();
+    fn ledger_matches_model(commands in prop::collection::vec(command(), 1..160)) {
+        let (mut ledger, mut model) = configured();
         let mut leader_clock: i64 = 1_000_000;
         for (index, (step, body)) in commands.into_iter().enumerate() {
             leader_clock = (leader_clock + step).max(0);
-            let command = LogCommand { timestamp_ms: leader_clock as u64, body };
+            let now = ledger.clock_ms.max(leader_clock as u64);
+            let command = LogCommand { timestamp_ms: leader_clock as u64, body: stamped(body, now) };
             let (outcomes, _) = ledger.apply(index as u64 + 1, &command).expect("invariant holds");
             let expected = model.apply(&command);
             prop_assert_eq!(&outcomes, &expected, "command {} {:?}", index, command);
-            for (sku, &(total, available, reserved, sold, _)) in &model.skus {
+            for (sku, s) in &model.skus {
                 let stock = ledger.stock(sku).expect("sku exists in ledger");
-                prop_assert_eq!((stock.total, stock.available, stock.reserved, stock.sold), (total, available, reserved, sold));
+                prop_assert_eq!((stock.total, stock.available, stock.reserved, stock.sold), (s.total, s.available, s.reserved, s.sold));
                 prop_assert!(stock.reserved + stock.sold <= stock.total, "oversold");
             }
             prop_assert_eq!(ledger.skus.len(), model.skus.len());
             prop_assert!(ledger.check_all().is_ok());
+            prop_assert_eq!(ledger.orders.len(), model.orders.len() - model.first_kept, "orders kept");
+            for order in &model.orders[model.first_kept..] {
+                prop_assert!(ledger.order(&order.id).is_some(), "order {} kept", order.id);
+            }
             let events: Vec<(u64, String)> = ledger.order_events.iter().map(|(seq, e)| (*seq, e.order_id.clone())).collect();
             prop_assert_eq!(events, model.unshipped(), "retained order events");
             prop_assert_eq!(ledger.shipped_below_seq, model.shipped_below);
-            prop_assert_eq!(ledger.next_event_seq, model.confirmations.len() as u64);
+            prop_assert_eq!(ledger.next_event_seq, model.events.len() as u64);
         }
-        // The persistent parts alone rebuild the same state (what a restart does).
-        let mut reloaded = LedgerState {
-            skus: ledger.skus.clone(),
-            orders: ledger.orders.clone(),
-            holdings: ledger.holdings.clone(),
-            order_events: ledger.order_events.clone(),
-            next_event_seq: ledger.next_event_seq,
-            shipped_below_seq: ledger.shipped_below_seq,
-            shipped_by: ledger.shipped_by,
-            clock_ms: ledger.clock_ms,
-            ..LedgerState::default()
-        };
-        reloaded.rebuild_indexes();
-        prop_assert_eq!(reloaded, ledger);
+        // The encoded state decodes to the same state, and encodes to the same bytes (what a
+        // snapshot and a restart do).
+        let bytes = bincode::serialize(&ledger).expect("encodes");
+        let reloaded: LedgerState = bincode::deserialize(&bytes).expect("decodes");
+        prop_assert_eq!(&reloaded, &ledger);
+        prop_assert_eq!(bincode::serialize(&reloaded).expect("encodes"), bytes);
+        prop_assert_eq!(reloaded.digest(), ledger.digest());
     }
 
     #[test]
-    fn replaying_a_write_changes_nothing(commands in prop::collection::vec(command(), 1..60), pick in any::<prop::sample::Index>()) {
-        let mut ledger = LedgerState::default();
-        let mut batches = Vec::new();
+    fn a_replay_answers_its_first_answer_inside_the_window_and_is_refused_after_it(
+        commands in prop::collection::vec(command(), 1..80),
+        pick in any::<prop::sample::Index>(),
+        later_ms in prop_oneof![0..WINDOW_MS, WINDOW_MS..4 * WINDOW_MS],
+    ) {
+        let (mut ledger, _) = configured();
+        let mut takes = Vec::new();
         for (index, (step, body)) in commands.into_iter().enumerate() {
-            let command = LogCommand { timestamp_ms: 1_000_000 + (index as i64 * 1000 + step.rem_euclid(1000)) as u64, body };
+            let timestamp_ms = 1_000_000 + (index as i64 * 1000 + step.rem_euclid(1000)) as u64;
+            let command = LogCommand { timestamp_ms, body: stamped(body, timestamp_ms) };
             let (outcomes, _) = ledger.apply(index as u64 + 1, &command).expect("invariant holds");
             if let CommandBody::Batch(ops) = &command.body {
                 for (op, outcome) in ops.iter().zip(outcomes) {
-                    batches.push((op.clone(), outcome));
+                    let decided = matches!(op, Operation::Reserve { qty: 1.., .. } | Operation::Purchase { qty: 1.., .. })
+                        && !matches!(outcome, Outcome::SoldOut { .. } | Outcome::Rejected { .. } | Outcome::RequestTooOld | Outcome::OrderIdReused);
+                    if decided {
+                        takes.push((op.clone(), outcome));
+                    }
                 }
             }
         }
-        // A reserve or purchase repeated with its order id answers the first answer (unless a
-        // later write with the same id changed it) and moves no units.
-        let takes: Vec<_> = batches.iter().filter(|(op, _)| matches!(op, Operation::Reserve { qty: 1.., .. } | Operation::Purchase { qty: 1.., .. })).collect();
         prop_assume!(!takes.is_empty());
-        let (op, _) = takes[pick.index(takes.len())].clone();
-        let before = ledger.clone();
-        let replay = LogCommand { timestamp_ms: ledger.clock_ms, body: CommandBody::Batch(vec![op.clone()]) };
-        let (order_id, qty, user) = match &op {
-            Operation::Reserve { order_id, qty, user, .. } | Operation::Purchase { order_id, qty, user, .. } => (order_id.clone(), *qty, user.clone()),
+        let (op, first_outcome) = takes[pick.index(takes.len())].clone();
+        let (order_id, request) = match &op {
+            Operation::Reserve { order_id, sku, qty, user, .. } => (order_id.clone(), ledger.settings.hash_key.request(false, sku, *qty, user)),
+            Operation::Purchase { order_id, sku, qty, user, .. } => (order_id.clone(), ledger.settings.hash_key.request(true, sku, *qty, user)),
             _ => unreachable!("filtered to takes"),
         };
-        let recorded = before.orders.get(&order_id).cloned();
+        // A later entry (which may prune), then the very same write again.
+        let later = LogCommand { timestamp_ms: ledger.clock_ms + later_ms, body: CommandBody::Expire };
+        ledger.apply(u64::MAX - 1, &later).expect("applies");
+        let counts = |ledger: &LedgerState| ledger.skus.values().map(|r| (r.total, r.available, r.reserved, r.sold)).collect::<Vec<_>>();
+        let before = counts(&ledger);
+        let kept = ledger.order(&order_id).copied();
+        let first_attempt_ms = op.first_attempt_ms().expect("keyed by an order id");
+        let replay = LogCommand { timestamp_ms: ledger.clock_ms, body: CommandBody::Batch(vec![op]) };
         let (outcomes, _) = ledger.apply(u64::MAX, &replay).expect("invariant holds");
-        if let Some(first) = recorded {
-            let same_request = first.sku == op.sku() && first.qty == qty && first.user == user
-                && matches!((&op, first.kind), (Operation::Reserve { .. }, OrderKind::Reserve) | (Operation::Purchase { .. }, OrderKind::Purchase));
-            let expected = if same_request { first.first_outcome.clone() } else { Outcome::OrderIdReused };
-            prop_assert_eq!(&outcomes[0], &expected);
-            prop_assert_eq!(&ledger.skus.values().map(|r| (r.total, r.available, r.reserved, r.sold)).collect::<Vec<_>>(),
-                &before.skus.values().map(|r| (r.total, r.available, r.reserved, r.sold)).collect::<Vec<_>>());
+        match kept {
+            // Kept: the first answer, unless another request took the id first.
+            Some(order) if order.request == request => {
+                prop_assert_eq!(&outcomes[0], &first_outcome);
+                prop_assert_eq!(&crate::state_machine::state::first_answer(&order), &first_outcome);
+            }
+            Some(_) => prop_assert_eq!(&outcomes[0], &Outcome::OrderIdReused),
+            // Forgotten: only ever because it is past the window, and then never decided afresh.
+            None => {
+                prop_assert!(first_attempt_ms + WINDOW_MS - MARGIN_MS <= ledger.clock_ms, "pruned inside the window");
+                prop_assert_eq!(&outcomes[0], &Outcome::RequestTooOld);
+            }
         }
+        prop_assert_eq!(counts(&ledger), before, "a repeat moves no units");
     }
 }
 
-#[test]
-fn invariant_violation_is_reported_not_continued() {
-    let mut ledger = LedgerState::default();
-    let put = LogCommand {
-        timestamp_ms: 1,
-        body: CommandBody::Batch(vec![Operation::PutSku {
-            sku: b"x".to_vec(),
-            total: 5,
-            rules: SaleRules::default(),
-        }]),
-    };
-    ledger.apply(1, &put).expect("put applies");
-    // Corrupt the record the way a bug would, then touch it.
-    ledger.skus.get_mut(b"x".as_slice()).expect("sku").sold = 3;
-    let reserve = LogCommand {
-        timestamp_ms: 2,
-        body: CommandBody::Batch(vec![Operation::Reserve {
-            sku: b"x".to_vec(),
-            qty: 1,
-            user: "u".into(),
-            order_id: "o".into(),
-            ttl_ms: 0,
-        }]),
-    };
-    let err = ledger.apply(2, &reserve).expect_err("broken invariant is detected");
-    assert_eq!(err.sku, b"x".to_vec());
-    assert_eq!(err.log_index, 2);
+fn batch(timestamp_ms: u64, ops: Vec<Operation>) -> LogCommand {
+    LogCommand {
+        timestamp_ms,
+        body: CommandBody::Batch(ops),
+    }
 }
 
-#[test]
-fn a_sold_out_answer_records_nothing_while_other_rejections_stick() {
-    let mut ledger = LedgerState::default();
-    let ops = |ops: Vec<Operation>, t: u64| LogCommand {
-        timestamp_ms: t,
-        body: CommandBody::Batch(ops),
-    };
-    let buy = |sku: &[u8], order_id: &str| Operation::Purchase {
-        sku: sku.to_vec(),
-        qty: 2,
-        user: "u".into(),
-        order_id: order_id.into(),
-    };
-    let put = |sku: &[u8], total: u64, per_user_limit: u64| Operation::PutSku {
+fn put(sku: &[u8], total: u64, per_user_limit: u64) -> Operation {
+    Operation::PutSku {
         sku: sku.to_vec(),
         total,
         rules: SaleRules {
             per_user_limit,
             ..SaleRules::default()
         },
-    };
+    }
+}
+
+fn buy(sku: &[u8], order_id: &str, first_attempt_ms: u64) -> Operation {
+    Operation::Purchase {
+        sku: sku.to_vec(),
+        qty: 2,
+        user: "u".into(),
+        order_id: order_id.into(),
+        first_attempt_ms,
+    }
+}
+
+#[test]
+fn invariant_violation_is_reported_not_continued() {
+    let (mut ledger, _) = configured();
     ledger
-        .apply(1, &ops(vec![put(b"x", 1, 0), put(b"y", 10, 1)], 10))
+        .apply(1, &batch(1_000_001, vec![put(b"x", 5, 0)]))
+        .expect("put applies");
+    // Corrupt the record the way a bug would, then touch it.
+    ledger.skus.get_mut(b"x".as_slice()).expect("sku").sold = 3;
+    let reserve = Operation::Reserve {
+        sku: b"x".to_vec(),
+        qty: 1,
+        user: "u".into(),
+        order_id: "o".into(),
+        ttl_ms: 0,
+        first_attempt_ms: 1_000_002,
+    };
+    let err = ledger
+        .apply(2, &batch(1_000_002, vec![reserve]))
+        .expect_err("broken invariant is detected");
+    assert_eq!(err.sku, b"x".to_vec());
+    assert_eq!(err.log_index, 2);
+}
+
+#[test]
+fn a_sold_out_answer_records_nothing_while_other_rejections_stick() {
+    let (mut ledger, _) = configured();
+    let t = 1_000_010;
+    ledger
+        .apply(1, &batch(t, vec![put(b"x", 1, 0), put(b"y", 10, 1)]))
         .expect("applies");
     let (first, _) = ledger
-        .apply(2, &ops(vec![buy(b"x", "o1"), buy(b"y", "o2")], 11))
+        .apply(2, &batch(t + 1, vec![buy(b"x", "o1", t), buy(b"y", "o2", t)]))
         .expect("applies");
     assert_eq!(
         first,
@@ -462,24 +670,16 @@ fn a_sold_out_answer_records_nothing_while_other_rejections_stick() {
             Outcome::LimitExceeded { held: 0, limit: 1 }
         ]
     );
-    assert!(!ledger.orders.contains_key("o1"), "a sold-out answer records no order");
+    assert!(ledger.order("o1").is_none(), "a sold-out answer records no order");
+    let restock = Operation::Restock {
+        sku: b"x".to_vec(),
+        delta: 5,
+    };
     ledger
-        .apply(
-            3,
-            &ops(
-                vec![
-                    Operation::Restock {
-                        sku: b"x".to_vec(),
-                        delta: 5,
-                    },
-                    put(b"y", 10, 0),
-                ],
-                12,
-            ),
-        )
+        .apply(3, &batch(t + 2, vec![restock, put(b"y", 10, 0)]))
         .expect("applies");
     let (retry, _) = ledger
-        .apply(4, &ops(vec![buy(b"x", "o1"), buy(b"y", "o2")], 13))
+        .apply(4, &batch(t + 3, vec![buy(b"x", "o1", t), buy(b"y", "o2", t)]))
         .expect("applies");
     assert_eq!(
         retry,
@@ -488,4 +688,139 @@ fn a_sold_out_answer_records_nothing_while_other_rejections_stick() {
     );
     assert_eq!(ledger.stock(b"x").expect("sku").sold, 2);
     assert_eq!(ledger.stock(b"y").expect("sku").sold, 0);
+}
+
+#[test]
+fn orders_leave_after_the_window_once_shipped_and_a_late_retry_is_refused_not_decided_again() {
+    let (mut ledger, _) = configured();
+    let t = 1_000_000;
+    ledger.apply(1, &batch(t, vec![put(b"x", 10, 0)])).expect("applies");
+    let (answer, _) = ledger.apply(2, &batch(t, vec![buy(b"x", "o1", t)])).expect("applies");
+    assert_eq!(answer, vec![Outcome::Confirmed]);
+    assert_eq!(ledger.order_events.len(), 1);
+
+    // Inside the window: the first answer, nothing moves.
+    let (replay, _) = ledger
+        .apply(3, &batch(t + WINDOW_MS - MARGIN_MS - 1, vec![buy(b"x", "o1", t)]))
+        .expect("applies");
+    assert_eq!(replay, vec![Outcome::Confirmed]);
+    assert_eq!(ledger.stock(b"x").expect("sku").sold, 2);
+
+    // Past the window but not shipped: kept (its event must reach PostgreSQL first).
+    ledger
+        .apply(
+            4,
+            &LogCommand {
+                timestamp_ms: t + 3 * WINDOW_MS,
+                body: CommandBody::Expire,
+            },
+        )
+        .expect("applies");
+    assert!(ledger.order("o1").is_some(), "an unshipped order stays");
+    ledger
+        .apply(
+            5,
+            &LogCommand {
+                timestamp_ms: t + 3 * WINDOW_MS,
+                body: CommandBody::Shipped {
+                    below_seq: 1,
+                    shipper: 2,
+                },
+            },
+        )
+        .expect("applies");
+    assert!(ledger.order("o1").is_none(), "shipped and past the window: forgotten");
+    assert!(ledger.orders.is_empty() && ledger.order_events.is_empty());
+
+    // The same write again (same first attempt): refused, never a second purchase.
+    let (late, _) = ledger
+        .apply(6, &batch(t + 3 * WINDOW_MS, vec![buy(b"x", "o1", t)]))
+        .expect("applies");
+    assert_eq!(late, vec![Outcome::RequestTooOld]);
+    assert_eq!(ledger.stock(b"x").expect("sku").sold, 2);
+    // A first attempt too far ahead of the ledger's clock is refused too.
+    let (ahead, _) = ledger
+        .apply(
+            7,
+            &batch(
+                t + 3 * WINDOW_MS,
+                vec![buy(b"x", "o2", t + 3 * WINDOW_MS + MARGIN_MS + 1)],
+            ),
+        )
+        .expect("applies");
+    assert!(
+        matches!(&ahead[0], Outcome::Rejected { reason } if reason.contains("first_attempt_ms")),
+        "{ahead:?}"
+    );
+    assert!(ledger.order("o2").is_none());
+}
+
+#[test]
+fn without_a_sink_no_order_event_is_kept() {
+    let (mut ledger, _) = configured();
+    let t = 1_000_000;
+    ledger
+        .apply(1, &batch(t, vec![put(b"x", 10, 0), buy(b"x", "o1", t)]))
+        .expect("applies");
+    assert_eq!(ledger.order_events.len(), 1);
+    // Shipping switched off: what waits is dropped, nothing new is kept.
+    ledger
+        .apply(
+            2,
+            &LogCommand {
+                timestamp_ms: t,
+                body: CommandBody::Configure(settings(false)),
+            },
+        )
+        .expect("applies");
+    ledger.apply(3, &batch(t, vec![buy(b"x", "o2", t)])).expect("applies");
+    assert!(ledger.order_events.is_empty());
+    assert_eq!((ledger.next_event_seq, ledger.shipped_below_seq), (1, 1));
+    // And both orders leave at the window, with nothing to ship.
+    ledger
+        .apply(
+            4,
+            &LogCommand {
+                timestamp_ms: t + WINDOW_MS,
+                body: CommandBody::Expire,
+            },
+        )
+        .expect("applies");
+    assert!(ledger.orders.is_empty());
+    // The hash key was chosen once: a later Configure does not change it.
+    let other_key = LedgerSettings {
+        hash_key: HashKey([9, 9]),
+        ..settings(false)
+    };
+    ledger
+        .apply(
+            5,
+            &LogCommand {
+                timestamp_ms: t + WINDOW_MS,
+                body: CommandBody::Configure(other_key),
+            },
+        )
+        .expect("applies");
+    assert_eq!(ledger.settings.hash_key, settings(true).hash_key);
+}
+
+#[test]
+fn a_per_user_limit_counts_from_when_it_is_set_and_holders_exist_only_under_one() {
+    let (mut ledger, _) = configured();
+    let t = 1_000_000;
+    ledger
+        .apply(1, &batch(t, vec![put(b"x", 100, 0), buy(b"x", "o1", t)]))
+        .expect("applies");
+    assert!(ledger.holdings.is_empty(), "no limit, no holders");
+    ledger.apply(2, &batch(t, vec![put(b"x", 100, 3)])).expect("applies");
+    let (answers, _) = ledger
+        .apply(3, &batch(t, vec![buy(b"x", "o2", t), buy(b"x", "o3", t)]))
+        .expect("applies");
+    assert_eq!(
+        answers,
+        vec![Outcome::Confirmed, Outcome::LimitExceeded { held: 2, limit: 3 }]
+    );
+    assert_eq!(ledger.held(b"x", "u"), 2);
+    ledger.apply(4, &batch(t, vec![put(b"x", 100, 0)])).expect("applies");
+    assert!(ledger.holdings.is_empty(), "limit off, holders gone");
 }

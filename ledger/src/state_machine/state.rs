@@ -1,29 +1,62 @@
-//! [`LedgerState`]: every SKU's stock, every order, and the rules that move units between
-//! `available`, `reserved` and `sold`.
+//! [`LedgerState`]: every SKU's stock, the orders still inside the idempotency window, and the
+//! rules that move units between `available`, `reserved` and `sold`.
 //!
 //! Invariant, checked after every applied entry for every SKU it touched:
 //! `available + reserved + sold == total`, all three non-negative (they are unsigned; every
 //! subtraction is checked). A violation is returned as [`InvariantViolation`]; the caller must
 //! stop applying, because continuing from a broken ledger could oversell.
+//!
+//! Bounded by the idempotency window: an order is kept (as a fixed 56-byte record, see
+//! [`OrderBook`]) until it is older than `idempotency_window_ms` by log time, no longer holds
+//! units, and its order event (if any) was shipped; then applying an entry prunes it
+//! ([`LedgerState::prune`]), identically on every replica. A write whose first attempt is older
+//! than the window (less the clock-skew margin) is answered `RequestTooOld` unless its order is
+//! still kept, so a retry is never decided afresh after its order was pruned:
+//!
+//! - an order is created at log time `c` only if its `first_attempt_ms <= c + margin`;
+//! - it is pruned at a log time `t >= c + window`;
+//! - a repeat is refused once `first_attempt_ms + window - margin <= t`, which then holds.
+//!
+//! The state is deterministic down to its bytes: no random hash keys (ids are hashed with the
+//! key the log chose), records in log order, holders encoded sorted; two replicas at the same
+//! applied index encode the same snapshot.
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 
 use serde::Deserialize;
+use serde::Deserializer;
 use serde::Serialize;
+use serde::Serializer;
 
 use crate::state_machine::command::CommandBody;
+use crate::state_machine::command::LedgerSettings;
 use crate::state_machine::command::LogCommand;
 use crate::state_machine::command::Operation;
 use crate::state_machine::command::Outcome;
 use crate::state_machine::command::SaleRules;
 use crate::state_machine::command::Sku;
+use crate::state_machine::holders::Holder;
+use crate::state_machine::holders::Holders;
+use crate::state_machine::keys::UserKey;
 use crate::state_machine::limits;
-use crate::state_machine::spread_map::SpreadMap;
+pub use crate::state_machine::orders::FirstAnswer;
+use crate::state_machine::orders::FrozenOrders;
+use crate::state_machine::orders::OrderBook;
+pub use crate::state_machine::orders::OrderKind;
+pub use crate::state_machine::orders::OrderRecord;
+pub use crate::state_machine::orders::OrderState;
+pub use crate::state_machine::orders::SkuId;
+
+/// Most chunks of orders one entry prunes, so that no entry pays for a large backlog at once
+/// (4 x 4096 orders per entry is far more than any entry creates).
+const PRUNE_CHUNKS_PER_ENTRY_MAX: usize = 4;
 
 /// One SKU's counts and rules.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SkuRecord {
+    /// Its number in [`LedgerState::sku_names`]; order records name SKUs by it.
+    pub id: SkuId,
     pub total: u64,
     pub available: u64,
     pub reserved: u64,
@@ -31,6 +64,9 @@ pub struct SkuRecord {
     pub rules: SaleRules,
     /// The log index that last changed this SKU (Watch resumes from it).
     pub changed_at_index: u64,
+    /// Bumped whenever the per-user limit is switched on or off: holders are counted from the
+    /// moment a limit is set, and a reservation taken under an earlier limit does not touch them.
+    pub limit_epoch: u32,
 }
 
 impl SkuRecord {
@@ -42,43 +78,20 @@ impl SkuRecord {
     }
 }
 
-/// Where an order stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum OrderState {
-    /// Units are held until `expires_at_ms` (leader time).
-    Reserved {
-        expires_at_ms: u64,
-    },
-    Confirmed {
-        confirmed_at_ms: u64,
-    },
-    Released,
-    Expired,
-    /// The first request was rejected (sold out, limit, ...); nothing is held.
-    Rejected {
-        at_ms: u64,
-    },
-}
-
-/// Which operation created the order: a replay must be the same operation to get the first answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum OrderKind {
-    Reserve,
-    Purchase,
-}
-
+/// A live reservation, by (expiry, order sequence number): what expiry releases, and whose.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OrderRecord {
-    pub kind: OrderKind,
-    pub sku: Sku,
-    pub qty: u64,
-    pub user: String,
-    pub state: OrderState,
-    /// The answer the creating request got; replays return it verbatim.
-    pub first_outcome: Outcome,
+pub struct Reservation {
+    pub user: UserKey,
+    /// The buyer's name, for the order event a confirmation emits; kept only while order events
+    /// are (a sink is configured), else empty. Bounded: only live reservations have one.
+    pub user_name: String,
+    /// The SKU's `limit_epoch` when the reservation counted towards a holder; `u32::MAX` when
+    /// the SKU had no per-user limit.
+    pub limit_epoch: u32,
 }
 
-/// A confirmed order, kept until it has been shipped to PostgreSQL.
+/// A confirmed order, kept until it has been shipped to PostgreSQL (only while a sink is
+/// configured: `LedgerSettings::keep_order_events`). Full strings: the only place they are kept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderEvent {
     pub order_id: String,
@@ -118,39 +131,61 @@ impl Changes {
     }
 }
 
-/// Units each user holds (reserved + sold) per SKU, for per-user limits. Per SKU a hash map: a
-/// hot SKU has a holder per buyer, and looking one up must not cost a walk of ordered keys that
-/// all start with the same SKU (it was the top of the profile); a spread one, so that it never
-/// rehashes every holder at once. A SKU whose holders all let go has no entry, so replicas that
-/// reached the same state compare equal.
-pub type Holdings = BTreeMap<Sku, SpreadMap<u64>>;
-
-/// The whole applied state of one shard.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The whole applied state of one shard. Encoded (snapshots) as its [`FrozenLedger`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LedgerState {
+    pub settings: LedgerSettings,
     pub skus: BTreeMap<Sku, SkuRecord>,
-    /// Every order by id. A hash map: an order id is looked up and inserted on every reserve
-    /// and purchase, and ids of one client share long prefixes (ordered keys cost a walk of
-    /// string comparisons per lookup; it was the top of the profile), spread so that growing it
-    /// never rehashes every order at once.
-    pub orders: SpreadMap<OrderRecord>,
-    /// Units each user holds reserved + sold, per SKU.
-    pub holdings: Holdings,
+    /// SKU names by [`SkuId`]; a SKU keeps its number for good.
+    pub sku_names: Vec<Sku>,
+    /// The orders inside the idempotency window (and older ones still holding units or unshipped).
+    pub orders: OrderBook,
+    /// Per SKU with a per-user limit, what each buyer holds; no entry for SKUs without one.
+    pub holdings: BTreeMap<SkuId, Holders>,
+    /// Live reservations by (expiry, order sequence number).
+    pub reservations: BTreeMap<(u64, u64), Reservation>,
     /// Confirmed orders not yet shipped, by sequence number (dense: `shipped_below_seq..next_event_seq`).
     pub order_events: BTreeMap<u64, OrderEvent>,
     pub next_event_seq: u64,
-    /// Every event below this sequence number is in PostgreSQL and has been pruned.
+    /// Every event below this sequence number is in PostgreSQL (or was dropped when shipping was
+    /// switched off) and has been pruned.
     pub shipped_below_seq: u64,
     /// The node whose shipper last advanced `shipped_below_seq` (0 = none yet).
     pub shipped_by: u64,
     /// Leader time as of the last applied entry; never decreases.
     pub clock_ms: u64,
-    /// Live reservations by expiry, derived from `orders` (rebuilt on load).
-    #[serde(skip)]
-    pub(crate) expiries: BTreeSet<(u64, String)>,
-    /// Rejected orders by rejection time, derived from `orders` (rebuilt on load).
-    #[serde(skip)]
-    pub(crate) rejections: BTreeSet<(u64, String)>,
+}
+
+/// A [`LedgerState`] as encoded: the orders without their index, holders sorted. Taking one
+/// shares the order chunks (O(chunks)) and copies the rest, which is small or bounded (SKUs,
+/// holders of limited SKUs, live reservations, unshipped events): a snapshot takes it under the
+/// state lock and encodes it on its own thread.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FrozenLedger {
+    pub settings: LedgerSettings,
+    pub skus: BTreeMap<Sku, SkuRecord>,
+    pub sku_names: Vec<Sku>,
+    pub orders: FrozenOrders,
+    pub holdings: Vec<(SkuId, Vec<Holder>)>,
+    pub reservations: BTreeMap<(u64, u64), Reservation>,
+    pub order_events: BTreeMap<u64, OrderEvent>,
+    pub next_event_seq: u64,
+    pub shipped_below_seq: u64,
+    pub shipped_by: u64,
+    pub clock_ms: u64,
+}
+
+impl Serialize for LedgerState {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.frozen().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for LedgerState {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let frozen = FrozenLedger::deserialize(deserializer)?;
+        LedgerState::from_frozen(frozen).map_err(serde::de::Error::custom)
+    }
 }
 
 /// Counts of one SKU as a read answers them.
@@ -163,27 +198,60 @@ pub struct StockCounts {
 }
 
 impl LedgerState {
-    /// Rebuilds the derived indexes after loading the persistent parts.
-    pub fn rebuild_indexes(&mut self) {
-        self.expiries.clear();
-        self.rejections.clear();
-        for (order_id, order) in self.orders.iter() {
-            match order.state {
-                OrderState::Reserved { expires_at_ms } => {
-                    self.expiries.insert((expires_at_ms, order_id.clone()));
-                }
-                OrderState::Rejected { at_ms } => {
-                    self.rejections.insert((at_ms, order_id.clone()));
-                }
-                _ => {}
+    /// The encodable form, sharing the order chunks (see [`FrozenLedger`]).
+    pub fn frozen(&self) -> FrozenLedger {
+        FrozenLedger {
+            settings: self.settings,
+            skus: self.skus.clone(),
+            sku_names: self.sku_names.clone(),
+            orders: self.orders.frozen(),
+            holdings: self
+                .holdings
+                .iter()
+                .map(|(sku, holders)| (*sku, holders.sorted()))
+                .collect(),
+            reservations: self.reservations.clone(),
+            order_events: self.order_events.clone(),
+            next_event_seq: self.next_event_seq,
+            shipped_below_seq: self.shipped_below_seq,
+            shipped_by: self.shipped_by,
+            clock_ms: self.clock_ms,
+        }
+    }
+
+    /// The state a [`FrozenLedger`] encodes; refuses one whose parts do not fit together.
+    pub fn from_frozen(frozen: FrozenLedger) -> Result<LedgerState, String> {
+        for (sku, record) in &frozen.skus {
+            if frozen.sku_names.get(record.id.0 as usize) != Some(sku) {
+                return Err(format!("sku {sku:?} has number {} that names another", record.id.0));
             }
         }
+        if frozen.sku_names.len() != frozen.skus.len() {
+            return Err("sku numbers and sku records disagree".into());
+        }
+        Ok(LedgerState {
+            settings: frozen.settings,
+            skus: frozen.skus,
+            sku_names: frozen.sku_names,
+            orders: OrderBook::from_frozen(frozen.orders)?,
+            holdings: frozen
+                .holdings
+                .iter()
+                .map(|(sku, holders)| (*sku, Holders::from_sorted(holders)))
+                .collect(),
+            reservations: frozen.reservations,
+            order_events: frozen.order_events,
+            next_event_seq: frozen.next_event_seq,
+            shipped_below_seq: frozen.shipped_below_seq,
+            shipped_by: frozen.shipped_by,
+            clock_ms: frozen.clock_ms,
+        })
     }
 
     /// Records that grow with the orders taken: orders, holders, unshipped order events. What a
     /// snapshot's size (and so its cost) is proportional to.
     pub fn records(&self) -> u64 {
-        let holders: usize = self.holdings.values().map(SpreadMap::len).sum();
+        let holders: usize = self.holdings.values().map(Holders::len).sum();
         (self.orders.len() + holders + self.order_events.len()) as u64
     }
 
@@ -196,9 +264,20 @@ impl LedgerState {
         })
     }
 
+    /// The retained order with id `order_id`, if any.
+    pub fn order(&self, order_id: &str) -> Option<&OrderRecord> {
+        let key = self.settings.hash_key.order(order_id);
+        self.orders.find(key).map(|seq| self.orders.get(seq))
+    }
+
+    /// The name of SKU number `id`.
+    pub fn sku_name(&self, id: SkuId) -> Option<&Sku> {
+        self.sku_names.get(id.0 as usize)
+    }
+
     /// The earliest live reservation expiry, so the leader knows when to propose `Expire`.
     pub fn next_expiry_ms(&self) -> Option<u64> {
-        self.expiries.first().map(|(at, _)| *at)
+        self.reservations.first_key_value().map(|((at, _), _)| *at)
     }
 
     /// Checks every SKU; used by status and tests (apply checks only what it touched).
@@ -209,6 +288,48 @@ impl LedgerState {
             }
         }
         Ok(())
+    }
+
+    /// The answer the leader may give from its lease, without a log entry: `SoldOut` when
+    /// `operation` is a valid reserve or purchase of an order id the shard does not keep, inside
+    /// the idempotency window, for a SKU with fewer units than asked and no rule that
+    /// [`LedgerState::decide_take`] checks first (sale window, per-user limit). Exactly what
+    /// applying it would answer, and a sold-out answer records nothing, so skipping the log
+    /// changes nothing. `None` for anything else: the log decides.
+    pub fn sold_out_answer(&self, operation: &Operation) -> Option<Outcome> {
+        let (sku, qty, first_attempt_ms, order_id) = match operation {
+            Operation::Reserve {
+                sku,
+                qty,
+                first_attempt_ms,
+                order_id,
+                ..
+            }
+            | Operation::Purchase {
+                sku,
+                qty,
+                first_attempt_ms,
+                order_id,
+                ..
+            } => (sku, *qty, *first_attempt_ms, order_id),
+            _ => return None,
+        };
+        // Cheapest test first: every write asks, and while the SKU has stock it is the only one.
+        let record = self.skus.get(sku)?;
+        let rules = &record.rules;
+        if rules.start_ms != 0 || rules.end_ms != 0 || rules.per_user_limit != 0 || record.available >= qty {
+            return None;
+        }
+        if !self.settings.hash_key.is_set()
+            || operation_defect(operation).is_some()
+            || self.attempt_refusal(first_attempt_ms).is_some()
+            || self.order(order_id).is_some()
+        {
+            return None;
+        }
+        Some(Outcome::SoldOut {
+            available: record.available,
+        })
     }
 
     /// Applies one log entry at `log_index`. Returns one outcome per operation and what changed.
@@ -233,6 +354,10 @@ impl LedgerState {
                 self.mark_shipped(*below_seq, *shipper);
                 Vec::new()
             }
+            CommandBody::Configure(settings) => {
+                self.configure(*settings);
+                Vec::new()
+            }
         };
         for sku in &changes.skus {
             if let Some(record) = self.skus.get_mut(sku) {
@@ -242,7 +367,22 @@ impl LedgerState {
                 }
             }
         }
+        self.prune();
         Ok((outcomes, changes))
+    }
+
+    fn configure(&mut self, settings: LedgerSettings) {
+        let hash_key = if self.settings.hash_key.is_set() {
+            self.settings.hash_key
+        } else {
+            settings.hash_key
+        };
+        if !settings.keep_order_events {
+            // Nothing will ship them: shipping covers orders confirmed while a sink is configured.
+            self.order_events.clear();
+            self.shipped_below_seq = self.next_event_seq;
+        }
+        self.settings = LedgerSettings { hash_key, ..settings };
     }
 
     fn apply_operation(
@@ -261,14 +401,18 @@ impl LedgerState {
                 user,
                 order_id,
                 ttl_ms,
+                first_attempt_ms,
             } => self.take(
                 log_index,
-                OrderKind::Reserve,
-                sku,
-                *qty,
-                user,
-                order_id,
-                *ttl_ms,
+                Take {
+                    kind: OrderKind::Reserve,
+                    sku,
+                    qty: *qty,
+                    user,
+                    order_id,
+                    ttl_ms: *ttl_ms,
+                    first_attempt_ms: *first_attempt_ms,
+                },
                 changes,
             ),
             Operation::Purchase {
@@ -276,96 +420,168 @@ impl LedgerState {
                 qty,
                 user,
                 order_id,
-            } => self.take(log_index, OrderKind::Purchase, sku, *qty, user, order_id, 0, changes),
-            Operation::Confirm { sku, order_id } => self.confirm(log_index, sku, order_id, changes),
-            Operation::Cancel { sku, order_id } => self.cancel(log_index, sku, order_id, changes),
+                first_attempt_ms,
+            } => self.take(
+                log_index,
+                Take {
+                    kind: OrderKind::Purchase,
+                    sku,
+                    qty: *qty,
+                    user,
+                    order_id,
+                    ttl_ms: 0,
+                    first_attempt_ms: *first_attempt_ms,
+                },
+                changes,
+            ),
+            Operation::Confirm {
+                sku,
+                order_id,
+                first_attempt_ms,
+            } => self.confirm(log_index, sku, order_id, *first_attempt_ms, changes),
+            Operation::Cancel {
+                sku,
+                order_id,
+                first_attempt_ms,
+            } => self.cancel(log_index, sku, order_id, *first_attempt_ms, changes),
             Operation::PutSku { sku, total, rules } => Ok(self.put_sku(sku, *total, *rules, changes)),
             Operation::Restock { sku, delta } => Ok(self.restock(sku, *delta, changes)),
         }
     }
 
-    /// Reserve or purchase: decide, then move units out of `available`.
-    #[allow(clippy::too_many_arguments)]
-    fn take(
-        &mut self,
-        log_index: u64,
-        kind: OrderKind,
-        sku: &Sku,
-        qty: u64,
-        user: &str,
-        order_id: &str,
-        ttl_ms: u64,
-        changes: &mut Changes,
-    ) -> Result<Outcome, InvariantViolation> {
-        // Hashed once for the lookup here and the insert below (the map is unchanged between).
-        let order_hash = self.orders.hash(order_id);
-        if let Some(existing) = self.orders.get_hashed(order_hash, order_id) {
-            let same = existing.kind == kind && existing.sku == *sku && existing.qty == qty && existing.user == user;
-            return Ok(if same {
-                existing.first_outcome.clone()
+    /// Why a write first sent at `first_attempt_ms` is refused before it is decided, if it is:
+    /// its first attempt is past the idempotency window (less the clock-skew margin), or further
+    /// ahead of the log's time than the margin (a clock that far ahead could outlive the window).
+    /// Asked only when the shard keeps no order the write could repeat.
+    fn attempt_refusal(&self, first_attempt_ms: u64) -> Option<Outcome> {
+        let LedgerSettings {
+            idempotency_window_ms: window,
+            clock_skew_margin_ms: margin,
+            ..
+        } = self.settings;
+        let now = self.clock_ms;
+        if first_attempt_ms.saturating_add(window.saturating_sub(margin)) <= now {
+            return Some(Outcome::RequestTooOld);
+        }
+        if first_attempt_ms > now.saturating_add(margin) {
+            return Some(Outcome::Rejected {
+                reason: format!(
+                    "invalid first_attempt_ms: {first_attempt_ms} is more than the {margin} ms clock-skew margin \
+                     ahead of the ledger's clock ({now})"
+                ),
+            });
+        }
+        None
+    }
+
+    /// Reserve or purchase: a replay answers its first answer; else decide, then move units out
+    /// of `available`.
+    fn take(&mut self, log_index: u64, take: Take<'_>, changes: &mut Changes) -> Result<Outcome, InvariantViolation> {
+        let Take {
+            kind,
+            sku,
+            qty,
+            user,
+            order_id,
+            ttl_ms,
+            first_attempt_ms,
+        } = take;
+        let hash_key = self.settings.hash_key;
+        let key = hash_key.order(order_id);
+        let request = hash_key.request(kind == OrderKind::Purchase, sku, qty, user);
+        if let Some(seq) = self.orders.find(key) {
+            let existing = self.orders.get(seq);
+            return Ok(if existing.request == request {
+                first_answer(existing)
             } else {
                 Outcome::OrderIdReused
             });
         }
+        if let Some(refusal) = self.attempt_refusal(first_attempt_ms) {
+            return Ok(refusal);
+        }
         let now = self.clock_ms;
-        let decision = self.decide_take(sku, qty, user, ttl_ms);
-        let (state, outcome) = match decision {
+        let user_key = hash_key.user(user);
+        let mut record = OrderRecord {
+            key,
+            request,
+            value: 0,
+            event_seq: u64::MAX,
+            sku: self.skus.get(sku).map_or(SkuId::NONE, |record| record.id),
+            qty: qty as u32,
+            limit: 0,
+            kind,
+            state: OrderState::Rejected,
+            first: FirstAnswer::UnknownSku,
+        };
+        let outcome = match self.decide_take(sku, qty, user_key, ttl_ms) {
             // A sold-out answer holds nothing and records nothing: the order id stays unused and
             // a later request with it is decided afresh. That is what lets the leader answer a
-            // sold-out storm from its lease without a log entry per rejection (node::write) and
-            // still give the same answers as this log path.
+            // sold-out storm from its lease without a log entry per rejection
+            // (`sold_out_answer`) and still give the same answers as this log path.
             Err(sold_out @ Outcome::SoldOut { .. }) => return Ok(sold_out),
-            Err(rejection) => (OrderState::Rejected { at_ms: now }, rejection),
+            Err(rejection) => {
+                match rejection {
+                    Outcome::LimitExceeded { held, limit } => {
+                        record.first = FirstAnswer::LimitExceeded;
+                        record.value = held;
+                        record.limit = limit as u32;
+                    }
+                    Outcome::SaleClosed => record.first = FirstAnswer::SaleClosed,
+                    _ => record.first = FirstAnswer::UnknownSku,
+                }
+                rejection
+            }
             Ok(expires_at_ms) => {
-                let record = self.skus.get_mut(sku).ok_or_else(|| missing_sku(log_index, sku))?;
-                record.available = checked_sub(record.available, qty, log_index, sku)?;
-                let taken = match kind {
+                let sku_record = self.skus.get_mut(sku).ok_or_else(|| missing_sku(log_index, sku))?;
+                sku_record.available = checked_sub(sku_record.available, qty, log_index, sku)?;
+                let counted = sku_record.rules.per_user_limit != 0;
+                let limit_epoch = sku_record.limit_epoch;
+                let outcome = match kind {
                     OrderKind::Reserve => {
-                        record.reserved += qty;
-                        (
-                            OrderState::Reserved { expires_at_ms },
-                            Outcome::Reserved { expires_at_ms },
-                        )
+                        sku_record.reserved += qty;
+                        (record.state, record.first, record.value) =
+                            (OrderState::Reserved, FirstAnswer::Reserved, expires_at_ms);
+                        Outcome::Reserved { expires_at_ms }
                     }
                     OrderKind::Purchase => {
-                        record.sold += qty;
-                        (OrderState::Confirmed { confirmed_at_ms: now }, Outcome::Confirmed)
+                        sku_record.sold += qty;
+                        (record.state, record.first) = (OrderState::Confirmed, FirstAnswer::Confirmed);
+                        record.event_seq = self.record_event(log_index, order_id, sku, qty, user);
+                        Outcome::Confirmed
                     }
                 };
-                self.add_held(sku, user, qty);
-                if kind == OrderKind::Purchase {
-                    self.record_event(log_index, order_id, sku, qty, user);
+                if counted {
+                    self.holdings.entry(record.sku).or_default().add(user_key, qty);
                 }
                 changes.touch(sku);
-                taken
+                if kind == OrderKind::Reserve {
+                    let seq = self.orders.push(record, now);
+                    let limit_epoch = if counted { limit_epoch } else { u32::MAX };
+                    let user_name = if self.settings.keep_order_events {
+                        user.to_string()
+                    } else {
+                        String::new()
+                    };
+                    self.reservations.insert(
+                        (expires_at_ms, seq),
+                        Reservation {
+                            user: user_key,
+                            limit_epoch,
+                            user_name,
+                        },
+                    );
+                    return Ok(outcome);
+                }
+                outcome
             }
         };
-        match state {
-            OrderState::Reserved { expires_at_ms } => {
-                self.expiries.insert((expires_at_ms, order_id.to_string()));
-            }
-            OrderState::Rejected { at_ms } => {
-                self.rejections.insert((at_ms, order_id.to_string()));
-            }
-            _ => {}
-        }
-        self.orders.insert_hashed(
-            order_hash,
-            order_id.to_string(),
-            OrderRecord {
-                kind,
-                sku: sku.clone(),
-                qty,
-                user: user.to_string(),
-                state,
-                first_outcome: outcome.clone(),
-            },
-        );
+        self.orders.push(record, now);
         Ok(outcome)
     }
 
     /// The business checks of a reserve/purchase, in a fixed order. `Ok` is the expiry time.
-    fn decide_take(&self, sku: &[u8], qty: u64, user: &str, ttl_ms: u64) -> Result<u64, Outcome> {
+    fn decide_take(&self, sku: &[u8], qty: u64, user: UserKey, ttl_ms: u64) -> Result<u64, Outcome> {
         let now = self.clock_ms;
         let record = self.skus.get(sku).ok_or(Outcome::UnknownSku)?;
         let rules = &record.rules;
@@ -373,7 +589,7 @@ impl LedgerState {
             return Err(Outcome::SaleClosed);
         }
         if rules.per_user_limit != 0 {
-            let held = self.held(sku, user);
+            let held = self.holdings.get(&record.id).map_or(0, |holders| holders.get(user));
             if held + qty > rules.per_user_limit {
                 return Err(Outcome::LimitExceeded {
                     held,
@@ -394,57 +610,78 @@ impl LedgerState {
         Ok(now + ttl_ms)
     }
 
+    /// The kept order `order_id` of `sku`, or the answer for one the shard does not keep:
+    /// `RequestTooOld` past the window (it may have been pruned), else `NotFound`.
+    fn find_order(&self, sku: &[u8], order_id: &str, first_attempt_ms: u64) -> Result<u64, Outcome> {
+        let key = self.settings.hash_key.order(order_id);
+        match self.orders.find(key) {
+            Some(seq) => {
+                let sku_id = self.skus.get(sku).map(|record| record.id);
+                if Some(self.orders.get(seq).sku) == sku_id {
+                    Ok(seq)
+                } else {
+                    Err(Outcome::NotFound)
+                }
+            }
+            None => Err(self.attempt_refusal(first_attempt_ms).unwrap_or(Outcome::NotFound)),
+        }
+    }
+
     fn confirm(
         &mut self,
         log_index: u64,
         sku: &[u8],
         order_id: &str,
+        first_attempt_ms: u64,
         changes: &mut Changes,
     ) -> Result<Outcome, InvariantViolation> {
         let now = self.clock_ms;
-        let Some(order) = self.orders.get(order_id).filter(|o| o.sku == sku) else {
-            return Ok(Outcome::NotFound);
+        let seq = match self.find_order(sku, order_id, first_attempt_ms) {
+            Ok(seq) => seq,
+            Err(answer) => return Ok(answer),
         };
+        let order = *self.orders.get(seq);
         match order.state {
-            OrderState::Confirmed { .. } => Ok(Outcome::Confirmed),
+            OrderState::Confirmed => Ok(Outcome::Confirmed),
             #[cfg(madsim)]
             OrderState::Expired | OrderState::Released
                 if crate::simulation::planted(crate::simulation::PlantedBug::ConfirmWithoutReservation) =>
             {
                 // The planted bug: the units already went back to `available`; selling them
                 // again counts them twice.
-                let (sku, qty, user) = (order.sku.clone(), order.qty, order.user.clone());
-                let record = self.skus.get_mut(&sku).ok_or_else(|| missing_sku(log_index, &sku))?;
-                record.sold += qty;
-                self.mark_sold(log_index, order_id, &sku, qty, &user, changes);
+                let record = self.skus.get_mut(sku).ok_or_else(|| missing_sku(log_index, sku))?;
+                record.sold += u64::from(order.qty);
+                self.mark_sold(log_index, seq, order_id, sku, "", changes);
                 Ok(Outcome::Confirmed)
             }
             OrderState::Expired => Ok(Outcome::Expired),
-            OrderState::Released | OrderState::Rejected { .. } => Ok(Outcome::NotFound),
-            OrderState::Reserved { expires_at_ms } if expires_at_ms <= now => {
-                self.release(log_index, order_id, OrderState::Expired, changes)?;
+            OrderState::Released | OrderState::Rejected => Ok(Outcome::NotFound),
+            OrderState::Reserved if order.value <= now => {
+                self.release(log_index, seq, OrderState::Expired, changes)?;
                 Ok(Outcome::Expired)
             }
-            OrderState::Reserved { expires_at_ms } => {
-                let (sku, qty, user) = (order.sku.clone(), order.qty, order.user.clone());
-                let record = self.skus.get_mut(&sku).ok_or_else(|| missing_sku(log_index, &sku))?;
-                record.reserved = checked_sub(record.reserved, qty, log_index, &sku)?;
+            OrderState::Reserved => {
+                let qty = u64::from(order.qty);
+                let record = self.skus.get_mut(sku).ok_or_else(|| missing_sku(log_index, sku))?;
+                record.reserved = checked_sub(record.reserved, qty, log_index, sku)?;
                 record.sold += qty;
-                self.expiries.remove(&(expires_at_ms, order_id.to_string()));
-                self.mark_sold(log_index, order_id, &sku, qty, &user, changes);
+                let reservation = self.reservations.remove(&(order.value, seq));
+                let user = reservation.map(|r| r.user_name).unwrap_or_default();
+                self.mark_sold(log_index, seq, order_id, sku, &user, changes);
                 Ok(Outcome::Confirmed)
             }
         }
     }
 
-    /// The order's units are now counted as sold: mark it confirmed and emit its order event.
-    fn mark_sold(&mut self, log_index: u64, order_id: &str, sku: &Sku, qty: u64, user: &str, changes: &mut Changes) {
-        let now = self.clock_ms;
-        if let Some(order) = self.orders.get_mut(order_id) {
-            order.state = OrderState::Confirmed { confirmed_at_ms: now };
-        }
+    /// The order's units are now counted as sold: mark it confirmed and emit its order event
+    /// (`user` is the buyer's name, kept with the reservation for this event).
+    fn mark_sold(&mut self, log_index: u64, seq: u64, order_id: &str, sku: &[u8], user: &str, changes: &mut Changes) {
+        let qty = u64::from(self.orders.get(seq).qty);
+        let event_seq = self.record_event(log_index, order_id, sku, qty, user);
+        let order = self.orders.get_mut(seq);
+        order.state = OrderState::Confirmed;
+        order.event_seq = event_seq;
         changes.touch(sku);
-        self.record_event(log_index, order_id, sku, qty, user);
     }
 
     fn cancel(
@@ -452,23 +689,26 @@ impl LedgerState {
         log_index: u64,
         sku: &[u8],
         order_id: &str,
+        first_attempt_ms: u64,
         changes: &mut Changes,
     ) -> Result<Outcome, InvariantViolation> {
         let now = self.clock_ms;
-        let Some(order) = self.orders.get(order_id).filter(|o| o.sku == sku) else {
-            return Ok(Outcome::NotFound);
+        let seq = match self.find_order(sku, order_id, first_attempt_ms) {
+            Ok(seq) => seq,
+            Err(answer) => return Ok(answer),
         };
+        let order = *self.orders.get(seq);
         match order.state {
-            OrderState::Confirmed { .. } => Ok(Outcome::AlreadyConfirmed),
+            OrderState::Confirmed => Ok(Outcome::AlreadyConfirmed),
             OrderState::Released => Ok(Outcome::Released),
             OrderState::Expired => Ok(Outcome::Expired),
-            OrderState::Rejected { .. } => Ok(Outcome::NotFound),
-            OrderState::Reserved { expires_at_ms } if expires_at_ms <= now => {
-                self.release(log_index, order_id, OrderState::Expired, changes)?;
+            OrderState::Rejected => Ok(Outcome::NotFound),
+            OrderState::Reserved if order.value <= now => {
+                self.release(log_index, seq, OrderState::Expired, changes)?;
                 Ok(Outcome::Expired)
             }
-            OrderState::Reserved { .. } => {
-                self.release(log_index, order_id, OrderState::Released, changes)?;
+            OrderState::Reserved => {
+                self.release(log_index, seq, OrderState::Released, changes)?;
                 Ok(Outcome::Released)
             }
         }
@@ -478,42 +718,63 @@ impl LedgerState {
     fn release(
         &mut self,
         log_index: u64,
-        order_id: &str,
+        seq: u64,
         new_state: OrderState,
         changes: &mut Changes,
     ) -> Result<(), InvariantViolation> {
-        let Some(order) = self.orders.get_mut(order_id) else {
+        let order = self.orders.get_mut(seq);
+        if order.state != OrderState::Reserved {
             return Ok(());
-        };
-        let OrderState::Reserved { expires_at_ms } = order.state else {
-            return Ok(());
-        };
+        }
         order.state = new_state;
-        let (sku, qty, user) = (order.sku.clone(), order.qty, order.user.clone());
-        self.expiries.remove(&(expires_at_ms, order_id.to_string()));
+        let (expires_at_ms, sku_id, qty) = (order.value, order.sku, u64::from(order.qty));
+        let reservation = self.reservations.remove(&(expires_at_ms, seq));
+        let sku = self.sku_names.get(sku_id.0 as usize).cloned().unwrap_or_default();
         let record = self.skus.get_mut(&sku).ok_or_else(|| missing_sku(log_index, &sku))?;
         record.reserved = checked_sub(record.reserved, qty, log_index, &sku)?;
         record.available += qty;
-        let remaining = checked_sub(self.held(&sku, &user), qty, log_index, &sku)?;
-        self.set_held(&sku, &user, remaining);
+        if let Some(reservation) = reservation.filter(|r| r.limit_epoch == record.limit_epoch)
+            && let Some(holders) = self.holdings.get_mut(&sku_id)
+        {
+            holders.remove(reservation.user, qty);
+        }
         changes.skus.insert(sku);
         Ok(())
     }
 
     fn put_sku(&mut self, sku: &Sku, total: u64, rules: SaleRules, changes: &mut Changes) -> Outcome {
-        let record = self.skus.entry(sku.clone()).or_insert(SkuRecord {
-            total: 0,
-            available: 0,
-            reserved: 0,
-            sold: 0,
-            rules,
-            changed_at_index: 0,
-        });
-        let held = record.reserved + record.sold;
+        let next_id = SkuId(self.sku_names.len() as u32);
+        let record = self.skus.get(sku);
+        let held = record.map_or(0, |record| record.reserved + record.sold);
         if total < held {
             return Outcome::Rejected {
                 reason: format!("total {total} is below the {held} units reserved or sold"),
             };
+        }
+        let record = self.skus.entry(sku.clone()).or_insert_with(|| SkuRecord {
+            id: next_id,
+            total: 0,
+            available: 0,
+            reserved: 0,
+            sold: 0,
+            rules: SaleRules::default(),
+            changed_at_index: 0,
+            limit_epoch: 0,
+        });
+        if record.id == next_id {
+            self.sku_names.push(sku.clone());
+        }
+        // A per-user limit counts what buyers take while it is set: switching it on starts every
+        // buyer at zero, switching it off forgets the holders.
+        let was_limited = record.rules.per_user_limit != 0;
+        let limited = rules.per_user_limit != 0;
+        if was_limited != limited {
+            record.limit_epoch = record.limit_epoch.wrapping_add(1);
+            if limited {
+                self.holdings.insert(record.id, Holders::default());
+            } else {
+                self.holdings.remove(&record.id);
+            }
         }
         record.total = total;
         record.available = total - held;
@@ -544,30 +805,58 @@ impl LedgerState {
         Outcome::Ok
     }
 
-    /// Releases reservations due at the current log time and forgets old rejections.
+    /// Releases reservations due at the current log time.
     fn expire_due(&mut self, log_index: u64, changes: &mut Changes) -> Result<(), InvariantViolation> {
         let now = self.clock_ms;
-        let due: Vec<String> = self
-            .expiries
-            .iter()
+        let due: Vec<u64> = self
+            .reservations
+            .keys()
             .take_while(|(at, _)| *at <= now)
-            .map(|(_, order_id)| order_id.clone())
+            .map(|(_, seq)| *seq)
             .collect();
-        for order_id in due {
-            self.release(log_index, &order_id, OrderState::Expired, changes)?;
-        }
-        let horizon = now.saturating_sub(limits::REJECTION_RETENTION_MS);
-        let forgotten: Vec<(u64, String)> = self
-            .rejections
-            .iter()
-            .take_while(|(at, _)| *at <= horizon)
-            .cloned()
-            .collect();
-        for key in forgotten {
-            self.rejections.remove(&key);
-            self.orders.remove(&key.1);
+        for seq in due {
+            self.release(log_index, seq, OrderState::Expired, changes)?;
         }
         Ok(())
+    }
+
+    /// Forgets the oldest orders once they may go (see the module docs): whole chunks, oldest
+    /// first, each once its newest order is past the idempotency window and every order in it
+    /// holds no units and has no unshipped event. A chunk that must stay stops the sweep (it
+    /// holds the oldest orders; the ones after it wait at most a reservation's TTL or the
+    /// shipping lag). At most [`PRUNE_CHUNKS_PER_ENTRY_MAX`] chunks per entry.
+    fn prune(&mut self) {
+        let window = self.settings.idempotency_window_ms;
+        #[cfg(madsim)]
+        let window = if crate::simulation::planted(crate::simulation::PlantedBug::PruneInsideWindow) {
+            // The planted bug: a tenth of the window, so repeats inside it are decided afresh.
+            window / 10
+        } else {
+            window
+        };
+        for _ in 0..PRUNE_CHUNKS_PER_ENTRY_MAX {
+            let Some(chunk) = self.orders.front() else {
+                return;
+            };
+            if chunk.newest_created_ms.saturating_add(window) > self.clock_ms
+                || !chunk.records.iter().all(|order| self.may_forget(order))
+            {
+                return;
+            }
+            self.orders.pop_front();
+        }
+    }
+
+    /// Whether an order past the window may be forgotten: it holds no units and its event, if
+    /// it had one, was shipped.
+    fn may_forget(&self, order: &OrderRecord) -> bool {
+        match order.state {
+            OrderState::Reserved => false,
+            #[cfg(madsim)]
+            OrderState::Confirmed if crate::simulation::planted(crate::simulation::PlantedBug::PruneUnshipped) => true,
+            OrderState::Confirmed => order.event_seq == u64::MAX || order.event_seq < self.shipped_below_seq,
+            OrderState::Released | OrderState::Expired | OrderState::Rejected => true,
+        }
     }
 
     /// Prunes the events every PostgreSQL shard acknowledged. The mark only moves forward. A
@@ -583,41 +872,14 @@ impl LedgerState {
         self.shipped_by = shipper;
     }
 
-    /// Units `user` holds of `sku` (reserved + sold).
+    /// Units `user` holds of `sku` (reserved + sold) while the SKU has a per-user limit; 0
+    /// for a SKU without one (nothing is counted).
     pub fn held(&self, sku: &[u8], user: &str) -> u64 {
-        self.holdings
+        let user = self.settings.hash_key.user(user);
+        self.skus
             .get(sku)
-            .and_then(|holders| holders.get(user))
-            .copied()
-            .unwrap_or(0)
-    }
-
-    /// Adds `qty` (> 0) to what `user` holds of `sku`: one lookup of the holder, on every reserve
-    /// and purchase.
-    fn add_held(&mut self, sku: &[u8], user: &str, qty: u64) {
-        let holders = match self.holdings.get_mut(sku) {
-            Some(holders) => holders,
-            None => self.holdings.entry(sku.to_vec()).or_default(),
-        };
-        *holders.get_or_insert_with(user, || 0) += qty;
-    }
-
-    /// Sets what `user` holds of `sku`; zero removes the holder (and an emptied SKU entry).
-    fn set_held(&mut self, sku: &[u8], user: &str, units: u64) {
-        if units == 0 {
-            if let Some(holders) = self.holdings.get_mut(sku) {
-                holders.remove(user);
-                if holders.is_empty() {
-                    self.holdings.remove(sku);
-                }
-            }
-            return;
-        }
-        let holders = match self.holdings.get_mut(sku) {
-            Some(holders) => holders,
-            None => self.holdings.entry(sku.to_vec()).or_default(),
-        };
-        *holders.get_or_insert_with(user, || 0) = units;
+            .and_then(|record| self.holdings.get(&record.id))
+            .map_or(0, |holders| holders.get(user))
     }
 
     /// The oldest event not yet known to be shipped: what shipping lag is measured from.
@@ -625,7 +887,11 @@ impl LedgerState {
         self.order_events.first_key_value().map(|(_, event)| event)
     }
 
-    fn record_event(&mut self, log_index: u64, order_id: &str, sku: &[u8], qty: u64, user: &str) {
+    /// Emits an order event if a sink is configured; its sequence number, or `u64::MAX`.
+    fn record_event(&mut self, log_index: u64, order_id: &str, sku: &[u8], qty: u64, user: &str) -> u64 {
+        if !self.settings.keep_order_events {
+            return u64::MAX;
+        }
         let seq = self.next_event_seq;
         self.next_event_seq += 1;
         self.order_events.insert(
@@ -639,11 +905,15 @@ impl LedgerState {
                 confirmed_at_ms: self.clock_ms,
             },
         );
+        seq
     }
 
-    /// A digest of the replicated state, equal on replicas that applied the same entries.
+    /// A digest of the replicated state, equal on replicas that applied the same entries (the
+    /// state is deterministic: this walks it in its own order).
     pub fn digest(&self) -> u64 {
         let mut hasher = Fnv64::default();
+        hasher.write(&self.settings.hash_key.0[0].to_le_bytes());
+        hasher.write(&self.settings.hash_key.0[1].to_le_bytes());
         for (sku, record) in &self.skus {
             hasher.write(sku);
             for value in [
@@ -656,21 +926,57 @@ impl LedgerState {
                 hasher.write(&value.to_le_bytes());
             }
         }
-        // Orders are a hash map (no order to iterate in): combine their hashes commutatively.
-        let mut orders_sum = 0u64;
-        for (order_id, order) in self.orders.iter() {
-            let mut order_hasher = Fnv64::default();
-            order_hasher.write(order_id.as_bytes());
-            order_hasher.write(&order.qty.to_le_bytes());
-            order_hasher.write(format!("{:?}", order.state).as_bytes());
-            orders_sum = orders_sum.wrapping_add(order_hasher.finish());
+        for (seq, order) in self.orders.iter() {
+            for value in [
+                seq,
+                order.key.0[0],
+                order.key.0[1],
+                order.request,
+                order.value,
+                order.event_seq,
+            ] {
+                hasher.write(&value.to_le_bytes());
+            }
+            hasher.write(&[order.state as u8, order.first as u8, order.kind as u8]);
         }
-        hasher.write(&(self.orders.len() as u64).to_le_bytes());
-        hasher.write(&orders_sum.to_le_bytes());
+        for holders in self.holdings.values() {
+            for holder in holders.sorted() {
+                hasher.write(&holder.user.0[0].to_le_bytes());
+                hasher.write(&holder.units.to_le_bytes());
+            }
+        }
+        hasher.write(&(self.reservations.len() as u64).to_le_bytes());
         hasher.write(&self.next_event_seq.to_le_bytes());
         hasher.write(&self.shipped_below_seq.to_le_bytes());
         hasher.write(&self.clock_ms.to_le_bytes());
         hasher.finish()
+    }
+}
+
+/// A reserve or purchase, as `LedgerState::take` decides it.
+struct Take<'a> {
+    kind: OrderKind,
+    sku: &'a Sku,
+    qty: u64,
+    user: &'a str,
+    order_id: &'a str,
+    ttl_ms: u64,
+    first_attempt_ms: u64,
+}
+
+/// The answer a kept order's creating request got, for a replay.
+pub fn first_answer(order: &OrderRecord) -> Outcome {
+    match order.first {
+        FirstAnswer::Reserved => Outcome::Reserved {
+            expires_at_ms: order.value,
+        },
+        FirstAnswer::Confirmed => Outcome::Confirmed,
+        FirstAnswer::LimitExceeded => Outcome::LimitExceeded {
+            held: order.value,
+            limit: u64::from(order.limit),
+        },
+        FirstAnswer::SaleClosed => Outcome::SaleClosed,
+        FirstAnswer::UnknownSku => Outcome::UnknownSku,
     }
 }
 
@@ -709,6 +1015,9 @@ pub(crate) fn operation_defect(operation: &Operation) -> Option<String> {
                 }
                 if rules.default_ttl_ms > limits::TTL_MS_MAX {
                     return Err(limits::InvalidField::new("rules.default_ttl_ms", "too long"));
+                }
+                if rules.per_user_limit > limits::PER_USER_LIMIT_MAX {
+                    return Err(limits::InvalidField::new("rules.per_user_limit", "too large"));
                 }
             }
             Operation::Restock { delta, .. } => {

@@ -36,9 +36,6 @@ use crate::storage::wal::ShardState;
 use crate::storage::wal::Wal;
 use crate::storage::wal::WalError;
 
-/// How many entries `entries_in` copies per acquisition of the shard's lock.
-const ENTRIES_COPIED_PER_LOCK: usize = 64;
-
 /// Frees `value` off the caller's thread: purged log entries are hundreds of thousands of small
 /// allocations, and the Raft core that purges would stall for tens of milliseconds. The simulator
 /// frees inline (no real threads there).
@@ -72,27 +69,6 @@ impl ShardLogStore {
 
     pub fn shard(&self) -> ShardId {
         self.shard
-    }
-
-    /// Copies of the entries from `first` to `last` the log holds (none that were purged or
-    /// truncated). Synchronous: the snapshot builder reads the log from a blocking thread. The
-    /// lock is taken per chunk, so appends are never held up for the whole copy.
-    pub fn entries_in(&self, first: u64, last: u64) -> Vec<Entry> {
-        let mut entries: Vec<Entry> = Vec::new();
-        let mut next = first;
-        while next <= last {
-            let copied = entries.len();
-            {
-                let state = lock(&self.state);
-                let chunk = state.entries.range(next..=last).take(ENTRIES_COPIED_PER_LOCK);
-                entries.extend(chunk.map(|(_, entry)| entry.clone()));
-            }
-            match entries.last() {
-                Some(entry) if entries.len() > copied => next = entry.index() + 1,
-                _ => break,
-            }
-        }
-        entries
     }
 }
 

@@ -302,5 +302,6 @@ pub fn purchase(sku: &str, user: &str, order_id: &str) -> Operation {
         qty: 1,
         user: user.into(),
         order_id: order_id.into(),
+        first_attempt_ms: ledger::node::now_ms(),
     }
 }

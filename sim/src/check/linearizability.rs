@@ -319,25 +319,45 @@ pub(crate) fn to_ledger_operation(op: &flashledger_client::WriteOp) -> ledger::s
             user,
             order_id,
             ttl,
+            first_attempt_ms,
         } => Operation::Reserve {
             sku,
             qty: unsigned(qty),
             user,
             order_id,
             ttl_ms: ttl.map_or(0, |ttl| ttl.as_millis() as u64),
+            first_attempt_ms: unsigned(first_attempt_ms),
         },
-        WriteOp::Confirm { sku, order_id } => Operation::Confirm { sku, order_id },
-        WriteOp::Cancel { sku, order_id } => Operation::Cancel { sku, order_id },
+        WriteOp::Confirm {
+            sku,
+            order_id,
+            first_attempt_ms,
+        } => Operation::Confirm {
+            sku,
+            order_id,
+            first_attempt_ms: unsigned(first_attempt_ms),
+        },
+        WriteOp::Cancel {
+            sku,
+            order_id,
+            first_attempt_ms,
+        } => Operation::Cancel {
+            sku,
+            order_id,
+            first_attempt_ms: unsigned(first_attempt_ms),
+        },
         WriteOp::Purchase {
             sku,
             qty,
             user,
             order_id,
+            first_attempt_ms,
         } => Operation::Purchase {
             sku,
             qty: unsigned(qty),
             user,
             order_id,
+            first_attempt_ms: unsigned(first_attempt_ms),
         },
         WriteOp::PutSku { sku, total, .. } => Operation::PutSku {
             sku,
@@ -373,6 +393,7 @@ pub(crate) fn client_outcome(outcome: &ledger::state_machine::command::Outcome) 
         Ledger::Expired => Outcome::Expired,
         Ledger::AlreadyConfirmed => Outcome::AlreadyConfirmed,
         Ledger::OrderIdReused => Outcome::OrderIdReused { detail: String::new() },
+        Ledger::RequestTooOld => Outcome::RequestTooOld,
         Ledger::Rejected { reason } => Outcome::Rejected { detail: reason.clone() },
     }
 }
@@ -408,6 +429,7 @@ mod tests {
             qty: 1,
             user: format!("user-{order}"),
             order_id: order.to_string(),
+            first_attempt_ms: 1,
         })
     }
 

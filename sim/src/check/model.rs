@@ -354,15 +354,25 @@ mod tests {
                         user,
                         order_id,
                         ttl: Some(std::time::Duration::from_secs(3_600)),
+                        first_attempt_ms: 1,
                     },
                     3 => WriteOp::Purchase {
                         sku,
                         qty,
                         user,
                         order_id,
+                        first_attempt_ms: 1,
                     },
-                    4 | 5 => WriteOp::Confirm { sku, order_id },
-                    _ => WriteOp::Cancel { sku, order_id },
+                    4 | 5 => WriteOp::Confirm {
+                        sku,
+                        order_id,
+                        first_attempt_ms: 1,
+                    },
+                    _ => WriteOp::Cancel {
+                        sku,
+                        order_id,
+                        first_attempt_ms: 1,
+                    },
                 });
             }
             let ops: Vec<ModelOp> = writes

@@ -55,9 +55,14 @@ fn first_difference(a: &LedgerState, b: &LedgerState) -> String {
             );
         }
     }
-    for (order_id, order) in a.orders.iter() {
-        if b.orders.get(order_id) != Some(order) {
-            return format!("; order {order_id}: {order:?} vs {:?}", b.orders.get(order_id));
+    if a.settings != b.settings {
+        return format!("; settings {:?} vs {:?}", a.settings, b.settings);
+    }
+    let mut b_orders = b.orders.iter();
+    for (seq, order) in a.orders.iter() {
+        let other = b_orders.next();
+        if other != Some((seq, order)) {
+            return format!("; order #{seq}: {order:?} vs {other:?}");
         }
     }
     String::new()

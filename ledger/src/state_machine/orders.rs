@@ -1,0 +1,368 @@
+//! [`OrderBook`]: every retained order as a fixed-size [`OrderRecord`], in the order the log
+//! created them, with an index from order key to record.
+//!
+//! Why this shape:
+//! - **No allocation per order.** A record is 56 bytes (a hashed order id, a request fingerprint,
+//!   an interned SKU, counts, states); records live in chunks of [`CHUNK_RECORDS`], so memory
+//!   grows a chunk at a time and never doubles.
+//! - **Pruning is a pop from the front.** Log time never goes back, so records are in creation
+//!   time order: the orders that left the idempotency window are always the oldest chunks
+//!   (`LedgerState::prune`), and each chunk remembers when its newest record was created.
+//! - **A snapshot forks in O(chunks).** Chunks are shared (`Arc`); a snapshot clones the list of
+//!   chunks under the state lock ([`OrderBook::frozen`]) and encodes it on its own thread, while
+//!   writes copy a chunk only when they change a record of one the snapshot still holds (almost
+//!   always only the newest: orders change state within minutes of being created).
+//! - **Byte-identical replicas.** The records and their chunk boundaries follow the log's
+//!   sequence, and the index is never encoded (it is rebuilt on load), so two replicas at the
+//!   same applied index encode the same bytes.
+//!
+//! The index is split into [`INDEX_PARTS`] hash tables by bits of the key (a keyed hash, so
+//! uniform), so that growing it rehashes a 64th of the orders at a time under the write lock,
+//! never all of them; an index slot is the record's 8-byte sequence number.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use hashbrown::HashTable;
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::state_machine::keys::OrderKey;
+use crate::state_machine::keys::part_and_hash;
+
+/// Records per chunk: 4096 x 56 bytes = 224 KiB, the most a write copies when a snapshot holds
+/// the chunk it changes.
+#[cfg(not(madsim))]
+pub const CHUNK_RECORDS: usize = 4096;
+/// In the simulator a run creates a few hundred orders per shard: small chunks, so that they
+/// fill up and pruning runs (and its planted bugs can be caught) within a run.
+#[cfg(madsim)]
+pub const CHUNK_RECORDS: usize = 16;
+/// Hash tables the index is split into.
+const INDEX_PARTS: usize = 64;
+
+/// A SKU's number in the shard's SKU table (`LedgerState::sku_names`); [`SkuId::NONE`] for a
+/// request that named a SKU the shard does not have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SkuId(pub u32);
+
+impl SkuId {
+    pub const NONE: SkuId = SkuId(u32::MAX);
+}
+
+/// Which operation created the order: a replay must be the same operation to get the first answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OrderKind {
+    Reserve,
+    Purchase,
+}
+
+/// Where an order stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OrderState {
+    /// Units are held until the record's `value` (leader time, ms).
+    Reserved,
+    Confirmed,
+    Released,
+    Expired,
+    /// The first request was refused (limit, sale closed, unknown SKU); nothing is held.
+    Rejected,
+}
+
+/// The answer the creating request got, replayed to a repeat; its numbers are in the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FirstAnswer {
+    /// `Reserved { expires_at_ms: value }`.
+    Reserved,
+    Confirmed,
+    /// `LimitExceeded { held: value, limit }`.
+    LimitExceeded,
+    SaleClosed,
+    UnknownSku,
+}
+
+/// One order, fixed size (56 bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderRecord {
+    pub key: OrderKey,
+    /// Fingerprint of the creating request (`HashKey::request`).
+    pub request: u64,
+    /// A reserve's expiry time (kept after the reservation moves on: a replay answers it), or
+    /// the units held when the answer was `LimitExceeded`.
+    pub value: u64,
+    /// A confirmed order's event sequence number (shipping); `u64::MAX` until confirmed.
+    pub event_seq: u64,
+    pub sku: SkuId,
+    pub qty: u32,
+    /// The per-user limit a `LimitExceeded` answer named.
+    pub limit: u32,
+    pub kind: OrderKind,
+    pub state: OrderState,
+    pub first: FirstAnswer,
+}
+
+/// Records created one after another, the newest last.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunk {
+    /// Log time when its newest record was created: the whole chunk is past the idempotency
+    /// window once this is.
+    pub newest_created_ms: u64,
+    pub records: Vec<OrderRecord>,
+}
+
+#[derive(Debug, Clone)]
+pub struct OrderBook {
+    /// `chunks[i]` holds the records with sequence numbers `first_seq + i * CHUNK_RECORDS ..`;
+    /// every chunk but the last is full.
+    chunks: VecDeque<Arc<Chunk>>,
+    /// Sequence number of the first retained record.
+    first_seq: u64,
+    /// Sequence number the next record gets.
+    next_seq: u64,
+    /// Order key -> sequence number, in [`INDEX_PARTS`] tables (see the module docs).
+    index: Vec<HashTable<u64>>,
+}
+
+impl Default for OrderBook {
+    fn default() -> Self {
+        OrderBook {
+            chunks: VecDeque::new(),
+            first_seq: 0,
+            next_seq: 0,
+            index: (0..INDEX_PARTS).map(|_| HashTable::new()).collect(),
+        }
+    }
+}
+
+impl PartialEq for OrderBook {
+    /// The same records at the same sequence numbers (the index follows from them).
+    fn eq(&self, other: &Self) -> bool {
+        self.first_seq == other.first_seq && self.next_seq == other.next_seq && self.chunks == other.chunks
+    }
+}
+
+impl Eq for OrderBook {}
+
+impl OrderBook {
+    pub fn len(&self) -> usize {
+        (self.next_seq - self.first_seq) as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The sequence number of the order with `key`, if retained.
+    pub fn find(&self, key: OrderKey) -> Option<u64> {
+        let (part, hash) = part_and_hash(key.0, INDEX_PARTS);
+        self.index[part].find(hash, |&seq| self.get(seq).key == key).copied()
+    }
+
+    /// The record at `seq`, which must be retained.
+    pub fn get(&self, seq: u64) -> &OrderRecord {
+        let (chunk, slot) = self.position(seq);
+        &self.chunks[chunk].records[slot]
+    }
+
+    /// The record at `seq` to change; copies its chunk first if a snapshot still shares it.
+    pub fn get_mut(&mut self, seq: u64) -> &mut OrderRecord {
+        let (chunk, slot) = self.position(seq);
+        &mut Arc::make_mut(&mut self.chunks[chunk]).records[slot]
+    }
+
+    fn position(&self, seq: u64) -> (usize, usize) {
+        debug_assert!(
+            seq >= self.first_seq && seq < self.next_seq,
+            "order {seq} is not retained"
+        );
+        let offset = (seq - self.first_seq) as usize;
+        (offset / CHUNK_RECORDS, offset % CHUNK_RECORDS)
+    }
+
+    /// Appends a new order created at log time `now_ms`; its key must not be retained yet.
+    pub fn push(&mut self, record: OrderRecord, now_ms: u64) -> u64 {
+        debug_assert!(self.find(record.key).is_none(), "order key pushed twice");
+        let seq = self.next_seq;
+        if self
+            .chunks
+            .back()
+            .is_none_or(|chunk| chunk.records.len() == CHUNK_RECORDS)
+        {
+            self.chunks.push_back(Arc::new(Chunk {
+                newest_created_ms: now_ms,
+                records: Vec::with_capacity(CHUNK_RECORDS),
+            }));
+        }
+        let back = self.chunks.back_mut().expect("a chunk was just ensured");
+        let back = Arc::make_mut(back);
+        back.records.push(record);
+        back.newest_created_ms = now_ms;
+        self.next_seq += 1;
+        self.index_insert(record.key, seq);
+        seq
+    }
+
+    /// Indexes the record at `seq` (already in a chunk) under `key`.
+    fn index_insert(&mut self, key: OrderKey, seq: u64) {
+        let (part, hash) = part_and_hash(key.0, INDEX_PARTS);
+        let OrderBook {
+            chunks,
+            first_seq,
+            index,
+            ..
+        } = self;
+        // Growing a table rehashes its entries: each one's hash is its record's key.
+        index[part].insert_unique(hash, seq, |&other| {
+            let offset = (other - *first_seq) as usize;
+            chunks[offset / CHUNK_RECORDS].records[offset % CHUNK_RECORDS].key.0[0]
+        });
+    }
+
+    /// The oldest chunk, if any.
+    pub fn front(&self) -> Option<&Chunk> {
+        self.chunks.front().map(|chunk| &**chunk)
+    }
+
+    /// Forgets the oldest chunk's orders (the caller checked that each may go).
+    pub fn pop_front(&mut self) {
+        let Some(chunk) = self.chunks.pop_front() else {
+            return;
+        };
+        for (offset, record) in chunk.records.iter().enumerate() {
+            let seq = self.first_seq + offset as u64;
+            let (part, hash) = part_and_hash(record.key.0, INDEX_PARTS);
+            if let Ok(slot) = self.index[part].find_entry(hash, |&other| other == seq) {
+                slot.remove();
+            }
+        }
+        self.first_seq += chunk.records.len() as u64;
+    }
+
+    /// Every retained record with its sequence number, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &OrderRecord)> {
+        self.chunks
+            .iter()
+            .flat_map(|chunk| chunk.records.iter())
+            .enumerate()
+            .map(|(offset, record)| (self.first_seq + offset as u64, record))
+    }
+
+    /// The records as they are now, sharing their chunks: O(chunks), for a snapshot to encode
+    /// while writes go on.
+    pub fn frozen(&self) -> FrozenOrders {
+        FrozenOrders {
+            first_seq: self.first_seq,
+            chunks: self.chunks.iter().cloned().collect(),
+        }
+    }
+
+    /// Rebuilds a book from its frozen form (a snapshot being loaded): the index is derived.
+    pub fn from_frozen(frozen: FrozenOrders) -> Result<OrderBook, String> {
+        let mut book = OrderBook {
+            first_seq: frozen.first_seq,
+            next_seq: frozen.first_seq,
+            ..OrderBook::default()
+        };
+        let count = frozen.chunks.len();
+        for (position, chunk) in frozen.chunks.into_iter().enumerate() {
+            let full = chunk.records.len() == CHUNK_RECORDS;
+            if chunk.records.is_empty() || chunk.records.len() > CHUNK_RECORDS || (!full && position + 1 != count) {
+                return Err(format!("order chunk {position} holds {} records", chunk.records.len()));
+            }
+            let first = book.next_seq;
+            book.next_seq += chunk.records.len() as u64;
+            book.chunks.push_back(chunk);
+            for seq in first..book.next_seq {
+                let key = book.get(seq).key;
+                if book.find(key).is_some() {
+                    return Err(format!("order key {key:?} appears twice"));
+                }
+                book.index_insert(key, seq);
+            }
+        }
+        Ok(book)
+    }
+}
+
+/// An [`OrderBook`]'s records without its index: what a snapshot encodes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FrozenOrders {
+    pub first_seq: u64,
+    pub chunks: Vec<Arc<Chunk>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(n: u64) -> OrderRecord {
+        OrderRecord {
+            key: OrderKey([n.wrapping_mul(0x9e37_79b9_7f4a_7c15), n]),
+            request: n,
+            value: 0,
+            event_seq: u64::MAX,
+            sku: SkuId(0),
+            qty: 1,
+            limit: 0,
+            kind: OrderKind::Purchase,
+            state: OrderState::Confirmed,
+            first: FirstAnswer::Confirmed,
+        }
+    }
+
+    #[test]
+    fn a_record_is_56_bytes() {
+        assert_eq!(std::mem::size_of::<OrderRecord>(), 56);
+    }
+
+    #[test]
+    fn orders_are_found_changed_pruned_by_chunk_and_rebuilt_from_their_frozen_form() {
+        let mut book = OrderBook::default();
+        let count = 2 * CHUNK_RECORDS as u64 + 10;
+        for n in 0..count {
+            assert_eq!(book.push(record(n), 1_000 + n / CHUNK_RECORDS as u64), n);
+        }
+        assert_eq!(book.len() as u64, count);
+        assert_eq!(book.find(record(5).key), Some(5));
+        assert_eq!(book.find(record(count).key), None);
+        let frozen = book.frozen();
+        book.get_mut(5).state = OrderState::Released;
+        // The snapshot's copy did not change; the book's did.
+        assert_eq!(frozen.chunks[0].records[5].state, OrderState::Confirmed);
+        assert_eq!(book.get(5).state, OrderState::Released);
+
+        assert_eq!(book.front().map(|c| c.newest_created_ms), Some(1_000));
+        book.pop_front();
+        assert_eq!(book.len() as u64, count - CHUNK_RECORDS as u64);
+        assert_eq!(book.find(record(5).key), None);
+        let first_kept = CHUNK_RECORDS as u64;
+        assert_eq!(book.find(record(first_kept).key), Some(first_kept));
+        assert_eq!(book.iter().next().map(|(seq, _)| seq), Some(first_kept));
+
+        let rebuilt = OrderBook::from_frozen(book.frozen()).expect("rebuilds");
+        assert_eq!(rebuilt, book);
+        for n in first_kept..count {
+            assert_eq!(rebuilt.find(record(n).key), Some(n));
+        }
+        // New orders continue the sequence.
+        let mut rebuilt = rebuilt;
+        assert_eq!(rebuilt.push(record(count), 2_000), count);
+    }
+
+    #[test]
+    fn a_broken_frozen_form_is_refused() {
+        let mut book = OrderBook::default();
+        book.push(record(1), 1);
+        let mut frozen = book.frozen();
+        frozen.chunks.push(frozen.chunks[0].clone());
+        assert!(
+            OrderBook::from_frozen(frozen).is_err(),
+            "a short chunk before the last one"
+        );
+        let mut frozen = book.frozen();
+        let mut twice = (*frozen.chunks[0]).clone();
+        twice.records.push(twice.records[0]);
+        frozen.chunks = vec![std::sync::Arc::new(twice)];
+        assert!(OrderBook::from_frozen(frozen).is_err(), "a key twice");
+    }
+}
