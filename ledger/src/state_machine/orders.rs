@@ -223,19 +223,30 @@ impl OrderBook {
         self.chunks.front().map(|chunk| &**chunk)
     }
 
-    /// Forgets the oldest chunk's orders (the caller checked that each may go).
-    pub fn pop_front(&mut self) {
+    /// Forgets the oldest chunk's orders, except those at the offsets in `keep` (ascending),
+    /// which are appended anew as created at `now_ms`. Returns each kept order's old and new
+    /// sequence numbers. Carrying a few stragglers (a long reservation, an order still being
+    /// shipped) forward lets the orders around them go instead of all waiting for them.
+    pub fn pop_front(&mut self, keep: &[usize], now_ms: u64) -> Vec<(u64, u64)> {
         let Some(chunk) = self.chunks.pop_front() else {
-            return;
+            return Vec::new();
         };
+        let first_seq = self.first_seq;
         for (offset, record) in chunk.records.iter().enumerate() {
-            let seq = self.first_seq + offset as u64;
+            let seq = first_seq + offset as u64;
             let (part, hash) = part_and_hash(record.key.0, INDEX_PARTS);
             if let Ok(slot) = self.index[part].find_entry(hash, |&other| other == seq) {
                 slot.remove();
             }
         }
         self.first_seq += chunk.records.len() as u64;
+        if self.chunks.is_empty() {
+            // Nothing is left: the next record starts the book again, at the next number.
+            self.first_seq = self.next_seq;
+        }
+        keep.iter()
+            .map(|&offset| (first_seq + offset as u64, self.push(chunk.records[offset], now_ms)))
+            .collect()
     }
 
     /// Every retained record with its sequence number, oldest first.
@@ -332,7 +343,7 @@ mod tests {
         assert_eq!(book.get(5).state, OrderState::Released);
 
         assert_eq!(book.front().map(|c| c.newest_created_ms), Some(1_000));
-        book.pop_front();
+        book.pop_front(&[], 2_000);
         assert_eq!(book.len() as u64, count - CHUNK_RECORDS as u64);
         assert_eq!(book.find(record(5).key), None);
         let first_kept = CHUNK_RECORDS as u64;
@@ -347,6 +358,28 @@ mod tests {
         // New orders continue the sequence.
         let mut rebuilt = rebuilt;
         assert_eq!(rebuilt.push(record(count), 2_000), count);
+
+        // A straggler is carried forward when its chunk goes: found again, at a new number.
+        let straggler = CHUNK_RECORDS as u64 + 7;
+        let moved = rebuilt.pop_front(&[7], 3_000);
+        assert_eq!(moved, vec![(straggler, count + 1)]);
+        assert_eq!(rebuilt.find(record(straggler).key), Some(count + 1));
+        assert_eq!(rebuilt.find(record(straggler - 1).key), None);
+        assert_eq!(rebuilt.len(), 10 + 1 + 1);
+    }
+
+    #[test]
+    fn the_last_chunk_can_go_with_stragglers_carried_into_a_new_one() {
+        let mut book = OrderBook::default();
+        for n in 0..5 {
+            book.push(record(n), 1_000);
+        }
+        let moved = book.pop_front(&[1, 3], 9_000);
+        assert_eq!(moved, vec![(1, 5), (3, 6)]);
+        assert_eq!(book.len(), 2);
+        assert_eq!(book.front().map(|chunk| chunk.newest_created_ms), Some(9_000));
+        assert_eq!((book.find(record(1).key), book.find(record(3).key)), (Some(5), Some(6)));
+        assert_eq!(book.find(record(0).key), None);
     }
 
     #[test]

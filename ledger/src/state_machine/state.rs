@@ -51,6 +51,9 @@ pub use crate::state_machine::orders::SkuId;
 /// Most chunks of orders one entry prunes, so that no entry pays for a large backlog at once
 /// (4 x 4096 orders per entry is far more than any entry creates).
 const PRUNE_CHUNKS_PER_ENTRY_MAX: usize = 4;
+/// Most orders of a chunk past the window that may not go yet and are carried forward so the
+/// chunk can (a quarter of a chunk).
+pub const STRAGGLERS_PER_CHUNK_MAX: usize = crate::state_machine::orders::CHUNK_RECORDS / 4;
 
 /// One SKU's counts and rules.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -821,10 +824,12 @@ impl LedgerState {
     }
 
     /// Forgets the oldest orders once they may go (see the module docs): whole chunks, oldest
-    /// first, each once its newest order is past the idempotency window and every order in it
-    /// holds no units and has no unshipped event. A chunk that must stay stops the sweep (it
-    /// holds the oldest orders; the ones after it wait at most a reservation's TTL or the
-    /// shipping lag). At most [`PRUNE_CHUNKS_PER_ENTRY_MAX`] chunks per entry.
+    /// first, each once its newest order is past the idempotency window. An order that still
+    /// holds units or has an unshipped event stays: up to [`STRAGGLERS_PER_CHUNK_MAX`] of them
+    /// are carried forward into the newest chunk (created anew now, so they stay a whole window
+    /// more) and the rest of their chunk goes; a chunk with more stops the sweep (shipping is
+    /// behind: everything after it waits too). At most [`PRUNE_CHUNKS_PER_ENTRY_MAX`] chunks per
+    /// entry.
     fn prune(&mut self) {
         let window = self.settings.idempotency_window_ms;
         #[cfg(madsim)]
@@ -838,12 +843,26 @@ impl LedgerState {
             let Some(chunk) = self.orders.front() else {
                 return;
             };
-            if chunk.newest_created_ms.saturating_add(window) > self.clock_ms
-                || !chunk.records.iter().all(|order| self.may_forget(order))
-            {
+            if chunk.newest_created_ms.saturating_add(window) > self.clock_ms {
                 return;
             }
-            self.orders.pop_front();
+            let staying: Vec<usize> = (chunk.records.iter().enumerate())
+                .filter(|(_, order)| !self.may_forget(order))
+                .map(|(offset, _)| offset)
+                .take(STRAGGLERS_PER_CHUNK_MAX + 1)
+                .collect();
+            if staying.len() > STRAGGLERS_PER_CHUNK_MAX {
+                return;
+            }
+            let clock_ms = self.clock_ms;
+            for (old_seq, new_seq) in self.orders.pop_front(&staying, clock_ms) {
+                let order = self.orders.get(new_seq);
+                if order.state == OrderState::Reserved
+                    && let Some(reservation) = self.reservations.remove(&(order.value, old_seq))
+                {
+                    self.reservations.insert((order.value, new_seq), reservation);
+                }
+            }
         }
     }
 
