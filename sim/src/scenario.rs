@@ -305,11 +305,13 @@ async fn simulate(seed: u64, options: SimOptions) -> SeedReport {
     if finals.len() == shape.shards {
         fail(
             "lost-writes",
-            check::lost_writes::check(&history, &finals).map(|n| format!("{n} answers reflected")),
+            check::lost_writes::check(&history, &finals)
+                .map(|(n, pruned)| format!("{n} answers reflected, {pruned} about orders pruned past the window")),
         );
         fail(
             "exactly-once",
-            check::exactly_once::check(&finals, &sim.sink.recorded()).map(|n| format!("{n} orders shipped once")),
+            check::exactly_once::check(&history, &finals, &sim.sink.recorded())
+                .map(|n| format!("{n} orders shipped once")),
         );
     } else {
         fail(
@@ -322,7 +324,8 @@ async fn simulate(seed: u64, options: SimOptions) -> SeedReport {
         );
     }
     let skip: BTreeSet<Vec<u8>> = catalog.expiring.iter().cloned().collect();
-    match check::linearizability::check(&history, &skip, options.linearizability_steps_max) {
+    let never_happened = check::lost_writes::never_happened(&history, &finals);
+    match check::linearizability::check(&history, &skip, &never_happened, options.linearizability_steps_max) {
         Ok(lin) => {
             report.notes.push(format!(
                 "linearizability: {} skus, {} ops, linearizable except inconclusive {:?}",

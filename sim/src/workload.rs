@@ -111,7 +111,7 @@ impl Recorder {
             let invoke_ns = self.now_ns();
             let result = client.batch(vec![op.clone()]).await;
             let answer = match result {
-                Ok(mut outcomes) if outcomes.len() == 1 => Answer::Outcome(outcomes.remove(0)),
+                Ok(mut outcomes) if outcomes.len() == 1 => decided_answer(outcomes.remove(0)),
                 Ok(outcomes) => Answer::Indeterminate(format!("{} outcomes for one op", outcomes.len())),
                 Err(error) => failed_write(&error),
             };
@@ -142,7 +142,7 @@ impl Recorder {
         for (index, op) in ops.into_iter().enumerate() {
             let answer = match &result {
                 Ok(outcomes) => match outcomes.get(index) {
-                    Some(outcome) => Answer::Outcome(outcome.clone()),
+                    Some(outcome) => decided_answer(outcome.clone()),
                     None => Answer::Indeterminate("batch answered too few outcomes".into()),
                 },
                 Err(error) => failed_write(error),
@@ -194,6 +194,15 @@ fn first_attempt_now(mut op: WriteOp) -> WriteOp {
         *first_attempt_ms = now;
     }
     op
+}
+
+/// A write's outcome as the history records it. `REQUEST_TOO_OLD` says this call changed
+/// nothing (an earlier attempt of the write may have): for the checkers it is a failed call.
+fn decided_answer(outcome: Outcome) -> Answer {
+    match outcome {
+        Outcome::RequestTooOld => Answer::Failed("request too old".into()),
+        outcome => Answer::Outcome(outcome),
+    }
 }
 
 fn failed_write(error: &ClientError) -> Answer {

@@ -107,3 +107,18 @@ fn a_deposed_leader_serving_linearizable_reads_is_caught() {
     let report = sweep_until_caught(PlantedBug::StaleLeaderRead, 30);
     assert_caught_by(&report, &["linearizability"]);
 }
+
+/// Pruning confirmed orders (and their events) before they were shipped loses them for
+/// PostgreSQL.
+#[test]
+fn pruning_an_unshipped_order_is_caught_as_not_shipped() {
+    let report = sweep_until_caught(PlantedBug::PruneUnshipped, 20);
+    assert_caught_by(&report, &["exactly-once"]);
+}
+
+/// Pruning inside the idempotency window forgets orders a retry may still repeat.
+#[test]
+fn pruning_inside_the_window_is_caught_as_lost_writes() {
+    let report = sweep_until_caught(PlantedBug::PruneInsideWindow, 20);
+    assert_caught_by(&report, &["lost-writes"]);
+}

@@ -854,6 +854,17 @@ impl LedgerState {
             if staying.len() > STRAGGLERS_PER_CHUNK_MAX {
                 return;
             }
+            #[cfg(madsim)]
+            if crate::simulation::planted(crate::simulation::PlantedBug::PruneUnshipped) {
+                // The planted bug: unshipped orders go with their events, never to be shipped.
+                let unshipped: Vec<u64> = (chunk.records.iter())
+                    .filter(|order| order.state == OrderState::Confirmed && order.event_seq >= self.shipped_below_seq)
+                    .map(|order| order.event_seq)
+                    .collect();
+                for event_seq in unshipped {
+                    self.order_events.remove(&event_seq);
+                }
+            }
             let clock_ms = self.clock_ms;
             for (old_seq, new_seq) in self.orders.pop_front(&staying, clock_ms) {
                 let order = self.orders.get(new_seq);

@@ -507,11 +507,14 @@ impl Shared {
             let mut queue = lock(&self.queue);
             queue.failure.get_or_insert_with(|| failure.clone());
         }
-        for pending in batch {
-            pending.completion.complete(result.clone());
-        }
+        // Durable before anyone hears so: a caller woken by its completion that then asks for a
+        // barrier must find nothing pending (it synced again when the mark came second; the
+        // storage test caught it under load).
         if result.is_ok() {
             self.durable_total.fetch_max(through, Ordering::SeqCst);
+        }
+        for pending in batch {
+            pending.completion.complete(result.clone());
         }
     }
 
