@@ -9,8 +9,12 @@
 # answer), one hot SKU whose stock never runs out, then a sold-out storm (stock 0), in two
 # client modes: independent buyers (one connection each, one op per RPC) and the realistic
 # deployment (2 service processes' worth of clients, coalescing their callers into Batch RPCs).
-# Peers: ../shared/bench/peers/{redis,postgres,etcd}.sh, called as they are (PEERS_DIR to
-# override); plus Redis answering the same sold-out storm through the peers' load generator.
+# Peers: the project's own runners, bench/peers/{redis,postgres,etcd}.sh (each installs what it
+# lacks with apt-get, starts its own throwaway servers on 127.0.0.1 on other ports than a system
+# Redis or PostgreSQL, and stops them by PID; Redis also answers the same sold-out storm).
+# PEERS_DIR=../shared/bench/peers runs the team's earlier runners instead, as a cross-check: their
+# lines are tagged with that directory as `runner`, and Redis's sold-out storm goes through their
+# load generator. The table says which runner produced each row.
 # Results: target/bench-vs-peers/<time>/ (JSON lines, per-run Markdown + PNG, table.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +23,8 @@ CLIENTS="${CLIENTS:-64 256}"
 SECS="${SECS:-10}"
 REPS="${REPS:-1}"
 PEERS="${PEERS:-redis postgres etcd}"
-PEERS_DIR="$(cd "${PEERS_DIR:-../shared/bench/peers}" && pwd)"
+own_peers_dir="$(pwd)/bench/peers"
+PEERS_DIR="$(cd "${PEERS_DIR:-bench/peers}" && pwd)"
 target="${CARGO_TARGET_DIR:-target}"
 results="$target/bench-vs-peers/$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$results/peers"
@@ -27,6 +32,9 @@ results="$(cd "$results" && pwd)"
 
 echo "==> building flashledger and flashbench (release)"
 cargo build --release -p flashledger-ledger --bin ledger && cargo build --release -p flashbench --bin flashbench
+if [ "$PEERS_DIR" = "$own_peers_dir" ]; then
+  cargo build --release -p peer-loadgen
+fi
 LEDGER="$target/release/ledger"
 flashbench="$target/release/flashbench"
 
@@ -57,7 +65,8 @@ for peer in $PEERS; do
     bash "$PEERS_DIR/$peer.sh"
 done
 
-if [[ " $PEERS " == *" redis "* ]]; then
+# The earlier runners measure no sold-out storm: Redis answers it through their load generator.
+if [ "$PEERS_DIR" != "$own_peers_dir" ] && [[ " $PEERS " == *" redis "* ]]; then
   echo "==> peer: redis (no AOF) answering a sold-out storm"
   loadgen="${PEERS_TARGET_DIR:-/tmp/peers-target}/release/loadgen"
   port=6391
@@ -72,6 +81,14 @@ if [[ " $PEERS " == *" redis "* ]]; then
   done
   kill "$redis_pid"; wait "$redis_pid" 2>/dev/null || true
   rm -rf "$redis_dir"
+fi
+
+# Lines from another runner directory carry no `runner`: name it by its path beside the repo.
+if [ "$PEERS_DIR" != "$own_peers_dir" ]; then
+  runner="$(realpath --relative-to="$(dirname "$(pwd)")" "$PEERS_DIR")"
+  for file in "$results"/peers/*.jsonl; do
+    sed -i -E '/"runner":/!s|^\{|{"runner":"'"$runner"'",|' "$file"
+  done
 fi
 
 echo "==> table"

@@ -1,13 +1,18 @@
-//! `flashbench compare`: one table from JSON-line results — the peers' (written by
-//! `../shared/bench/peers/*.sh` into their results directory) and flashledger's — with
-//! flashledger's ratio to each peer at the same client count and SKU count. Repetitions of one
-//! configuration are reduced to their median.
+//! `flashbench compare`: one table from JSON-line results — the peers' (written by the
+//! project's runners `bench/peers/*.sh`, or by the team's earlier `../shared/bench/peers/*.sh`)
+//! and flashledger's — with flashledger's ratio to each peer at the same client count and SKU
+//! count. Repetitions of one configuration are reduced to their median. Each row says which
+//! runner produced it (the lines' `runner` field); when two runners measured the same peer
+//! configuration, the ratios use the project's own.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use serde_json::Value;
+
+/// The `runner` of the lines `bench/peers/*.sh` write (peer-loadgen's default `--runner`).
+const OWN_RUNNER: &str = "flashledger repo bench/peers";
 
 /// The peers flashledger is compared with: (system, label prefix, short name).
 const PEERS: &[(&str, &str, &str)] = &[
@@ -20,6 +25,8 @@ const PEERS: &[(&str, &str, &str)] = &[
 #[derive(Debug, Clone)]
 struct Row {
     system: String,
+    /// Who produced the line: "flashbench" for flashledger, the peers' runner otherwise.
+    runner: String,
     label: String,
     clients: u64,
     skus: u64,
@@ -72,8 +79,14 @@ fn read_rows(files: &[PathBuf]) -> anyhow::Result<Vec<Row>> {
             if label.contains("oversell-check") || label.contains("crate-client") {
                 continue;
             }
+            let default_runner = if system == "flashledger" {
+                "flashbench"
+            } else {
+                "unknown"
+            };
             rows.push(Row {
                 system: system.to_string(),
+                runner: value["runner"].as_str().unwrap_or(default_runner).to_string(),
                 label: label.to_string(),
                 clients: value["clients"].as_u64().unwrap_or(0),
                 skus: value["skus"].as_u64().unwrap_or(0),
@@ -88,12 +101,18 @@ fn read_rows(files: &[PathBuf]) -> anyhow::Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// Medians per (system, label, clients, skus).
+/// Medians per (system, runner, label, clients, skus).
 fn reduce(rows: Vec<Row>) -> Vec<Row> {
-    let mut groups: BTreeMap<(String, String, u64, u64), Vec<Row>> = BTreeMap::new();
+    let mut groups: BTreeMap<(String, String, String, u64, u64), Vec<Row>> = BTreeMap::new();
     for row in rows {
         groups
-            .entry((row.system.clone(), row.label.clone(), row.clients, row.skus))
+            .entry((
+                row.system.clone(),
+                row.runner.clone(),
+                row.label.clone(),
+                row.clients,
+                row.skus,
+            ))
             .or_default()
             .push(row);
     }
@@ -131,18 +150,19 @@ pub fn table(files: &[PathBuf]) -> anyhow::Result<String> {
             .iter()
             .find(|(system, prefix, _)| row.system == *system && row.label == peer_label(prefix, sold_out(row)))
     };
-    let mut text = String::from("| system | configuration | clients | SKUs | decisions/s | p50 ms | p99 ms |");
+    let mut text = String::from("| system | runner | configuration | clients | SKUs | decisions/s | p50 ms | p99 ms |");
     for (_, _, name) in PEERS {
         text += &format!(" x {name} |");
     }
-    text += "\n|---|---|---|---|---|---|---|";
+    text += "\n|---|---|---|---|---|---|---|---|";
     text += &"---|".repeat(PEERS.len());
     text += "\n";
     for row in rows.iter().filter(|r| peer_of(r).is_some()) {
         let value = if sold_out(row) { row.attempts } else { row.rate };
         text += &format!(
-            "| {} | {} | {} | {} | {:.0} | {} | {} |{}\n",
+            "| {} | {} | {} | {} | {} | {:.0} | {} | {} |{}\n",
             row.system,
+            row.runner,
             row.label,
             row.clients,
             row.skus,
@@ -158,7 +178,8 @@ pub fn table(files: &[PathBuf]) -> anyhow::Result<String> {
         let storm = sold_out(row);
         let value = if storm { row.rejections } else { row.rate };
         text += &format!(
-            "| **flashledger** | {} | {} | {} | {:.0} | {} | {} |",
+            "| **flashledger** | {} | {} | {} | {} | {:.0} | {} | {} |",
+            row.runner,
             row.label,
             row.clients,
             row.skus,
@@ -170,7 +191,8 @@ pub fn table(files: &[PathBuf]) -> anyhow::Result<String> {
             let label = peer_label(prefix, storm);
             let peer = rows
                 .iter()
-                .find(|p| p.system == *system && p.label == label && p.clients == row.clients && p.skus == row.skus);
+                .filter(|p| p.system == *system && p.label == label && p.clients == row.clients && p.skus == row.skus)
+                .min_by_key(|p| p.runner != OWN_RUNNER);
             let peer_value = peer.map(|p| if storm { p.attempts } else { p.rate });
             match peer_value {
                 Some(peer_value) if peer_value > 0.0 => text += &format!(" {:.2}x |", value / peer_value),
@@ -205,6 +227,29 @@ mod tests {
         assert!(ours.contains(" 0.50x |"), "{ours}");
         assert!(ours.contains("| 47500 |"), "{ours}");
         assert_eq!(table.lines().filter(|l| l.starts_with("| redis")).count(), 1, "{table}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn each_row_names_its_runner_and_ratios_prefer_the_project_s_own() {
+        let dir = std::env::temp_dir().join(format!("flashbench-compare-runners-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("all.jsonl");
+        let lines = [
+            r#"{"system":"redis","runner":"shared/bench/peers","label":"noaof","clients":64,"skus":1,"purchases_per_s":50000,"p50_us":600,"p99_us":1100}"#,
+            r#"{"system":"redis","runner":"flashledger repo bench/peers","label":"noaof rep1","clients":64,"skus":1,"purchases_per_s":100000,"p50_us":600,"p99_us":1100}"#,
+            r#"{"system":"flashledger","label":"hot independent","clients":64,"skus":1,"purchases_per_s":50000,"p50_us":900,"p99_us":5000}"#,
+        ];
+        std::fs::write(&file, lines.join("\n")).unwrap();
+        let table = table(&[file]).unwrap();
+        assert!(table.contains("| redis | shared/bench/peers | noaof |"), "{table}");
+        assert!(
+            table.contains("| redis | flashledger repo bench/peers | noaof |"),
+            "{table}"
+        );
+        let ours = table.lines().find(|l| l.contains("**flashledger**")).unwrap();
+        assert!(ours.contains("| flashbench |"), "{ours}");
+        assert!(ours.contains(" 0.50x |"), "{ours}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
