@@ -77,12 +77,14 @@ impl ClusterShape {
             );
         }
         // Tighter than the defaults so a run sees many elections, snapshots and expiries.
-        toml += &format!("[raft]\nelection_timeout_ms_min = 300\nelection_timeout_ms_max = 600\n\
+        toml += &format!(
+            "[raft]\nelection_timeout_ms_min = 300\nelection_timeout_ms_max = 600\n\
                  heartbeat_interval_ms = 50\nrpc_timeout_ms = 500\nsnapshot_ops_since_last = 300\n\n\
                  [server]\nrequest_timeout_ms = 2000\n\n[ledger]\nexpire_interval_ms = 100\n\
                  idempotency_window_ms = {SIM_WINDOW_MS}\nclock_skew_margin_ms = {SIM_SKEW_MARGIN_MS}\n\n\
                  [shipping]\npoll_interval_ms = 50\nmark_interval_ms = 100\ntakeover_after_ms = 1000\n\
-                 retry_backoff_ms_min = 50\nretry_backoff_ms_max = 500\n");
+                 retry_backoff_ms_min = 50\nretry_backoff_ms_max = 500\n"
+        );
         toml
     }
 }

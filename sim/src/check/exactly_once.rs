@@ -36,7 +36,10 @@ pub fn check(history: &History, ledgers: &[&LedgerState], recorded: &Recorded) -
         if let WriteOp::Purchase { order_id, .. } | WriteOp::Confirm { order_id, .. } = write
             && !shipped.contains_key(order_id.as_str())
         {
-            return Err(format!("confirmed order {order_id} never reached the sink ({})", op.describe()));
+            return Err(format!(
+                "confirmed order {order_id} never reached the sink ({})",
+                op.describe()
+            ));
         }
     }
     // Anything shipped must have been asked for.

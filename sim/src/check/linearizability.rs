@@ -20,6 +20,13 @@
 //! write that may take effect at any later point. Each such open write doubles the search; on a
 //! hot SKU they were what left ~9 % of seeds with a SKU inconclusive.
 //!
+//! Retries are merged: a buyer resends an ambiguous write with the same order id (and first
+//! attempt), and when a later attempt is answered with an outcome the ledger records (the order
+//! exists, so every other attempt is a replay of it), the write took effect exactly once
+//! somewhere between the first attempt's invocation and that answer: one operation with that
+//! interval and answer, instead of an open "maybe" per ambiguous attempt. Answers that record
+//! nothing (sold out, refused) do not merge: an earlier attempt may still take effect after them.
+//!
 //! The search is bounded by a step budget per SKU: a SKU that exhausts it is reported as
 //! inconclusive, never as passing.
 
@@ -28,6 +35,7 @@ use std::collections::BTreeSet;
 use std::collections::HashSet;
 
 use flashledger_client::Consistency;
+use flashledger_client::Outcome;
 use flashledger_client::WriteOp;
 
 use crate::check::model;
@@ -57,8 +65,9 @@ pub fn check(
     never_happened: &BTreeSet<String>,
     steps_max: u64,
 ) -> Result<LinearizabilityReport, String> {
+    let merged = merge_retries(&history.ops);
     let mut by_sku: BTreeMap<&[u8], Vec<&Op>> = BTreeMap::new();
-    for op in &history.ops {
+    for op in &merged {
         if checked(op) && !skip.contains(op.call.sku()) && !resolved_as_never(op, never_happened) {
             by_sku.entry(op.call.sku()).or_default().push(op);
         }
@@ -90,6 +99,61 @@ fn checked(op: &Op) -> bool {
         (Call::Read { consistency, .. }, Answer::Stock(_)) => *consistency == Consistency::Linearizable,
         (Call::Read { .. }, _) => false,
         (Call::Write(_), _) => true,
+    }
+}
+
+/// The history with each write's ambiguous attempts merged into the attempt that settled it
+/// (see the module docs). Attempts of one write are the same call by the same buyer.
+fn merge_retries(ops: &[Op]) -> Vec<Op> {
+    let mut merged: Vec<Op> = Vec::with_capacity(ops.len());
+    // (buyer, the write) -> index in `merged` of its first ambiguous attempt still open.
+    let mut open: BTreeMap<(usize, String), usize> = BTreeMap::new();
+    for op in ops {
+        let Call::Write(write) = &op.call else {
+            merged.push(op.clone());
+            continue;
+        };
+        let key = (op.client, format!("{write:?}"));
+        match &op.answer {
+            Answer::Indeterminate(_) => {
+                // A later ambiguous attempt adds nothing: the first already may take effect
+                // at any time after its invocation.
+                if !open.contains_key(&key) {
+                    open.insert(key, merged.len());
+                    merged.push(op.clone());
+                }
+            }
+            Answer::Outcome(outcome) if settles(write, outcome) => match open.remove(&key) {
+                Some(first) => {
+                    merged[first].answer = op.answer.clone();
+                    merged[first].return_ns = op.return_ns;
+                }
+                None => merged.push(op.clone()),
+            },
+            _ => merged.push(op.clone()),
+        }
+    }
+    merged
+}
+
+/// Whether `outcome` shows `write` has taken effect for good, so that any other attempt of it
+/// is a replay that changes nothing.
+fn settles(write: &WriteOp, outcome: &Outcome) -> bool {
+    match write {
+        WriteOp::Reserve { .. } | WriteOp::Purchase { .. } => matches!(
+            outcome,
+            Outcome::Reserved { .. }
+                | Outcome::Confirmed
+                | Outcome::LimitExceeded { .. }
+                | Outcome::SaleClosed
+                | Outcome::UnknownSku
+        ),
+        WriteOp::Confirm { .. } => matches!(outcome, Outcome::Confirmed | Outcome::Expired),
+        WriteOp::Cancel { .. } => matches!(
+            outcome,
+            Outcome::Released | Outcome::Expired | Outcome::AlreadyConfirmed
+        ),
+        WriteOp::PutSku { .. } | WriteOp::Restock { .. } => false,
     }
 }
 
@@ -558,6 +622,36 @@ mod tests {
             ),
         ];
         assert!(verdict(ops).is_ok());
+    }
+
+    #[test]
+    fn retries_settled_by_a_recorded_answer_merge_into_one_operation() {
+        let ops = vec![
+            op(0, 0, 10, put(1), Answer::Outcome(Outcome::Ok)),
+            op(1, 20, 30, purchase("a"), Answer::Indeterminate("t".into())),
+            op(1, 40, 50, purchase("a"), Answer::Indeterminate("t".into())),
+            op(1, 60, 70, purchase("a"), Answer::Outcome(Outcome::Confirmed)),
+            op(2, 20, 30, purchase("b"), Answer::Indeterminate("t".into())),
+            op(
+                2,
+                40,
+                50,
+                purchase("b"),
+                Answer::Outcome(Outcome::SoldOut { available: 0 }),
+            ),
+        ];
+        let merged = merge_retries(&ops);
+        assert_eq!(merged.len(), 4, "{merged:#?}");
+        // a: one operation from its first invocation to the answer that settled it.
+        assert_eq!((merged[1].invoke_ns, merged[1].return_ns), (20, 70));
+        assert_eq!(merged[1].answer, Answer::Outcome(Outcome::Confirmed));
+        // b: a sold-out answer records nothing, so the ambiguous attempt stays open.
+        assert_eq!(merged[2].answer, Answer::Indeterminate("t".into()));
+        assert_eq!(merged[3].answer, Answer::Outcome(Outcome::SoldOut { available: 0 }));
+        // A read between a's attempts may see it: the merged interval allows that.
+        let mut seen_early = ops.clone();
+        seen_early.push(op(3, 35, 38, read(), counts(1, 0, 1)));
+        assert!(verdict(seen_early).is_ok());
     }
 
     #[test]

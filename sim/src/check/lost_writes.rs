@@ -49,7 +49,10 @@ pub fn check(history: &History, ledgers: &[&LedgerState]) -> Result<(usize, usiz
             }
             (WriteOp::PutSku { sku, .. }, Outcome::Ok) => {
                 if !sku_exists(sku) {
-                    return Err(format!("acknowledged write missing from the final state: {}", op.describe()));
+                    return Err(format!(
+                        "acknowledged write missing from the final state: {}",
+                        op.describe()
+                    ));
                 }
                 verified += 1;
                 continue;
@@ -139,9 +142,11 @@ pub fn may_be_pruned(ledgers: &[&LedgerState], sku: &[u8], first_attempt_ms: Opt
         return false;
     };
     let settings = ledger.settings;
-    let horizon = u64::try_from(first_attempt_ms)
-        .unwrap_or(0)
-        .saturating_add(settings.idempotency_window_ms.saturating_sub(settings.clock_skew_margin_ms));
+    let horizon = u64::try_from(first_attempt_ms).unwrap_or(0).saturating_add(
+        settings
+            .idempotency_window_ms
+            .saturating_sub(settings.clock_skew_margin_ms),
+    );
     ledger.clock_ms >= horizon
 }
 
