@@ -138,7 +138,7 @@ impl FaultPlan {
 /// The log of what the faults did, with simulated times.
 pub type FaultLog = Arc<Mutex<Vec<String>>>;
 
-fn log(fault_log: &FaultLog, start: Instant, line: String) {
+pub fn log(fault_log: &FaultLog, start: Instant, line: String) {
     let at = start.elapsed().as_secs_f64();
     fault_log
         .lock()

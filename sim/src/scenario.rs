@@ -209,6 +209,26 @@ async fn simulate(seed: u64, options: SimOptions) -> SeedReport {
         phase_start,
         fault_log.clone(),
     ));
+    // Half the runs lose PostgreSQL (the recording sink) early in the safety phase until the
+    // cluster is healed, longer than the idempotency window: orders wait past it unshipped and
+    // must not be pruned meanwhile. Drawn from its own stream, so the fault plans stay as they were.
+    let sink = cluster.lock().unwrap_or_else(|p| p.into_inner()).sink.clone();
+    let mut outage_rng = SmallRng::seed_from_u64(seed ^ 0x7369_6e6b);
+    let sink_outage = outage_rng
+        .gen_bool(0.5)
+        .then(|| Duration::from_millis(outage_rng.gen_range(0..1_500)));
+    if let Some(after) = sink_outage {
+        let (sink, fault_log) = (sink.clone(), fault_log.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            sink.set_down(true);
+            crate::faults::log(
+                &fault_log,
+                phase_start,
+                "PostgreSQL (the sink) down until the heal".into(),
+            );
+        });
+    }
     let mut buyers = Vec::new();
     let shared = {
         let seeds = seeds.clone();
@@ -262,6 +282,11 @@ async fn simulate(seed: u64, options: SimOptions) -> SeedReport {
         Ok(Ok(())) => {}
         Ok(Err(error)) => report.failures.push(("liveness".into(), error)),
         Err(error) => report.failures.push(("liveness".into(), error.to_string())),
+    }
+
+    if sink_outage.is_some() {
+        sink.set_down(false);
+        crate::faults::log(&fault_log, phase_start, "PostgreSQL (the sink) back".into());
     }
 
     // Let every replica catch up and the shippers drain, then check.

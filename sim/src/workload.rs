@@ -136,6 +136,7 @@ impl Recorder {
 
     /// Several writes as one batch call; each op is recorded on its own with the batch's times.
     pub async fn batch(&self, who: usize, client: &Client, ops: Vec<WriteOp>) {
+        let ops: Vec<WriteOp> = ops.into_iter().map(first_attempt_now).collect();
         let invoke_ns = self.now_ns();
         let result = client.batch(ops.clone()).await;
         let return_ns = self.now_ns();

@@ -9,16 +9,32 @@ use crate::applied::SnapshotBackend;
 
 #[derive(Debug, Default)]
 pub struct MemorySnapshots {
-    latest: Mutex<Option<Vec<u8>>>,
+    /// (latest, previous)
+    saved: Mutex<(Option<Vec<u8>>, Option<Vec<u8>>)>,
+}
+
+impl MemorySnapshots {
+    /// Cuts the latest snapshot short, as a torn write would (for tests).
+    pub fn tear_latest(&self) {
+        if let Some(latest) = &mut self.saved.lock().unwrap_or_else(|p| p.into_inner()).0 {
+            latest.truncate(latest.len() / 2);
+        }
+    }
 }
 
 impl SnapshotBackend for MemorySnapshots {
     fn save(&self, parts: &[&[u8]]) -> Result<(), AppliedStoreError> {
-        *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(parts.concat());
+        let mut saved = self.saved.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = saved.0.replace(parts.concat());
+        saved.1 = previous;
         Ok(())
     }
 
     fn load(&self) -> Result<Option<Vec<u8>>, AppliedStoreError> {
-        Ok(self.latest.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        Ok(self.saved.lock().unwrap_or_else(|p| p.into_inner()).0.clone())
+    }
+
+    fn load_previous(&self) -> Result<Option<Vec<u8>>, AppliedStoreError> {
+        Ok(self.saved.lock().unwrap_or_else(|p| p.into_inner()).1.clone())
     }
 }

@@ -54,11 +54,15 @@ impl From<AppliedStoreError> for std::io::Error {
 /// Where one shard's latest snapshot is kept: a file on a real node, memory in the simulator.
 pub trait SnapshotBackend: Send + Sync + 'static {
     /// Replaces the stored snapshot with the concatenation of `parts`; durable and atomic when
-    /// it returns (a crash leaves the old snapshot or the new one, never a mix). In parts so
-    /// that a snapshot of hundreds of MB is never copied into one buffer just to be written.
+    /// it returns (a crash leaves the old snapshot or the new one, never a mix). The snapshot it
+    /// replaces is kept as the previous one. In parts so that a snapshot of hundreds of MB is
+    /// never copied into one buffer just to be written.
     fn save(&self, parts: &[&[u8]]) -> Result<(), AppliedStoreError>;
-    /// The stored snapshot, if one was ever saved.
+    /// The stored snapshot, if one was ever saved; a damaged one is an error
+    /// ([`AppliedStoreError::Decode`]).
     fn load(&self) -> Result<Option<Vec<u8>>, AppliedStoreError>;
+    /// The snapshot the latest one replaced, if any.
+    fn load_previous(&self) -> Result<Option<Vec<u8>>, AppliedStoreError>;
 }
 
 /// What Raft needs besides the ledger: how far it applied and the membership.
@@ -93,13 +97,13 @@ impl AppliedStore {
         AppliedStore { backend }
     }
 
-    /// The state to start from: the latest snapshot's image, or the empty state.
+    /// The state to start from: the latest snapshot's image, or the empty state. A damaged
+    /// latest snapshot (torn, bit-flipped, undecodable) is reported and the previous one used
+    /// instead; the node then checks that its log still holds every entry after it
+    /// (`node::Node::start`).
     pub fn load(&self) -> Result<ShardImage, AppliedStoreError> {
-        match self.backend.load()? {
-            Some(bytes) => {
-                let (_meta, data) = split_stored(&bytes)?;
-                decode_image(data)
-            }
+        match self.load_stored()? {
+            Some(stored) => decode_image(&stored.data),
             None => Ok(ShardImage::default()),
         }
     }
@@ -113,16 +117,43 @@ impl AppliedStore {
         self.backend.save(&[&meta, &data_len, &snapshot.data])
     }
 
+    /// The latest snapshot that is whole: the latest one, or the previous one if the latest is
+    /// damaged (see [`AppliedStore::load`]).
     pub fn load_snapshot(&self) -> Result<Option<StoredSnapshot>, AppliedStoreError> {
-        let Some(mut bytes) = self.backend.load()? else {
-            return Ok(None);
-        };
-        let (meta, data) = split_stored(&bytes)?;
-        let data_start = bytes.len() - data.len();
-        // The data is the tail of what was read: keep that buffer rather than copy it.
-        bytes.drain(..data_start);
-        Ok(Some(StoredSnapshot { meta, data: bytes }))
+        self.load_stored()
     }
+
+    fn load_stored(&self) -> Result<Option<StoredSnapshot>, AppliedStoreError> {
+        let latest = self.backend.load().and_then(|bytes| bytes.map(stored_of).transpose());
+        let damage = match latest {
+            Err(damage @ AppliedStoreError::Decode { .. }) => damage,
+            other => return other,
+        };
+        let previous = self
+            .backend
+            .load_previous()
+            .and_then(|bytes| bytes.map(stored_of).transpose());
+        match previous {
+            Ok(Some(stored)) => {
+                tracing::error!(%damage, previous = ?stored.meta.last_log_id,
+                    "the latest snapshot is damaged; starting from the previous one");
+                Ok(Some(stored))
+            }
+            Ok(None) => Err(damage),
+            Err(also) => Err(AppliedStoreError::Decode {
+                what: "latest and previous snapshots".into(),
+                message: format!("{damage}; {also}"),
+            }),
+        }
+    }
+}
+
+/// A stored snapshot from the bytes of its record; the image keeps the buffer it was read into.
+fn stored_of(mut bytes: Vec<u8>) -> Result<StoredSnapshot, AppliedStoreError> {
+    let (meta, data) = split_stored(&bytes)?;
+    let data_start = bytes.len() - data.len();
+    bytes.drain(..data_start);
+    Ok(StoredSnapshot { meta, data: bytes })
 }
 
 /// A stored snapshot's metadata and the encoded image it carries, without copying the image
@@ -282,6 +313,33 @@ mod tests {
     }
 
     #[test]
+    fn a_torn_latest_snapshot_is_detected_and_the_previous_one_used() {
+        let backend = Arc::new(MemorySnapshots::default());
+        let store = AppliedStore::new(backend.clone());
+        let mut image = ShardImage::default();
+        apply(&mut image, 1, put_sku(b"x", 10));
+        store.save_snapshot(&snapshot_of(&image)).expect("save");
+        let previous = image.clone();
+        apply(&mut image, 2, put_sku(b"y", 5));
+        store.save_snapshot(&snapshot_of(&image)).expect("save");
+        assert_eq!(store.load().expect("load").ledger, image.ledger);
+
+        backend.tear_latest();
+        let loaded = store.load().expect("the previous snapshot is used");
+        assert_eq!(loaded.ledger, previous.ledger);
+        assert_eq!(loaded.meta.applied, previous.meta.applied);
+        let stored = store.load_snapshot().expect("load").expect("a snapshot");
+        assert_eq!(stored.meta.last_log_id, previous.meta.applied);
+
+        // With no previous snapshot to fall back on, the damage is an error, never an empty state.
+        let lone = Arc::new(MemorySnapshots::default());
+        let store = AppliedStore::new(lone.clone());
+        store.save_snapshot(&snapshot_of(&image)).expect("save");
+        lone.tear_latest();
+        assert!(matches!(store.load(), Err(AppliedStoreError::Decode { .. })));
+    }
+
+    #[test]
     fn a_snapshot_is_stored_as_bincode_of_the_record_and_read_back_whole() {
         let backend = Arc::new(MemorySnapshots::default());
         let store = AppliedStore::new(backend.clone());
@@ -303,10 +361,12 @@ mod tests {
         assert_eq!(loaded.data, snapshot.data);
 
         // A record whose image is shorter than its length says is damaged, not half-loaded.
+        // (Saved alone: with a previous snapshot the store would fall back to it.)
         let mut cut = bincode::serialize(&snapshot).expect("encode");
         cut.pop();
-        backend.save(&[&cut]).expect("save");
-        let error = store.load().expect_err("a cut image is caught");
+        let alone = Arc::new(MemorySnapshots::default());
+        alone.save(&[&cut]).expect("save");
+        let error = AppliedStore::new(alone).load().expect_err("a cut image is caught");
         assert!(error.to_string().contains("announced"), "{error}");
     }
 }

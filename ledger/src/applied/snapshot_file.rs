@@ -1,8 +1,10 @@
 //! The [`SnapshotBackend`] of a real node: one file per shard, `<dir>/shard-<id>.snap`.
 //!
-//! A save writes `shard-<id>.snap.tmp`, fdatasyncs it, renames it over the old file and fsyncs
-//! the directory, so a crash at any point leaves the old snapshot or the new one. The file is
-//! framed (magic, length, CRC-32 of the payload), so a damaged file is reported, never loaded.
+//! A save writes `shard-<id>.snap.tmp`, fdatasyncs it, links the old file as
+//! `shard-<id>.snap.prev`, renames the new one over it and fsyncs the directory, so a crash at
+//! any point leaves the old snapshot or the new one, and the one before stays as a fallback.
+//! The file is framed (magic, length, CRC-32 of the payload), so a damaged file is reported,
+//! never loaded.
 //!
 //! The payload is written and flushed to disk a few MiB at a time (`sync_file_range`), not left
 //! to one fdatasync at the end: on ext4 (data=ordered) a journal commit first writes the data of
@@ -30,6 +32,7 @@ pub struct FileSnapshots {
     directory: PathBuf,
     path: PathBuf,
     temporary: PathBuf,
+    previous: PathBuf,
 }
 
 impl FileSnapshots {
@@ -40,6 +43,7 @@ impl FileSnapshots {
             directory: directory.to_path_buf(),
             path: directory.join(format!("shard-{shard_id}.snap")),
             temporary: directory.join(format!("shard-{shard_id}.snap.tmp")),
+            previous: directory.join(format!("shard-{shard_id}.snap.prev")),
         })
     }
 }
@@ -91,6 +95,16 @@ impl SnapshotBackend for FileSnapshots {
             Ok(())
         };
         write().map_err(|e| io_error(&self.temporary, e))?;
+        // The snapshot being replaced stays as the previous one (a second name for its file,
+        // so there is no moment without a latest snapshot).
+        match std::fs::remove_file(&self.previous) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_error(&self.previous, e)),
+            _ => {}
+        }
+        match std::fs::hard_link(&self.path, &self.previous) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_error(&self.previous, e)),
+            _ => {}
+        }
         std::fs::rename(&self.temporary, &self.path).map_err(|e| io_error(&self.path, e))?;
         File::open(&self.directory)
             .and_then(|directory| directory.sync_all())
@@ -98,50 +112,59 @@ impl SnapshotBackend for FileSnapshots {
     }
 
     fn load(&self) -> Result<Option<Vec<u8>>, AppliedStoreError> {
-        let mut file = match File::open(&self.path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_error(&self.path, e)),
-        };
-        let damaged = |detail: &str| AppliedStoreError::Decode {
-            what: self.path.display().to_string(),
-            message: detail.to_string(),
-        };
-        let mut header = [0u8; HEADER_BYTES];
-        match file.read_exact(&mut header) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return Err(damaged("not a flashledger snapshot file"));
-            }
-            Err(e) => return Err(io_error(&self.path, e)),
-        }
-        if &header[..8] != MAGIC {
+        read_framed(&self.path)
+    }
+
+    fn load_previous(&self) -> Result<Option<Vec<u8>>, AppliedStoreError> {
+        read_framed(&self.previous)
+    }
+}
+
+/// The payload of the snapshot file at `path`, checked against its frame.
+fn read_framed(path: &Path) -> Result<Option<Vec<u8>>, AppliedStoreError> {
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error(path, e)),
+    };
+    let damaged = |detail: &str| AppliedStoreError::Decode {
+        what: path.display().to_string(),
+        message: detail.to_string(),
+    };
+    let mut header = [0u8; HEADER_BYTES];
+    match file.read_exact(&mut header) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             return Err(damaged("not a flashledger snapshot file"));
         }
-        let length = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
-        let crc = u32::from_le_bytes(header[16..20].try_into().expect("4 bytes"));
-        // Read into a buffer of the payload's size (the file says how big it is): a growing
-        // buffer copied the snapshot up to twice more. A damaged length cannot ask for more
-        // than the file holds.
-        let file_bytes = file.metadata().map_err(|e| io_error(&self.path, e))?.len();
-        let stored = file_bytes.saturating_sub(HEADER_BYTES as u64);
-        if length != stored {
-            return Err(damaged(&format!(
-                "truncated or damaged: the header announces {length} bytes, the file holds {stored}"
-            )));
-        }
-        let mut payload = Vec::with_capacity(length as usize);
-        file.take(length)
-            .read_to_end(&mut payload)
-            .map_err(|e| io_error(&self.path, e))?;
-        if payload.len() as u64 != length {
-            return Err(damaged("truncated"));
-        }
-        if crc32fast::hash(&payload) != crc {
-            return Err(damaged("checksum mismatch"));
-        }
-        Ok(Some(payload))
+        Err(e) => return Err(io_error(path, e)),
     }
+    if &header[..8] != MAGIC {
+        return Err(damaged("not a flashledger snapshot file"));
+    }
+    let length = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+    let crc = u32::from_le_bytes(header[16..20].try_into().expect("4 bytes"));
+    // Read into a buffer of the payload's size (the file says how big it is): a growing
+    // buffer copied the snapshot up to twice more. A damaged length cannot ask for more
+    // than the file holds.
+    let file_bytes = file.metadata().map_err(|e| io_error(path, e))?.len();
+    let stored = file_bytes.saturating_sub(HEADER_BYTES as u64);
+    if length != stored {
+        return Err(damaged(&format!(
+            "truncated or damaged: the header announces {length} bytes, the file holds {stored}"
+        )));
+    }
+    let mut payload = Vec::with_capacity(length as usize);
+    file.take(length)
+        .read_to_end(&mut payload)
+        .map_err(|e| io_error(path, e))?;
+    if payload.len() as u64 != length {
+        return Err(damaged("truncated"));
+    }
+    if crc32fast::hash(&payload) != crc {
+        return Err(damaged("checksum mismatch"));
+    }
+    Ok(Some(payload))
 }
 
 #[cfg(test)]
@@ -172,5 +195,10 @@ mod tests {
         std::fs::write(&path, &bytes[..bytes.len() - 3]).expect("write");
         let error = snapshots.load().expect_err("a cut file is caught");
         assert!(error.to_string().contains("truncated"), "{error}");
+        // The snapshot it replaced is still there, whole.
+        assert_eq!(
+            snapshots.load_previous().expect("previous").as_deref(),
+            Some(&b"first"[..])
+        );
     }
 }

@@ -188,6 +188,7 @@ impl Node {
             let state_machine = ShardStateMachine::open(shard.id, AppliedStore::new(snapshots), log)
                 .map_err(|e| NodeError::Storage(format!("shard {}: {e}", shard.id)))?;
             let view = state_machine.view();
+            check_log_follows_snapshot(shard.id, &view, &mut log_store.clone()).await?;
             let network = ShardNetworkFactory {
                 shard_id: shard.id,
                 peers: peers.clone(),
@@ -590,6 +591,34 @@ impl Node {
             })
             .collect()
     }
+}
+
+/// Refuses to start a shard whose log no longer holds every entry after the state it loaded (a
+/// damaged latest snapshot replaced by the previous one after the log was purged past it):
+/// openraft would apply the log's first entry on top of an older state and skip the ones in
+/// between. The replica must be restored from another one.
+async fn check_log_follows_snapshot(
+    shard_id: ShardId,
+    view: &ShardView,
+    log: &mut crate::storage::ShardLogStore,
+) -> Result<(), NodeError> {
+    use openraft::storage::RaftLogStorage;
+    let state = log
+        .get_log_state()
+        .await
+        .map_err(|e| NodeError::Storage(format!("shard {shard_id}: {e}")))?;
+    let purged = state.last_purged_log_id.map(|id| id.index);
+    let applied = view.read(|image| image.meta.applied.map(|id| id.index));
+    if purged > applied {
+        return Err(NodeError::Storage(format!(
+            "shard {shard_id}: the log was purged up to index {} but the loaded snapshot ends at {}: \
+             the entries in between are gone (was the latest snapshot damaged?); restore this replica's \
+             data directory from another replica",
+            purged.unwrap_or(0),
+            applied.map_or("the start".to_string(), |index| index.to_string())
+        )));
+    }
+    Ok(())
 }
 
 /// 128 random bits from the OS (std's hasher keys are drawn from it; the simulator makes them
