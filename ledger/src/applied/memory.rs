@@ -9,14 +9,20 @@ use crate::applied::SnapshotBackend;
 
 #[derive(Debug, Default)]
 pub struct MemorySnapshots {
-    /// (latest, previous)
-    saved: Mutex<(Option<Vec<u8>>, Option<Vec<u8>>)>,
+    saved: Mutex<Generations>,
+}
+
+/// The latest snapshot and the one it replaced.
+#[derive(Debug, Default)]
+struct Generations {
+    latest: Option<Vec<u8>>,
+    previous: Option<Vec<u8>>,
 }
 
 impl MemorySnapshots {
     /// Cuts the latest snapshot short, as a torn write would (for tests).
     pub fn tear_latest(&self) {
-        if let Some(latest) = &mut self.saved.lock().unwrap_or_else(|p| p.into_inner()).0 {
+        if let Some(latest) = &mut self.saved.lock().unwrap_or_else(|p| p.into_inner()).latest {
             latest.truncate(latest.len() / 2);
         }
     }
@@ -25,16 +31,15 @@ impl MemorySnapshots {
 impl SnapshotBackend for MemorySnapshots {
     fn save(&self, parts: &[&[u8]]) -> Result<(), AppliedStoreError> {
         let mut saved = self.saved.lock().unwrap_or_else(|p| p.into_inner());
-        let previous = saved.0.replace(parts.concat());
-        saved.1 = previous;
+        saved.previous = saved.latest.replace(parts.concat());
         Ok(())
     }
 
     fn load(&self) -> Result<Option<Vec<u8>>, AppliedStoreError> {
-        Ok(self.saved.lock().unwrap_or_else(|p| p.into_inner()).0.clone())
+        Ok(self.saved.lock().unwrap_or_else(|p| p.into_inner()).latest.clone())
     }
 
     fn load_previous(&self) -> Result<Option<Vec<u8>>, AppliedStoreError> {
-        Ok(self.saved.lock().unwrap_or_else(|p| p.into_inner()).1.clone())
+        Ok(self.saved.lock().unwrap_or_else(|p| p.into_inner()).previous.clone())
     }
 }
