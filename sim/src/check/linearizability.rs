@@ -118,8 +118,8 @@ fn merge_retries(ops: &[Op]) -> Vec<Op> {
             Answer::Indeterminate(_) => {
                 // A later ambiguous attempt adds nothing: the first already may take effect
                 // at any time after its invocation.
-                if !open.contains_key(&key) {
-                    open.insert(key, merged.len());
+                if let std::collections::btree_map::Entry::Vacant(slot) = open.entry(key) {
+                    slot.insert(merged.len());
                     merged.push(op.clone());
                 }
             }
