@@ -111,6 +111,9 @@ impl ShardConfig {
     }
 }
 
+/// The largest snapshot chunk: well under the largest Raft message.
+pub const SNAPSHOT_CHUNK_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RaftSection {
@@ -132,6 +135,9 @@ pub struct RaftSection {
     /// in memory) and a replay on restart of up to this percent of the state. 0: only
     /// `snapshot_ops_since_last` counts.
     pub snapshot_growth_percent: u64,
+    /// A snapshot sent to a lagging replica travels in messages of at most this many bytes,
+    /// each with its own deadline (a 5-million-order snapshot is ~300 MB).
+    pub snapshot_chunk_bytes: u64,
 }
 
 impl Default for RaftSection {
@@ -143,6 +149,7 @@ impl Default for RaftSection {
             rpc_timeout_ms: 1000,
             snapshot_ops_since_last: 200_000,
             snapshot_growth_percent: 25,
+            snapshot_chunk_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -347,6 +354,7 @@ impl ClusterConfig {
         let positive = [
             ("raft.heartbeat_interval_ms", raft.heartbeat_interval_ms),
             ("raft.rpc_timeout_ms", raft.rpc_timeout_ms),
+            ("raft.snapshot_chunk_bytes", raft.snapshot_chunk_bytes),
             ("raft.snapshot_ops_since_last", raft.snapshot_ops_since_last),
             ("server.inflight_requests_max", self.server.inflight_requests_max as u64),
             ("server.message_bytes_max", self.server.message_bytes_max as u64),
@@ -382,6 +390,12 @@ impl ClusterConfig {
             return Err(ConfigError::Bound {
                 field: "ledger.idempotency_window_ms",
                 reason: "must be more than twice ledger.clock_skew_margin_ms".into(),
+            });
+        }
+        if raft.snapshot_chunk_bytes > SNAPSHOT_CHUNK_BYTES_MAX {
+            return Err(ConfigError::Bound {
+                field: "raft.snapshot_chunk_bytes",
+                reason: format!("at most {SNAPSHOT_CHUNK_BYTES_MAX} (a Raft message carries one chunk)"),
             });
         }
         if raft.election_timeout_ms_max <= raft.election_timeout_ms_min {

@@ -170,6 +170,87 @@ async fn a_restarted_follower_catches_up_from_a_snapshot() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_far_behind_catches_up_through_a_snapshot_streamed_in_chunks_while_writes_go_on() {
+    // Tiny chunks, so the snapshot (a few hundred KB) takes hundreds of messages.
+    let mut cluster = TestCluster::start(3, |config| {
+        config.raft.snapshot_ops_since_last = 100;
+        config.raft.snapshot_chunk_bytes = 1024;
+    })
+    .await;
+    cluster.put_sku("apple", 1_000_000).await;
+    let leader = cluster.leader(1).await;
+    let follower = cluster
+        .running_ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("a follower");
+
+    tracing::info!("--- a follower goes down while thousands of orders go by and the log is purged");
+    cluster.kill(follower).await;
+    for first in (0..3_000).step_by(50) {
+        let batch = (first..first + 50)
+            .map(|n| purchase("apple", &format!("u{}", n % 97), &format!("o{n}")))
+            .collect();
+        let (outcomes, _) = cluster.write(batch).await;
+        assert!(outcomes.iter().all(|o| *o == Outcome::Confirmed));
+    }
+    cluster.wait_snapshot(leader, 1).await;
+    cluster.wait_log_purged(leader, 1).await;
+
+    tracing::info!("--- it comes back while a writer keeps buying");
+    let cluster = std::sync::Arc::new(tokio::sync::RwLock::new(cluster));
+    let writer = {
+        let cluster = cluster.clone();
+        tokio::spawn(async move {
+            let mut last_index = 0;
+            for n in 3_000..3_400 {
+                let (outcomes, index) = cluster
+                    .read()
+                    .await
+                    .write(vec![purchase("apple", "late", &format!("o{n}"))])
+                    .await;
+                assert_eq!(outcomes, vec![Outcome::Confirmed]);
+                last_index = index;
+            }
+            last_index
+        })
+    };
+    cluster.write().await.restart(follower).await;
+    let last_index = writer.await.expect("writer");
+    let cluster = std::sync::Arc::try_unwrap(cluster)
+        .ok()
+        .expect("the writer is done")
+        .into_inner();
+    cluster.wait_applied(follower, 1, last_index).await;
+    cluster.wait_applied(leader, 1, last_index).await;
+
+    tracing::info!("--- it installed a snapshot, and holds exactly the leader's state");
+    let status_of = |id| {
+        cluster
+            .node(id)
+            .status()
+            .into_iter()
+            .find(|s| s.shard_id == 1)
+            .expect("shard 1")
+    };
+    let (follower_shard, leader_shard) = (status_of(follower), status_of(leader));
+    assert!(
+        follower_shard.snapshot_index > 0,
+        "caught up through a snapshot: {follower_shard:?}"
+    );
+    assert_eq!(follower_shard.applied_index, leader_shard.applied_index);
+    assert_eq!(follower_shard.state_digest, leader_shard.state_digest);
+    let bytes_of = |id: u64| {
+        cluster.node(id).shards[&1]
+            .view
+            .read(|image| bincode::serialize(&image.ledger).expect("encodes"))
+    };
+    assert_eq!(bytes_of(follower), bytes_of(leader), "byte-identical replicas");
+    assert_eq!(cluster.local_stock(follower, "apple").await.sold, 3_400);
+    cluster.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whole_cluster_restart_rebuilds_the_state_from_snapshots_and_the_log() {
     // Applied state is on disk only as snapshots: every node must come back from its own
     // snapshot plus the log after it, with nothing lost and the same answers to replays.

@@ -172,6 +172,7 @@ impl Node {
         let peers = PeerChannels::new(
             peer_addresses.clone(),
             Duration::from_millis(config.raft.rpc_timeout_ms),
+            config.raft.snapshot_chunk_bytes as usize,
         );
         let opened = storage
             .open(&node_config.data_dir)

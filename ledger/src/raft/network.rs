@@ -37,14 +37,21 @@ use crate::raft::types::SnapshotMeta;
 use crate::raft::types::TypeConfig;
 use crate::raft::types::Vote;
 
-/// The largest Raft message (a whole snapshot travels as one message).
+/// The largest Raft message (appends of many batched entries; a snapshot travels in chunks of
+/// `raft.snapshot_chunk_bytes`).
 pub const RAFT_MESSAGE_BYTES_MAX: usize = 512 * 1024 * 1024;
 
-/// A snapshot as it travels in one `InstallSnapshot` message.
+/// One piece of a snapshot on its way to a lagging replica (an `InstallSnapshot` message). The
+/// receiver puts the pieces together in order and installs the snapshot with the last one;
+/// it answers `RemoteResult<Option<SnapshotResponse>>`: `None` until then.
 #[derive(Serialize, Deserialize)]
-pub struct SnapshotTransfer {
+pub struct SnapshotChunk {
     pub vote: Vote,
     pub meta: SnapshotMeta,
+    /// Where this piece starts in the snapshot's data.
+    pub offset: u64,
+    /// The size of the whole snapshot's data.
+    pub total: u64,
     pub data: Vec<u8>,
 }
 
@@ -65,16 +72,19 @@ pub struct PeerChannels {
     addresses: Arc<BTreeMap<NodeId, String>>,
     channels: Arc<Mutex<BTreeMap<NodeId, Channel>>>,
     /// `raft.rpc_timeout_ms`: the connect timeout, and the deadline of an append that carries
-    /// entries (see `ShardPeer::append_entries`).
+    /// entries (see `ShardPeer::append_entries`) and of each snapshot chunk.
     rpc_timeout: Duration,
+    /// `raft.snapshot_chunk_bytes`.
+    snapshot_chunk_bytes: usize,
 }
 
 impl PeerChannels {
-    pub fn new(addresses: BTreeMap<NodeId, String>, rpc_timeout: Duration) -> Self {
+    pub fn new(addresses: BTreeMap<NodeId, String>, rpc_timeout: Duration, snapshot_chunk_bytes: usize) -> Self {
         PeerChannels {
             addresses: Arc::new(addresses),
             channels: Arc::default(),
             rpc_timeout,
+            snapshot_chunk_bytes: snapshot_chunk_bytes.max(1),
         }
     }
 
@@ -228,12 +238,33 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
         cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let transfer = SnapshotTransfer {
-            vote,
-            meta: snapshot.meta,
-            data: snapshot.snapshot.into_inner(),
+        let data = snapshot.snapshot.into_inner();
+        let meta = snapshot.meta;
+        let deadline = option.hard_ttl().max(self.peers.rpc_timeout);
+        let chunk_bytes = self.peers.snapshot_chunk_bytes;
+        let peer = &*self;
+        // In order, one chunk in flight; the last one's answer is the install's.
+        let send = async move {
+            let mut offset = 0;
+            loop {
+                let end = data.len().min(offset + chunk_bytes);
+                let chunk = SnapshotChunk {
+                    vote,
+                    meta: meta.clone(),
+                    offset: offset as u64,
+                    total: data.len() as u64,
+                    data: data[offset..end].to_vec(),
+                };
+                let answer: Option<SnapshotResponse<TypeConfig>> =
+                    peer.call(RaftRpc::InstallSnapshot, &chunk, deadline).await?;
+                offset = end;
+                if offset == data.len() {
+                    return answer.ok_or_else(|| {
+                        CallError::Network("the snapshot's last chunk was not answered with an install".into())
+                    });
+                }
+            }
         };
-        let send = self.call(RaftRpc::InstallSnapshot, &transfer, option.hard_ttl());
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
             result = send => result.map_err(|error| match error {

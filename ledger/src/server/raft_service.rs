@@ -14,16 +14,79 @@ use tonic::Status;
 use crate::node::Node;
 use crate::raft::network::RemoteResult;
 use crate::raft::network::ShippedMark;
-use crate::raft::network::SnapshotTransfer;
+use crate::raft::network::SnapshotChunk;
 use crate::raft::types::Raft;
 
 pub struct RaftService {
     node: Arc<Node>,
+    /// Per shard, the snapshot being received (a new one with offset 0 replaces it).
+    receiving: std::sync::Mutex<std::collections::BTreeMap<u64, Receiving>>,
 }
+
+/// A snapshot arriving in chunks.
+struct Receiving {
+    snapshot_id: String,
+    total: u64,
+    data: Vec<u8>,
+}
+
+/// The most a node reserves up front for a snapshot being received; past it the buffer grows
+/// as chunks arrive (the size comes from the sender).
+const RECEIVE_RESERVE_BYTES_MAX: u64 = 1024 * 1024 * 1024;
 
 impl RaftService {
     pub fn new(node: Arc<Node>) -> Self {
-        RaftService { node }
+        RaftService {
+            node,
+            receiving: Default::default(),
+        }
+    }
+
+    /// Adds `chunk` to the snapshot being received for `shard_id`; the whole data once it is
+    /// complete.
+    fn receive(&self, shard_id: u64, chunk: &mut SnapshotChunk) -> Result<Option<Vec<u8>>, String> {
+        let mut receiving = self.receiving.lock().unwrap_or_else(|p| p.into_inner());
+        // A snapshot is named by the last log id it covers.
+        let snapshot_id = &format!("{:?}", chunk.meta.last_log_id);
+        if chunk.offset == 0 {
+            receiving.insert(
+                shard_id,
+                Receiving {
+                    snapshot_id: snapshot_id.clone(),
+                    total: chunk.total,
+                    data: Vec::with_capacity(chunk.total.min(RECEIVE_RESERVE_BYTES_MAX) as usize),
+                },
+            );
+        }
+        let Some(partial) = receiving.get_mut(&shard_id) else {
+            return Err(format!(
+                "snapshot {snapshot_id}: a chunk at offset {} with no start",
+                chunk.offset
+            ));
+        };
+        if partial.snapshot_id != *snapshot_id
+            || partial.total != chunk.total
+            || partial.data.len() as u64 != chunk.offset
+        {
+            let expected = (partial.snapshot_id.clone(), partial.data.len());
+            receiving.remove(&shard_id);
+            return Err(format!(
+                "snapshot {snapshot_id}: chunk at offset {} does not follow snapshot {} at {}",
+                chunk.offset, expected.0, expected.1
+            ));
+        }
+        if partial.data.len() as u64 + chunk.data.len() as u64 > partial.total {
+            receiving.remove(&shard_id);
+            return Err(format!(
+                "snapshot {snapshot_id}: chunks exceed the announced {} bytes",
+                chunk.total
+            ));
+        }
+        partial.data.append(&mut chunk.data);
+        if partial.data.len() as u64 == partial.total {
+            return Ok(receiving.remove(&shard_id).map(|done| done.data));
+        }
+        Ok(None)
     }
 
     fn raft_of(&self, shard_id: u64) -> Result<&Raft, Status> {
@@ -65,14 +128,24 @@ impl RaftRpc for RaftService {
     async fn install_snapshot(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
         let request = request.into_inner();
         let raft = self.raft_of(request.shard_id)?;
-        let transfer: SnapshotTransfer = decode(&request.payload)?;
+        let mut chunk: SnapshotChunk = decode(&request.payload)?;
+        let data = match self.receive(request.shard_id, &mut chunk) {
+            Ok(Some(data)) => data,
+            Ok(None) => {
+                return reply::<Option<openraft::raft::SnapshotResponse<crate::raft::types::TypeConfig>>>(Ok(None));
+            }
+            Err(error) => {
+                return reply::<Option<openraft::raft::SnapshotResponse<crate::raft::types::TypeConfig>>>(Err(error));
+            }
+        };
         let snapshot = openraft::Snapshot {
-            meta: transfer.meta,
-            snapshot: Cursor::new(transfer.data),
+            meta: chunk.meta,
+            snapshot: Cursor::new(data),
         };
         reply(
-            raft.install_full_snapshot(transfer.vote, snapshot)
+            raft.install_full_snapshot(chunk.vote, snapshot)
                 .await
+                .map(Some)
                 .map_err(|e| e.to_string()),
         )
     }
