@@ -6,6 +6,7 @@ use std::sync::Mutex;
 
 use crate::applied::AppliedStoreError;
 use crate::applied::SnapshotBackend;
+use crate::applied::StreamWriter;
 
 #[derive(Debug, Default)]
 pub struct MemorySnapshots {
@@ -29,9 +30,17 @@ impl MemorySnapshots {
 }
 
 impl SnapshotBackend for MemorySnapshots {
-    fn save(&self, parts: &[&[u8]]) -> Result<(), AppliedStoreError> {
+    fn save_streamed(&self, length: u64, write: &mut StreamWriter<'_>) -> Result<(), AppliedStoreError> {
+        let mut bytes = Vec::with_capacity(length as usize);
+        write(&mut bytes).map_err(|e| AppliedStoreError::Backend(e.to_string()))?;
+        if bytes.len() as u64 != length {
+            return Err(AppliedStoreError::Backend(format!(
+                "a snapshot of {length} bytes was announced, {} written",
+                bytes.len()
+            )));
+        }
         let mut saved = self.saved.lock().unwrap_or_else(|p| p.into_inner());
-        saved.previous = saved.latest.replace(parts.concat());
+        saved.previous = saved.latest.replace(bytes);
         Ok(())
     }
 

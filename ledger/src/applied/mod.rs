@@ -4,12 +4,12 @@
 //! in the state machine's [`ShardImage`]; applying an entry writes nothing to disk. The Raft log
 //! (the WAL, fdatasynced before any answer) is the source of truth. Now and then (see
 //! `RaftSection::snapshot_growth_percent`) a snapshot is due: a full image of the applied state at
-//! one log id, built from the previous one and the log (`crate::raft::state_store`), saved here
-//! durably (fdatasync, atomic replace). A restarted node starts
+//! one log id, forked from the live state (`crate::raft::state_store`) and streamed here
+//! durably (fdatasync, atomic replace, the previous one kept). A restarted node starts
 //! from its snapshot and openraft re-applies the log after it; the log is purged only up to a
 //! snapshot that is already durable.
 //!
-//! Why not a key-value store written on every apply (sled, the first version): in the service
+//! Why not a key-value store (sled, the first version, written on every apply): in the service
 //! benchmark sled's `apply_batch` and its flusher took ~40 % of each node's CPU, and sled's
 //! `flush` is `sync_file_range`, which does not survive a power loss on a volatile disk cache,
 //! while a snapshot that lets the log be purged is the only copy of what it covers
@@ -53,17 +53,29 @@ impl From<AppliedStoreError> for std::io::Error {
 
 /// Where one shard's latest snapshot is kept: a file on a real node, memory in the simulator.
 pub trait SnapshotBackend: Send + Sync + 'static {
-    /// Replaces the stored snapshot with the concatenation of `parts`; durable and atomic when
-    /// it returns (a crash leaves the old snapshot or the new one, never a mix). The snapshot it
-    /// replaces is kept as the previous one. In parts so that a snapshot of hundreds of MB is
-    /// never copied into one buffer just to be written.
-    fn save(&self, parts: &[&[u8]]) -> Result<(), AppliedStoreError>;
+    /// Replaces the stored snapshot with the `length` bytes `write` writes; durable and atomic
+    /// when it returns (a crash leaves the old snapshot or the new one, never a mix). The
+    /// snapshot it replaces is kept as the previous one. Streamed, so that a snapshot of hundreds
+    /// of MB is never put together in memory just to be written; writing other than `length`
+    /// bytes is an error and leaves the stored snapshots as they were.
+    fn save_streamed(&self, length: u64, write: &mut StreamWriter<'_>) -> Result<(), AppliedStoreError>;
+
+    /// [`SnapshotBackend::save_streamed`] of the concatenation of `parts`.
+    fn save(&self, parts: &[&[u8]]) -> Result<(), AppliedStoreError> {
+        let length = parts.iter().map(|part| part.len() as u64).sum();
+        self.save_streamed(length, &mut |out: &mut dyn std::io::Write| {
+            parts.iter().try_for_each(|part| out.write_all(part))
+        })
+    }
     /// The stored snapshot, if one was ever saved; a damaged one is an error
     /// ([`AppliedStoreError::Decode`]).
     fn load(&self) -> Result<Option<Vec<u8>>, AppliedStoreError>;
     /// The snapshot the latest one replaced, if any.
     fn load_previous(&self) -> Result<Option<Vec<u8>>, AppliedStoreError>;
 }
+
+/// Writes a snapshot's bytes into the writer it is given.
+pub type StreamWriter<'a> = dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()> + 'a;
 
 /// What Raft needs besides the ledger: how far it applied and the membership.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -115,6 +127,21 @@ impl AppliedStore {
         let meta = encode(&snapshot.meta)?;
         let data_len = (snapshot.data.len() as u64).to_le_bytes();
         self.backend.save(&[&meta, &data_len, &snapshot.data])
+    }
+
+    /// Saves `image` as a snapshot described by `meta`, encoding it straight into the store
+    /// (the same bytes as [`AppliedStore::save_snapshot`] of its encoding): no buffer of the
+    /// whole snapshot. Blocking. Returns the image's encoded size.
+    pub fn save_image(&self, meta: &SnapshotMeta, image: &FrozenImage) -> Result<u64, AppliedStoreError> {
+        let meta = encode(meta)?;
+        let data_len = bincode::serialized_size(image).map_err(|e| AppliedStoreError::Encode(e.to_string()))?;
+        let length = meta.len() as u64 + 8 + data_len;
+        self.backend.save_streamed(length, &mut |out: &mut dyn std::io::Write| {
+            out.write_all(&meta)?;
+            out.write_all(&data_len.to_le_bytes())?;
+            bincode::serialize_into(&mut *out, image).map_err(std::io::Error::other)
+        })?;
+        Ok(data_len)
     }
 
     /// The latest snapshot that is whole: the latest one, or the previous one if the latest is
@@ -215,8 +242,9 @@ impl ShardImage {
     }
 }
 
-/// Encodes a snapshot image into a buffer of exactly its size: sizing it first costs a walk of
-/// the state, growing it by doubling cost copies and page faults of up to twice the snapshot.
+/// Encodes a snapshot image into a buffer of exactly its size (tests; snapshots are streamed
+/// into the store by [`AppliedStore::save_image`]).
+#[cfg(test)]
 pub fn encode_image(image: &FrozenImage) -> Result<Vec<u8>, AppliedStoreError> {
     let size = bincode::serialized_size(image).map_err(|e| AppliedStoreError::Encode(e.to_string()))?;
     let mut bytes = Vec::with_capacity(size as usize);
@@ -359,6 +387,13 @@ mod tests {
         let loaded = store.load_snapshot().expect("load").expect("saved");
         assert_eq!(loaded.meta, snapshot.meta);
         assert_eq!(loaded.data, snapshot.data);
+        // Streamed straight from the image: the same bytes.
+        let streamed = Arc::new(MemorySnapshots::default());
+        let size = AppliedStore::new(streamed.clone())
+            .save_image(&snapshot.meta, &image.frozen())
+            .expect("save");
+        assert_eq!(size, snapshot.data.len() as u64);
+        assert_eq!(streamed.load().expect("load"), backend.load().expect("load"));
 
         // A record whose image is shorter than its length says is damaged, not half-loaded.
         // (Saved alone: with a previous snapshot the store would fall back to it.)

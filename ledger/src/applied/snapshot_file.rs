@@ -13,6 +13,7 @@
 
 use std::fs::File;
 use std::io::Read;
+use std::io::Seek;
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -20,6 +21,7 @@ use std::path::PathBuf;
 
 use crate::applied::AppliedStoreError;
 use crate::applied::SnapshotBackend;
+use crate::applied::StreamWriter;
 use crate::raft::types::ShardId;
 
 const MAGIC: &[u8; 8] = b"FLSNAP01";
@@ -69,32 +71,79 @@ fn flush_range(file: &File, offset: usize, length: usize) -> std::io::Result<()>
     }
 }
 
+/// The payload on its way to the file: buffered, written and flushed a chunk at a time, its
+/// CRC computed as it goes.
+struct PayloadWriter<'a> {
+    file: &'a File,
+    buffer: Vec<u8>,
+    /// Bytes of the file written so far (header included).
+    written: usize,
+    crc: crc32fast::Hasher,
+}
+
+impl PayloadWriter<'_> {
+    fn write_buffered(&mut self) -> std::io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let mut file = self.file;
+        file.write_all(&self.buffer)?;
+        flush_range(self.file, self.written, self.buffer.len())?;
+        self.written += self.buffer.len();
+        self.buffer.clear();
+        Ok(())
+    }
+}
+
+impl Write for PayloadWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.crc.update(bytes);
+        self.buffer.extend_from_slice(bytes);
+        if self.buffer.len() >= WRITE_CHUNK_BYTES {
+            self.write_buffered()?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.write_buffered()
+    }
+}
+
 fn io_error(path: &Path, error: std::io::Error) -> AppliedStoreError {
     AppliedStoreError::Backend(format!("{}: {error}", path.display()))
 }
 
 impl SnapshotBackend for FileSnapshots {
-    fn save(&self, parts: &[&[u8]]) -> Result<(), AppliedStoreError> {
-        let write = || -> std::io::Result<()> {
+    fn save_streamed(&self, length: u64, write: &mut StreamWriter<'_>) -> Result<(), AppliedStoreError> {
+        let mut save = || -> std::io::Result<()> {
             let mut file = File::create(&self.temporary)?;
-            let mut crc = crc32fast::Hasher::new();
-            parts.iter().for_each(|part| crc.update(part));
-            let length: usize = parts.iter().map(|part| part.len()).sum();
+            // The CRC is known only at the end: written over this placeholder then.
             file.write_all(MAGIC)?;
-            file.write_all(&(length as u64).to_le_bytes())?;
-            file.write_all(&crc.finalize().to_le_bytes())?;
-            let mut written = HEADER_BYTES;
-            for chunk in parts.iter().flat_map(|part| part.chunks(WRITE_CHUNK_BYTES)) {
-                file.write_all(chunk)?;
-                flush_range(&file, written, chunk.len())?;
-                written += chunk.len();
+            file.write_all(&length.to_le_bytes())?;
+            file.write_all(&[0; 4])?;
+            let mut payload = PayloadWriter {
+                file: &file,
+                buffer: Vec::with_capacity(WRITE_CHUNK_BYTES),
+                written: HEADER_BYTES,
+                crc: crc32fast::Hasher::new(),
+            };
+            write(&mut payload)?;
+            payload.write_buffered()?;
+            let (written, crc) = (payload.written - HEADER_BYTES, payload.crc.finalize());
+            if written as u64 != length {
+                return Err(std::io::Error::other(format!(
+                    "a snapshot of {length} bytes was announced, {written} written"
+                )));
             }
+            file.seek(std::io::SeekFrom::Start(16))?;
+            file.write_all(&crc.to_le_bytes())?;
             // What makes it durable (and the file's size and blocks): the chunks' flushes only
             // spread the writing out.
             file.sync_data()?;
             Ok(())
         };
-        write().map_err(|e| io_error(&self.temporary, e))?;
+        save().map_err(|e| io_error(&self.temporary, e))?;
         // The snapshot being replaced stays as the previous one (a second name for its file,
         // so there is no moment without a latest snapshot).
         match std::fs::remove_file(&self.previous) {
@@ -200,5 +249,11 @@ mod tests {
             snapshots.load_previous().expect("previous").as_deref(),
             Some(&b"first"[..])
         );
+
+        // A stream that writes other than it announced is refused and replaces nothing.
+        std::fs::write(&path, &bytes).expect("write");
+        let short = snapshots.save_streamed(10, &mut |out: &mut dyn Write| out.write_all(b"seven b"));
+        assert!(short.is_err());
+        assert_eq!(std::fs::read(&path).expect("read"), bytes);
     }
 }

@@ -28,11 +28,9 @@ use tokio::sync::broadcast;
 
 use crate::applied::AppliedStore;
 use crate::applied::AppliedStoreError;
-use crate::applied::FrozenImage;
 use crate::applied::ShardImage;
 use crate::applied::StoredSnapshot;
 use crate::applied::decode_image;
-use crate::applied::encode_image;
 use crate::raft::types::Entry;
 use crate::raft::types::LogId;
 use crate::raft::types::ShardId;
@@ -302,9 +300,12 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
             // The log may be purged up to this snapshot once it is saved: it must be durable.
             wal.wait_durable().await.map_err(io::Error::from)?;
             run_blocking(priority, move || {
-                let built = snapshot_of(&frozen)?;
-                store.save_snapshot(&built.stored)?;
-                Ok(built)
+                let meta = SnapshotMeta {
+                    last_log_id: frozen.meta.applied,
+                    last_membership: frozen.meta.membership.clone(),
+                };
+                let bytes = store.save_image(&meta, &frozen)?;
+                Ok((meta, frozen.records(), bytes))
             })
             .await
         };
@@ -316,13 +317,16 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
                 return Err(error);
             }
         };
-        view.snapshot_records.store(built.records, Ordering::Relaxed);
-        let StoredSnapshot { meta, data } = built.stored;
-        tracing::info!(shard = view.shard_id, last_log_id = ?meta.last_log_id, bytes = data.len(),
-            records = built.records, fork_us, total_ms = started.elapsed().as_millis() as u64, "built snapshot");
+        let (meta, records, bytes) = built;
+        view.snapshot_records.store(records, Ordering::Relaxed);
+        tracing::info!(shard = view.shard_id, last_log_id = ?meta.last_log_id, bytes, records, fork_us,
+            total_ms = started.elapsed().as_millis() as u64, "built snapshot");
+        // The image went straight into the store, never into one buffer. openraft uses only the
+        // metadata of a snapshot it had built, and reads the bytes back with
+        // `get_current_snapshot` when a lagging replica needs them: no copy is kept here.
         Ok(openraft::Snapshot {
             meta,
-            snapshot: Cursor::new(data),
+            snapshot: Cursor::new(Vec::new()),
         })
     }
 }
@@ -354,27 +358,6 @@ fn operations_in(entry: &Entry) -> u64 {
         }) => operations.len().max(1) as u64,
         _ => 1,
     }
-}
-
-/// A snapshot encoded and ready to save.
-struct BuiltSnapshot {
-    stored: StoredSnapshot,
-    records: u64,
-}
-
-/// `image` encoded as a snapshot.
-fn snapshot_of(image: &FrozenImage) -> Result<BuiltSnapshot, AppliedStoreError> {
-    let meta = SnapshotMeta {
-        last_log_id: image.meta.applied,
-        last_membership: image.meta.membership.clone(),
-    };
-    Ok(BuiltSnapshot {
-        records: image.records(),
-        stored: StoredSnapshot {
-            meta,
-            data: encode_image(image)?,
-        },
-    })
 }
 
 /// How urgently blocking snapshot work should get a core.
@@ -555,8 +538,9 @@ mod tests {
                 append(log, entries.clone()).await;
                 let stream = stream::iter(entries.clone().into_iter().map(|entry| Ok((entry, None))));
                 machine.apply(stream).await.expect("applies");
-                let snapshot = machine.build_snapshot().await.expect("builds");
-                snapshots.push(snapshot.snapshot.into_inner());
+                machine.build_snapshot().await.expect("builds");
+                let stored = machine.get_current_snapshot().await.expect("reads").expect("a snapshot");
+                snapshots.push(stored.snapshot.into_inner());
             }
             assert!(
                 snapshots.iter().all(|bytes| *bytes == snapshots[0]),
@@ -572,7 +556,7 @@ mod tests {
                 .apply(stream::iter(more.into_iter().map(|entry| Ok((entry, None)))))
                 .await
                 .expect("applies");
-            let decoded = decode_image(&encode_image(&forked).expect("encodes")).expect("decodes");
+            let decoded = decode_image(&crate::applied::encode_image(&forked).expect("encodes")).expect("decodes");
             assert_eq!(decoded.ledger, at_fork);
             assert_ne!(machine.view().read(|image| image.ledger.clone()), at_fork);
 
