@@ -6,7 +6,11 @@
 #   3. failover: the leader of shard 1 SIGKILLed under load; the outage is the longest gap
 #      between successful writes from the kill until 8 s after it; KILLS times (default 5),
 #      median. The killed node is restarted and caught up before the next kill.
-# PARTS="black-friday orders failover" selects parts (default: all three).
+#   4. snapshots: what snapshots of a big state cost the write path. On the state of part 2
+#      (loaded first if part 2 did not run), the hot-SKU service benchmark (CLIENTS callers,
+#      SNAPSHOT_SECS s) with snapshots off, then forced every SNAPSHOT_EVERY_OPS operations: the
+#      throughput ratio, the worst write latency of each run, and the snapshots built meanwhile.
+# PARTS="black-friday orders failover snapshots" selects parts (default: the first three).
 # Results (JSON lines, Markdown, PNG, summary.md) go to target/bench-ops/<time>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +18,8 @@ cd "$(dirname "$0")/.."
 SCALE="${SCALE:-100}"
 ORDERS="${ORDERS:-5000000}"
 KILLS="${KILLS:-5}"
+SNAPSHOT_SECS="${SNAPSHOT_SECS:-15}"
+SNAPSHOT_EVERY_OPS="${SNAPSHOT_EVERY_OPS:-100000}"
 PARTS="${PARTS:-black-friday orders failover}"
 CLIENTS="${CLIENTS:-256}"
 target="${CARGO_TARGET_DIR:-target}"
@@ -114,6 +120,45 @@ cluster_start_node "$victim"
 wait_caught_up "$victim"
 restart_ms=$(( ($(date +%s%N) - started) / 1000000 ))
 echo "- restart of node $victim (SIGKILL, start, caught up with every leader): ${restart_ms} ms" >>"$summary"
+fi
+
+if [[ " $PARTS " == *" snapshots "* ]]; then
+echo "==> 4. snapshots of a big state: service $CLIENTS callers, snapshots off, then every $SNAPSHOT_EVERY_OPS operations"
+if [[ " $PARTS " != *" orders "* ]]; then
+  "$flashbench" run --workload zipf --skus 1000 --ops "$ORDERS" --mode service --services 2 --clients "$CLIENTS" \
+    --label "load $ORDERS orders" --no-progress --out-dir "$results" --jsonl "$results/ops.jsonl" | tail -n 1
+fi
+# Restarts every node on a copy of cluster.toml with the snapshot interval `$2` operations (no
+# growth rule), then runs the benchmark labelled `$1`; counts the snapshots built meanwhile.
+snapshot_run() {
+  local label=$1 every=$2 config=".flashledger/cluster-snapshots-$1.toml" id before after
+  sed -E "s/^snapshot_ops_since_last = .*/snapshot_ops_since_last = $every/; s/^snapshot_growth_percent = .*/snapshot_growth_percent = 0/" \
+    cluster.toml >"$config"
+  for id in 1 2 3; do cluster_kill_node "$id"; done
+  cluster_config="$config"
+  for id in 1 2 3; do cluster_start_node "$id"; done
+  cluster_wait_leaders
+  for id in 1 2 3; do wait_caught_up "$id"; done
+  before=$(cat .flashledger/node*.log | grep -c "built snapshot" || true)
+  "$flashbench" run --workload hot --mode service --services 2 --clients "$CLIENTS" --secs "$SNAPSHOT_SECS" \
+    --label "snapshots $label" --no-progress --out-dir "$results" --jsonl "$results/snapshots.jsonl" | tail -n 1
+  after=$(cat .flashledger/node*.log | grep -c "built snapshot" || true)
+  echo "$label $((after - before))" >>"$results/snapshots-built.txt"
+}
+snapshot_run off 1000000000000
+snapshot_run forced "$SNAPSHOT_EVERY_OPS"
+cluster_config=cluster.toml
+python3 - "$results/snapshots.jsonl" "$results/snapshots-built.txt" >>"$summary" <<'PY'
+import json, sys
+runs = {json.loads(l)["label"].split()[-1]: json.loads(l) for l in open(sys.argv[1]) if l.strip()}
+built = dict(l.split() for l in open(sys.argv[2]) if l.strip())
+off, forced = runs["off"], runs["forced"]
+print(f"\nSnapshots of the state above, hot SKU service {off['clients']} callers, {off['secs']:.0f} s each:")
+for name, run in (("off", off), ("forced", forced)):
+    print(f"- snapshots {name}: {run['purchases_per_s']:.0f} purchases/s, p99 {run['p99_us']/1000:.1f} ms, "
+          f"p99.9 {run['p999_us']/1000:.1f} ms, worst {run['max_us']/1000:.1f} ms; {built.get(name, '0')} snapshots built")
+print(f"- forced / off: {forced['purchases_per_s'] / off['purchases_per_s']:.2f}")
+PY
 fi
 
 if [[ " $PARTS " == *" failover "* ]]; then

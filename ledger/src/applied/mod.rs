@@ -136,11 +136,12 @@ impl AppliedStore {
         let meta = encode(meta)?;
         let data_len = bincode::serialized_size(image).map_err(|e| AppliedStoreError::Encode(e.to_string()))?;
         let length = meta.len() as u64 + 8 + data_len;
-        self.backend.save_streamed(length, &mut |out: &mut dyn std::io::Write| {
-            out.write_all(&meta)?;
-            out.write_all(&data_len.to_le_bytes())?;
-            bincode::serialize_into(&mut *out, image).map_err(std::io::Error::other)
-        })?;
+        self.backend
+            .save_streamed(length, &mut |out: &mut dyn std::io::Write| {
+                out.write_all(&meta)?;
+                out.write_all(&data_len.to_le_bytes())?;
+                bincode::serialize_into(&mut *out, image).map_err(std::io::Error::other)
+            })?;
         Ok(data_len)
     }
 

@@ -539,7 +539,11 @@ mod tests {
                 let stream = stream::iter(entries.clone().into_iter().map(|entry| Ok((entry, None))));
                 machine.apply(stream).await.expect("applies");
                 machine.build_snapshot().await.expect("builds");
-                let stored = machine.get_current_snapshot().await.expect("reads").expect("a snapshot");
+                let stored = machine
+                    .get_current_snapshot()
+                    .await
+                    .expect("reads")
+                    .expect("a snapshot");
                 snapshots.push(stored.snapshot.into_inner());
             }
             assert!(

@@ -504,7 +504,16 @@ impl LedgerState {
             return Ok(refusal);
         }
         let now = self.clock_ms;
-        let user_key = hash_key.user(user);
+        // The buyer's key matters only under a per-user limit: hashed only then.
+        let limited = self
+            .skus
+            .get(sku)
+            .is_some_and(|record| record.rules.per_user_limit != 0);
+        let user_key = if limited {
+            hash_key.user(user)
+        } else {
+            UserKey::default()
+        };
         let mut record = OrderRecord {
             key,
             request,
