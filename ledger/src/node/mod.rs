@@ -19,6 +19,7 @@ use crate::applied::AppliedStore;
 use crate::config::ClusterConfig;
 use crate::config::RaftSection;
 use crate::config::ShardConfig;
+use crate::raft::Raft;
 use crate::raft::network::PeerChannels;
 use crate::raft::network::RAFT_MESSAGE_BYTES_MAX;
 use crate::raft::network::RemoteResult;
@@ -27,9 +28,6 @@ use crate::raft::network::ShippedMark;
 use crate::raft::state_store::ShardLog;
 use crate::raft::state_store::ShardStateMachine;
 use crate::raft::state_store::ShardView;
-use crate::raft::types::NodeId;
-use crate::raft::types::Raft;
-use crate::raft::types::ShardId;
 use crate::state_machine::command::CommandBody;
 use crate::state_machine::command::LedgerSettings;
 use crate::state_machine::command::LogCommand;
@@ -37,6 +35,8 @@ use crate::state_machine::command::Operation;
 use crate::state_machine::command::Outcome;
 use crate::state_machine::keys::HashKey;
 use crate::state_machine::state::StockCounts;
+use crate::types::NodeId;
+use crate::types::ShardId;
 pub mod storage;
 
 use crate::node::storage::Storage;
@@ -441,9 +441,9 @@ impl Node {
         }
     }
 
-    fn raft_error<E>(&self, shard_id: ShardId, error: RaftError<crate::raft::types::TypeConfig, E>) -> NodeError
+    fn raft_error<E>(&self, shard_id: ShardId, error: RaftError<crate::types::TypeConfig, E>) -> NodeError
     where
-        E: std::error::Error + openraft::TryAsRef<openraft::errors::ForwardToLeader<crate::raft::types::TypeConfig>>,
+        E: std::error::Error + openraft::TryAsRef<openraft::errors::ForwardToLeader<crate::types::TypeConfig>>,
     {
         if let Some(forward) = error.forward_to_leader() {
             return self.not_leader(shard_id, forward.leader_id);

@@ -21,8 +21,6 @@ use tokio::time::Instant;
 use crate::config::ShippingSection;
 use crate::node::Node;
 use crate::node::ShardReplica;
-use crate::raft::types::NodeId;
-use crate::raft::types::ShardId;
 use crate::shipping::designation;
 use crate::shipping::designation::Designation;
 use crate::shipping::designation::MarkView;
@@ -33,6 +31,8 @@ use crate::shipping::sink::ShippingSink;
 use crate::shipping::sink::SinkError;
 use crate::shipping::sink::Watermark;
 use crate::state_machine::state::LedgerState;
+use crate::types::NodeId;
+use crate::types::ShardId;
 
 /// Why a shipping round stopped early. Every one is retried after a backoff.
 #[derive(Debug, thiserror::Error)]
