@@ -65,7 +65,7 @@ pub struct ShardView {
     halted: Mutex<Option<InvariantViolation>>,
     changes: broadcast::Sender<StockChange>,
     /// Operations applied since the state the latest snapshot was taken from (see
-    /// `node::trigger_snapshots`). Changed only under the state lock.
+    /// `node::tasks::trigger_snapshots`). Changed only under the state lock.
     ops_since_snapshot: AtomicU64,
     /// `LedgerState::records` of the latest snapshot's state (or of the state loaded at start).
     snapshot_records: AtomicU64,
