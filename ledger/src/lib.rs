@@ -13,7 +13,8 @@
 //! - [`storage`]: the write-ahead log holding every shard's Raft log and vote (group commit).
 //! - [`config`]: the `cluster.toml` format and its validation.
 //! - [`raft`]: openraft glue: state-machine adapter, network.
-//! - [`shipping`]: ships every confirmed order to sharded PostgreSQL, exactly once.
+//! - [`shipping`]: ships every confirmed order to sharded PostgreSQL, exactly once; it reads a
+//!   node through the narrow [`shipping::source::ShippingSource`] trait, not [`node`] itself.
 //! - [`node`]: one node's shard replicas and the operations clients call on them.
 //! - [`server`]: the gRPC services (Inventory, Cluster, internal Raft, health, reflection).
 //! - `simulation` (only with `--cfg madsim`): clock skew and planted bugs for the simulator.

@@ -27,6 +27,7 @@ use crate::types::ShardId;
 
 mod error;
 mod read;
+mod shipping_source;
 pub mod storage;
 mod tasks;
 mod write;
