@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde::Serialize;
 
-use crate::raft::types::NodeId;
-use crate::raft::types::ShardId;
+use crate::types::NodeId;
+use crate::types::ShardId;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {

@@ -2,23 +2,32 @@
 //!
 //! # Layout
 //!
+//! Read from the bottom (what every layer may use) up: a module uses what is listed before it,
+//! never what comes after.
+//!
 //! - [`state_machine`]: the ledger itself, a pure function of (state, command, log time).
+//! - [`runtime`]: the async runtime openraft runs on (tokio, or madsim in the simulator).
+//! - [`types`]: node and shard ids, openraft's type configuration and aliases: the vocabulary
+//!   every layer above shares (it names the state machine's commands and the runtime).
 //! - [`applied`]: each shard's latest snapshot of its applied state (files / memory).
 //! - [`storage`]: the write-ahead log holding every shard's Raft log and vote (group commit).
-//! - [`raft`]: openraft glue: type config, runtime, state-machine adapter, network.
+//! - [`config`]: the `cluster.toml` format and its validation.
+//! - [`raft`]: openraft glue: state-machine adapter, network.
+//! - [`shipping`]: ships every confirmed order to sharded PostgreSQL, exactly once; it reads a
+//!   node through the narrow [`shipping::source::ShippingSource`] trait, not [`node`] itself.
 //! - [`node`]: one node's shard replicas and the operations clients call on them.
 //! - [`server`]: the gRPC services (Inventory, Cluster, internal Raft, health, reflection).
-//! - [`shipping`]: ships every confirmed order to sharded PostgreSQL, exactly once.
-//! - [`config`]: the `cluster.toml` format and its validation.
 //! - `simulation` (only with `--cfg madsim`): clock skew and planted bugs for the simulator.
 
 pub mod applied;
 pub mod config;
 pub mod node;
 pub mod raft;
+pub mod runtime;
 pub mod server;
 pub mod shipping;
 #[cfg(madsim)]
 pub mod simulation;
 pub mod state_machine;
 pub mod storage;
+pub mod types;

@@ -12,7 +12,7 @@ use flashledger_proto::v1 as pb;
 use flashledger_proto::v1::inventory_client::InventoryClient;
 use flashledger_proto::v1::raft_client::RaftClient;
 use ledger::config::ShardConfig;
-use ledger::raft::types::NodeId;
+use ledger::types::NodeId;
 use tonic::Code;
 use tonic::transport::Channel;
 

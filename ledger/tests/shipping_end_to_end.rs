@@ -20,12 +20,12 @@ use std::time::Instant;
 
 use common::TestCluster;
 use futures::StreamExt;
-use ledger::raft::types::NodeId;
-use ledger::raft::types::ShardId;
 use ledger::shipping::hash::postgres_shard;
 use ledger::state_machine::command::Operation;
 use ledger::state_machine::command::Outcome;
 use ledger::state_machine::state::OrderState;
+use ledger::types::NodeId;
+use ledger::types::ShardId;
 use pg_support::Databases;
 use pg_support::Proxy;
 use tokio::sync::RwLock;

@@ -6,14 +6,14 @@
 use std::time::Duration;
 use std::time::Instant;
 
-use ledger::raft::types::Entry;
-use ledger::raft::types::TypeConfig;
 use ledger::state_machine::command::CommandBody;
 use ledger::state_machine::command::LogCommand;
 use ledger::state_machine::command::Operation;
 use ledger::storage::FileBackend;
 use ledger::storage::Wal;
 use ledger::storage::WalOptions;
+use ledger::types::Entry;
+use ledger::types::TypeConfig;
 use openraft::entry::RaftEntry;
 use openraft::storage::IOFlushed;
 use openraft::storage::RaftLogStorage;

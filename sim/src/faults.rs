@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use ledger::raft::types::NodeId;
-use ledger::raft::types::ShardId;
+use ledger::types::NodeId;
+use ledger::types::ShardId;
 use madsim::net::NetSim;
 use rand::Rng;
 use rand::SeedableRng;

@@ -4,7 +4,7 @@
 //! in the state machine's [`ShardImage`]; applying an entry writes nothing to disk. The Raft log
 //! (the WAL, fdatasynced before any answer) is the source of truth. Now and then (see
 //! `RaftSection::snapshot_growth_percent`) a snapshot is due: a full image of the applied state at
-//! one log id, forked from the live state (`crate::raft::state_store`) and streamed here
+//! one log id, forked from the live state (`raft/state_store.rs`) and streamed here
 //! durably (fdatasync, atomic replace, the previous one kept). A restarted node starts
 //! from its snapshot and openraft re-applies the log after it; the log is purged only up to a
 //! snapshot that is already durable.
@@ -28,11 +28,11 @@ pub use memory::MemorySnapshots;
 #[cfg(not(madsim))]
 pub use snapshot_file::FileSnapshots;
 
-use crate::raft::types::LogId;
-use crate::raft::types::SnapshotMeta;
-use crate::raft::types::StoredMembership;
 use crate::state_machine::state::FrozenLedger;
 use crate::state_machine::state::LedgerState;
+use crate::types::LogId;
+use crate::types::SnapshotMeta;
+use crate::types::StoredMembership;
 
 /// Failure of the snapshot store.
 #[derive(Debug, thiserror::Error)]
@@ -272,7 +272,7 @@ mod tests {
             body,
         };
         image.ledger.apply(index, &command).expect("invariant holds");
-        image.meta.applied = Some(openraft::testing::log_id::<crate::raft::types::TypeConfig>(1, 1, index));
+        image.meta.applied = Some(openraft::testing::log_id::<crate::types::TypeConfig>(1, 1, index));
     }
 
     fn put_sku(sku: &[u8], total: u64) -> CommandBody {

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use crate::applied::AppliedStoreError;
 use crate::applied::SnapshotBackend;
 use crate::applied::StreamWriter;
-use crate::raft::types::ShardId;
+use crate::types::ShardId;
 
 const MAGIC: &[u8; 8] = b"FLSNAP01";
 /// magic (8) + payload length (8) + CRC-32 of the payload (4).

@@ -9,11 +9,11 @@ use std::sync::Mutex;
 
 use crate::applied::MemorySnapshots;
 use crate::applied::SnapshotBackend;
-use crate::raft::types::ShardId;
 use crate::storage::backend::MemoryBackend;
 use crate::storage::log_store::ShardLogStore;
 use crate::storage::wal::Wal;
 use crate::storage::wal::WalOptions;
+use crate::types::ShardId;
 
 /// How a node stores its data.
 #[derive(Clone)]

@@ -1,7 +1,8 @@
-//! The glue between the ledger and openraft: the type configuration, the async runtime
-//! (tokio for real, madsim in the simulator), the state machine adapter and the network.
+//! The glue between the ledger and openraft: the state machine adapter and the network. The type
+//! configuration lives below it in [`crate::types`], the async runtime in [`crate::runtime`].
 
 pub mod network;
-pub mod runtime;
 pub mod state_store;
-pub mod types;
+
+/// One shard's Raft node.
+pub type Raft = openraft::Raft<crate::types::TypeConfig, state_store::ShardStateMachine>;

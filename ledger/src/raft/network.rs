@@ -31,11 +31,11 @@ use serde::Serialize;
 use tonic::transport::Channel;
 use tonic::transport::Endpoint;
 
-use crate::raft::types::NodeId;
-use crate::raft::types::ShardId;
-use crate::raft::types::SnapshotMeta;
-use crate::raft::types::TypeConfig;
-use crate::raft::types::Vote;
+use crate::types::NodeId;
+use crate::types::ShardId;
+use crate::types::SnapshotMeta;
+use crate::types::TypeConfig;
+use crate::types::Vote;
 
 /// The largest Raft message (appends of many batched entries; a snapshot travels in chunks of
 /// `raft.snapshot_chunk_bytes`).

@@ -31,12 +31,6 @@ use crate::applied::AppliedStoreError;
 use crate::applied::ShardImage;
 use crate::applied::StoredSnapshot;
 use crate::applied::decode_image;
-use crate::raft::types::Entry;
-use crate::raft::types::LogId;
-use crate::raft::types::ShardId;
-use crate::raft::types::SnapshotMeta;
-use crate::raft::types::StoredMembership;
-use crate::raft::types::TypeConfig;
 use crate::state_machine::command::CommandBody;
 use crate::state_machine::command::CommandReply;
 use crate::state_machine::command::LogCommand;
@@ -45,6 +39,12 @@ use crate::state_machine::state::Changes;
 use crate::state_machine::state::InvariantViolation;
 use crate::state_machine::state::StockCounts;
 use crate::storage::wal::Wal;
+use crate::types::Entry;
+use crate::types::LogId;
+use crate::types::ShardId;
+use crate::types::SnapshotMeta;
+use crate::types::StoredMembership;
+use crate::types::TypeConfig;
 
 /// How many stock changes a slow Watch subscriber may lag before it is cut off (it resumes
 /// from the last index it saw).
@@ -65,7 +65,7 @@ pub struct ShardView {
     halted: Mutex<Option<InvariantViolation>>,
     changes: broadcast::Sender<StockChange>,
     /// Operations applied since the state the latest snapshot was taken from (see
-    /// `node::trigger_snapshots`). Changed only under the state lock.
+    /// `node::tasks::trigger_snapshots`). Changed only under the state lock.
     ops_since_snapshot: AtomicU64,
     /// `LedgerState::records` of the latest snapshot's state (or of the state loaded at start).
     snapshot_records: AtomicU64,

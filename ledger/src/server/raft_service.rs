@@ -12,10 +12,10 @@ use tonic::Response;
 use tonic::Status;
 
 use crate::node::Node;
+use crate::raft::Raft;
 use crate::raft::network::RemoteResult;
 use crate::raft::network::ShippedMark;
 use crate::raft::network::SnapshotChunk;
-use crate::raft::types::Raft;
 
 pub struct RaftService {
     node: Arc<Node>,
@@ -132,10 +132,10 @@ impl RaftRpc for RaftService {
         let data = match self.receive(request.shard_id, &mut chunk) {
             Ok(Some(data)) => data,
             Ok(None) => {
-                return reply::<Option<openraft::raft::SnapshotResponse<crate::raft::types::TypeConfig>>>(Ok(None));
+                return reply::<Option<openraft::raft::SnapshotResponse<crate::types::TypeConfig>>>(Ok(None));
             }
             Err(error) => {
-                return reply::<Option<openraft::raft::SnapshotResponse<crate::raft::types::TypeConfig>>>(Err(error));
+                return reply::<Option<openraft::raft::SnapshotResponse<crate::types::TypeConfig>>>(Err(error));
             }
         };
         let snapshot = openraft::Snapshot {

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 use tokio::time::Instant;
 
-use crate::raft::types::NodeId;
+use crate::types::NodeId;
 
 /// The position of `node` in the shipping order, or `None` if it is not a voter or there is no
 /// known leader (then nobody can propose the mark either, so nobody ships).

@@ -12,6 +12,9 @@
 //! the watermarks it reads. Once every Postgres shard has an event, the shipper proposes the
 //! replicated `Shipped` mark through Raft so replicas prune it ([`crate::state_machine`]).
 //!
+//! The shipper reads a node through [`source::ShippingSource`], which `node/` implements: shipping
+//! sits below the node that starts it and never imports it.
+//!
 //! Which replica ships is decided by [`designation`]: followers first (the leader is busy with
 //! the write path), the leader only when no follower makes progress. The shipper runs beside
 //! Raft, never on the write path: a slow or dead Postgres delays shipping, not purchases.
@@ -23,3 +26,4 @@ pub mod hash;
 pub mod postgres;
 pub mod shipper;
 pub mod sink;
+pub mod source;

@@ -21,12 +21,12 @@ use tokio::sync::MutexGuard;
 use tokio_postgres::Client;
 use tokio_postgres::NoTls;
 
-use crate::raft::types::ShardId;
 use crate::shipping::sink::CommitOutcome;
 use crate::shipping::sink::ShippedOrder;
 use crate::shipping::sink::ShippingSink;
 use crate::shipping::sink::SinkError;
 use crate::shipping::sink::Watermark;
+use crate::types::ShardId;
 
 /// Versioned schema migrations, applied in order, each once.
 /// Append new versions; never edit an applied one.

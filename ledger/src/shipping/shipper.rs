@@ -8,21 +8,14 @@
 //! no state of its own that matters: its cursor is the watermarks it last read or committed,
 //! re-read from the sink after any failure or whenever it (re)starts shipping.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::Weak;
 use std::time::Duration;
 
 use futures::future::join_all;
-use openraft::ServerState;
-use openraft::async_runtime::WatchReceiver;
 use tokio::time::Instant;
 
 use crate::config::ShippingSection;
-use crate::node::Node;
-use crate::node::ShardReplica;
-use crate::raft::types::NodeId;
-use crate::raft::types::ShardId;
 use crate::shipping::designation;
 use crate::shipping::designation::Designation;
 use crate::shipping::designation::MarkView;
@@ -32,7 +25,11 @@ use crate::shipping::sink::ShippedOrder;
 use crate::shipping::sink::ShippingSink;
 use crate::shipping::sink::SinkError;
 use crate::shipping::sink::Watermark;
+use crate::shipping::source::ShippingShard;
+use crate::shipping::source::ShippingSource;
 use crate::state_machine::state::LedgerState;
+use crate::types::NodeId;
+use crate::types::ShardId;
 
 /// Why a shipping round stopped early. Every one is retried after a backoff.
 #[derive(Debug, thiserror::Error)]
@@ -77,17 +74,22 @@ pub enum ShipError {
 /// Starts a shipper for every ledger shard `node` hosts, each with the sink `sink_for` makes.
 /// The production node does this with [`crate::shipping::postgres::PostgresSink`]; the
 /// simulator can pass a recording sink.
-pub fn spawn<S: ShippingSink>(node: &Arc<Node>, mut sink_for: impl FnMut(ShardId) -> Arc<S>) {
+pub fn spawn<N: ShippingSource, S: ShippingSink>(node: &Arc<N>, mut sink_for: impl FnMut(ShardId) -> Arc<S>) {
     // A node that ships asks its shards to keep order events (they are kept only while a sink is).
     node.ship_orders();
-    for shard_id in node.shards.keys().copied() {
+    for shard_id in node.shard_ids() {
         let sink = sink_for(shard_id);
-        tokio::spawn(run(Arc::downgrade(node), shard_id, sink, node.config.shipping.clone()));
+        tokio::spawn(run(Arc::downgrade(node), shard_id, sink, node.shipping_settings()));
     }
 }
 
 /// One ledger shard's shipper; ends when the node is dropped or its Raft node shut down.
-pub async fn run<S: ShippingSink>(node: Weak<Node>, shard_id: ShardId, sink: Arc<S>, settings: ShippingSection) {
+pub async fn run<N: ShippingSource, S: ShippingSink>(
+    node: Weak<N>,
+    shard_id: ShardId,
+    sink: Arc<S>,
+    settings: ShippingSection,
+) {
     let mut designation = Designation::new(Duration::from_millis(settings.takeover_after_ms), Instant::now());
     let mut cursor: Option<Vec<Watermark>> = None;
     let mut failures: u32 = 0;
@@ -101,29 +103,25 @@ pub async fn run<S: ShippingSink>(node: Weak<Node>, shard_id: ShardId, sink: Arc
         }
         more_waiting = false;
         let Some(node) = node.upgrade() else { return };
-        let Some(shard) = node.shards.get(&shard_id).cloned() else {
+        let Some(shard) = node.shard(shard_id) else {
             return;
         };
-        let metrics = shard.raft.metrics().borrow_watched().clone();
-        if metrics.state == ServerState::Shutdown {
+        let role = shard.raft_role();
+        if role.shut_down {
             return;
         }
-        let voters: BTreeSet<NodeId> = metrics.membership_config.membership().voter_ids().collect();
-        let rank_of = |id: NodeId| designation::rank(id, &voters, metrics.current_leader);
-        let mark = shard.view.read(|image| MarkView {
-            shipped_below_seq: image.ledger.shipped_below_seq,
-            shipped_by: image.ledger.shipped_by,
-            pending_events: image
-                .ledger
-                .next_event_seq
-                .saturating_sub(image.ledger.shipped_below_seq),
+        let rank_of = |id: NodeId| designation::rank(id, &role.voters, role.leader);
+        let mark = shard.read_ledger(|ledger| MarkView {
+            shipped_below_seq: ledger.shipped_below_seq,
+            shipped_by: ledger.shipped_by,
+            pending_events: ledger.next_event_seq.saturating_sub(ledger.shipped_below_seq),
         });
-        if !designation.should_ship(rank_of(node.id), rank_of, mark, Instant::now()) {
+        if !designation.should_ship(rank_of(node.node_id()), rank_of, mark, Instant::now()) {
             // Whoever ships next may be someone else: start from Postgres' word when it is us.
             cursor = None;
             continue;
         }
-        match ship_round(&shard, sink.as_ref(), &mut cursor, settings.batch_events_max).await {
+        match ship_round(shard.as_ref(), sink.as_ref(), &mut cursor, settings.batch_events_max).await {
             Ok(round) => {
                 failures = 0;
                 more_waiting = round.full_batch;
@@ -173,24 +171,23 @@ struct Round {
 
 /// Ships one bounded batch.
 async fn ship_round<S: ShippingSink>(
-    shard: &ShardReplica,
+    shard: &impl ShippingShard,
     sink: &S,
     cursor: &mut Option<Vec<Watermark>>,
     batch_events_max: usize,
 ) -> Result<Round, ShipError> {
-    let shard_id = shard.config.id;
+    let shard_id = shard.id();
     let watermarks = match cursor {
         Some(watermarks) => watermarks,
         None => {
             let read = read_watermarks(sink, shard_id).await?;
-            shard.view.read(|image| verify_watermarks(&read, &image.ledger))?;
+            shard.read_ledger(|ledger| verify_watermarks(&read, ledger))?;
             cursor.insert(read)
         }
     };
     let low = watermarks.iter().map(|w| w.next_seq).min().unwrap_or(0);
-    let (events, shipped_below) = shard.view.read(|image| {
-        let events: Vec<ShippedOrder> = image
-            .ledger
+    let (events, shipped_below) = shard.read_ledger(|ledger| {
+        let events: Vec<ShippedOrder> = ledger
             .order_events
             .range(low..)
             .take(batch_events_max)
@@ -205,7 +202,7 @@ async fn ship_round<S: ShippingSink>(
                 confirmed_at_ms: event.confirmed_at_ms,
             })
             .collect();
-        (events, image.ledger.shipped_below_seq)
+        (events, ledger.shipped_below_seq)
     });
     if low < shipped_below {
         let (postgres_shard, watermark) = watermarks

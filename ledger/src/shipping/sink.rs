@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Mutex;
 
-use crate::raft::types::ShardId;
+use crate::types::ShardId;
 
 /// One confirmed order as shipped.
 #[derive(Debug, Clone, PartialEq, Eq)]

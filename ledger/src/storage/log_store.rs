@@ -23,11 +23,6 @@ use openraft::storage::LogState;
 use openraft::storage::RaftLogReader;
 use openraft::storage::RaftLogStorage;
 
-use crate::raft::types::Entry;
-use crate::raft::types::LogId;
-use crate::raft::types::ShardId;
-use crate::raft::types::TypeConfig;
-use crate::raft::types::Vote;
 use crate::storage::record;
 use crate::storage::record::Record;
 use crate::storage::wal::Completion;
@@ -35,6 +30,11 @@ use crate::storage::wal::Effect;
 use crate::storage::wal::ShardState;
 use crate::storage::wal::Wal;
 use crate::storage::wal::WalError;
+use crate::types::Entry;
+use crate::types::LogId;
+use crate::types::ShardId;
+use crate::types::TypeConfig;
+use crate::types::Vote;
 
 /// Frees `value` off the caller's thread: purged log entries are hundreds of thousands of small
 /// allocations, and the Raft core that purges would stall for tens of milliseconds. The simulator

@@ -10,11 +10,11 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::raft::types::Entry;
-use crate::raft::types::LogId;
-use crate::raft::types::ShardId;
-use crate::raft::types::Vote;
 use crate::storage::backend::SegmentId;
+use crate::types::Entry;
+use crate::types::LogId;
+use crate::types::ShardId;
+use crate::types::Vote;
 
 /// "FLWL": identifies a flashledger WAL segment.
 pub const SEGMENT_MAGIC: [u8; 4] = *b"FLWL";
@@ -215,7 +215,7 @@ mod tests {
     use super::*;
 
     fn log_id(term: u64, index: u64) -> LogId {
-        openraft::testing::log_id::<crate::raft::types::TypeConfig>(term, 1, index)
+        openraft::testing::log_id::<crate::types::TypeConfig>(term, 1, index)
     }
 
     fn round_trip(record: Record) {

@@ -13,17 +13,17 @@ use openraft::storage::RaftLogStorage;
 use openraft::type_config::TypeConfigExt;
 use proptest::prelude::*;
 
-use crate::raft::types::Entry;
-use crate::raft::types::LogId;
-use crate::raft::types::ShardId;
-use crate::raft::types::TypeConfig;
-use crate::raft::types::Vote;
 use crate::storage::MemoryBackend;
 use crate::storage::ShardLogStore;
 use crate::storage::Wal;
 use crate::storage::WalError;
 use crate::storage::WalOptions;
 use crate::storage::record;
+use crate::types::Entry;
+use crate::types::LogId;
+use crate::types::ShardId;
+use crate::types::TypeConfig;
+use crate::types::Vote;
 
 fn log_id(term: u64, index: u64) -> LogId {
     openraft::testing::log_id::<TypeConfig>(term, 1, index)

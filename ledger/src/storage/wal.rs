@@ -29,16 +29,16 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::Semaphore;
 use tokio::sync::oneshot;
 
-use crate::raft::types::Entry;
-use crate::raft::types::LogId;
-use crate::raft::types::ShardId;
-use crate::raft::types::TypeConfig;
-use crate::raft::types::Vote;
 use crate::storage::backend::SegmentId;
 use crate::storage::backend::WalBackend;
 use crate::storage::log_store::ShardLogStore;
 use crate::storage::record;
 use crate::storage::record::Record;
+use crate::types::Entry;
+use crate::types::LogId;
+use crate::types::ShardId;
+use crate::types::TypeConfig;
+use crate::types::Vote;
 
 /// Bounds of the WAL.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,12 +17,12 @@ use ledger::node::NodeError;
 use ledger::node::NodeOptions;
 use ledger::node::ReadConsistency;
 use ledger::node::storage::Storage;
-use ledger::raft::types::NodeId;
-use ledger::raft::types::ShardId;
 use ledger::state_machine::command::Operation;
 use ledger::state_machine::command::Outcome;
 use ledger::state_machine::command::SaleRules;
 use ledger::state_machine::state::StockCounts;
+use ledger::types::NodeId;
+use ledger::types::ShardId;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -251,7 +251,7 @@ impl TestCluster {
         id: NodeId,
         shard: ShardId,
         what: &str,
-        reached: impl Fn(&openraft::RaftMetrics<ledger::raft::types::TypeConfig>) -> bool + Send + 'static,
+        reached: impl Fn(&openraft::RaftMetrics<ledger::types::TypeConfig>) -> bool + Send + 'static,
     ) {
         let raft = &self.node(id).shards[&shard].raft;
         raft.wait(Some(WAIT))

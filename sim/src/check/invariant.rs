@@ -3,9 +3,9 @@
 //! on a violation; the harness polls every replica for a halt while the run goes on (and before
 //! each kill), and this checker also re-checks every replica's final state.
 
-use ledger::raft::types::NodeId;
-use ledger::raft::types::ShardId;
 use ledger::state_machine::state::LedgerState;
+use ledger::types::NodeId;
+use ledger::types::ShardId;
 
 /// `halts`: violations seen on replicas during the run; `replicas`: every final replica state.
 pub fn check(halts: &[String], replicas: &[(NodeId, ShardId, &LedgerState)]) -> Result<usize, String> {

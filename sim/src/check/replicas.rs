@@ -3,9 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use ledger::raft::types::NodeId;
-use ledger::raft::types::ShardId;
 use ledger::state_machine::state::LedgerState;
+use ledger::types::NodeId;
+use ledger::types::ShardId;
 
 /// One replica's final state.
 pub struct ReplicaState {
