@@ -18,7 +18,11 @@
 //!
 //! The index is split into [`INDEX_PARTS`] hash tables by bits of the key (a keyed hash, so
 //! uniform), so that growing it rehashes a 64th of the orders at a time under the write lock,
-//! never all of them; an index slot is the record's 8-byte sequence number.
+//! never all of them. An index slot is 8 bytes: 32 bits of the key, from which the slot's hash
+//! is derived, and the low 32 bits of the record's sequence number. Probing and rehashing read
+//! only slots, never records (a record is read to confirm a match of those 32 bits): with the
+//! sequence number alone every probe and every rehashed slot was a cache miss into the records,
+//! the top of the write path's profile.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -120,7 +124,7 @@ pub struct OrderBook {
     /// Sequence number the next record gets.
     next_seq: u64,
     /// Order key -> sequence number, in [`INDEX_PARTS`] tables (see the module docs).
-    index: Vec<HashTable<u64>>,
+    index: Vec<HashTable<IndexSlot>>,
 }
 
 impl Default for OrderBook {
@@ -154,8 +158,12 @@ impl OrderBook {
 
     /// The sequence number of the order with `key`, if retained.
     pub fn find(&self, key: OrderKey) -> Option<u64> {
-        let (part, hash) = part_and_hash(key.0, INDEX_PARTS);
-        self.index[part].find(hash, |&seq| self.get(seq).key == key).copied()
+        let (part, tag) = index_part_and_tag(key);
+        self.index[part]
+            .find(slot_hash(tag), |slot| {
+                slot.tag == tag && self.get(self.full_seq(slot.seq)).key == key
+            })
+            .map(|slot| self.full_seq(slot.seq))
     }
 
     /// The record at `seq`, which must be retained.
@@ -204,18 +212,18 @@ impl OrderBook {
 
     /// Indexes the record at `seq` (already in a chunk) under `key`.
     fn index_insert(&mut self, key: OrderKey, seq: u64) {
-        let (part, hash) = part_and_hash(key.0, INDEX_PARTS);
-        let OrderBook {
-            chunks,
-            first_seq,
-            index,
-            ..
-        } = self;
-        // Growing a table rehashes its entries: each one's hash is its record's key.
-        index[part].insert_unique(hash, seq, |&other| {
-            let offset = (other - *first_seq) as usize;
-            chunks[offset / CHUNK_RECORDS].records[offset % CHUNK_RECORDS].key.0[0]
-        });
+        assert!(
+            self.next_seq - self.first_seq <= u64::from(u32::MAX),
+            "more than 2^32 orders retained: index slots keep 32 bits of the sequence number"
+        );
+        let (part, tag) = index_part_and_tag(key);
+        let slot = IndexSlot { tag, seq: seq as u32 };
+        self.index[part].insert_unique(slot_hash(tag), slot, |slot| slot_hash(slot.tag));
+    }
+
+    /// The sequence number whose low 32 bits are `low`: retained ones span less than 2^32.
+    fn full_seq(&self, low: u32) -> u64 {
+        self.first_seq + u64::from(low.wrapping_sub(self.first_seq as u32))
     }
 
     /// The oldest chunk, if any.
@@ -234,8 +242,8 @@ impl OrderBook {
         let first_seq = self.first_seq;
         for (offset, record) in chunk.records.iter().enumerate() {
             let seq = first_seq + offset as u64;
-            let (part, hash) = part_and_hash(record.key.0, INDEX_PARTS);
-            if let Ok(slot) = self.index[part].find_entry(hash, |&other| other == seq) {
+            let (part, tag) = index_part_and_tag(record.key);
+            if let Ok(slot) = self.index[part].find_entry(slot_hash(tag), |slot| slot.seq == seq as u32) {
                 slot.remove();
             }
         }
@@ -293,6 +301,27 @@ impl OrderBook {
         }
         Ok(book)
     }
+}
+
+/// One index entry (see the module docs).
+#[derive(Debug, Clone, Copy)]
+struct IndexSlot {
+    /// 32 bits of the order key.
+    tag: u32,
+    /// The low 32 bits of the record's sequence number.
+    seq: u32,
+}
+
+/// The index table of `key` and the 32 bits of it its slot keeps.
+fn index_part_and_tag(key: OrderKey) -> (usize, u32) {
+    let (part, hash) = part_and_hash(key.0, INDEX_PARTS);
+    (part, hash as u32)
+}
+
+/// A slot's hash, from its 32 bits of key alone (so a rehash needs nothing else): spread over 64
+/// bits, since a table picks buckets by the low bits and tags them with the top ones.
+fn slot_hash(tag: u32) -> u64 {
+    u64::from(tag).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 /// An [`OrderBook`]'s records without its index: what a snapshot encodes.
