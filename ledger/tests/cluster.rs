@@ -127,12 +127,7 @@ async fn killing_the_leader_loses_no_acknowledged_write() {
 async fn a_restarted_follower_catches_up_from_a_snapshot() {
     let mut cluster = TestCluster::start(3, |config| config.raft.snapshot_ops_since_last = 40).await;
     cluster.put_sku("apple", 100_000).await;
-    let leader = cluster.leader(1).await;
-    let follower = cluster
-        .running_ids()
-        .into_iter()
-        .find(|id| *id != leader)
-        .expect("a follower");
+    let (leader, follower) = (cluster.leader(1).await, cluster.follower_of(1).await);
 
     tracing::info!("--- a follower goes down while the log moves far ahead and is purged");
     cluster.kill(follower).await;
@@ -178,12 +173,7 @@ async fn a_follower_far_behind_catches_up_through_a_snapshot_streamed_in_chunks_
     })
     .await;
     cluster.put_sku("apple", 1_000_000).await;
-    let leader = cluster.leader(1).await;
-    let follower = cluster
-        .running_ids()
-        .into_iter()
-        .find(|id| *id != leader)
-        .expect("a follower");
+    let (leader, follower) = (cluster.leader(1).await, cluster.follower_of(1).await);
 
     tracing::info!("--- a follower goes down while thousands of orders go by and the log is purged");
     cluster.kill(follower).await;

@@ -79,6 +79,18 @@ impl Model {
         (self.first_kept..self.orders.len()).find(|&i| self.orders[i].id == order_id)
     }
 
+    /// The kept order `order_id` of `sku`, or the answer to a confirm or cancel of one not kept.
+    fn kept_of(&self, sku: &[u8], order_id: &str, first_attempt_ms: u64) -> Result<(usize, ModelOrder), Outcome> {
+        let Some(index) = self.kept(order_id) else {
+            return Err(self.refusal(first_attempt_ms).unwrap_or(Outcome::NotFound));
+        };
+        let order = self.orders[index].clone();
+        if order.sku != sku {
+            return Err(Outcome::NotFound);
+        }
+        Ok((index, order))
+    }
+
     fn held(&self, sku: &[u8], user: &str) -> u64 {
         let Some(record) = self.skus.get(sku) else { return 0 };
         if record.rules.per_user_limit == 0 {
@@ -233,13 +245,10 @@ impl Model {
                 order_id,
                 first_attempt_ms,
             } => {
-                let Some(index) = self.kept(order_id) else {
-                    return self.refusal(*first_attempt_ms).unwrap_or(Outcome::NotFound);
+                let (index, o) = match self.kept_of(sku, order_id, *first_attempt_ms) {
+                    Ok(kept) => kept,
+                    Err(answer) => return answer,
                 };
-                let o = self.orders[index].clone();
-                if o.sku != *sku {
-                    return Outcome::NotFound;
-                }
                 match o.state {
                     ModelState::Confirmed => Outcome::Confirmed,
                     ModelState::Expired => Outcome::Expired,
@@ -263,13 +272,10 @@ impl Model {
                 order_id,
                 first_attempt_ms,
             } => {
-                let Some(index) = self.kept(order_id) else {
-                    return self.refusal(*first_attempt_ms).unwrap_or(Outcome::NotFound);
+                let (index, o) = match self.kept_of(sku, order_id, *first_attempt_ms) {
+                    Ok(kept) => kept,
+                    Err(answer) => return answer,
                 };
-                let o = self.orders[index].clone();
-                if o.sku != *sku {
-                    return Outcome::NotFound;
-                }
                 match o.state {
                     ModelState::Confirmed => Outcome::AlreadyConfirmed,
                     ModelState::Released => Outcome::Released,

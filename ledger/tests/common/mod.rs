@@ -159,6 +159,15 @@ impl TestCluster {
         }
     }
 
+    /// A running replica of `shard` that is not its leader.
+    pub async fn follower_of(&self, shard: ShardId) -> NodeId {
+        let leader = self.leader(shard).await;
+        self.running_ids()
+            .into_iter()
+            .find(|id| *id != leader)
+            .expect("a follower")
+    }
+
     /// Sends `operations` to the current leader of their shard, following leader changes.
     pub async fn write(&self, operations: Vec<Operation>) -> (Vec<Outcome>, u64) {
         let shard = self.config.shard_for_sku(operations[0].sku()).expect("shard").id;
