@@ -13,14 +13,27 @@ pub struct MemorySnapshots {
     saved: Mutex<Generations>,
 }
 
-/// The latest snapshot and the one it replaced.
+/// The latest snapshot, the one it replaced, and the order chunks.
 #[derive(Debug, Default)]
 struct Generations {
     latest: Option<Vec<u8>>,
     previous: Option<Vec<u8>>,
+    chunks: std::collections::BTreeMap<u64, Vec<u8>>,
+    /// Chunks ever saved (tests count what a checkpoint wrote).
+    chunk_saves: u64,
 }
 
 impl MemorySnapshots {
+    /// How many order chunks were ever saved.
+    pub fn chunk_saves(&self) -> u64 {
+        self.saved.lock().unwrap_or_else(|p| p.into_inner()).chunk_saves
+    }
+
+    /// How many order chunks are stored.
+    pub fn chunks_stored(&self) -> usize {
+        self.saved.lock().unwrap_or_else(|p| p.into_inner()).chunks.len()
+    }
+
     /// Cuts the latest snapshot short, as a torn write would (for tests).
     pub fn tear_latest(&self) {
         if let Some(latest) = &mut self.saved.lock().unwrap_or_else(|p| p.into_inner()).latest {
@@ -50,5 +63,31 @@ impl SnapshotBackend for MemorySnapshots {
 
     fn load_previous(&self) -> Result<Option<Vec<u8>>, AppliedStoreError> {
         Ok(self.saved.lock().unwrap_or_else(|p| p.into_inner()).previous.clone())
+    }
+
+    fn save_chunk(&self, id: u64, bytes: &[u8]) -> Result<(), AppliedStoreError> {
+        let mut saved = self.saved.lock().unwrap_or_else(|p| p.into_inner());
+        saved.chunks.insert(id, bytes.to_vec());
+        saved.chunk_saves += 1;
+        Ok(())
+    }
+
+    fn load_chunk(&self, id: u64) -> Result<Option<Vec<u8>>, AppliedStoreError> {
+        Ok(self
+            .saved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .chunks
+            .get(&id)
+            .cloned())
+    }
+
+    fn keep_chunks(&self, keep: &std::collections::BTreeSet<u64>) -> Result<(), AppliedStoreError> {
+        self.saved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .chunks
+            .retain(|id, _| keep.contains(id));
+        Ok(())
     }
 }

@@ -28,6 +28,7 @@ pub use memory::MemorySnapshots;
 #[cfg(not(madsim))]
 pub use snapshot_file::FileSnapshots;
 
+use crate::state_machine::orders::Chunk;
 use crate::state_machine::state::FrozenLedger;
 use crate::state_machine::state::LedgerState;
 use crate::types::LogId;
@@ -72,6 +73,13 @@ pub trait SnapshotBackend: Send + Sync + 'static {
     fn load(&self) -> Result<Option<Vec<u8>>, AppliedStoreError>;
     /// The snapshot the latest one replaced, if any.
     fn load_previous(&self) -> Result<Option<Vec<u8>>, AppliedStoreError>;
+    /// Stores an order chunk under `id` (replacing one with that id atomically); durable once
+    /// the next snapshot record is saved.
+    fn save_chunk(&self, id: u64, bytes: &[u8]) -> Result<(), AppliedStoreError>;
+    /// The order chunk stored under `id`; a damaged one is an error ([`AppliedStoreError::Decode`]).
+    fn load_chunk(&self, id: u64) -> Result<Option<Vec<u8>>, AppliedStoreError>;
+    /// Deletes every stored order chunk whose id is not in `keep`.
+    fn keep_chunks(&self, keep: &std::collections::BTreeSet<u64>) -> Result<(), AppliedStoreError>;
 }
 
 /// Writes a snapshot's bytes into the writer it is given.
@@ -98,61 +106,136 @@ pub struct StoredSnapshot {
     pub data: Vec<u8>,
 }
 
-/// Typed access to one shard's snapshot over a [`SnapshotBackend`].
+/// Typed access to one shard's snapshot over a [`SnapshotBackend`]: incremental checkpoints.
+///
+/// A snapshot is stored as a manifest (the backend's snapshot record: the metadata, everything
+/// but the order records, and the list of order chunks by id) and one stored chunk per order
+/// chunk. A checkpoint writes only the chunks that changed since the last one: the store keeps
+/// the chunks (`Arc`s) it last wrote, so any write to one of them since copied it (copy on
+/// write, `OrderBook::get_mut`), and a chunk still pointer-equal to one it wrote is unchanged.
+/// Purchases only append; reservations change within minutes: a checkpoint writes the newest
+/// chunks, not the whole state. Chunks are deleted once neither the latest nor the previous
+/// manifest names them.
 #[derive(Clone)]
 pub struct AppliedStore {
     backend: Arc<dyn SnapshotBackend>,
+    /// The chunks of the latest manifest this store wrote or loaded, with their ids.
+    written: Arc<std::sync::Mutex<WrittenChunks>>,
+}
+
+/// Order chunks as a checkpoint wrote them: the very `Arc`s, and where they are stored.
+type WrittenChunks = Vec<(Arc<Chunk>, ChunkRef)>;
+
+/// An order chunk as a manifest names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef {
+    pub id: u64,
+    pub records: u32,
+}
+
+/// What the snapshot record holds: the image without its order records, and the chunks that
+/// hold them, in order.
+#[derive(Debug, Serialize, Deserialize)]
+struct Manifest {
+    image: FrozenImage,
+    chunks: Vec<ChunkRef>,
 }
 
 impl AppliedStore {
     pub fn new(backend: Arc<dyn SnapshotBackend>) -> Self {
-        AppliedStore { backend }
-    }
-
-    /// The state to start from: the latest snapshot's image, or the empty state. A damaged
-    /// latest snapshot (torn, bit-flipped, undecodable) is reported and the previous one used
-    /// instead; the node then checks that its log still holds every entry after it
-    /// (`node::Node::start`).
-    pub fn load(&self) -> Result<ShardImage, AppliedStoreError> {
-        match self.load_stored()? {
-            Some(stored) => decode_image(&stored.data),
-            None => Ok(ShardImage::default()),
+        AppliedStore {
+            backend,
+            written: Arc::default(),
         }
     }
 
-    /// Saves `snapshot` durably. Blocking (fdatasync of the whole state): call it off the async
-    /// workers (see `ShardStateMachine`). Stored as `bincode(StoredSnapshot)`, written as its
-    /// parts: the metadata, the data's length, the data.
+    /// The state to start from: the latest snapshot's image, or the empty state. A damaged
+    /// latest snapshot (torn, bit-flipped, undecodable, a chunk missing or damaged) is reported
+    /// and the previous one used instead; the node then checks that its log still holds every
+    /// entry after it (`node::Node::start`). The chunks loaded count as written: the next
+    /// checkpoint writes only what changes after this.
+    pub fn load(&self) -> Result<ShardImage, AppliedStoreError> {
+        let Some((_, image, refs)) = self.load_latest_whole()? else {
+            return Ok(ShardImage::default());
+        };
+        *lock(&self.written) = image.ledger.orders.chunks.iter().cloned().zip(refs).collect();
+        let FrozenImage { meta, ledger } = image;
+        let ledger = LedgerState::from_frozen(ledger).map_err(|message| AppliedStoreError::Decode {
+            what: "snapshot".into(),
+            message,
+        })?;
+        Ok(ShardImage { meta, ledger })
+    }
+
+    /// Saves a snapshot received whole, as one encoded image. Blocking.
     pub fn save_snapshot(&self, snapshot: &StoredSnapshot) -> Result<(), AppliedStoreError> {
-        let meta = encode(&snapshot.meta)?;
-        let data_len = (snapshot.data.len() as u64).to_le_bytes();
-        self.backend.save(&[&meta, &data_len, &snapshot.data])
+        let image = decode_image(&snapshot.data)?;
+        self.save_image(&snapshot.meta, &image.frozen()).map(|_| ())
     }
 
-    /// Saves `image` as a snapshot described by `meta`, encoding it straight into the store
-    /// (the same bytes as [`AppliedStore::save_snapshot`] of its encoding): no buffer of the
-    /// whole snapshot. Blocking. Returns the image's encoded size.
+    /// Saves `image` (a fork of the live state) as a checkpoint described by `meta`: the chunks
+    /// that changed since the last checkpoint, then the manifest. Blocking. Returns the bytes
+    /// written.
     pub fn save_image(&self, meta: &SnapshotMeta, image: &FrozenImage) -> Result<u64, AppliedStoreError> {
-        let meta = encode(meta)?;
-        let data_len = bincode::serialized_size(image).map_err(|e| AppliedStoreError::Encode(e.to_string()))?;
-        let length = meta.len() as u64 + 8 + data_len;
-        self.backend
-            .save_streamed(length, &mut |out: &mut dyn std::io::Write| {
-                out.write_all(&meta)?;
-                out.write_all(&data_len.to_le_bytes())?;
-                bincode::serialize_into(&mut *out, image).map_err(std::io::Error::other)
-            })?;
-        Ok(data_len)
+        let mut written = lock(&self.written);
+        let generation = meta.last_log_id.map_or(0, |id| id.index);
+        let mut refs = Vec::with_capacity(image.ledger.orders.chunks.len());
+        let mut bytes = 0u64;
+        for (position, chunk) in image.ledger.orders.chunks.iter().enumerate() {
+            if let Some((_, kept)) = written.iter().find(|(old, _)| Arc::ptr_eq(old, chunk)) {
+                refs.push(*kept);
+                continue;
+            }
+            // Unique per checkpoint and position; a checkpoint at the same index again writes
+            // the same bytes under the same id (atomically replaced by the backend).
+            let id = (generation << 20) | position as u64;
+            let encoded = encode(&**chunk)?;
+            bytes += encoded.len() as u64;
+            self.backend.save_chunk(id, &encoded)?;
+            refs.push(ChunkRef {
+                id,
+                records: chunk.records.len() as u32,
+            });
+        }
+        let manifest = Manifest {
+            image: without_orders(image),
+            chunks: refs.clone(),
+        };
+        let meta_bytes = encode(meta)?;
+        let manifest_bytes = encode(&manifest)?;
+        bytes += (meta_bytes.len() + manifest_bytes.len()) as u64;
+        self.backend.save(&[
+            &meta_bytes,
+            &(manifest_bytes.len() as u64).to_le_bytes(),
+            &manifest_bytes,
+        ])?;
+        // The manifest just replaced is now the previous one: its chunks stay for a fallback.
+        let keep: std::collections::BTreeSet<u64> = refs
+            .iter()
+            .chain(written.iter().map(|(_, old)| old))
+            .map(|r| r.id)
+            .collect();
+        self.backend.keep_chunks(&keep)?;
+        *written = image.ledger.orders.chunks.iter().cloned().zip(refs).collect();
+        Ok(bytes)
     }
 
-    /// The latest snapshot that is whole: the latest one, or the previous one if the latest is
-    /// damaged (see [`AppliedStore::load`]).
+    /// The latest snapshot that is whole, as one encoded image (for a lagging replica): the
+    /// latest one, or the previous one if the latest is damaged (see [`AppliedStore::load`]).
     pub fn load_snapshot(&self) -> Result<Option<StoredSnapshot>, AppliedStoreError> {
-        self.load_stored()
+        let Some((meta, image, _)) = self.load_latest_whole()? else {
+            return Ok(None);
+        };
+        let data = bincode::serialize(&image).map_err(|e| AppliedStoreError::Encode(e.to_string()))?;
+        Ok(Some(StoredSnapshot { meta, data }))
     }
 
-    fn load_stored(&self) -> Result<Option<StoredSnapshot>, AppliedStoreError> {
-        let latest = self.backend.load().and_then(|bytes| bytes.map(stored_of).transpose());
+    /// The latest checkpoint with its chunks, else the previous one if the latest is damaged.
+    fn load_latest_whole(&self) -> Result<Option<(SnapshotMeta, FrozenImage, Vec<ChunkRef>)>, AppliedStoreError> {
+        let latest = self
+            .backend
+            .load()
+            .and_then(|bytes| bytes.map(|b| self.assemble(b)).transpose());
         let damage = match latest {
             Err(damage @ AppliedStoreError::Decode { .. }) => damage,
             other => return other,
@@ -160,12 +243,12 @@ impl AppliedStore {
         let previous = self
             .backend
             .load_previous()
-            .and_then(|bytes| bytes.map(stored_of).transpose());
+            .and_then(|bytes| bytes.map(|b| self.assemble(b)).transpose());
         match previous {
-            Ok(Some(stored)) => {
-                tracing::error!(%damage, previous = ?stored.meta.last_log_id,
+            Ok(Some(whole)) => {
+                tracing::error!(%damage, previous = ?whole.0.last_log_id,
                     "the latest snapshot is damaged; starting from the previous one");
-                Ok(Some(stored))
+                Ok(Some(whole))
             }
             Ok(None) => Err(damage),
             Err(also) => Err(AppliedStoreError::Decode {
@@ -174,6 +257,46 @@ impl AppliedStore {
             }),
         }
     }
+
+    /// A manifest record read with the chunks it names, put together.
+    fn assemble(&self, record: Vec<u8>) -> Result<(SnapshotMeta, FrozenImage, Vec<ChunkRef>), AppliedStoreError> {
+        let stored = stored_of(record)?;
+        let Manifest { mut image, chunks } = decode("manifest", &stored.data)?;
+        for chunk_ref in &chunks {
+            let damaged = |message: String| AppliedStoreError::Decode {
+                what: format!("order chunk {}", chunk_ref.id),
+                message,
+            };
+            let bytes = self
+                .backend
+                .load_chunk(chunk_ref.id)?
+                .ok_or_else(|| damaged("missing".into()))?;
+            let chunk: Chunk = decode(&format!("order chunk {}", chunk_ref.id), &bytes)?;
+            if chunk.records.len() != chunk_ref.records as usize {
+                return Err(damaged(format!(
+                    "{} records, the manifest says {}",
+                    chunk.records.len(),
+                    chunk_ref.records
+                )));
+            }
+            image.ledger.orders.chunks.push(Arc::new(chunk));
+        }
+        Ok((stored.meta, image, chunks))
+    }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// `image` without its order records (their chunks are stored apart).
+fn without_orders(image: &FrozenImage) -> FrozenImage {
+    let mut bare = FrozenImage {
+        meta: image.meta.clone(),
+        ledger: image.ledger.clone(),
+    };
+    bare.ledger.orders.chunks = Vec::new();
+    bare
 }
 
 /// A stored snapshot from the bytes of its record; the image keeps the buffer it was read into.
@@ -218,7 +341,7 @@ fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, A
 }
 
 /// A [`ShardImage`] frozen for a snapshot (`ShardImage::frozen`): encodes to the same bytes.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FrozenImage {
     pub meta: AppliedMeta,
     pub ledger: FrozenLedger,
@@ -369,40 +492,78 @@ mod tests {
     }
 
     #[test]
-    fn a_snapshot_is_stored_as_bincode_of_the_record_and_read_back_whole() {
+    fn a_checkpoint_reads_back_as_the_whole_image_and_a_cut_manifest_is_caught() {
         let backend = Arc::new(MemorySnapshots::default());
         let store = AppliedStore::new(backend.clone());
         let mut image = ShardImage::default();
         apply(&mut image, 7, put_sku(b"y", 3));
         let snapshot = snapshot_of(&image);
-        assert_eq!(
-            snapshot.data.len() as u64,
-            bincode::serialized_size(&image).expect("sized")
-        );
         store.save_snapshot(&snapshot).expect("save");
-        // Written in parts, stored as one record: files saved before stay readable.
-        assert_eq!(
-            backend.load().expect("load"),
-            Some(bincode::serialize(&snapshot).expect("encode"))
-        );
+        // Stored as a manifest and chunks, read back as the one encoded image a replica gets.
         let loaded = store.load_snapshot().expect("load").expect("saved");
         assert_eq!(loaded.meta, snapshot.meta);
         assert_eq!(loaded.data, snapshot.data);
-        // Streamed straight from the image: the same bytes.
-        let streamed = Arc::new(MemorySnapshots::default());
-        let size = AppliedStore::new(streamed.clone())
-            .save_image(&snapshot.meta, &image.frozen())
-            .expect("save");
-        assert_eq!(size, snapshot.data.len() as u64);
-        assert_eq!(streamed.load().expect("load"), backend.load().expect("load"));
 
-        // A record whose image is shorter than its length says is damaged, not half-loaded.
-        // (Saved alone: with a previous snapshot the store would fall back to it.)
-        let mut cut = bincode::serialize(&snapshot).expect("encode");
+        // A manifest whose image is shorter than its length says is damaged, not half-loaded.
+        let mut cut = backend.load().expect("load").expect("saved");
         cut.pop();
         let alone = Arc::new(MemorySnapshots::default());
         alone.save(&[&cut]).expect("save");
-        let error = AppliedStore::new(alone).load().expect_err("a cut image is caught");
+        let error = AppliedStore::new(alone).load().expect_err("a cut manifest is caught");
         assert!(error.to_string().contains("announced"), "{error}");
+    }
+
+    /// `count` purchases of SKU "x", one entry, at log index `index`.
+    fn purchases(image: &mut ShardImage, index: u64, first: u64, count: u64) {
+        let buys = (first..first + count)
+            .map(|n| Operation::Purchase {
+                sku: b"x".to_vec(),
+                qty: 1,
+                user: "u".into(),
+                order_id: format!("o{n}"),
+                first_attempt_ms: index,
+            })
+            .collect();
+        apply(image, index, CommandBody::Batch(buys));
+    }
+
+    #[test]
+    fn a_checkpoint_writes_only_the_chunks_that_changed_since_the_last() {
+        use crate::state_machine::orders::CHUNK_RECORDS;
+        let backend = Arc::new(MemorySnapshots::default());
+        let store = AppliedStore::new(backend.clone());
+        let mut image = ShardImage::default();
+        apply(&mut image, 1, put_sku(b"x", 1_000_000));
+        let chunk = CHUNK_RECORDS as u64;
+        purchases(&mut image, 2, 0, 3 * chunk);
+        let save = |image: &ShardImage| {
+            let meta = snapshot_of(image).meta;
+            store.save_image(&meta, &image.frozen()).expect("save");
+        };
+        save(&image);
+        assert_eq!(backend.chunk_saves(), 3);
+
+        // Nothing changed: nothing but the manifest is written.
+        save(&image);
+        assert_eq!(backend.chunk_saves(), 3);
+
+        // New orders fill a fourth chunk; the first three are kept as they are.
+        purchases(&mut image, 3, 3 * chunk, 10);
+        save(&image);
+        assert_eq!(backend.chunk_saves(), 4);
+        let loaded = store.load().expect("load");
+        assert_eq!(loaded.ledger, image.ledger);
+
+        // A restart's load counts as written: only the chunk a later write touches is written.
+        let restarted = AppliedStore::new(backend.clone());
+        let mut image = restarted.load().expect("load");
+        purchases(&mut image, 4, 3 * chunk + 10, 5);
+        let meta = snapshot_of(&image).meta;
+        restarted.save_image(&meta, &image.frozen()).expect("save");
+        assert_eq!(backend.chunk_saves(), 5);
+        assert_eq!(restarted.load().expect("load").ledger, image.ledger);
+        // Chunks no manifest names any more are deleted: 4 in use, the replaced tail kept for
+        // the previous manifest.
+        assert_eq!(backend.chunks_stored(), 5);
     }
 }

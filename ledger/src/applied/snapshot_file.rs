@@ -35,6 +35,8 @@ pub struct FileSnapshots {
     path: PathBuf,
     temporary: PathBuf,
     previous: PathBuf,
+    /// Order chunks are `<prefix><id>` beside the snapshot file.
+    chunk_prefix: String,
 }
 
 impl FileSnapshots {
@@ -46,7 +48,12 @@ impl FileSnapshots {
             path: directory.join(format!("shard-{shard_id}.snap")),
             temporary: directory.join(format!("shard-{shard_id}.snap.tmp")),
             previous: directory.join(format!("shard-{shard_id}.snap.prev")),
+            chunk_prefix: format!("shard-{shard_id}.chunk-"),
         })
+    }
+
+    fn chunk_path(&self, id: u64) -> PathBuf {
+        self.directory.join(format!("{}{id}", self.chunk_prefix))
     }
 }
 
@@ -114,36 +121,41 @@ fn io_error(path: &Path, error: std::io::Error) -> AppliedStoreError {
     AppliedStoreError::Backend(format!("{}: {error}", path.display()))
 }
 
+/// Writes a framed file of `length` payload bytes from `write` at `path` and syncs its data.
+fn write_framed(path: &Path, length: u64, write: &mut StreamWriter<'_>) -> Result<(), AppliedStoreError> {
+    let mut save = || -> std::io::Result<()> {
+        let mut file = File::create(path)?;
+        // The CRC is known only at the end: written over this placeholder then.
+        file.write_all(MAGIC)?;
+        file.write_all(&length.to_le_bytes())?;
+        file.write_all(&[0; 4])?;
+        let mut payload = PayloadWriter {
+            file: &file,
+            buffer: Vec::with_capacity(WRITE_CHUNK_BYTES),
+            written: HEADER_BYTES,
+            crc: crc32fast::Hasher::new(),
+        };
+        write(&mut payload)?;
+        payload.write_buffered()?;
+        let (written, crc) = (payload.written - HEADER_BYTES, payload.crc.finalize());
+        if written as u64 != length {
+            return Err(std::io::Error::other(format!(
+                "a snapshot of {length} bytes was announced, {written} written"
+            )));
+        }
+        file.seek(std::io::SeekFrom::Start(16))?;
+        file.write_all(&crc.to_le_bytes())?;
+        // What makes it durable (and the file's size and blocks): the chunks' flushes only
+        // spread the writing out.
+        file.sync_data()?;
+        Ok(())
+    };
+    save().map_err(|e| io_error(path, e))
+}
+
 impl SnapshotBackend for FileSnapshots {
     fn save_streamed(&self, length: u64, write: &mut StreamWriter<'_>) -> Result<(), AppliedStoreError> {
-        let mut save = || -> std::io::Result<()> {
-            let mut file = File::create(&self.temporary)?;
-            // The CRC is known only at the end: written over this placeholder then.
-            file.write_all(MAGIC)?;
-            file.write_all(&length.to_le_bytes())?;
-            file.write_all(&[0; 4])?;
-            let mut payload = PayloadWriter {
-                file: &file,
-                buffer: Vec::with_capacity(WRITE_CHUNK_BYTES),
-                written: HEADER_BYTES,
-                crc: crc32fast::Hasher::new(),
-            };
-            write(&mut payload)?;
-            payload.write_buffered()?;
-            let (written, crc) = (payload.written - HEADER_BYTES, payload.crc.finalize());
-            if written as u64 != length {
-                return Err(std::io::Error::other(format!(
-                    "a snapshot of {length} bytes was announced, {written} written"
-                )));
-            }
-            file.seek(std::io::SeekFrom::Start(16))?;
-            file.write_all(&crc.to_le_bytes())?;
-            // What makes it durable (and the file's size and blocks): the chunks' flushes only
-            // spread the writing out.
-            file.sync_data()?;
-            Ok(())
-        };
-        save().map_err(|e| io_error(&self.temporary, e))?;
+        write_framed(&self.temporary, length, write)?;
         // The snapshot being replaced stays as the previous one (a second name for its file,
         // so there is no moment without a latest snapshot).
         match std::fs::remove_file(&self.previous) {
@@ -166,6 +178,38 @@ impl SnapshotBackend for FileSnapshots {
 
     fn load_previous(&self) -> Result<Option<Vec<u8>>, AppliedStoreError> {
         read_framed(&self.previous)
+    }
+
+    fn save_chunk(&self, id: u64, bytes: &[u8]) -> Result<(), AppliedStoreError> {
+        // Renamed into place: a chunk is never half there under its name. The directory is
+        // synced with the snapshot record that names it.
+        let path = self.chunk_path(id);
+        let temporary = path.with_extension("tmp");
+        write_framed(&temporary, bytes.len() as u64, &mut |out: &mut dyn Write| {
+            out.write_all(bytes)
+        })?;
+        std::fs::rename(&temporary, &path).map_err(|e| io_error(&path, e))
+    }
+
+    fn load_chunk(&self, id: u64) -> Result<Option<Vec<u8>>, AppliedStoreError> {
+        read_framed(&self.chunk_path(id))
+    }
+
+    fn keep_chunks(&self, keep: &std::collections::BTreeSet<u64>) -> Result<(), AppliedStoreError> {
+        let entries = std::fs::read_dir(&self.directory).map_err(|e| io_error(&self.directory, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| io_error(&self.directory, e))?;
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(|name| name.strip_prefix(&self.chunk_prefix)) else {
+                continue;
+            };
+            // Leftover temporaries (a crash mid-write) go too.
+            if id.parse::<u64>().is_ok_and(|id| keep.contains(&id)) {
+                continue;
+            }
+            std::fs::remove_file(entry.path()).map_err(|e| io_error(&entry.path(), e))?;
+        }
+        Ok(())
     }
 }
 
@@ -255,5 +299,31 @@ mod tests {
         let short = snapshots.save_streamed(10, &mut |out: &mut dyn Write| out.write_all(b"seven b"));
         assert!(short.is_err());
         assert_eq!(std::fs::read(&path).expect("read"), bytes);
+    }
+
+    #[test]
+    fn chunks_are_stored_framed_read_back_and_pruned_to_what_is_kept() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let snapshots = FileSnapshots::open(directory.path(), 3).expect("open");
+        snapshots.save_chunk(1, b"one").expect("save");
+        snapshots.save_chunk(2, b"two").expect("save");
+        snapshots.save_chunk(2, b"two again").expect("replace");
+        assert_eq!(
+            snapshots.load_chunk(2).expect("load").as_deref(),
+            Some(&b"two again"[..])
+        );
+        assert_eq!(snapshots.load_chunk(9).expect("load"), None);
+        let path = directory.path().join("shard-3.chunk-1");
+        let mut bytes = std::fs::read(&path).expect("read");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, &bytes).expect("write");
+        assert!(matches!(snapshots.load_chunk(1), Err(AppliedStoreError::Decode { .. })));
+        snapshots.keep_chunks(&[2].into()).expect("prune");
+        assert!(!path.exists());
+        assert_eq!(
+            snapshots.load_chunk(2).expect("load").as_deref(),
+            Some(&b"two again"[..])
+        );
     }
 }

@@ -29,7 +29,6 @@ use tokio::sync::broadcast;
 use crate::applied::AppliedStore;
 use crate::applied::AppliedStoreError;
 use crate::applied::ShardImage;
-use crate::applied::StoredSnapshot;
 use crate::applied::decode_image;
 use crate::state_machine::command::CommandBody;
 use crate::state_machine::command::CommandReply;
@@ -247,12 +246,12 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         let data = snapshot.into_inner();
         let image = decode_image(&data)?;
         image.ledger.check_all().map_err(|violation| self.halt(violation))?;
+        drop(data);
         let store = self.store.clone();
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
-        run_blocking(SnapshotPriority::Normal, move || store.save_snapshot(&stored)).await?;
+        // The checkpoint shares the chunks of `image`, which becomes the live state: the next
+        // checkpoint writes only what changes after this.
+        let (frozen, meta_owned) = (image.frozen(), meta.clone());
+        run_blocking(SnapshotPriority::Normal, move || store.save_image(&meta_owned, &frozen)).await?;
         tracing::info!(shard = self.view.shard_id, last_log_id = ?meta.last_log_id, "installed snapshot");
         let mut state = self.view.state.write().unwrap_or_else(|p| p.into_inner());
         self.view
