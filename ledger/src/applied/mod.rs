@@ -178,11 +178,16 @@ impl AppliedStore {
     /// written.
     pub fn save_image(&self, meta: &SnapshotMeta, image: &FrozenImage) -> Result<u64, AppliedStoreError> {
         let mut written = lock(&self.written);
+        // The chunks the last checkpoint wrote, by address (an `Arc` it holds cannot move).
+        let unchanged: std::collections::HashMap<*const Chunk, ChunkRef> = written
+            .iter()
+            .map(|(chunk, kept)| (Arc::as_ptr(chunk), *kept))
+            .collect();
         let generation = meta.last_log_id.map_or(0, |id| id.index);
         let mut refs = Vec::with_capacity(image.ledger.orders.chunks.len());
         let mut bytes = 0u64;
         for (position, chunk) in image.ledger.orders.chunks.iter().enumerate() {
-            if let Some((_, kept)) = written.iter().find(|(old, _)| Arc::ptr_eq(old, chunk)) {
+            if let Some(kept) = unchanged.get(&Arc::as_ptr(chunk)) {
                 refs.push(*kept);
                 continue;
             }

@@ -20,6 +20,7 @@ use crate::state_machine::keys::HashKey;
 use crate::state_machine::limits;
 use crate::state_machine::orders::CHUNK_RECORDS;
 use crate::state_machine::state::LedgerState;
+use crate::state_machine::state::PRUNE_INTERVAL_MS;
 use crate::state_machine::state::STRAGGLERS_PER_CHUNK_MAX;
 
 /// The window and margin the tests configure: small, so that random clocks cross them.
@@ -150,6 +151,7 @@ impl Model {
     }
 
     fn apply(&mut self, cmd: &LogCommand) -> Vec<Outcome> {
+        let previous_clock = self.clock;
         self.clock = self.clock.max(cmd.timestamp_ms);
         let outcomes = match &cmd.body {
             CommandBody::Expire => {
@@ -180,7 +182,12 @@ impl Model {
                 vec![]
             }
         };
-        self.prune();
+        // Batches prune when the log's second changes; every other entry always.
+        if self.clock / PRUNE_INTERVAL_MS != previous_clock / PRUNE_INTERVAL_MS
+            || !matches!(cmd.body, CommandBody::Batch(_))
+        {
+            self.prune();
+        }
         outcomes
     }
 

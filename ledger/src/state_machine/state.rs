@@ -51,6 +51,8 @@ pub use crate::state_machine::orders::SkuId;
 /// Most chunks of orders one entry prunes, so that no entry pays for a large backlog at once
 /// (4 x 4096 orders per entry is far more than any entry creates).
 const PRUNE_CHUNKS_PER_ENTRY_MAX: usize = 4;
+/// Batches try to prune once per this much log time (see `prune_due`).
+pub const PRUNE_INTERVAL_MS: u64 = 1_000;
 /// Most orders of a chunk past the window that may not go yet and are carried forward so the
 /// chunk can (a quarter of a chunk).
 pub const STRAGGLERS_PER_CHUNK_MAX: usize = crate::state_machine::orders::CHUNK_RECORDS / 4;
@@ -342,6 +344,7 @@ impl LedgerState {
         command: &LogCommand,
     ) -> Result<(Vec<Outcome>, Changes), InvariantViolation> {
         // Time comes only from the log; a new leader with a slower clock cannot move it back.
+        let previous_clock_ms = self.clock_ms;
         self.clock_ms = self.clock_ms.max(command.timestamp_ms);
         let mut changes = Changes::default();
         let outcomes = match &command.body {
@@ -370,7 +373,9 @@ impl LedgerState {
                 }
             }
         }
-        self.prune();
+        if prune_due(previous_clock_ms, self.clock_ms, &command.body) {
+            self.prune();
+        }
         Ok((outcomes, changes))
     }
 
@@ -504,11 +509,10 @@ impl LedgerState {
             return Ok(refusal);
         }
         let now = self.clock_ms;
+        let (sku_id, limited) = self.skus.get(sku).map_or((SkuId::NONE, false), |record| {
+            (record.id, record.rules.per_user_limit != 0)
+        });
         // The buyer's key matters only under a per-user limit: hashed only then.
-        let limited = self
-            .skus
-            .get(sku)
-            .is_some_and(|record| record.rules.per_user_limit != 0);
         let user_key = if limited {
             hash_key.user(user)
         } else {
@@ -519,7 +523,7 @@ impl LedgerState {
             request,
             value: 0,
             event_seq: u64::MAX,
-            sku: self.skus.get(sku).map_or(SkuId::NONE, |record| record.id),
+            sku: sku_id,
             qty: qty as u32,
             limit: 0,
             kind,
@@ -990,6 +994,14 @@ impl LedgerState {
         hasher.write(&self.clock_ms.to_le_bytes());
         hasher.finish()
     }
+}
+
+/// Whether applying an entry should try to prune: once per [`PRUNE_INTERVAL_MS`] of log time,
+/// and on the entries that let orders go (shipped marks, expiries, settings). Not on every
+/// batch: a front chunk that must stay (shipping is behind) would be scanned again by each one.
+/// Decided by the log alone, so every replica prunes at the same entries.
+fn prune_due(previous_clock_ms: u64, clock_ms: u64, body: &CommandBody) -> bool {
+    clock_ms / PRUNE_INTERVAL_MS != previous_clock_ms / PRUNE_INTERVAL_MS || !matches!(body, CommandBody::Batch(_))
 }
 
 /// A reserve or purchase, as `LedgerState::take` decides it.

@@ -58,7 +58,6 @@ pub fn check(history: &History, ledgers: &[&LedgerState], recorded: &Recorded) -
     }
     // The ledger keeps orders under keyed hashes of their ids: check each shipped id against
     // the shard that keeps it, then that every kept confirmed order was matched by one.
-    let mut confirmed = 0;
     for ledger in ledgers {
         let hash_key = ledger.settings.hash_key;
         let kept_confirmed = ledger
@@ -100,7 +99,6 @@ pub fn check(history: &History, ledgers: &[&LedgerState], recorded: &Recorded) -
                 kept_confirmed - matched
             ));
         }
-        confirmed += kept_confirmed;
     }
-    Ok(confirmed.max(shipped.len()))
+    Ok(shipped.len())
 }
