@@ -48,6 +48,8 @@ pub enum Mode {
 #[derive(Debug, Clone)]
 pub struct RunConfig {
     pub seeds: Vec<String>,
+    /// TLS and token for a secured cluster; the default for an insecure one.
+    pub credentials: flashledger_client::Credentials,
     pub workload: WorkloadKind,
     pub mode: Mode,
     pub clients: usize,
@@ -196,7 +198,11 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Measured> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    let admin = Client::connect(config.seeds.clone(), ClientOptions::default())
+    let admin_options = ClientOptions {
+        credentials: config.credentials.clone(),
+        ..ClientOptions::default()
+    };
+    let admin = Client::connect(config.seeds.clone(), admin_options)
         .await
         .context("connecting to the cluster")?;
     let plan = (config.workload == WorkloadKind::BlackFriday).then(|| BlackFridayPlan::scaled(config.scale));
@@ -224,6 +230,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Measured> {
             0
         },
         coalesce_inflight_max: config.coalesce_inflight_max,
+        credentials: config.credentials.clone(),
         ..ClientOptions::default()
     };
     let mut clients = Vec::with_capacity(client_count);

@@ -50,6 +50,12 @@ struct RunArgs {
         default_value = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103"
     )]
     seeds: Vec<String>,
+    /// The cluster's CA certificate (PEM): talk TLS (a secured cluster, as cluster.toml's).
+    #[arg(long, env = "FLASHLEDGER_CA")]
+    ca: Option<PathBuf>,
+    /// A file holding the bearer token (buyer-service or admin; admin puts the SKUs on sale).
+    #[arg(long, env = "FLASHLEDGER_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "hot")]
     workload: workload::WorkloadKind,
     #[arg(long, value_enum, default_value = "independent")]
@@ -141,8 +147,18 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         label
     });
+    let read = |path: &PathBuf| std::fs::read(path).with_context(|| format!("cannot read {}", path.display()));
+    let credentials = flashledger_client::Credentials {
+        ca_pem: args.ca.as_ref().map(read).transpose()?,
+        client_cert: None,
+        token: match &args.token_file {
+            Some(file) => Some(String::from_utf8_lossy(&read(file)?).trim().to_string()),
+            None => None,
+        },
+    };
     let config = driver::RunConfig {
         seeds: args.seeds.clone(),
+        credentials,
         workload: args.workload,
         mode: args.mode,
         clients: args.clients,

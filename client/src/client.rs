@@ -341,7 +341,7 @@ impl Client {
 
 /// Sends one write on the RPC matching its kind.
 async fn send_write(
-    mut inventory: flashledger_proto::v1::inventory_client::InventoryClient<tonic::transport::Channel>,
+    mut inventory: flashledger_proto::v1::inventory_client::InventoryClient<crate::channels::NodeChannel>,
     op: Op,
 ) -> Result<tonic::Response<wire::WriteReply>, tonic::Status> {
     match op {

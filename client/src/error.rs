@@ -57,6 +57,13 @@ pub enum ClientError {
         /// The last failure seen, for logs.
         last_error: String,
     },
+    /// The cluster does not know this client's credentials (none, an unknown or revoked
+    /// token, a certificate it does not accept). Nothing was applied.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The client's role may not make this call (e.g. a reader writing). Nothing was applied.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// The options or seed list given to [`crate::Client::connect`] are unusable.
     #[error("invalid client configuration: {0}")]
     Config(String),
@@ -64,11 +71,15 @@ pub enum ClientError {
 
 impl ClientError {
     /// True when the write was certainly not applied (nothing reached a node, or the node
-    /// rejected the request as malformed).
+    /// rejected the request as malformed or its caller as not allowed).
     pub fn definitely_not_applied(&self) -> bool {
         matches!(
             self,
-            ClientError::InvalidArgument(_) | ClientError::NoSeedReachable { .. } | ClientError::Config(_)
+            ClientError::InvalidArgument(_)
+                | ClientError::NoSeedReachable { .. }
+                | ClientError::Config(_)
+                | ClientError::Unauthenticated(_)
+                | ClientError::PermissionDenied(_)
         )
     }
 

@@ -41,7 +41,8 @@
 //! - [`client`]: [`Client`], the typed API (one method per operation, `batch`, `watch`).
 //! - `router`: shard-map discovery and the bounded retry loop; the status-code contract as
 //!   client actions.
-//! - `channels`: one lazily connected, shared `tonic` channel per node address.
+//! - [`channels`]: one lazily connected, shared `tonic` channel per node address.
+//! - [`credentials`]: [`Credentials`], TLS material and the bearer token a call carries.
 //! - [`shard_map`]: [`ShardMap`], bytewise range routing and learned leaders.
 //! - [`convert`]: the only place wire (protobuf) and domain types meet.
 //! - [`types`]: the domain values: [`Outcome`], [`Stock`], [`WriteOp`], [`SaleRules`], ...
@@ -52,10 +53,11 @@
 //! The client uses no randomness and only `tokio` time, so it runs unchanged under the madsim
 //! simulator (`--cfg madsim`).
 
-mod channels;
+pub mod channels;
 pub mod client;
 mod coalesce;
 pub mod convert;
+pub mod credentials;
 pub mod error;
 pub mod options;
 mod router;
@@ -63,7 +65,9 @@ pub mod shard_map;
 pub mod types;
 pub mod watch;
 
+pub use channels::{NodeChannel, node_channel};
 pub use client::{Client, SKU_BYTES_MAX};
+pub use credentials::Credentials;
 pub use error::ClientError;
 pub use options::ClientOptions;
 pub use shard_map::{NodeId, Shard, ShardMap};

@@ -33,6 +33,8 @@ pub struct ClientOptions {
     /// 64 callers, 2 in flight did 10–18 % more purchases and 12 % more sold-out answers than 4,
     /// and 1 left the pipeline idle during each round trip (docs/benchmarks.md).
     pub coalesce_inflight_max: usize,
+    /// TLS and the bearer token; the default (none) talks plaintext to an insecure cluster.
+    pub credentials: crate::Credentials,
 }
 
 impl Default for ClientOptions {
@@ -46,6 +48,7 @@ impl Default for ClientOptions {
             backoff_ms_max: 500,
             coalesce_ops_max: 0,
             coalesce_inflight_max: 2,
+            credentials: crate::Credentials::default(),
         }
     }
 }

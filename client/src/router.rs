@@ -21,12 +21,12 @@
 use std::future::Future;
 use std::sync::{Arc, PoisonError, RwLock};
 
+use crate::channels::NodeChannel;
 use flashledger_proto::metadata;
 use flashledger_proto::v1::ShardMapRequest;
 use flashledger_proto::v1::cluster_client::ClusterClient;
 use flashledger_proto::v1::inventory_client::InventoryClient;
 use tokio::time::{Instant, sleep, timeout};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::channels::Channels;
@@ -81,7 +81,7 @@ pub(crate) struct Router {
 
 impl Router {
     pub(crate) fn new(seeds: Vec<String>, options: ClientOptions) -> Self {
-        let channels = Channels::new(options.connect_timeout());
+        let channels = Channels::new(options.connect_timeout(), options.credentials.clone());
         Router {
             options,
             seeds,
@@ -141,6 +141,14 @@ impl Router {
                     last_error = format!("{addr}: shard map request timed out");
                     continue;
                 }
+                // Every node checks credentials the same way: asking the next would only
+                // repeat the refusal.
+                Ok(Err(status)) if status.code() == tonic::Code::Unauthenticated => {
+                    return Err(ClientError::Unauthenticated(format!("{addr}: {}", status.message())));
+                }
+                Ok(Err(status)) if status.code() == tonic::Code::PermissionDenied => {
+                    return Err(ClientError::PermissionDenied(format!("{addr}: {}", status.message())));
+                }
                 Ok(Err(status)) => {
                     last_error = format!("{addr}: {:?}: {}", status.code(), status.message());
                     continue;
@@ -195,7 +203,7 @@ impl Router {
         mut send: Send,
     ) -> Result<Reply, ClientError>
     where
-        Send: FnMut(InventoryClient<Channel>, u64) -> Sent,
+        Send: FnMut(InventoryClient<NodeChannel>, u64) -> Sent,
         Sent: Future<Output = Result<tonic::Response<Reply>, Status>>,
     {
         let deadline = Instant::now() + self.options.request_timeout();
@@ -345,6 +353,9 @@ impl Router {
 fn classify(status: &Status) -> Next {
     match status.code() {
         Code::InvalidArgument => Next::Fail(ClientError::InvalidArgument(status.message().to_string())),
+        // Refused before the request was decoded: retrying cannot help.
+        Code::Unauthenticated => Next::Fail(ClientError::Unauthenticated(status.message().to_string())),
+        Code::PermissionDenied => Next::Fail(ClientError::PermissionDenied(status.message().to_string())),
         Code::Unavailable => {
             let leader_addr = metadata_str(status, metadata::LEADER_ADDR).map(str::to_string);
             let leader_id = metadata_str(status, metadata::LEADER_ID)

@@ -43,6 +43,8 @@ pub enum ConfigError {
     RangesDoNotTile { at: String },
     #[error("{field} is invalid: {reason}")]
     Bound { field: &'static str, reason: String },
+    #[error("[security]: {0}")]
+    Security(String),
 }
 
 /// The whole file.
@@ -65,6 +67,10 @@ pub struct ClusterConfig {
     pub postgres: Vec<PostgresConfig>,
     #[serde(default)]
     pub shipping: ShippingSection,
+    /// TLS material and callers' credentials (crate::security). Required: a cluster without
+    /// TLS must say `insecure = true`.
+    #[serde(default)]
+    pub security: SecuritySection,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +96,12 @@ pub struct NodeConfig {
     /// Where this node keeps its WAL and applied state; relative paths are relative to the
     /// directory the node runs in.
     pub data_dir: PathBuf,
+    /// This node's certificate (PEM, signed by `security.ca_file`, naming the node with the
+    /// URI `flashledger://node/<id>`) and its private key; required unless `security.insecure`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
 }
 
 /// A shard: the SKUs in `[start, end)` (UTF-8; an empty `end` is unbounded), replicated on
@@ -245,6 +257,34 @@ pub struct PostgresConfig {
     pub url: String,
 }
 
+/// How nodes and callers prove who they are (docs/security.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecuritySection {
+    /// Plaintext gRPC and no authentication: anyone who reaches a port may do anything,
+    /// including speak Raft. Only when said explicitly; the node logs a warning at start.
+    pub insecure: bool,
+    /// The cluster's certificate authority (PEM): it signs every node's certificate and every
+    /// client certificate the nodes accept.
+    pub ca_file: Option<PathBuf>,
+    /// Bearer tokens callers may present, stored as SHA-256 digests with a role each
+    /// (docs/security.md); re-read when the file changes, so rotating a token needs no restart.
+    pub tokens_file: Option<PathBuf>,
+    /// A connection that has not finished its TLS handshake by then is closed.
+    pub tls_handshake_timeout_ms: u64,
+}
+
+impl Default for SecuritySection {
+    fn default() -> Self {
+        SecuritySection {
+            insecure: false,
+            ca_file: None,
+            tokens_file: None,
+            tls_handshake_timeout_ms: 5000,
+        }
+    }
+}
+
 impl ClusterConfig {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -268,7 +308,42 @@ impl ClusterConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_nodes()?;
         self.validate_shards()?;
-        self.validate_bounds()
+        self.validate_bounds()?;
+        self.validate_security()
+    }
+
+    /// TLS unless `insecure = true` is said, with every file named; the files themselves are
+    /// read (and their errors named) when the node starts.
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        let security = &self.security;
+        if security.insecure {
+            return Ok(());
+        }
+        let missing = |what: String| {
+            Err(ConfigError::Security(format!(
+                "{what} is missing: TLS is required (give security.ca_file and every node's cert_file \
+                 and key_file, e.g. from scripts/certs.sh), or set [security] insecure = true for \
+                 plaintext without authentication"
+            )))
+        };
+        if security.ca_file.is_none() {
+            return missing("security.ca_file".into());
+        }
+        for node in &self.nodes {
+            if node.cert_file.is_none() {
+                return missing(format!("node {} cert_file", node.id));
+            }
+            if node.key_file.is_none() {
+                return missing(format!("node {} key_file", node.id));
+            }
+        }
+        if security.tls_handshake_timeout_ms == 0 {
+            return Err(ConfigError::Bound {
+                field: "security.tls_handshake_timeout_ms",
+                reason: "must be greater than 0".into(),
+            });
+        }
+        Ok(())
     }
 
     fn validate_nodes(&self) -> Result<(), ConfigError> {
@@ -426,6 +501,8 @@ mod tests {
     use super::*;
 
     const VALID: &str = r#"
+        [security]
+        insecure = true
         [[nodes]]
         id = 1
         addr = "127.0.0.1:7101"

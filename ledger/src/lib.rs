@@ -24,6 +24,7 @@ pub mod config;
 pub mod node;
 pub mod raft;
 pub mod runtime;
+pub mod security;
 pub mod server;
 pub mod shipping;
 #[cfg(madsim)]

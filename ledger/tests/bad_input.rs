@@ -103,6 +103,9 @@ async fn bad_requests_are_refused_and_change_nothing() {
     for id in cluster.running_ids() {
         cluster.wait_applied(id, 1, put_index).await;
     }
+    // Shard 2's new leader configures the ledger (index 2, after its blank entry) on its own
+    // schedule; wait for it, or it may land between the fingerprints below.
+    cluster.wait_applied(1, 2, 2).await;
     let leader = cluster.leader(1).await;
     let mut inventory = InventoryClient::new(channel(&cluster, leader).await);
     let before = fingerprint(&cluster);

@@ -5,17 +5,13 @@
 
 #![cfg(not(madsim))]
 
-use std::path::PathBuf;
-use std::process::Child;
 use std::process::Command;
-use std::process::Output;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use std::time::Instant;
 
 use flashledger_client::Client;
 use flashledger_client::ClientOptions;
@@ -26,170 +22,12 @@ use rand::Rng;
 use rand::SeedableRng;
 use serde_json::Value;
 
-const LEDGER: &str = env!("CARGO_BIN_EXE_ledger");
+mod process_support;
 
-/// A cluster of real node processes with its own config and data in a temporary directory.
-struct ProcessCluster {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    addrs: Vec<String>,
-    nodes: Vec<Option<Child>>,
-}
-
-impl ProcessCluster {
-    fn start(node_count: usize) -> ProcessCluster {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let addrs: Vec<String> = (0..node_count)
-            .map(|_| {
-                let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-                listener.local_addr().expect("addr").to_string()
-            })
-            .collect();
-        let mut toml = String::from(
-            "[raft]\nelection_timeout_ms_min = 300\nelection_timeout_ms_max = 600\nheartbeat_interval_ms = 50\nsnapshot_ops_since_last = 500\n",
-        );
-        for (position, addr) in addrs.iter().enumerate() {
-            let id = position + 1;
-            let data = dir.path().join(format!("node{id}"));
-            toml.push_str(&format!(
-                "[[nodes]]\nid = {id}\naddr = \"{addr}\"\ndata_dir = \"{}\"\n",
-                data.display()
-            ));
-        }
-        let replicas: Vec<String> = (1..=node_count).map(|id| id.to_string()).collect();
-        let replicas = replicas.join(", ");
-        toml.push_str(&format!("[[shards]]\nid = 1\nend = \"m\"\nreplicas = [{replicas}]\n"));
-        toml.push_str(&format!("[[shards]]\nid = 2\nstart = \"m\"\nreplicas = [{replicas}]\n"));
-        let config = dir.path().join("cluster.toml");
-        std::fs::write(&config, toml).expect("write config");
-        let mut cluster = ProcessCluster {
-            dir,
-            config,
-            addrs,
-            nodes: (0..node_count).map(|_| None).collect(),
-        };
-        for id in 1..=node_count {
-            cluster.spawn(id);
-        }
-        cluster.wait_for_leaders();
-        cluster
-    }
-
-    fn spawn(&mut self, id: usize) {
-        let log = std::fs::File::create(self.dir.path().join(format!("node{id}.log"))).expect("log file");
-        let child = Command::new(LEDGER)
-            .args(["serve", "--config"])
-            .arg(&self.config)
-            .args(["--node", &id.to_string()])
-            .env("RUST_LOG", "info,openraft=warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn ledger serve");
-        self.nodes[id - 1] = Some(child);
-    }
-
-    fn kill(&mut self, id: usize) {
-        if let Some(mut child) = self.nodes[id - 1].take() {
-            child.kill().expect("SIGKILL");
-            child.wait().expect("reap");
-        }
-    }
-
-    /// Runs the CLI against this cluster.
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(LEDGER)
-            .args(args)
-            .arg("--config")
-            .arg(&self.config)
-            .output()
-            .expect("run ledger CLI")
-    }
-
-    fn status(&self) -> Value {
-        let output = self.cli(&["status", "--json"]);
-        serde_json::from_slice(&output.stdout).unwrap_or(Value::Null)
-    }
-
-    fn wait_for_leaders(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let status = self.status();
-            let shards: Vec<&Value> = status["nodes"]
-                .as_array()
-                .map(|nodes| {
-                    nodes
-                        .iter()
-                        .flat_map(|n| n["shards"].as_array().into_iter().flatten())
-                        .collect()
-                })
-                .unwrap_or_default();
-            let all_up = status["nodes"]
-                .as_array()
-                .is_some_and(|n| n.iter().all(|n| n["shards"].is_array()));
-            if all_up && !shards.is_empty() && shards.iter().all(|s| s["leader"].as_u64().unwrap_or(0) != 0) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "no leaders within 30 s: {status}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Waits until every node reports the same applied index and digest for every shard.
-    fn wait_converged(&self) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let status = self.status();
-            let mut per_shard: std::collections::BTreeMap<u64, Vec<(u64, String, bool)>> = Default::default();
-            let mut answered = 0;
-            for node in status["nodes"].as_array().into_iter().flatten() {
-                let Some(shards) = node["shards"].as_array() else {
-                    continue;
-                };
-                answered += 1;
-                for shard in shards {
-                    per_shard
-                        .entry(shard["shard_id"].as_u64().unwrap_or(0))
-                        .or_default()
-                        .push((
-                            shard["applied_index"].as_u64().unwrap_or(0),
-                            shard["state_digest"].as_str().unwrap_or("").to_string(),
-                            shard["invariant_ok"].as_bool().unwrap_or(false),
-                        ));
-                }
-            }
-            let converged = answered == self.addrs.len()
-                && per_shard.values().all(|replicas| {
-                    replicas.windows(2).all(|w| w[0].0 == w[1].0 && w[0].1 == w[1].1) && replicas.iter().all(|r| r.2)
-                });
-            if converged {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "replicas did not converge within 60 s: {status}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for ProcessCluster {
-    fn drop(&mut self) {
-        for child in self.nodes.iter_mut().flatten() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
+use process_support::LEDGER;
+use process_support::ProcessCluster;
+use process_support::stderr;
+use process_support::stdout;
 
 #[test]
 fn the_cli_drives_a_live_cluster() {

@@ -32,6 +32,22 @@ cluster_stop() {
   fi
 }
 
+# Exports FLASHLEDGER_TOKEN_FILE (the CLI's and flashbench's credential) and FLASHLEDGER_CA as the admin token scripts/certs.sh
+# made next to the config's tokens file, unless the caller already chose a credential.
+cluster_use_admin_token() {
+  local tokens_file
+  tokens_file=$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb")).get("security", {}).get("tokens_file", ""))' "$1")
+  if [ -n "$tokens_file" ] && [ -z "${FLASHLEDGER_TOKEN:-}${FLASHLEDGER_TOKEN_FILE:-}" ]; then
+    export FLASHLEDGER_TOKEN_FILE="$(dirname "$tokens_file")/admin.token"
+  fi
+  # flashbench takes the CA from the environment (the CLI reads it from the config).
+  local ca_file
+  ca_file=$(python3 -c 'import sys, tomllib; s = tomllib.load(open(sys.argv[1], "rb")).get("security", {}); print("" if s.get("insecure") else s.get("ca_file", ""))' "$1")
+  if [ -n "$ca_file" ] && [ -z "${FLASHLEDGER_CA:-}" ]; then
+    export FLASHLEDGER_CA="$ca_file"
+  fi
+}
+
 # Blocks until every shard of the running cluster has a leader (at most 20 s).
 cluster_wait_leaders() {
   local attempt
@@ -85,8 +101,11 @@ cluster_start() {
     fi
   done
   echo "==> starting nodes $(echo $node_ids) from $config (fresh data in $data_root/)"
-  rm -rf "$data_root"
+  # Fresh data, but TLS material (made once by scripts/certs.sh) stays.
   mkdir -p "$data_root"
+  find "$data_root" -mindepth 1 -maxdepth 1 ! -name certs -exec rm -rf {} +
+  scripts/certs.sh "$config"
+  cluster_use_admin_token "$config"
   for id in $node_ids; do
     RUST_LOG="${RUST_LOG:-info,openraft=warn}" "$LEDGER" serve --config "$config" --node "$id" \
       >"$data_root/node$id.log" 2>&1 &

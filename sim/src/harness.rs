@@ -52,7 +52,8 @@ impl ClusterShape {
 
     /// The cluster.toml a real deployment of this shape would use, on simulated addresses.
     pub fn config_toml(&self) -> String {
-        let mut toml = String::from("[cluster]\nname = \"sim\"\n\n");
+        // The simulator has no TLS (madsim-tonic); its clusters say so explicitly.
+        let mut toml = String::from("[cluster]\nname = \"sim\"\n\n[security]\ninsecure = true\n\n");
         for id in 1..=self.nodes {
             toml += &format!(
                 "[[nodes]]\nid = {id}\naddr = \"{}\"\ndata_dir = \"/sim/node{id}\"\n\n",

@@ -15,6 +15,7 @@ use clap::Args;
 use flashledger_client::Client;
 use flashledger_client::ClientOptions;
 use flashledger_client::Consistency;
+use flashledger_client::Credentials;
 use flashledger_client::Outcome;
 use flashledger_client::SaleRules;
 use flashledger_proto::v1 as pb;
@@ -80,9 +81,9 @@ pub async fn run(args: FlashSaleArgs) -> anyhow::Result<()> {
     let addresses = args.target.addresses()?;
     let options = ClientOptions {
         coalesce_ops_max: args.coalesce_ops_max,
-        ..ClientOptions::default()
+        ..args.target.client_options()?
     };
-    let client = Client::connect(addresses.clone(), options).await?;
+    let client = Client::connect(addresses.clone(), options.clone()).await?;
     let sku = args
         .sku
         .clone()
@@ -111,7 +112,7 @@ pub async fn run(args: FlashSaleArgs) -> anyhow::Result<()> {
         .shard_for(sku.as_bytes())
         .map(|s| s.shard_id)
         .context("no shard for the sku")?;
-    let replicas = check_replicas(&addresses, &sku, shard_id).await?;
+    let replicas = check_replicas(&addresses, &options.credentials, &sku, shard_id).await?;
     let oversold_answers = (tally.confirmed as i64 - args.stock).max(0);
     let oversold_ledger = (ledger_stock.sold + ledger_stock.reserved - ledger_stock.total).max(0);
     let latency = tally.latency_us.as_ref();
@@ -120,7 +121,7 @@ pub async fn run(args: FlashSaleArgs) -> anyhow::Result<()> {
     let answers_match = tally.confirmed as i64 == ledger_stock.sold;
     let ok = oversold_answers == 0 && oversold_ledger == 0 && replicas.agree && answers_match && tally.errors == 0;
     let shipping = match args.target.config() {
-        Some(config) => shipping_report::report(&config, &addresses, &sku, shard_id).await,
+        Some(config) => shipping_report::report(&config, &addresses, &options.credentials, &sku, shard_id).await,
         None => None,
     };
     let shipping_json = shipping.as_ref().map(|s| {
@@ -245,14 +246,19 @@ struct ReplicaCheck {
 
 /// Waits (bounded) until every replica has applied what the leader has, then compares each
 /// replica's own counts of `sku`, its state digest and its invariant check.
-async fn check_replicas(addresses: &[String], sku: &str, shard_id: u64) -> anyhow::Result<ReplicaCheck> {
+async fn check_replicas(
+    addresses: &[String],
+    credentials: &Credentials,
+    sku: &str,
+    shard_id: u64,
+) -> anyhow::Result<ReplicaCheck> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let statuses = status::fetch_all(addresses).await;
+        let statuses = status::fetch_all(addresses, credentials).await;
         let mut rows = Vec::new();
         for node in &statuses {
             let Ok(reply) = &node.reply else { continue };
-            let Ok(counts) = stale_counts(&node.addr, sku).await else {
+            let Ok(counts) = stale_counts(&node.addr, credentials, sku).await else {
                 continue;
             };
             if let Some(shard) = reply.shards.iter().find(|s| s.shard_id == shard_id) {
@@ -296,13 +302,8 @@ async fn check_replicas(addresses: &[String], sku: &str, shard_id: u64) -> anyho
 }
 
 /// This node's own applied counts of `sku` (a stale read served by that node).
-async fn stale_counts(addr: &str, sku: &str) -> Result<pb::StockCounts, String> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| e.to_string())?
-        .timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(|e| e.to_string())?;
+async fn stale_counts(addr: &str, credentials: &Credentials, sku: &str) -> Result<pb::StockCounts, String> {
+    let channel = flashledger_client::node_channel(addr, Duration::from_secs(5), credentials)?;
     let request = pb::GetStockRequest {
         sku: sku.as_bytes().to_vec().into(),
         consistency: pb::Consistency::Stale as i32,

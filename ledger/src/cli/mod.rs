@@ -14,6 +14,8 @@ use anyhow::Context;
 use clap::Args;
 use clap::Parser;
 use clap::Subcommand;
+use flashledger_client::ClientOptions;
+use flashledger_client::Credentials;
 use ledger::config::ClusterConfig;
 
 #[derive(Debug, Parser)]
@@ -39,6 +41,28 @@ pub struct Target {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// The cluster's CA certificate (PEM): talk TLS and verify the nodes with it. Default: the
+    /// config's `security.ca_file`, unless the config says `insecure = true`.
+    #[arg(long, env = "FLASHLEDGER_CA", global = true)]
+    pub ca: Option<PathBuf>,
+    /// A bearer token (prefer FLASHLEDGER_TOKEN or --token-file: a flag shows in `ps`).
+    #[arg(
+        long,
+        env = "FLASHLEDGER_TOKEN",
+        global = true,
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<String>,
+    /// A file holding the bearer token.
+    #[arg(long, env = "FLASHLEDGER_TOKEN_FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+    /// A client certificate (PEM) naming a role, instead of or beside a token; needs --key.
+    #[arg(long, env = "FLASHLEDGER_CERT", global = true, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "FLASHLEDGER_KEY", global = true, requires = "cert")]
+    pub key: Option<PathBuf>,
 }
 
 impl Target {
@@ -55,6 +79,45 @@ impl Target {
     /// The config file, if it is readable (a `--seeds` run may have none).
     pub fn config(&self) -> Option<ClusterConfig> {
         ClusterConfig::load(&self.config).ok()
+    }
+
+    /// What the CLI proves itself with: the CA (flag, else the config's), the token (flag,
+    /// environment or file) and the client certificate, read now so a missing file is named.
+    pub fn credentials(&self) -> anyhow::Result<Credentials> {
+        let read = |path: &PathBuf, what: &str| {
+            std::fs::read(path).with_context(|| format!("cannot read the {what} {}", path.display()))
+        };
+        let ca_file = match &self.ca {
+            Some(ca) => Some(ca.clone()),
+            None => self
+                .config()
+                .filter(|config| !config.security.insecure)
+                .and_then(|config| config.security.ca_file),
+        };
+        let token = match (&self.token, &self.token_file) {
+            (Some(token), _) => Some(token.clone()),
+            (None, Some(file)) => {
+                Some(String::from_utf8(read(file, "token file")?).context("the token file is not text")?)
+            }
+            (None, None) => None,
+        };
+        let client_cert = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Some((read(cert, "client certificate")?, read(key, "client key")?)),
+            _ => None,
+        };
+        Ok(Credentials {
+            ca_pem: ca_file.map(|file| read(&file, "CA certificate")).transpose()?,
+            client_cert,
+            token: token.map(|token| token.trim().to_string()),
+        })
+    }
+
+    /// Client options carrying [`Target::credentials`].
+    pub fn client_options(&self) -> anyhow::Result<ClientOptions> {
+        Ok(ClientOptions {
+            credentials: self.credentials()?,
+            ..ClientOptions::default()
+        })
     }
 }
 

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use clap::Subcommand;
 use flashledger_client::Client;
-use flashledger_client::ClientOptions;
 use flashledger_client::Consistency;
 use flashledger_client::Outcome;
 use flashledger_client::SaleRules;
@@ -96,7 +95,7 @@ pub enum OrderCommand {
 }
 
 async fn connect(target: &Target) -> anyhow::Result<Client> {
-    Ok(Client::connect(target.addresses()?, ClientOptions::default()).await?)
+    Ok(Client::connect(target.addresses()?, target.client_options()?).await?)
 }
 
 fn print_outcome(target: &Target, outcome: &Outcome) {

@@ -5,6 +5,7 @@
 use std::time::Duration;
 use std::time::Instant;
 
+use flashledger_client::Credentials;
 use ledger::config::ClusterConfig;
 use tokio_postgres::NoTls;
 
@@ -24,14 +25,20 @@ pub struct ShippingReport {
 }
 
 /// `None` when the config lists no Postgres shards (shipping is off).
-pub async fn report(config: &ClusterConfig, addresses: &[String], sku: &str, shard_id: u64) -> Option<ShippingReport> {
+pub async fn report(
+    config: &ClusterConfig,
+    addresses: &[String],
+    credentials: &Credentials,
+    sku: &str,
+    shard_id: u64,
+) -> Option<ShippingReport> {
     if config.postgres.is_empty() {
         return None;
     }
     let started = Instant::now();
     let (mut lag_events, mut lag_seconds) = (u64::MAX, 0.0);
     while started.elapsed() < Duration::from_millis(DRAIN_WAIT_MS_MAX) {
-        (lag_events, lag_seconds) = shard_lag(addresses, shard_id).await;
+        (lag_events, lag_seconds) = shard_lag(addresses, credentials, shard_id).await;
         if lag_events == 0 {
             break;
         }
@@ -55,9 +62,9 @@ pub async fn report(config: &ClusterConfig, addresses: &[String], sku: &str, sha
 
 /// The largest lag any reachable replica reports for the shard (they share the replicated mark,
 /// so they differ only by how far each has applied).
-async fn shard_lag(addresses: &[String], shard_id: u64) -> (u64, f64) {
+async fn shard_lag(addresses: &[String], credentials: &Credentials, shard_id: u64) -> (u64, f64) {
     let mut lag = (0, 0.0f64);
-    for node in status::fetch_all(addresses).await {
+    for node in status::fetch_all(addresses, credentials).await {
         for shard in node
             .reply
             .iter()

@@ -3,6 +3,9 @@
 use flashledger_proto::v1::StatusReply;
 use flashledger_proto::v1::StatusRequest;
 use flashledger_proto::v1::cluster_client::ClusterClient;
+use std::time::Duration;
+
+use flashledger_client::Credentials;
 use serde_json::json;
 
 use crate::cli::Target;
@@ -16,32 +19,32 @@ pub struct NodeStatus {
     pub reply: Result<StatusReply, String>,
 }
 
-pub async fn fetch_all(addresses: &[String]) -> Vec<NodeStatus> {
+pub async fn fetch_all(addresses: &[String], credentials: &Credentials) -> Vec<NodeStatus> {
     let mut statuses = Vec::new();
     for addr in addresses {
         statuses.push(NodeStatus {
             addr: addr.clone(),
-            reply: fetch(addr).await,
+            reply: fetch(addr, credentials).await,
         });
     }
     statuses
 }
 
-async fn fetch(addr: &str) -> Result<StatusReply, String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| e.to_string())?
-        .connect_timeout(std::time::Duration::from_secs(2))
-        .timeout(std::time::Duration::from_secs(5));
-    let channel = endpoint.connect().await.map_err(|e| format!("unreachable: {e}"))?;
-    let reply = ClusterClient::new(channel)
-        .status(StatusRequest {})
+async fn fetch(addr: &str, credentials: &Credentials) -> Result<StatusReply, String> {
+    let channel = flashledger_client::node_channel(addr, Duration::from_secs(2), credentials)?;
+    let mut client = ClusterClient::new(channel);
+    let reply = tokio::time::timeout(Duration::from_secs(5), client.status(StatusRequest {}))
         .await
-        .map_err(|s| s.message().to_string())?;
+        .map_err(|_| "unreachable: no answer in 5 s".to_string())?
+        .map_err(|s| match s.code() {
+            tonic::Code::Unavailable => format!("unreachable: {}", s.message()),
+            _ => format!("{:?}: {}", s.code(), s.message()),
+        })?;
     Ok(reply.into_inner())
 }
 
 pub async fn run(target: &Target) -> anyhow::Result<()> {
-    let statuses = fetch_all(&target.addresses()?).await;
+    let statuses = fetch_all(&target.addresses()?, &target.credentials()?).await;
     if target.json {
         let nodes: Vec<_> = statuses.iter().map(status_json).collect();
         println!("{}", serde_json::to_string_pretty(&json!({ "nodes": nodes }))?);

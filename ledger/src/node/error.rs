@@ -45,6 +45,13 @@ pub enum NodeError {
     Storage(String),
     #[error("raft: {0}")]
     Raft(String),
+    /// TLS material or credentials could not be used (at start).
+    #[error("security: {0}")]
+    Security(String),
+    /// The caller may not ask for this (a Raft message naming another node, a shipped mark
+    /// from a node that does not replicate the shard).
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl Node {

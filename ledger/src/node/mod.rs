@@ -68,6 +68,12 @@ pub struct Node {
     /// Flips to true when the node starts shutting down, so long-lived streams (Watch) end and
     /// a graceful shutdown can drain its connections.
     closing: tokio::sync::watch::Sender<bool>,
+    /// This node's TLS material; `None` when the cluster runs insecure.
+    #[cfg(not(madsim))]
+    pub tls: Option<crate::security::tls::NodeTls>,
+    /// The bearer tokens, read at start; the server takes them for its authentication layer.
+    #[cfg(not(madsim))]
+    pub tokens: std::sync::Mutex<Option<crate::security::tokens::TokenStore>>,
 }
 
 /// Milliseconds since the Unix epoch by this node's clock (madsim's under the simulator). Only
@@ -96,11 +102,33 @@ impl Node {
             .node(node_id)
             .ok_or(NodeError::Storage(format!("node {node_id} is not in the config")))?;
         let peer_addresses: BTreeMap<NodeId, String> = config.nodes.iter().map(|n| (n.id, n.addr.clone())).collect();
+        #[cfg(not(madsim))]
+        let tls = crate::security::tls::NodeTls::load(&config, node_id).map_err(NodeError::Security)?;
+        #[cfg(not(madsim))]
+        let tokens = match &config.security.tokens_file {
+            Some(path) if !config.security.insecure => {
+                Some(crate::security::tokens::TokenStore::open(path).map_err(NodeError::Security)?)
+            }
+            _ => None,
+        };
+        #[cfg(madsim)]
+        if !config.security.insecure {
+            return Err(NodeError::Security("the simulator runs insecure clusters only".into()));
+        }
+        if config.security.insecure {
+            tracing::warn!(
+                node = node_id,
+                "security.insecure = true: plaintext gRPC and no authentication; anyone who reaches \
+                 this node's port can change stock and speak Raft"
+            );
+        }
         let peers = PeerChannels::new(
             peer_addresses.clone(),
             Duration::from_millis(config.raft.rpc_timeout_ms),
             config.raft.snapshot_chunk_bytes as usize,
         );
+        #[cfg(not(madsim))]
+        let peers = peers.with_tls(tls.as_ref().map(|tls| tls.peer_client()));
         let opened = storage
             .open(&node_config.data_dir)
             .await
@@ -157,6 +185,10 @@ impl Node {
             peers,
             ships_orders: std::sync::atomic::AtomicBool::new(false),
             closing,
+            #[cfg(not(madsim))]
+            tls,
+            #[cfg(not(madsim))]
+            tokens: std::sync::Mutex::new(tokens),
         });
         for shard in node.shards.values() {
             tokio::spawn(tasks::expire_reservations(Arc::downgrade(&node), shard.config.id));

@@ -76,6 +76,10 @@ pub struct PeerChannels {
     rpc_timeout: Duration,
     /// `raft.snapshot_chunk_bytes`.
     snapshot_chunk_bytes: usize,
+    /// Mutual TLS to peers (this node's certificate, the cluster's CA); `None` when the
+    /// cluster runs insecure.
+    #[cfg(not(madsim))]
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl PeerChannels {
@@ -85,7 +89,16 @@ impl PeerChannels {
             channels: Arc::default(),
             rpc_timeout,
             snapshot_chunk_bytes: snapshot_chunk_bytes.max(1),
+            #[cfg(not(madsim))]
+            tls: None,
         }
+    }
+
+    /// Reach peers over mutual TLS with `tls`.
+    #[cfg(not(madsim))]
+    pub fn with_tls(mut self, tls: Option<tonic::transport::ClientTlsConfig>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// The shared channel to `node`, created on first use.
@@ -98,9 +111,20 @@ impl PeerChannels {
             .addresses
             .get(&node)
             .ok_or_else(|| format!("node {node} is not in the cluster config"))?;
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        #[cfg(not(madsim))]
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        #[cfg(madsim)]
+        let scheme = "http";
+        let endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(|e| format!("node {node} address {addr}: {e}"))?
             .connect_timeout(self.rpc_timeout);
+        #[cfg(not(madsim))]
+        let endpoint = match &self.tls {
+            Some(tls) => endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| format!("node {node} address {addr}: TLS: {e}"))?,
+            None => endpoint,
+        };
         let channel = endpoint.connect_lazy();
         channels.insert(node, channel.clone());
         Ok(channel)

@@ -15,6 +15,8 @@ use tonic::Status;
 use crate::node::Node;
 use crate::node::NodeError;
 use crate::node::ReadConsistency;
+use crate::security::Access;
+use crate::security::Caller;
 use crate::server::convert;
 use crate::server::status::from_invalid;
 use crate::server::status::from_node_error;
@@ -89,7 +91,9 @@ impl Inventory for InventoryService {
     }
 
     async fn batch(&self, request: Request<pb::BatchRequest>) -> Result<Response<pb::BatchReply>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
         let request = request.into_inner();
+        check_batch_access(caller.as_ref(), &request)?;
         let epoch = request
             .ops
             .iter()
@@ -215,5 +219,26 @@ async fn forward_changes(
         if sender.send(Ok(wire)).await.is_err() {
             return;
         }
+    }
+}
+
+/// A batch that puts SKUs on sale or restocks needs the access PutSku and Restock need alone:
+/// the layer let the Batch RPC in on `Write` access without seeing its operations.
+fn check_batch_access(caller: Option<&Caller>, request: &pb::BatchRequest) -> Result<(), Status> {
+    use pb::write_op::Op;
+    let administers = request
+        .ops
+        .iter()
+        .any(|op| matches!(op.op, Some(Op::PutSku(_)) | Some(Op::Restock(_))));
+    match caller {
+        // No caller: no authentication layer runs (the simulator).
+        Some(caller) if administers => {
+            caller
+                .check("/flashledger.v1.Inventory/Batch", Access::Admin)
+                .map_err(|refusal| {
+                    Status::permission_denied(format!("{refusal} (the batch puts SKUs on sale or restocks)"))
+                })
+        }
+        _ => Ok(()),
     }
 }

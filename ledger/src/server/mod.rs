@@ -3,7 +3,8 @@
 //!
 //! `serve` takes an already-bound listener and a shutdown future (mini-redis style), which makes
 //! it testable on port 0 and lets the binary shut down gracefully on SIGTERM. Message sizes and
-//! concurrent requests are bounded by the `[server]` config.
+//! concurrent requests are bounded by the `[server]` config. Outside an insecure cluster every
+//! connection is TLS and every request passes `security::layer` first (who, and may they).
 
 pub mod cluster;
 pub mod convert;
@@ -45,7 +46,22 @@ pub async fn serve(
             e
         });
     let (inventory, cluster, raft) = services(&node);
-    let mut router = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &node.tls {
+        builder = builder.tls_config(tls.server())?;
+    }
+    let tokens = node
+        .tokens
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    let authenticate = crate::security::layer::Authenticate::new(
+        node.config.security.insecure,
+        tokens,
+        node.config.nodes.iter().map(|n| n.id).collect(),
+    );
+    let mut router = builder
+        .layer(authenticate)
         .concurrency_limit_per_connection(limits.inflight_requests_max)
         .max_concurrent_streams(Some(limits.inflight_requests_max as u32))
         .add_service(health_service)

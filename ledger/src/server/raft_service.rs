@@ -1,11 +1,18 @@
 //! The internal `Raft` gRPC service: hands each message to the Raft node of the shard it
 //! names. Answers are `Result<openraft reply, String>` bincode-encoded (see `raft::network`).
+//!
+//! Before a message reaches openraft it must name, as its sender (the leader of an append or
+//! snapshot, the candidate of a vote, the shipper of a shipped mark), a voter of the shard, and
+//! that node must be the caller the authentication layer established from its certificate.
+//! A message that fails either check, or does not decode exactly (no trailing bytes), is
+//! refused before openraft sees it, so it cannot move a term, a vote or a log.
 
 use std::io::Cursor;
 use std::sync::Arc;
 
 use flashledger_proto::v1 as pb;
 use flashledger_proto::v1::raft_server::Raft as RaftRpc;
+use openraft::async_runtime::WatchReceiver;
 use serde::Serialize;
 use tonic::Request;
 use tonic::Response;
@@ -16,6 +23,8 @@ use crate::raft::Raft;
 use crate::raft::network::RemoteResult;
 use crate::raft::network::ShippedMark;
 use crate::raft::network::SnapshotChunk;
+use crate::security::Caller;
+use crate::types::NodeId;
 
 pub struct RaftService {
     node: Arc<Node>,
@@ -96,10 +105,62 @@ impl RaftService {
             .map(|shard| &shard.raft)
             .ok_or_else(|| Status::not_found(format!("this node does not host shard {shard_id}")))
     }
+
+    /// Refuses a message for `shard_id` that says it comes from `sender` unless `sender` is a
+    /// voter of the shard and the caller's certificate names that node.
+    fn check_sender(&self, caller: Option<&Caller>, shard_id: u64, sender: NodeId) -> Result<(), Status> {
+        match caller {
+            // The layer let an insecure cluster's caller through unchecked (and the simulator
+            // runs no layer): the message's own claim is all there is to check.
+            None | Some(Caller::Unchecked) => {}
+            Some(Caller::Node(id)) if *id == sender => {}
+            Some(Caller::Node(id)) => {
+                return Err(Status::permission_denied(format!(
+                    "shard {shard_id}: node {id} sent a message as node {sender}"
+                )));
+            }
+            Some(Caller::Client { name, .. }) => {
+                return Err(Status::permission_denied(format!("{name} is not a node")));
+            }
+        }
+        let shard = self
+            .node
+            .shards
+            .get(&shard_id)
+            .ok_or_else(|| Status::not_found(format!("this node does not host shard {shard_id}")))?;
+        let membership = shard.raft.metrics().borrow_watched().membership_config.clone();
+        let mut voters = membership.voter_ids().peekable();
+        // Before the shard's membership is known, the config's replicas are its voters.
+        let is_voter = if voters.peek().is_some() {
+            voters.any(|id| id == sender)
+        } else {
+            shard.config.replicas.contains(&sender)
+        };
+        if !is_voter {
+            return Err(Status::permission_denied(format!(
+                "shard {shard_id}: node {sender} is not a voter of this shard"
+            )));
+        }
+        Ok(())
+    }
 }
 
+/// Decodes a message exactly: bincode's plain encoding (as `bincode::serialize` writes it),
+/// no bytes left over, no allocation past the message's own size.
 fn decode<T: for<'de> serde::Deserialize<'de>>(payload: &[u8]) -> Result<T, Status> {
-    bincode::deserialize(payload).map_err(|e| Status::invalid_argument(format!("invalid payload: {e}")))
+    use bincode::Options;
+    bincode::options()
+        .with_fixint_encoding()
+        .reject_trailing_bytes()
+        .with_limit(payload.len() as u64)
+        .deserialize(payload)
+        .map_err(|e| Status::invalid_argument(format!("invalid payload: {e}")))
+}
+
+/// The node a vote names as its leader or candidate.
+fn voter_of(vote: &crate::types::Vote) -> NodeId {
+    use openraft::vote::RaftLeaderId;
+    *vote.leader_id().node_id()
 }
 
 fn reply<T: Serialize>(answer: RemoteResult<T>) -> Result<Response<pb::RaftReply>, Status> {
@@ -112,23 +173,29 @@ fn reply<T: Serialize>(answer: RemoteResult<T>) -> Result<Response<pb::RaftReply
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
     async fn append_entries(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
         let request = request.into_inner();
         let raft = self.raft_of(request.shard_id)?;
-        let rpc = decode(&request.payload)?;
+        let rpc: openraft::raft::AppendEntriesRequest<crate::types::TypeConfig> = decode(&request.payload)?;
+        self.check_sender(caller.as_ref(), request.shard_id, voter_of(&rpc.vote))?;
         reply(raft.append_entries(rpc).await.map_err(|e| e.to_string()))
     }
 
     async fn vote(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
         let request = request.into_inner();
         let raft = self.raft_of(request.shard_id)?;
-        let rpc = decode(&request.payload)?;
+        let rpc: openraft::raft::VoteRequest<crate::types::TypeConfig> = decode(&request.payload)?;
+        self.check_sender(caller.as_ref(), request.shard_id, voter_of(&rpc.vote))?;
         reply(raft.vote(rpc).await.map_err(|e| e.to_string()))
     }
 
     async fn install_snapshot(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
         let request = request.into_inner();
         let raft = self.raft_of(request.shard_id)?;
         let mut chunk: SnapshotChunk = decode(&request.payload)?;
+        self.check_sender(caller.as_ref(), request.shard_id, voter_of(&chunk.vote))?;
         let data = match self.receive(request.shard_id, &mut chunk) {
             Ok(Some(data)) => data,
             Ok(None) => {
@@ -151,8 +218,10 @@ impl RaftRpc for RaftService {
     }
 
     async fn propose_shipped(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
         let request = request.into_inner();
         let mark: ShippedMark = decode(&request.payload)?;
+        self.check_sender(caller.as_ref(), request.shard_id, mark.shipper)?;
         let proposed = self.node.propose_shipped_locally(request.shard_id, mark).await;
         reply(proposed.map_err(|e| e.to_string()))
     }

@@ -42,7 +42,8 @@ pub fn from_node_error(error: NodeError) -> Status {
         NodeError::OutcomeUnknown { .. } => Status::aborted(message),
         // Both are decided before anything is proposed.
         NodeError::TooStale { .. } | NodeError::Unavailable { .. } => not_applied(Status::unavailable(message)),
-        NodeError::Storage(_) | NodeError::Raft(_) => Status::internal(message),
+        NodeError::Storage(_) | NodeError::Raft(_) | NodeError::Security(_) => Status::internal(message),
+        NodeError::Refused(_) => Status::permission_denied(message),
     }
 }
 

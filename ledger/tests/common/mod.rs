@@ -55,10 +55,12 @@ impl TestCluster {
                 id,
                 addr,
                 data_dir: dir.path().join(format!("node{id}")),
+                cert_file: None,
+                key_file: None,
             });
         }
         let replicas: Vec<NodeId> = (1..=node_count).collect();
-        let toml = "[[nodes]]\nid = 1\naddr = \"127.0.0.1:1\"\ndata_dir = \"x\"\n[[shards]]\nid = 1\nreplicas = [1]\n";
+        let toml = "[security]\ninsecure = true\n[[nodes]]\nid = 1\naddr = \"127.0.0.1:1\"\ndata_dir = \"x\"\n[[shards]]\nid = 1\nreplicas = [1]\n";
         let mut config = ClusterConfig::parse(toml, "test").expect("base config");
         config.nodes = nodes;
         config.shards = vec![

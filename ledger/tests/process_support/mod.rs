@@ -1,0 +1,238 @@
+//! Real `ledger serve` processes for end-to-end tests: a cluster in a temporary directory,
+//! insecure or secured with TLS material and tokens from scripts/certs.sh, and the CLI run
+//! against it.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Child;
+use std::process::Command;
+use std::process::Output;
+use std::process::Stdio;
+use std::time::Duration;
+use std::time::Instant;
+
+use serde_json::Value;
+
+pub const LEDGER: &str = env!("CARGO_BIN_EXE_ledger");
+const SCRIPTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts");
+
+/// A cluster of real node processes with its own config and data in a temporary directory.
+pub struct ProcessCluster {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub addrs: Vec<String>,
+    nodes: Vec<Option<Child>>,
+    /// With TLS: the directory scripts/certs.sh filled (CA, node and client certificates,
+    /// tokens); the CLI runs as admin unless told otherwise.
+    pub certs: Option<PathBuf>,
+}
+
+impl ProcessCluster {
+    /// An insecure cluster (plaintext, no authentication).
+    pub fn start(node_count: usize) -> ProcessCluster {
+        Self::start_with(node_count, false)
+    }
+
+    /// A cluster with TLS and tokens, its material made by scripts/certs.sh.
+    pub fn start_secure(node_count: usize) -> ProcessCluster {
+        Self::start_with(node_count, true)
+    }
+
+    fn start_with(node_count: usize, secure: bool) -> ProcessCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let addrs: Vec<String> = (0..node_count)
+            .map(|_| {
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+                listener.local_addr().expect("addr").to_string()
+            })
+            .collect();
+        let mut toml = String::from(
+            "[raft]\nelection_timeout_ms_min = 300\nelection_timeout_ms_max = 600\nheartbeat_interval_ms = 50\nsnapshot_ops_since_last = 500\n",
+        );
+        let certs = dir.path().join("certs");
+        if secure {
+            toml.push_str(&format!(
+                "[security]\nca_file = \"{0}/ca.pem\"\ntokens_file = \"{0}/tokens.toml\"\n",
+                certs.display()
+            ));
+        } else {
+            toml.push_str("[security]\ninsecure = true\n");
+        }
+        for (position, addr) in addrs.iter().enumerate() {
+            let id = position + 1;
+            let data = dir.path().join(format!("node{id}"));
+            toml.push_str(&format!(
+                "[[nodes]]\nid = {id}\naddr = \"{addr}\"\ndata_dir = \"{}\"\n",
+                data.display()
+            ));
+            if secure {
+                toml.push_str(&format!(
+                    "cert_file = \"{0}/node{id}.pem\"\nkey_file = \"{0}/node{id}.key\"\n",
+                    certs.display()
+                ));
+            }
+        }
+        let replicas: Vec<String> = (1..=node_count).map(|id| id.to_string()).collect();
+        let replicas = replicas.join(", ");
+        toml.push_str(&format!("[[shards]]\nid = 1\nend = \"m\"\nreplicas = [{replicas}]\n"));
+        toml.push_str(&format!("[[shards]]\nid = 2\nstart = \"m\"\nreplicas = [{replicas}]\n"));
+        let config = dir.path().join("cluster.toml");
+        std::fs::write(&config, toml).expect("write config");
+        if secure {
+            let made = Command::new(SCRIPTS.to_string() + "/certs.sh")
+                .arg(&config)
+                .output()
+                .expect("run scripts/certs.sh");
+            assert!(made.status.success(), "scripts/certs.sh: {}", stderr(&made));
+        }
+        let mut cluster = ProcessCluster {
+            dir,
+            config,
+            addrs,
+            nodes: (0..node_count).map(|_| None).collect(),
+            certs: secure.then_some(certs),
+        };
+        for id in 1..=node_count {
+            cluster.spawn(id);
+        }
+        cluster.wait_for_leaders();
+        cluster
+    }
+
+    pub fn spawn(&mut self, id: usize) {
+        let log = std::fs::File::create(self.dir.path().join(format!("node{id}.log"))).expect("log file");
+        let child = Command::new(LEDGER)
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .args(["--node", &id.to_string()])
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn ledger serve");
+        self.nodes[id - 1] = Some(child);
+    }
+
+    pub fn kill(&mut self, id: usize) {
+        if let Some(mut child) = self.nodes[id - 1].take() {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reap");
+        }
+    }
+
+    /// Runs the CLI against this cluster (as admin, on a secured one).
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_with(args, &[("FLASHLEDGER_TOKEN_FILE", self.token_file("admin"))])
+    }
+
+    /// Runs the CLI with these environment variables (and no other credential variable).
+    pub fn cli_with(&self, args: &[&str], env: &[(&str, Option<PathBuf>)]) -> Output {
+        let mut command = Command::new(LEDGER);
+        command.args(args).arg("--config").arg(&self.config);
+        for name in [
+            "FLASHLEDGER_CA",
+            "FLASHLEDGER_TOKEN",
+            "FLASHLEDGER_TOKEN_FILE",
+            "FLASHLEDGER_CERT",
+            "FLASHLEDGER_KEY",
+        ] {
+            command.env_remove(name);
+        }
+        for (name, value) in env {
+            if let Some(value) = value {
+                command.env(name, value);
+            }
+        }
+        command.output().expect("run ledger CLI")
+    }
+
+    /// The token file of `role` scripts/certs.sh made (secured clusters only).
+    pub fn token_file(&self, role: &str) -> Option<PathBuf> {
+        self.certs.as_ref().map(|certs| certs.join(format!("{role}.token")))
+    }
+
+    pub fn status(&self) -> Value {
+        let output = self.cli(&["status", "--json"]);
+        serde_json::from_slice(&output.stdout).unwrap_or(Value::Null)
+    }
+
+    pub fn wait_for_leaders(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.status();
+            let shards: Vec<&Value> = status["nodes"]
+                .as_array()
+                .map(|nodes| {
+                    nodes
+                        .iter()
+                        .flat_map(|n| n["shards"].as_array().into_iter().flatten())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let all_up = status["nodes"]
+                .as_array()
+                .is_some_and(|n| n.iter().all(|n| n["shards"].is_array()));
+            if all_up && !shards.is_empty() && shards.iter().all(|s| s["leader"].as_u64().unwrap_or(0) != 0) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no leaders within 30 s: {status}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until every node reports the same applied index and digest for every shard.
+    pub fn wait_converged(&self) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let status = self.status();
+            let mut per_shard: std::collections::BTreeMap<u64, Vec<(u64, String, bool)>> = Default::default();
+            let mut answered = 0;
+            for node in status["nodes"].as_array().into_iter().flatten() {
+                let Some(shards) = node["shards"].as_array() else {
+                    continue;
+                };
+                answered += 1;
+                for shard in shards {
+                    per_shard
+                        .entry(shard["shard_id"].as_u64().unwrap_or(0))
+                        .or_default()
+                        .push((
+                            shard["applied_index"].as_u64().unwrap_or(0),
+                            shard["state_digest"].as_str().unwrap_or("").to_string(),
+                            shard["invariant_ok"].as_bool().unwrap_or(false),
+                        ));
+                }
+            }
+            let converged = answered == self.addrs.len()
+                && per_shard.values().all(|replicas| {
+                    replicas.windows(2).all(|w| w[0].0 == w[1].0 && w[0].1 == w[1].1) && replicas.iter().all(|r| r.2)
+                });
+            if converged {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replicas did not converge within 60 s: {status}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        for child in self.nodes.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
