@@ -201,6 +201,27 @@ async fn bad_requests_are_refused_and_change_nothing() {
         Code::InvalidArgument
     );
 
+    tracing::info!("--- a stale shard epoch on any operation of a batch refuses the whole batch");
+    let routed = |epoch: u64| {
+        let mut request = reserve(b"apple", 1);
+        request.route = Some(pb::RouteEpoch { epoch });
+        request
+    };
+    let alone = inventory.reserve(routed(u64::MAX)).await.expect_err("refused");
+    assert_eq!(alone.code(), Code::FailedPrecondition, "{alone:?}");
+    for epochs in [vec![1, u64::MAX], vec![0, u64::MAX], vec![u64::MAX, 1], vec![1, 1, 2]] {
+        let ops = epochs
+            .iter()
+            .map(|epoch| pb::WriteOp {
+                op: Some(pb::write_op::Op::Reserve(routed(*epoch))),
+            })
+            .collect();
+        let status = inventory.batch(pb::BatchRequest { ops }).await.expect_err("refused");
+        assert_eq!(status.code(), Code::FailedPrecondition, "epochs {epochs:?}: {status:?}");
+        let current = status.metadata().get(flashledger_proto::metadata::SHARD_EPOCH);
+        assert_eq!(current.and_then(|v| v.to_str().ok()), Some("1"), "epochs {epochs:?}");
+    }
+
     assert_unchanged(&before, &fingerprint(&cluster));
     let unknown_sku = inventory
         .reserve(reserve(b"kiwi", 1))
