@@ -141,8 +141,8 @@ pub(crate) fn write_op_to_wire(op: &WriteOp, epoch: u64) -> Op {
         } => Op::Reserve(wire::ReserveRequest {
             sku: sku.clone().into(),
             qty: *qty,
-            user: user.clone(),
-            order_id: order_id.clone(),
+            user: user.clone().into(),
+            order_id: order_id.clone().into(),
             ttl_ms: ttl.map(millis).unwrap_or(0),
             first_attempt_ms: *first_attempt_ms,
             route,
@@ -153,7 +153,7 @@ pub(crate) fn write_op_to_wire(op: &WriteOp, epoch: u64) -> Op {
             first_attempt_ms,
         } => Op::Confirm(wire::ConfirmRequest {
             sku: sku.clone().into(),
-            order_id: order_id.clone(),
+            order_id: order_id.clone().into(),
             first_attempt_ms: *first_attempt_ms,
             route,
         }),
@@ -163,7 +163,7 @@ pub(crate) fn write_op_to_wire(op: &WriteOp, epoch: u64) -> Op {
             first_attempt_ms,
         } => Op::Cancel(wire::CancelRequest {
             sku: sku.clone().into(),
-            order_id: order_id.clone(),
+            order_id: order_id.clone().into(),
             first_attempt_ms: *first_attempt_ms,
             route,
         }),
@@ -176,8 +176,8 @@ pub(crate) fn write_op_to_wire(op: &WriteOp, epoch: u64) -> Op {
         } => Op::Purchase(wire::PurchaseRequest {
             sku: sku.clone().into(),
             qty: *qty,
-            user: user.clone(),
-            order_id: order_id.clone(),
+            user: user.clone().into(),
+            order_id: order_id.clone().into(),
             first_attempt_ms: *first_attempt_ms,
             route,
         }),

@@ -1,9 +1,11 @@
 //! `cluster.toml`: the nodes, their addresses and data dirs, the initial shards, and every
 //! bound the node enforces. Parsed into these structs (unknown fields are errors), every field
 //! that can have a default has one that runs on one machine, and [`ClusterConfig::validate`]
-//! names what is wrong.
+//! names what is wrong: every numeric setting has a range (`numeric_settings`), data dirs are
+//! not empty and PostgreSQL URLs parse, so a bad value stops the node at start, never later.
 
 use std::collections::BTreeSet;
+use std::ops::RangeInclusive;
 use std::path::Path;
 use std::path::PathBuf;
 
@@ -45,6 +47,17 @@ pub enum ConfigError {
     Bound { field: &'static str, reason: String },
     #[error("[security]: {0}")]
     Security(String),
+    #[error("{field} = {value} is out of range {min}..={max}")]
+    OutOfRange {
+        field: &'static str,
+        value: u64,
+        min: u64,
+        max: u64,
+    },
+    #[error("node {node} has an empty data_dir")]
+    EmptyDataDir { node: NodeId },
+    #[error("postgres[{position}].url is not a PostgreSQL URL tokio-postgres can use: {reason}")]
+    InvalidPostgresUrl { position: usize, reason: String },
 }
 
 /// The whole file.
@@ -308,7 +321,9 @@ impl ClusterConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_nodes()?;
         self.validate_shards()?;
+        self.validate_ranges()?;
         self.validate_bounds()?;
+        self.validate_postgres()?;
         self.validate_security()
     }
 
@@ -336,12 +351,6 @@ impl ClusterConfig {
             if node.key_file.is_none() {
                 return missing(format!("node {} key_file", node.id));
             }
-        }
-        if security.tls_handshake_timeout_ms == 0 {
-            return Err(ConfigError::Bound {
-                field: "security.tls_handshake_timeout_ms",
-                reason: "must be greater than 0".into(),
-            });
         }
         Ok(())
     }
@@ -371,6 +380,11 @@ impl ClusterConfig {
             }
             if !addrs.insert(node.addr.clone()) {
                 return Err(ConfigError::DuplicateAddress(node.addr.clone()));
+            }
+            // An empty path would put the WAL and snapshots in whatever directory the node
+            // happens to run in.
+            if node.data_dir.as_os_str().is_empty() {
+                return Err(ConfigError::EmptyDataDir { node: node.id });
             }
         }
         Ok(())
@@ -425,31 +439,124 @@ impl ClusterConfig {
         Ok(())
     }
 
+    /// Every numeric setting against its range ([`ClusterConfig::numeric_settings`]).
+    fn validate_ranges(&self) -> Result<(), ConfigError> {
+        for setting in self.numeric_settings() {
+            if !setting.range.contains(&setting.value) {
+                return Err(ConfigError::OutOfRange {
+                    field: setting.field,
+                    value: setting.value,
+                    min: *setting.range.start(),
+                    max: *setting.range.end(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Every numeric setting with the range it must be in: wide enough for any deployment we
+    /// know of, narrow enough that no value breaks where it is used (a stream count is a `u32`,
+    /// a semaphore holds at most 2^61 permits, a deadline is added to an `Instant`). Node and
+    /// shard ids are names, not amounts: any `u64` (but node id 0, see `validate_nodes`).
+    fn numeric_settings(&self) -> [NumericSetting; 22] {
+        const KIB: u64 = 1024;
+        const MIB: u64 = 1024 * KIB;
+        const MINUTE_MS: u64 = 60_000;
+        const HOUR_MS: u64 = 60 * MINUTE_MS;
+        const DAY_MS: u64 = 24 * HOUR_MS;
+        let (raft, server, ledger, shipping) = (&self.raft, &self.server, &self.ledger, &self.shipping);
+        let setting = NumericSetting::new;
+        let size = |value: usize| u64::try_from(value).unwrap_or(u64::MAX);
+        [
+            setting(
+                "raft.election_timeout_ms_min",
+                raft.election_timeout_ms_min,
+                1..=MINUTE_MS,
+            ),
+            setting(
+                "raft.election_timeout_ms_max",
+                raft.election_timeout_ms_max,
+                1..=MINUTE_MS,
+            ),
+            setting("raft.heartbeat_interval_ms", raft.heartbeat_interval_ms, 1..=10_000),
+            setting("raft.rpc_timeout_ms", raft.rpc_timeout_ms, 1..=MINUTE_MS),
+            // Up to 10^12: scripts/bench-ops.sh turns interval snapshots off with it.
+            setting(
+                "raft.snapshot_ops_since_last",
+                raft.snapshot_ops_since_last,
+                1..=1_000_000_000_000,
+            ),
+            setting("raft.snapshot_growth_percent", raft.snapshot_growth_percent, 0..=1000),
+            // A Raft message carries one chunk.
+            setting(
+                "raft.snapshot_chunk_bytes",
+                raft.snapshot_chunk_bytes,
+                KIB..=SNAPSHOT_CHUNK_BYTES_MAX,
+            ),
+            // Also the HTTP/2 concurrent stream limit, a `u32`.
+            setting(
+                "server.inflight_requests_max",
+                size(server.inflight_requests_max),
+                1..=65_536,
+            ),
+            // At least room for any single reply (a shard map or status of many shards).
+            setting(
+                "server.message_bytes_max",
+                size(server.message_bytes_max),
+                16 * KIB..=64 * MIB,
+            ),
+            setting("server.batch_ops_max", size(server.batch_ops_max), 1..=65_536),
+            setting(
+                "server.request_timeout_ms",
+                server.request_timeout_ms,
+                1..=10 * MINUTE_MS,
+            ),
+            setting("ledger.expire_interval_ms", ledger.expire_interval_ms, 1..=HOUR_MS),
+            // Orders stay in memory for the window.
+            setting(
+                "ledger.idempotency_window_ms",
+                ledger.idempotency_window_ms,
+                1..=30 * DAY_MS,
+            ),
+            setting("ledger.clock_skew_margin_ms", ledger.clock_skew_margin_ms, 0..=HOUR_MS),
+            setting(
+                "shipping.batch_events_max",
+                size(shipping.batch_events_max),
+                1..=100_000,
+            ),
+            setting("shipping.poll_interval_ms", shipping.poll_interval_ms, 1..=MINUTE_MS),
+            setting(
+                "shipping.retry_backoff_ms_min",
+                shipping.retry_backoff_ms_min,
+                1..=MINUTE_MS,
+            ),
+            setting(
+                "shipping.retry_backoff_ms_max",
+                shipping.retry_backoff_ms_max,
+                1..=10 * MINUTE_MS,
+            ),
+            setting(
+                "shipping.takeover_after_ms",
+                shipping.takeover_after_ms,
+                1..=10 * MINUTE_MS,
+            ),
+            setting(
+                "shipping.statement_timeout_ms",
+                shipping.statement_timeout_ms,
+                1..=10 * MINUTE_MS,
+            ),
+            setting("shipping.mark_interval_ms", shipping.mark_interval_ms, 1..=MINUTE_MS),
+            setting(
+                "security.tls_handshake_timeout_ms",
+                self.security.tls_handshake_timeout_ms,
+                1..=MINUTE_MS,
+            ),
+        ]
+    }
+
+    /// How settings must relate to each other (each is in its range already).
     fn validate_bounds(&self) -> Result<(), ConfigError> {
         let raft = &self.raft;
-        let positive = [
-            ("raft.heartbeat_interval_ms", raft.heartbeat_interval_ms),
-            ("raft.rpc_timeout_ms", raft.rpc_timeout_ms),
-            ("raft.snapshot_chunk_bytes", raft.snapshot_chunk_bytes),
-            ("raft.snapshot_ops_since_last", raft.snapshot_ops_since_last),
-            ("server.inflight_requests_max", self.server.inflight_requests_max as u64),
-            ("server.message_bytes_max", self.server.message_bytes_max as u64),
-            ("server.batch_ops_max", self.server.batch_ops_max as u64),
-            ("server.request_timeout_ms", self.server.request_timeout_ms),
-            ("ledger.expire_interval_ms", self.ledger.expire_interval_ms),
-            ("shipping.batch_events_max", self.shipping.batch_events_max as u64),
-            ("shipping.poll_interval_ms", self.shipping.poll_interval_ms),
-            ("shipping.retry_backoff_ms_min", self.shipping.retry_backoff_ms_min),
-            ("shipping.takeover_after_ms", self.shipping.takeover_after_ms),
-            ("shipping.statement_timeout_ms", self.shipping.statement_timeout_ms),
-            ("shipping.mark_interval_ms", self.shipping.mark_interval_ms),
-        ];
-        if let Some((field, _)) = positive.iter().find(|(_, value)| *value == 0) {
-            return Err(ConfigError::Bound {
-                field,
-                reason: "must be greater than 0".into(),
-            });
-        }
         if raft.election_timeout_ms_min <= raft.heartbeat_interval_ms {
             return Err(ConfigError::Bound {
                 field: "raft.election_timeout_ms_min",
@@ -468,17 +575,23 @@ impl ClusterConfig {
                 reason: "must be more than twice ledger.clock_skew_margin_ms".into(),
             });
         }
-        if raft.snapshot_chunk_bytes > SNAPSHOT_CHUNK_BYTES_MAX {
-            return Err(ConfigError::Bound {
-                field: "raft.snapshot_chunk_bytes",
-                reason: format!("at most {SNAPSHOT_CHUNK_BYTES_MAX} (a Raft message carries one chunk)"),
-            });
-        }
         if raft.election_timeout_ms_max <= raft.election_timeout_ms_min {
             return Err(ConfigError::Bound {
                 field: "raft.election_timeout_ms_max",
                 reason: "must be greater than raft.election_timeout_ms_min".into(),
             });
+        }
+        Ok(())
+    }
+
+    /// Each `[[postgres]]` URL must parse as the shipper's client reads it and name a host, so
+    /// a typo stops the node at start instead of leaving orders unshipped with a log line per
+    /// retry. The simulator never connects to PostgreSQL (and links no client to parse with).
+    fn validate_postgres(&self) -> Result<(), ConfigError> {
+        for (position, postgres) in self.postgres.iter().enumerate() {
+            if let Err(reason) = check_postgres_url(&postgres.url) {
+                return Err(ConfigError::InvalidPostgresUrl { position, reason });
+            }
         }
         Ok(())
     }
@@ -494,6 +607,40 @@ impl ClusterConfig {
     pub fn shards_on_node(&self, id: NodeId) -> impl Iterator<Item = &ShardConfig> {
         self.shards.iter().filter(move |s| s.replicas.contains(&id))
     }
+}
+
+/// One numeric setting as [`ClusterConfig::validate`] checks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NumericSetting {
+    /// `section.field`, as written in cluster.toml.
+    field: &'static str,
+    value: u64,
+    range: RangeInclusive<u64>,
+}
+
+impl NumericSetting {
+    fn new(field: &'static str, value: u64, range: RangeInclusive<u64>) -> Self {
+        NumericSetting { field, value, range }
+    }
+}
+
+/// Why `url` is not usable by tokio-postgres (the message names no part of the URL: it may
+/// hold a password).
+#[cfg(not(madsim))]
+fn check_postgres_url(url: &str) -> Result<(), String> {
+    match url.parse::<tokio_postgres::Config>() {
+        Ok(config) if config.get_hosts().is_empty() => Err("it names no host".into()),
+        Ok(_) => Ok(()),
+        Err(error) => Err(match std::error::Error::source(&error) {
+            Some(cause) => format!("{error}: {cause}"),
+            None => error.to_string(),
+        }),
+    }
+}
+
+#[cfg(madsim)]
+fn check_postgres_url(_url: &str) -> Result<(), String> {
+    Ok(())
 }
 
 #[cfg(test)]
@@ -623,11 +770,113 @@ mod tests {
         let text = format!("{VALID}\n[server]\nbatch_ops_max = 0\n");
         assert!(matches!(
             parse(&text),
-            Err(ConfigError::Bound {
+            Err(ConfigError::OutOfRange {
                 field: "server.batch_ops_max",
                 ..
             })
         ));
+    }
+
+    /// `VALID` with `section.key = value` added (to the section if `VALID` has it already).
+    fn with_setting(field: &str, value: u64) -> String {
+        let (section, key) = field.split_once('.').expect("section.key");
+        let header = format!("[{section}]");
+        if VALID.contains(&header) {
+            return VALID.replacen(&header, &format!("{header}\n{key} = {value}"), 1);
+        }
+        format!("{VALID}\n{header}\n{key} = {value}\n")
+    }
+
+    #[test]
+    fn every_numeric_setting_out_of_its_range_is_refused_naming_it() {
+        let defaults = parse(VALID).expect("valid");
+        for setting in defaults.numeric_settings() {
+            assert!(setting.range.contains(&setting.value), "default {setting:?}");
+            let below = setting.range.start().checked_sub(1);
+            let above = Some(setting.range.end() + 1).filter(|value| *value <= i64::MAX as u64);
+            for value in [below, above, Some(i64::MAX as u64)].into_iter().flatten() {
+                assert_eq!(
+                    parse(&with_setting(setting.field, value)),
+                    Err(ConfigError::OutOfRange {
+                        field: setting.field,
+                        value,
+                        min: *setting.range.start(),
+                        max: *setting.range.end(),
+                    }),
+                    "{} = {value}",
+                    setting.field
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_values_that_broke_a_node_are_refused_with_a_readable_message() {
+        let message = |field, value| parse(&with_setting(field, value)).expect_err("refused").to_string();
+        assert_eq!(
+            message("server.inflight_requests_max", 4_294_967_296),
+            "server.inflight_requests_max = 4294967296 is out of range 1..=65536"
+        );
+        assert_eq!(
+            message("server.inflight_requests_max", i64::MAX as u64),
+            "server.inflight_requests_max = 9223372036854775807 is out of range 1..=65536"
+        );
+        assert_eq!(
+            message("server.message_bytes_max", 1),
+            "server.message_bytes_max = 1 is out of range 16384..=67108864"
+        );
+        assert_eq!(
+            message("server.request_timeout_ms", i64::MAX as u64 - 1),
+            "server.request_timeout_ms = 9223372036854775806 is out of range 1..=600000"
+        );
+    }
+
+    #[test]
+    fn the_range_edges_are_accepted() {
+        for (field, value) in [
+            ("server.inflight_requests_max", 65_536),
+            ("server.inflight_requests_max", 1),
+            ("server.message_bytes_max", 16 * 1024),
+            ("raft.snapshot_ops_since_last", 1_000_000_000_000),
+            ("raft.snapshot_growth_percent", 0),
+            ("ledger.clock_skew_margin_ms", 0),
+        ] {
+            assert!(parse(&with_setting(field, value)).is_ok(), "{field} = {value}");
+        }
+    }
+
+    #[test]
+    fn an_empty_data_dir_is_refused() {
+        let text = VALID.replacen("data_dir = \"d2\"", "data_dir = \"\"", 1);
+        assert_eq!(parse(&text), Err(ConfigError::EmptyDataDir { node: 2 }));
+    }
+
+    #[test]
+    fn an_unusable_postgres_url_is_refused_naming_its_position() {
+        let with_urls = |urls: &[&str]| {
+            let mut text = VALID.to_string();
+            for url in urls {
+                text.push_str(&format!("\n[[postgres]]\nurl = \"{url}\"\n"));
+            }
+            parse(&text)
+        };
+        let good = "postgresql://postgres@127.0.0.1:5432/orders_0";
+        assert!(with_urls(&[good, "host=127.0.0.1 dbname=orders_1"]).is_ok());
+        for bad in [
+            "not a url",
+            "postgresql://secret-password@127.0.0.1:notaport/orders",
+            "postgresql:///orders",
+            "",
+        ] {
+            match with_urls(&[good, bad]) {
+                Err(error @ ConfigError::InvalidPostgresUrl { position: 1, .. }) => {
+                    let message = error.to_string();
+                    assert!(message.starts_with("postgres[1].url"), "{message}");
+                    assert!(!message.contains("secret-password"), "{message}");
+                }
+                other => panic!("{bad:?}: expected InvalidPostgresUrl at 1, got {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -28,7 +28,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     match runtime.block_on(cli::run(command)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
             std::process::ExitCode::FAILURE

@@ -86,6 +86,58 @@ fn reserve(sku: &[u8], qty: i64) -> pb::ReserveRequest {
     }
 }
 
+/// A Reserve or Purchase as any client can put it on the wire: its text fields as raw bytes,
+/// which need not be UTF-8.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawWrite {
+    #[prost(bytes = "vec", tag = "1")]
+    sku: Vec<u8>,
+    #[prost(int64, tag = "2")]
+    qty: i64,
+    #[prost(bytes = "vec", tag = "3")]
+    user: Vec<u8>,
+    #[prost(bytes = "vec", tag = "4")]
+    order_id: Vec<u8>,
+    #[prost(int64, tag = "6")]
+    first_attempt_ms: i64,
+}
+
+impl RawWrite {
+    fn valid() -> Self {
+        RawWrite {
+            sku: b"apple".to_vec(),
+            qty: 1,
+            user: b"u".to_vec(),
+            order_id: b"o".to_vec(),
+            first_attempt_ms: ledger::node::now_ms() as i64,
+        }
+    }
+}
+
+/// A Confirm or Cancel as any client can put it on the wire.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawOrder {
+    #[prost(bytes = "vec", tag = "1")]
+    sku: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    order_id: Vec<u8>,
+    #[prost(int64, tag = "6")]
+    first_attempt_ms: i64,
+}
+
+/// A BatchRequest of purchases (`WriteOp.purchase` is field 4 of its oneof).
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawBatch {
+    #[prost(message, repeated, tag = "1")]
+    ops: Vec<RawWriteOp>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawWriteOp {
+    #[prost(message, optional, tag = "4")]
+    purchase: Option<RawWrite>,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_refused_and_change_nothing() {
     // Shard 2 lives on node 1 only, so nodes 2 and 3 host no shard for SKUs from "m" on.
@@ -138,6 +190,81 @@ async fn bad_requests_are_refused_and_change_nothing() {
         .expect_err("refused");
     assert_ne!(status.code(), Code::Ok);
     assert!(status.message().to_lowercase().contains("decode"), "{status:?}");
+
+    tracing::info!("--- text fields that are not UTF-8 name the field");
+    let raw_path = |method: &'static str| http::uri::PathAndQuery::from_static(method);
+    let not_utf8 = vec![b'o', 0xff, 0xfe];
+    let cases = [
+        (
+            RawWrite {
+                user: not_utf8.clone(),
+                ..RawWrite::valid()
+            },
+            "user",
+        ),
+        (
+            RawWrite {
+                order_id: not_utf8.clone(),
+                ..RawWrite::valid()
+            },
+            "order_id",
+        ),
+    ];
+    for (write, field) in cases {
+        for method in [
+            "/flashledger.v1.Inventory/Reserve",
+            "/flashledger.v1.Inventory/Purchase",
+        ] {
+            let codec = tonic_prost::ProstCodec::<RawWrite, pb::WriteReply>::default();
+            raw.ready().await.expect("ready");
+            let status = raw
+                .unary(tonic::Request::new(write.clone()), raw_path(method), codec)
+                .await
+                .expect_err("refused");
+            assert_eq!(status.code(), Code::InvalidArgument, "{method}: {status:?}");
+            assert!(status.message().contains(field), "{method}: {status:?}");
+        }
+        let batch = RawBatch {
+            ops: vec![
+                RawWriteOp {
+                    purchase: Some(RawWrite::valid()),
+                },
+                RawWriteOp {
+                    purchase: Some(write.clone()),
+                },
+            ],
+        };
+        let codec = tonic_prost::ProstCodec::<RawBatch, pb::BatchReply>::default();
+        raw.ready().await.expect("ready");
+        let status = raw
+            .unary(
+                tonic::Request::new(batch),
+                raw_path("/flashledger.v1.Inventory/Batch"),
+                codec,
+            )
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "batch: {status:?}");
+        assert!(
+            status.message().contains(&format!("ops[1].{field}")),
+            "batch: {status:?}"
+        );
+    }
+    let order = RawOrder {
+        sku: b"apple".to_vec(),
+        order_id: not_utf8,
+        first_attempt_ms: ledger::node::now_ms() as i64,
+    };
+    for method in ["/flashledger.v1.Inventory/Confirm", "/flashledger.v1.Inventory/Cancel"] {
+        let codec = tonic_prost::ProstCodec::<RawOrder, pb::WriteReply>::default();
+        raw.ready().await.expect("ready");
+        let status = raw
+            .unary(tonic::Request::new(order.clone()), raw_path(method), codec)
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{method}: {status:?}");
+        assert!(status.message().contains("order_id"), "{method}: {status:?}");
+    }
 
     tracing::info!("--- a SKU of a shard this node does not host");
     let mut follower_only = InventoryClient::new(channel(&cluster, 2).await);
@@ -200,6 +327,27 @@ async fn bad_requests_are_refused_and_change_nothing() {
         inventory.get_stock(bad_consistency).await.expect_err("refused").code(),
         Code::InvalidArgument
     );
+
+    tracing::info!("--- a stale shard epoch on any operation of a batch refuses the whole batch");
+    let routed = |epoch: u64| {
+        let mut request = reserve(b"apple", 1);
+        request.route = Some(pb::RouteEpoch { epoch });
+        request
+    };
+    let alone = inventory.reserve(routed(u64::MAX)).await.expect_err("refused");
+    assert_eq!(alone.code(), Code::FailedPrecondition, "{alone:?}");
+    for epochs in [vec![1, u64::MAX], vec![0, u64::MAX], vec![u64::MAX, 1], vec![1, 1, 2]] {
+        let ops = epochs
+            .iter()
+            .map(|epoch| pb::WriteOp {
+                op: Some(pb::write_op::Op::Reserve(routed(*epoch))),
+            })
+            .collect();
+        let status = inventory.batch(pb::BatchRequest { ops }).await.expect_err("refused");
+        assert_eq!(status.code(), Code::FailedPrecondition, "epochs {epochs:?}: {status:?}");
+        let current = status.metadata().get(flashledger_proto::metadata::SHARD_EPOCH);
+        assert_eq!(current.and_then(|v| v.to_str().ok()), Some("1"), "epochs {epochs:?}");
+    }
 
     assert_unchanged(&before, &fingerprint(&cluster));
     let unknown_sku = inventory

@@ -90,6 +90,51 @@ fn the_cli_drives_a_live_cluster() {
     }
     let text = cluster.cli(&["status"]);
     assert!(stdout(&text).contains("leader"), "{}", stdout(&text));
+    assert!(text.status.success(), "every node answered: {:?}", text.status);
+    let one_silent = format!("{},{}", cluster.addrs[0], address_where_nothing_listens());
+    let partial = cluster.cli(&["status", "--seeds", &one_silent]);
+    assert_eq!(
+        partial.status.code(),
+        Some(2),
+        "one node did not answer: {}",
+        stderr(&partial)
+    );
+    assert!(
+        stdout(&partial).contains("leader"),
+        "the other is printed: {}",
+        stdout(&partial)
+    );
+}
+
+/// A local address nobody listens on (bound, then closed again).
+fn address_where_nothing_listens() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").to_string()
+}
+
+#[test]
+fn status_of_a_cluster_that_cannot_be_reached_exits_non_zero() {
+    let nowhere = address_where_nothing_listens();
+    for format in [None, Some("--json")] {
+        let output = Command::new(LEDGER)
+            .args(["status", "--seeds", &nowhere])
+            .args(format)
+            .output()
+            .expect("run");
+        assert_eq!(output.status.code(), Some(1), "{format:?}: {}", stderr(&output));
+        assert!(
+            stdout(&output).contains("unreachable"),
+            "{format:?}: {}",
+            stdout(&output)
+        );
+        assert!(
+            stderr(&output).contains("no node answered"),
+            "{format:?}: {}",
+            stderr(&output)
+        );
+    }
+    let help = Command::new(LEDGER).args(["status", "--help"]).output().expect("run");
+    assert!(stdout(&help).contains("Exit status"), "{}", stdout(&help));
 }
 
 #[test]

@@ -155,13 +155,18 @@ impl FakeNode {
 fn describe(op: &Op) -> (Vec<u8>, String, u64) {
     let epoch = |route: &Option<RouteEpoch>| route.map(|r| r.epoch).unwrap_or(0);
     match op {
-        Op::Reserve(r) => (r.sku.to_vec(), r.order_id.clone(), epoch(&r.route)),
-        Op::Confirm(r) => (r.sku.to_vec(), r.order_id.clone(), epoch(&r.route)),
-        Op::Cancel(r) => (r.sku.to_vec(), r.order_id.clone(), epoch(&r.route)),
-        Op::Purchase(r) => (r.sku.to_vec(), r.order_id.clone(), epoch(&r.route)),
+        Op::Reserve(r) => (r.sku.to_vec(), text(&r.order_id), epoch(&r.route)),
+        Op::Confirm(r) => (r.sku.to_vec(), text(&r.order_id), epoch(&r.route)),
+        Op::Cancel(r) => (r.sku.to_vec(), text(&r.order_id), epoch(&r.route)),
+        Op::Purchase(r) => (r.sku.to_vec(), text(&r.order_id), epoch(&r.route)),
         Op::PutSku(r) => (r.sku.to_vec(), String::new(), epoch(&r.route)),
         Op::Restock(r) => (r.sku.to_vec(), String::new(), epoch(&r.route)),
     }
+}
+
+/// A request's text field (the wire types hold it as bytes; the client sends only UTF-8).
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
 }
 
 fn first_attempt_of(op: &Op) -> i64 {

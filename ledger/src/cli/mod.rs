@@ -9,6 +9,7 @@ mod shipping_report;
 mod status;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
@@ -134,6 +135,9 @@ pub enum Action {
     },
     /// Per node and shard: leader, term, role, replicas, last log / applied / snapshot index,
     /// state digest and invariant check.
+    ///
+    /// Exit status: 0 when every node answered; 2 when some did not (the others are still
+    /// printed); 1 when none did (the cluster is unreachable) or on any other error.
     Status {
         #[command(flatten)]
         target: Target,
@@ -144,11 +148,13 @@ pub enum Action {
     FlashSale(flash_sale::FlashSaleArgs),
 }
 
-pub async fn run(command: Command) -> anyhow::Result<()> {
+/// Runs `command`; the exit status is `SUCCESS` unless the command says otherwise (`status`).
+pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    let done = |()| ExitCode::SUCCESS;
     match command.action {
-        Action::Serve { config, node } => serve::run(&config, node).await,
+        Action::Serve { config, node } => serve::run(&config, node).await.map(done),
         Action::Status { target } => status::run(&target).await,
-        Action::Order(order) => orders::run(order).await,
-        Action::FlashSale(args) => flash_sale::run(args).await,
+        Action::Order(order) => orders::run(order).await.map(done),
+        Action::FlashSale(args) => flash_sale::run(args).await.map(done),
     }
 }

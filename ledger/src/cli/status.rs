@@ -1,5 +1,7 @@
 //! `ledger status`: asks every node for the state of the shards it hosts.
 
+use std::process::ExitCode;
+
 use flashledger_proto::v1::StatusReply;
 use flashledger_proto::v1::StatusRequest;
 use flashledger_proto::v1::cluster_client::ClusterClient;
@@ -43,15 +45,36 @@ async fn fetch(addr: &str, credentials: &Credentials) -> Result<StatusReply, Str
     Ok(reply.into_inner())
 }
 
-pub async fn run(target: &Target) -> anyhow::Result<()> {
+/// Prints every node's answer; the exit status says whether they all answered (see the
+/// `status` command's help): a health check must not read an unreachable cluster as success.
+pub async fn run(target: &Target) -> anyhow::Result<ExitCode> {
     let statuses = fetch_all(&target.addresses()?, &target.credentials()?).await;
     if target.json {
         let nodes: Vec<_> = statuses.iter().map(status_json).collect();
         println!("{}", serde_json::to_string_pretty(&json!({ "nodes": nodes }))?);
-        return Ok(());
+    } else {
+        print_table(&statuses);
     }
+    let silent = statuses.iter().filter(|status| status.reply.is_err()).count();
+    if silent == 0 {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if silent == statuses.len() {
+        eprintln!("error: no node answered: the cluster is unreachable");
+        return Ok(ExitCode::from(EXIT_UNREACHABLE));
+    }
+    eprintln!("warning: {silent} of {} nodes did not answer", statuses.len());
+    Ok(ExitCode::from(EXIT_SOME_SILENT))
+}
+
+/// Exit status when no node answered (the same as any other error of the CLI).
+const EXIT_UNREACHABLE: u8 = 1;
+/// Exit status when some nodes answered and some did not.
+const EXIT_SOME_SILENT: u8 = 2;
+
+fn print_table(statuses: &[NodeStatus]) {
     println!("{HEADER}");
-    for status in &statuses {
+    for status in statuses {
         match &status.reply {
             Err(error) => println!("{:<22} {error}", status.addr),
             Ok(reply) => {
@@ -76,7 +99,6 @@ pub async fn run(target: &Target) -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
 }
 
 fn status_json(status: &NodeStatus) -> serde_json::Value {

@@ -97,8 +97,10 @@ fn open_disk(data_dir: &Path) -> Result<OpenedStorage, StorageError> {
                 .into(),
         });
     }
-    let backend = FileBackend::open(data_dir.join("wal")).map_err(dir_error)?;
-    let wal = Wal::open(backend, WalOptions::default()).map_err(|e| StorageError::Wal(e.to_string()))?;
+    let wal_dir = data_dir.join("wal");
+    let backend = FileBackend::open(&wal_dir).map_err(dir_error)?;
+    let wal = Wal::open(backend, WalOptions::default())
+        .map_err(|e| StorageError::Wal(format!("{}: {e}", wal_dir.display())))?;
     Ok(OpenedStorage {
         wal,
         snapshots: SnapshotBackends::Files(data_dir.join("snapshots")),

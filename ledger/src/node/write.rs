@@ -29,14 +29,21 @@ use crate::types::ShardId;
 
 impl Node {
     /// Proposes `operations` (all for one shard) as one log entry; one outcome each.
+    /// `route_epochs` are the shard epochs the caller routed them by (one per operation of a
+    /// batch, 0 = unchecked): every one is checked, so a batch is refused exactly when one of
+    /// its operations alone would be.
     #[tracing::instrument(level = "debug", skip_all, fields(node = self.id, ops = operations.len()))]
-    pub async fn write(&self, operations: Vec<Operation>, route_epoch: u64) -> Result<(Vec<Outcome>, u64), NodeError> {
+    pub async fn write(
+        &self,
+        operations: Vec<Operation>,
+        route_epochs: &[u64],
+    ) -> Result<(Vec<Outcome>, u64), NodeError> {
         let shard = self.shard_for_operations(&operations)?;
-        if route_epoch != 0 && route_epoch != shard.epoch {
+        if let Some(&stale) = route_epochs.iter().find(|&&epoch| epoch != 0 && epoch != shard.epoch) {
             return Err(NodeError::StaleEpoch {
                 shard_id: shard.config.id,
                 current: shard.epoch,
-                requested: route_epoch,
+                requested: stale,
             });
         }
         if let Some(answered) = self.answer_sold_out_from_lease(shard, &operations).await {

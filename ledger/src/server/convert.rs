@@ -1,9 +1,12 @@
 //! The one place where wire types (`flashledger_proto::v1`) become domain types and back.
 //!
 //! Incoming requests are validated here, field by field, before anything is proposed: a bad
-//! request is refused with `INVALID_ARGUMENT` naming the field and changes nothing.
+//! request is refused with `INVALID_ARGUMENT` naming the field and changes nothing. That includes
+//! text that is not UTF-8: the wire types hold a request's `string` fields as bytes (see
+//! `proto/build.rs`), so the decoder passes them on and they are checked here.
 
 use flashledger_proto::v1 as pb;
+use prost::bytes::Bytes;
 
 use crate::state_machine::command::Operation;
 use crate::state_machine::command::Outcome;
@@ -169,9 +172,14 @@ pub fn route_epoch(op: &pb::WriteOp) -> u64 {
     route.as_ref().map(|r| r.epoch).unwrap_or(0)
 }
 
-fn checked_id(field: &'static str, id: String) -> Checked<String> {
-    limits::check_id(field, &id)?;
-    Ok(id)
+/// A request's text field (`user`, `order_id`): UTF-8, then the id bounds.
+fn checked_id(field: &'static str, id: Bytes) -> Checked<String> {
+    let text = std::str::from_utf8(&id).map_err(|error| InvalidRequest {
+        field: field.into(),
+        reason: format!("not UTF-8 (byte {} is not valid there)", error.valid_up_to()),
+    })?;
+    limits::check_id(field, text)?;
+    Ok(text.to_owned())
 }
 
 pub fn outcome(outcome: &Outcome) -> pb::Outcome {
@@ -302,28 +310,28 @@ mod tests {
             ),
             (
                 pb::ReserveRequest {
-                    user: String::new(),
+                    user: Bytes::new(),
                     ..reserve_request()
                 },
                 "user",
             ),
             (
                 pb::ReserveRequest {
-                    user: "u".repeat(129),
+                    user: "u".repeat(129).into(),
                     ..reserve_request()
                 },
                 "user",
             ),
             (
                 pb::ReserveRequest {
-                    order_id: String::new(),
+                    order_id: Bytes::new(),
                     ..reserve_request()
                 },
                 "order_id",
             ),
             (
                 pb::ReserveRequest {
-                    order_id: "o".repeat(500),
+                    order_id: "o".repeat(500).into(),
                     ..reserve_request()
                 },
                 "order_id",
@@ -346,6 +354,54 @@ mod tests {
         for (request, field) in cases {
             assert_eq!(field_of(reserve(request.clone())), field, "{request:?}");
         }
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_is_refused_naming_the_field() {
+        let not_utf8 = || Bytes::from_static(&[b'a', 0xff, 0xfe]);
+        let reserve_bad_user = pb::ReserveRequest {
+            user: not_utf8(),
+            ..reserve_request()
+        };
+        let refused = reserve(reserve_bad_user).expect_err("refused");
+        assert_eq!(refused.field, "user");
+        assert!(refused.to_string().contains("not UTF-8 (byte 1"), "{refused}");
+        let reserve_bad_order = pb::ReserveRequest {
+            order_id: not_utf8(),
+            ..reserve_request()
+        };
+        assert_eq!(field_of(reserve(reserve_bad_order)), "order_id");
+        let purchase_request = pb::PurchaseRequest {
+            sku: b"sku-1".to_vec().into(),
+            qty: 1,
+            user: not_utf8(),
+            order_id: "order-1".into(),
+            first_attempt_ms: 1_700_000_000_000,
+            route: None,
+        };
+        assert_eq!(field_of(purchase(purchase_request)), "user");
+        let confirm_request = pb::ConfirmRequest {
+            sku: b"sku-1".to_vec().into(),
+            order_id: not_utf8(),
+            first_attempt_ms: 1_700_000_000_000,
+            route: None,
+        };
+        assert_eq!(field_of(confirm(confirm_request)), "order_id");
+        let cancel_request = pb::CancelRequest {
+            sku: b"sku-1".to_vec().into(),
+            order_id: not_utf8(),
+            first_attempt_ms: 1_700_000_000_000,
+            route: None,
+        };
+        assert_eq!(field_of(cancel(cancel_request)), "order_id");
+        let in_batch = pb::WriteOp {
+            op: Some(pb::write_op::Op::Reserve(pb::ReserveRequest {
+                user: not_utf8(),
+                ..reserve_request()
+            })),
+        };
+        let refused = batch(pb::BatchRequest { ops: vec![in_batch] }, 10).expect_err("refused");
+        assert_eq!(refused.field, "ops[0].user");
     }
 
     #[test]

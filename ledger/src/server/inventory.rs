@@ -40,7 +40,11 @@ impl InventoryService {
         epoch: u64,
     ) -> Result<Response<pb::WriteReply>, Status> {
         let operation = operation.map_err(from_invalid)?;
-        let (outcomes, log_index) = self.node.write(vec![operation], epoch).await.map_err(from_node_error)?;
+        let (outcomes, log_index) = self
+            .node
+            .write(vec![operation], &[epoch])
+            .await
+            .map_err(from_node_error)?;
         let outcome = outcomes.first().map(convert::outcome);
         Ok(Response::new(pb::WriteReply { outcome, log_index }))
     }
@@ -94,14 +98,9 @@ impl Inventory for InventoryService {
         let caller = request.extensions().get::<Caller>().cloned();
         let request = request.into_inner();
         check_batch_access(caller.as_ref(), &request)?;
-        let epoch = request
-            .ops
-            .iter()
-            .map(convert::route_epoch)
-            .find(|e| *e != 0)
-            .unwrap_or(0);
+        let epochs: Vec<u64> = request.ops.iter().map(convert::route_epoch).collect();
         let operations = convert::batch(request, self.node.config.server.batch_ops_max).map_err(from_invalid)?;
-        let (outcomes, log_index) = self.node.write(operations, epoch).await.map_err(from_node_error)?;
+        let (outcomes, log_index) = self.node.write(operations, &epochs).await.map_err(from_node_error)?;
         Ok(Response::new(pb::BatchReply {
             outcomes: outcomes.iter().map(convert::outcome).collect(),
             log_index,

@@ -178,6 +178,20 @@ pub fn check_frame(bytes: &[u8]) -> Result<(&[u8], usize), DecodeError> {
     Ok((payload, end))
 }
 
+/// The bytes of the frame starting at `bytes[0]` (header included) as its length field claims,
+/// if the length field is there; the frame need not fit in `bytes`, nor be valid.
+pub fn claimed_frame_bytes(bytes: &[u8]) -> Option<usize> {
+    Some(FRAME_HEADER_BYTES + read_u32(bytes, 0)? as usize)
+}
+
+/// Whether the frame starting at `bytes[0]` could be a record at all (it fits in `bytes`, holds
+/// a payload prefix and a known kind byte): a cheap test before the checksum.
+pub fn may_be_frame(bytes: &[u8]) -> bool {
+    let fits = claimed_frame_bytes(bytes)
+        .is_some_and(|claimed| claimed >= FRAME_HEADER_BYTES + PAYLOAD_PREFIX_BYTES && claimed <= bytes.len());
+    fits && Kind::from_byte(bytes[FRAME_HEADER_BYTES]).is_some()
+}
+
 /// Decode a payload that passed [`check_frame`].
 pub fn decode_payload(payload: &[u8]) -> Result<Record, DecodeError> {
     let kind_byte = *payload.first().ok_or(DecodeError::Body("empty payload".into()))?;

@@ -19,6 +19,7 @@ use crate::storage::Wal;
 use crate::storage::WalError;
 use crate::storage::WalOptions;
 use crate::storage::record;
+use crate::storage::record::Record;
 use crate::types::Entry;
 use crate::types::LogId;
 use crate::types::ShardId;
@@ -176,6 +177,193 @@ fn corruption_in_an_older_segment_is_an_error() {
             assert_eq!((bad, offset), (segment, record::SEGMENT_HEADER_BYTES));
         }
         other => panic!("expected Corrupt, got {:?}", other.map(|_| ())),
+    }
+}
+
+/// The offset of every record of `segment`, in order (every record must be valid).
+fn record_offsets(disk: &MemoryBackend, segment: u64) -> Vec<usize> {
+    use crate::storage::WalBackend;
+    let bytes = disk.read_segment(segment).expect("reads");
+    let mut offsets = Vec::new();
+    let mut offset = record::SEGMENT_HEADER_BYTES;
+    while offset < bytes.len() {
+        let (_, used) = record::check_frame(&bytes[offset..]).expect("a valid record");
+        offsets.push(offset);
+        offset += used;
+    }
+    offsets
+}
+
+/// Opening must fail with `CorruptBeforeValid` at `offset`, valid records from `valid_from`,
+/// and leave the segment byte for byte as it was (the evidence is kept, nothing is cut).
+fn assert_refused_uncut(disk: &MemoryBackend, segment: u64, offset: usize, valid_from: usize, case: &str) {
+    use crate::storage::WalBackend;
+    let before = disk.read_segment(segment).expect("reads");
+    for attempt in 0..2 {
+        match Wal::open(disk.clone(), WalOptions::default()) {
+            Err(error @ WalError::CorruptBeforeValid { .. }) => {
+                let WalError::CorruptBeforeValid {
+                    segment: bad_segment,
+                    offset: bad_offset,
+                    valid_from: found,
+                    ..
+                } = &error
+                else {
+                    unreachable!()
+                };
+                assert_eq!(
+                    (*bad_segment, *bad_offset, *found),
+                    (segment, offset, valid_from),
+                    "{case}"
+                );
+                let message = error.to_string();
+                assert!(
+                    message.contains(&format!("segment {segment} at offset {offset}")),
+                    "{case}: {message}"
+                );
+            }
+            other => panic!(
+                "{case}, attempt {attempt}: expected CorruptBeforeValid, got {:?}",
+                other.map(|_| ())
+            ),
+        }
+        assert_eq!(
+            disk.read_segment(segment).expect("reads"),
+            before,
+            "{case}: nothing is cut"
+        );
+        assert_eq!(
+            disk.list_segments().expect("lists"),
+            vec![segment],
+            "{case}: no segment is started"
+        );
+    }
+}
+
+#[test]
+fn a_bad_record_followed_by_valid_ones_in_the_last_segment_refuses_to_open_and_cuts_nothing() {
+    // Byte positions within a record: the length (low and high byte: a length that overruns
+    // the next record, and one past the end of the segment), the CRC, the kind, the body.
+    let positions = [
+        (0, "length low byte"),
+        (3, "length high byte"),
+        (5, "crc"),
+        (8, "kind"),
+        (20, "body"),
+    ];
+    for bad in 0..4 {
+        for (position, what) in positions {
+            let disk = MemoryBackend::new();
+            let segment = five_records(&disk);
+            let offsets = record_offsets(&disk, segment);
+            assert_eq!(offsets.len(), 5);
+            disk.flip_byte(segment, offsets[bad] + position).expect("flips");
+            let case = format!("record {bad}, {what}");
+            assert_refused_uncut(&disk, segment, offsets[bad], offsets[bad + 1], &case);
+        }
+    }
+}
+
+#[test]
+fn a_bad_record_then_valid_ones_then_a_torn_write_is_still_corruption() {
+    use crate::storage::WalBackend;
+    let disk = MemoryBackend::new();
+    let segment = five_records(&disk);
+    let offsets = record_offsets(&disk, segment);
+    disk.flip_byte(segment, offsets[1] + 20).expect("flips");
+    let len = disk.segment_len(segment).expect("segment exists");
+    disk.truncate_segment(segment, (len - 5) as u64).expect("truncates");
+    assert_refused_uncut(&disk, segment, offsets[1], offsets[2], "then a torn last record");
+}
+
+#[test]
+fn a_zeroed_record_followed_by_valid_ones_is_corruption() {
+    use crate::storage::WalBackend;
+    let disk = MemoryBackend::new();
+    let segment = five_records(&disk);
+    let offsets = record_offsets(&disk, segment);
+    let mut bytes = disk.read_segment(segment).expect("reads");
+    bytes[offsets[2]..offsets[3]].fill(0);
+    disk.truncate_segment(segment, 0).expect("truncates");
+    disk.append(segment, &bytes).expect("appends");
+    disk.sync(segment).expect("syncs");
+    assert_refused_uncut(&disk, segment, offsets[2], offsets[3], "record 2 zeroed");
+}
+
+#[test]
+fn a_last_record_followed_by_bytes_that_never_held_data_is_cut() {
+    use crate::storage::WalBackend;
+    // The file grew but the write never reached the disk: zeros (or a garbled copy) after it.
+    for tail in [vec![0u8; 4096], vec![0xa5u8; 100]] {
+        let disk = MemoryBackend::new();
+        let segment = five_records(&disk);
+        let offsets = record_offsets(&disk, segment);
+        disk.flip_byte(segment, offsets[4] + 20).expect("flips");
+        disk.append(segment, &tail).expect("appends");
+        disk.sync(segment).expect("syncs");
+        assert_eq!(
+            entries_after_reopen(&disk),
+            blanks(1, 1..=4),
+            "tail of {} bytes",
+            tail.len()
+        );
+    }
+}
+
+/// Entries 1..=5 in one segment, then entry 6, whose SKU holds a valid frame (a client can put
+/// any bytes in a SKU), in a newer one; returns that segment, the frame and where it is.
+fn a_record_holding_a_forged_frame(disk: &MemoryBackend) -> (u64, Vec<u8>, usize) {
+    use crate::state_machine::command::CommandBody;
+    use crate::state_machine::command::LogCommand;
+    use crate::state_machine::command::Operation;
+    use crate::state_machine::command::SaleRules;
+    use crate::storage::WalBackend;
+    let forged = record::encode(&Record::SaveVote {
+        shard: 1,
+        vote: Vote::new(9, 9),
+    })
+    .expect("encodes");
+    five_records(disk);
+    TypeConfig::run(async {
+        let wal = open(disk);
+        let mut store = wal.log_store(1);
+        let entry = Entry {
+            log_id: log_id(1, 6),
+            payload: openraft::EntryPayload::Normal(LogCommand {
+                timestamp_ms: 1,
+                body: CommandBody::Batch(vec![Operation::PutSku {
+                    sku: [forged.clone(), vec![0x5a; 40]].concat(),
+                    total: 1,
+                    rules: SaleRules::default(),
+                }]),
+            }),
+        };
+        append(&mut store, vec![entry]).await.expect("append");
+    });
+    let segment = *disk.list_segments().expect("lists").last().expect("a segment");
+    let bytes = disk.read_segment(segment).expect("reads");
+    let forged_at = bytes
+        .windows(forged.len())
+        .position(|window| window == forged.as_slice())
+        .expect("the forged frame is in the log");
+    (segment, forged, forged_at)
+}
+
+#[test]
+fn a_torn_record_holding_the_shape_of_a_record_is_still_cut() {
+    use crate::storage::WalBackend;
+    // A crash tears the record after the forged frame: what is left of the record is not a
+    // valid record following a bad one, so the tail is cut as any torn tail.
+    for kept_after_forged in [1, 8, 20] {
+        let disk = MemoryBackend::new();
+        let (segment, forged, forged_at) = a_record_holding_a_forged_frame(&disk);
+        disk.truncate_segment(segment, (forged_at + forged.len() + kept_after_forged) as u64)
+            .expect("truncates");
+        assert_eq!(
+            entries_after_reopen(&disk),
+            blanks(1, 1..=5),
+            "{kept_after_forged} bytes kept after the forged frame"
+        );
     }
 }
 

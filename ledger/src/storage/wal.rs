@@ -8,7 +8,9 @@
 //!   that covers the record. After a failed write or fdatasync the WAL refuses every further
 //!   write (a failed fdatasync cannot be retried safely: the kernel may have dropped the pages).
 //! - Recovery never applies a record that failed its length or CRC check. Only the tail of the
-//!   last segment may be bad (a crash mid-write); it is cut off. Anything bad earlier is an error.
+//!   last segment may be bad (a crash mid-write); it is cut off. Anything bad earlier is an error,
+//!   and so is a bad record in the last segment that valid records follow (a torn write is the
+//!   end of the log, never its middle): the node refuses to start and nothing is cut.
 //! - Segments are deleted oldest-first and only while no live (unpurged, not truncated) entry
 //!   lives in them. Each new segment opens with a checkpoint of every shard's vote, committed
 //!   and purge point, so an older segment never holds the only copy of them.
@@ -82,6 +84,16 @@ pub enum WalError {
     BadHeader { segment: SegmentId },
     #[error("corrupt record in segment {segment} at offset {offset} (not the tail of the last segment)")]
     Corrupt { segment: SegmentId, offset: usize },
+    #[error(
+        "corrupt record in segment {segment} at offset {offset} ({reason}), followed by valid records \
+         from offset {valid_from}: this is corruption, not a torn write; nothing was cut"
+    )]
+    CorruptBeforeValid {
+        segment: SegmentId,
+        offset: usize,
+        valid_from: usize,
+        reason: String,
+    },
     #[error("record in segment {segment} at offset {offset} passed its checksum but does not decode: {reason}")]
     Decode {
         segment: SegmentId,
@@ -799,6 +811,14 @@ fn replay_segment(
         let (payload, used) = match record::check_frame(&bytes[offset..]) {
             Ok(frame) => frame,
             Err(reason) if is_last => {
+                if let Some(valid_from) = valid_run_after(&bytes, offset) {
+                    return Err(WalError::CorruptBeforeValid {
+                        segment,
+                        offset,
+                        valid_from,
+                        reason: reason.to_string(),
+                    });
+                }
                 tracing::warn!(segment, offset, %reason, "cutting the torn tail of the WAL");
                 writer.backend.truncate_segment(segment, offset as u64)?;
                 break;
@@ -818,6 +838,85 @@ fn replay_segment(
         offset += used;
     }
     Ok(true)
+}
+
+/// Where a run of valid records starts after the bad record at `bad`, if one does: the proof
+/// that `bad` is corruption in the middle of the log, not the torn last write of a crash (a torn
+/// write leaves a prefix of that write, maybe followed by bytes that never held data).
+///
+/// Every offset after `bad` is tried, since the corrupted field may be the bad record's own
+/// length. A run starting inside the extent the bad record claims must reach the end of the
+/// segment exactly: the bytes of a torn record can be anything a client sent, including the
+/// shape of a record, but a run forged in them cannot know where the tear falls. A run starting
+/// after a complete bad record may end in a torn record of its own (corruption, then a crash).
+fn valid_run_after(bytes: &[u8], bad: usize) -> Option<usize> {
+    let claimed_end = record::claimed_frame_bytes(&bytes[bad..])
+        .map(|claimed| bad.saturating_add(claimed))
+        .filter(|end| *end <= bytes.len());
+    let mut runs = Runs {
+        bytes,
+        ends: BTreeMap::new(),
+    };
+    (bad + 1..bytes.len()).find(|&start| {
+        if !record::may_be_frame(&bytes[start..]) {
+            return false;
+        }
+        match runs.end_of_run_from(start) {
+            Some(RunEnd::AtSegmentEnd) => true,
+            Some(RunEnd::Torn) => claimed_end.is_some_and(|end| start >= end),
+            Some(RunEnd::Broken) | None => false,
+        }
+    })
+}
+
+/// How a run of valid records (one following another) ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunEnd {
+    /// Exactly at the end of the segment.
+    AtSegmentEnd,
+    /// With a record that runs past the end of the segment.
+    Torn,
+    /// With a record that fails its checks within the segment.
+    Broken,
+}
+
+/// The runs of records in one segment's bytes, each walked once: a run through a record ends
+/// where the run from that record ends, so the search stays linear in the segment's size.
+struct Runs<'a> {
+    bytes: &'a [u8],
+    /// How the run from each valid record walked so far ends.
+    ends: BTreeMap<usize, RunEnd>,
+}
+
+impl Runs<'_> {
+    /// How the run of records from `start` ends; `None` if no valid record starts there.
+    fn end_of_run_from(&mut self, start: usize) -> Option<RunEnd> {
+        let mut walked = Vec::new();
+        let mut offset = start;
+        let end = loop {
+            if let Some(known) = self.ends.get(&offset) {
+                break *known;
+            }
+            if offset == self.bytes.len() {
+                break RunEnd::AtSegmentEnd;
+            }
+            match record::check_frame(&self.bytes[offset..]) {
+                Ok((payload, used)) if record::decode_payload(payload).is_ok() => {
+                    walked.push(offset);
+                    offset += used;
+                }
+                Err(record::DecodeError::Torn) => break RunEnd::Torn,
+                _ => break RunEnd::Broken,
+            }
+        };
+        if walked.is_empty() && !self.ends.contains_key(&start) {
+            return None;
+        }
+        for record_at in walked {
+            self.ends.insert(record_at, end);
+        }
+        Some(end)
+    }
 }
 
 fn apply_replayed(

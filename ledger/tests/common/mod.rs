@@ -176,7 +176,7 @@ impl TestCluster {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let leader = self.leader(shard).await;
-            match self.node(leader).write(operations.clone(), 0).await {
+            match self.node(leader).write(operations.clone(), &[]).await {
                 Ok(answer) => return answer,
                 Err(
                     NodeError::NotLeader { .. }
