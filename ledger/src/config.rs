@@ -191,6 +191,18 @@ pub struct ServerSection {
     pub batch_ops_max: usize,
     /// How long a write or linearizable read may wait for consensus.
     pub request_timeout_ms: u64,
+    /// Open connections from one IP address; the next is closed at once. Clients share one
+    /// connection per node (the client library multiplexes), so this bounds hostile clients,
+    /// not busy ones; the default leaves room for a load generator with a connection per caller.
+    pub connections_per_address_max: usize,
+    /// A connection that sends nothing for this long is closed. The node pings every HTTP/2
+    /// connection at a third of it, so a quiet but live client answers and stays.
+    pub connection_idle_timeout_ms: u64,
+    /// Watch streams open on this node, and on one connection.
+    pub watch_streams_max: usize,
+    pub watch_streams_per_connection_max: usize,
+    /// The largest header list (metadata) of a request.
+    pub header_bytes_max: u64,
 }
 
 impl Default for ServerSection {
@@ -200,6 +212,11 @@ impl Default for ServerSection {
             message_bytes_max: 4 * 1024 * 1024,
             batch_ops_max: 1024,
             request_timeout_ms: 5000,
+            connections_per_address_max: 1024,
+            connection_idle_timeout_ms: 60_000,
+            watch_streams_max: 1024,
+            watch_streams_per_connection_max: 16,
+            header_bytes_max: 16 * 1024,
         }
     }
 }
@@ -458,7 +475,7 @@ impl ClusterConfig {
     /// know of, narrow enough that no value breaks where it is used (a stream count is a `u32`,
     /// a semaphore holds at most 2^61 permits, a deadline is added to an `Instant`). Node and
     /// shard ids are names, not amounts: any `u64` (but node id 0, see `validate_nodes`).
-    fn numeric_settings(&self) -> [NumericSetting; 22] {
+    fn numeric_settings(&self) -> [NumericSetting; 27] {
         const KIB: u64 = 1024;
         const MIB: u64 = 1024 * KIB;
         const MINUTE_MS: u64 = 60_000;
@@ -511,6 +528,24 @@ impl ClusterConfig {
                 server.request_timeout_ms,
                 1..=10 * MINUTE_MS,
             ),
+            setting(
+                "server.connections_per_address_max",
+                size(server.connections_per_address_max),
+                1..=100_000,
+            ),
+            // At least 3 s: the keepalive ping goes out at a third of it.
+            setting(
+                "server.connection_idle_timeout_ms",
+                server.connection_idle_timeout_ms,
+                3_000..=HOUR_MS,
+            ),
+            setting("server.watch_streams_max", size(server.watch_streams_max), 1..=100_000),
+            setting(
+                "server.watch_streams_per_connection_max",
+                size(server.watch_streams_per_connection_max),
+                1..=10_000,
+            ),
+            setting("server.header_bytes_max", server.header_bytes_max, KIB..=MIB),
             setting("ledger.expire_interval_ms", ledger.expire_interval_ms, 1..=HOUR_MS),
             // Orders stay in memory for the window.
             setting(

@@ -225,6 +225,8 @@ pub fn client_options(coalesce: bool) -> ClientOptions {
         backoff_ms_max: 300,
         coalesce_ops_max: if coalesce { 8 } else { 0 },
         coalesce_inflight_max: 2,
+        // The simulator's clusters are insecure (madsim has no TLS).
+        credentials: flashledger_client::Credentials::default(),
     }
 }
 

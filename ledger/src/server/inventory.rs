@@ -1,13 +1,10 @@
 //! The client-facing `Inventory` gRPC service: validates each request (convert), hands it to
 //! the node as one log entry, and turns the outcomes back into wire replies.
 
-use std::pin::Pin;
 use std::sync::Arc;
 
 use flashledger_proto::v1 as pb;
 use flashledger_proto::v1::inventory_server::Inventory;
-use futures::Stream;
-use tokio::sync::broadcast::error::RecvError;
 use tonic::Request;
 use tonic::Response;
 use tonic::Status;
@@ -20,18 +17,20 @@ use crate::security::Caller;
 use crate::server::convert;
 use crate::server::status::from_invalid;
 use crate::server::status::from_node_error;
+use crate::server::watch;
 use crate::state_machine::command::Operation;
-
-/// How many stock changes a Watch stream may queue for a slow reader before it is closed.
-pub const WATCH_QUEUE_CHANGES_MAX: usize = 1024;
 
 pub struct InventoryService {
     node: Arc<Node>,
+    watch_slots: Arc<watch::WatchSlots>,
 }
 
 impl InventoryService {
     pub fn new(node: Arc<Node>) -> Self {
-        InventoryService { node }
+        InventoryService {
+            node,
+            watch_slots: Arc::default(),
+        }
     }
 
     async fn write_one(
@@ -53,8 +52,6 @@ impl InventoryService {
 fn epoch(route: &Option<pb::RouteEpoch>) -> u64 {
     route.as_ref().map(|r| r.epoch).unwrap_or(0)
 }
-
-type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::StockChange, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Inventory for InventoryService {
@@ -135,89 +132,27 @@ impl Inventory for InventoryService {
         }))
     }
 
-    type WatchStream = WatchStream;
+    type WatchStream = watch::WatchStream;
 
     async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let connection = request.remote_addr();
         let request = request.into_inner();
-        let start = request.start.to_vec();
-        let end = request.end.to_vec();
-        if !end.is_empty() && end <= start {
+        let range = watch::SkuRange {
+            start: request.start.to_vec(),
+            end: request.end.to_vec(),
+        };
+        if !range.end.is_empty() && range.end <= range.start {
             return Err(Status::invalid_argument(
                 "invalid end: must be after start (or empty for unbounded)",
             ));
         }
-        let in_range = move |sku: &[u8]| sku >= start.as_slice() && (end.is_empty() || sku < end.as_slice());
-        let (sender, receiver) = tokio::sync::mpsc::channel(WATCH_QUEUE_CHANGES_MAX);
-        for shard in self.node.shards.values() {
-            // Subscribe before reading the current state so no change falls in between.
-            let live = shard.view.subscribe();
-            let current: Vec<pb::StockChange> = shard.view.read(|image| {
-                image
-                    .ledger
-                    .skus
-                    .iter()
-                    .filter(|(sku, record)| in_range(sku) && record.changed_at_index > request.from_index)
-                    .filter_map(|(sku, _)| {
-                        image.ledger.stock(sku).map(|counts| pb::StockChange {
-                            sku: sku.clone().into(),
-                            counts: Some(convert::counts(counts)),
-                            log_index: image.meta.applied.map(|id| id.index).unwrap_or(0),
-                        })
-                    })
-                    .collect()
-            });
-            let sender = sender.clone();
-            let in_range = in_range.clone();
-            let node = self.node.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    () = node.closing() => {}
-                    () = forward_changes(current, live, in_range, sender) => {}
-                }
-            });
-        }
-        let stream = futures::stream::unfold(receiver, |mut receiver| async move {
-            receiver.recv().await.map(|item| (item, receiver))
-        });
-        Ok(Response::new(Box::pin(stream)))
-    }
-}
-
-/// Sends `current`, then every live change in range, until the watcher goes away or lags.
-async fn forward_changes(
-    current: Vec<pb::StockChange>,
-    mut live: tokio::sync::broadcast::Receiver<crate::raft::state_store::StockChange>,
-    in_range: impl Fn(&[u8]) -> bool,
-    sender: tokio::sync::mpsc::Sender<Result<pb::StockChange, Status>>,
-) {
-    for change in current {
-        if sender.send(Ok(change)).await.is_err() {
-            return;
-        }
-    }
-    loop {
-        let change = match live.recv().await {
-            Ok(change) => change,
-            Err(RecvError::Lagged(missed)) => {
-                let status = Status::resource_exhausted(format!(
-                    "watcher fell {missed} changes behind; resume from the last log_index seen"
-                ));
-                let _ = sender.send(Err(status)).await;
-                return;
-            }
-            Err(RecvError::Closed) => return,
-        };
-        if !in_range(&change.sku) {
-            continue;
-        }
-        let wire = pb::StockChange {
-            sku: change.sku.into(),
-            counts: Some(convert::counts(change.counts)),
-            log_index: change.log_index,
-        };
-        if sender.send(Ok(wire)).await.is_err() {
-            return;
-        }
+        let limits = &self.node.config.server;
+        let slot = self.watch_slots.take(
+            connection,
+            limits.watch_streams_max,
+            limits.watch_streams_per_connection_max,
+        )?;
+        Ok(Response::new(watch::start(&self.node, range, request.from_index, slot)))
     }
 }
 

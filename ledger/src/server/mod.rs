@@ -7,10 +7,13 @@
 //! connection is TLS and every request passes `security::layer` first (who, and may they).
 
 pub mod cluster;
+#[cfg(not(madsim))]
+pub mod connections;
 pub mod convert;
 pub mod inventory;
 pub mod raft_service;
 pub mod status;
+pub mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -60,8 +63,12 @@ pub async fn serve(
         tokens,
         node.config.nodes.iter().map(|n| n.id).collect(),
     );
+    let idle_timeout = std::time::Duration::from_millis(limits.connection_idle_timeout_ms);
     let mut router = builder
         .layer(authenticate)
+        .http2_keepalive_interval(Some(idle_timeout / 3))
+        .http2_keepalive_timeout(Some(idle_timeout / 3))
+        .http2_max_header_list_size(u32::try_from(limits.header_bytes_max).unwrap_or(u32::MAX))
         .concurrency_limit_per_connection(limits.inflight_requests_max)
         .max_concurrent_streams(Some(limits.inflight_requests_max as u32))
         .add_service(health_service)
@@ -71,15 +78,7 @@ pub async fn serve(
     if let Ok(reflection) = reflection {
         router = router.add_service(reflection);
     }
-    // tonic ignores its own `tcp_nodelay` for a caller's listener, so set it per connection:
-    // with Nagle's algorithm on, a small reply waits for the client's delayed ACK (tens of ms).
-    let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |stream| {
-        let stream = stream?;
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::warn!(%error, "could not disable Nagle's algorithm on a connection");
-        }
-        Ok::<_, std::io::Error>(stream)
-    });
+    let incoming = connections::bounded(listener, limits.connections_per_address_max, idle_timeout);
     router
         .serve_with_incoming_shutdown(incoming, close_streams_on(node, shutdown))
         .await

@@ -31,15 +31,16 @@ pub struct ProcessCluster {
 impl ProcessCluster {
     /// An insecure cluster (plaintext, no authentication).
     pub fn start(node_count: usize) -> ProcessCluster {
-        Self::start_with(node_count, false)
+        Self::start_with(node_count, false, "")
     }
 
     /// A cluster with TLS and tokens, its material made by scripts/certs.sh.
     pub fn start_secure(node_count: usize) -> ProcessCluster {
-        Self::start_with(node_count, true)
+        Self::start_with(node_count, true, "")
     }
 
-    fn start_with(node_count: usize, secure: bool) -> ProcessCluster {
+    /// With `extra` appended to the config (whole sections, e.g. `[server]` bounds).
+    pub fn start_with(node_count: usize, secure: bool, extra: &str) -> ProcessCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let addrs: Vec<String> = (0..node_count)
             .map(|_| {
@@ -77,6 +78,7 @@ impl ProcessCluster {
         let replicas = replicas.join(", ");
         toml.push_str(&format!("[[shards]]\nid = 1\nend = \"m\"\nreplicas = [{replicas}]\n"));
         toml.push_str(&format!("[[shards]]\nid = 2\nstart = \"m\"\nreplicas = [{replicas}]\n"));
+        toml.push_str(extra);
         let config = dir.path().join("cluster.toml");
         std::fs::write(&config, toml).expect("write config");
         if secure {
@@ -112,6 +114,11 @@ impl ProcessCluster {
             .spawn()
             .expect("spawn ledger serve");
         self.nodes[id - 1] = Some(child);
+    }
+
+    /// The process id of node `id`, while it runs.
+    pub fn pid(&self, id: usize) -> Option<u32> {
+        self.nodes[id - 1].as_ref().map(Child::id)
     }
 
     pub fn kill(&mut self, id: usize) {
