@@ -881,6 +881,32 @@ mod tests {
     }
 
     #[test]
+    fn plaintext_only_when_said_and_tls_needs_every_file() {
+        let without_security = VALID.replacen("[security]\n        insecure = true", "", 1);
+        assert_ne!(without_security, VALID);
+        let refused = parse(&without_security).expect_err("no [security]: TLS required");
+        assert!(refused.to_string().contains("insecure = true"), "{refused}");
+        assert!(refused.to_string().contains("security.ca_file"), "{refused}");
+
+        let tls = VALID.replacen("insecure = true", "ca_file = \"ca.pem\"", 1);
+        let refused = parse(&tls).expect_err("nodes without certificates");
+        assert!(refused.to_string().contains("node 1 cert_file"), "{refused}");
+        let mut complete = tls.clone();
+        for id in 1..=3 {
+            complete = complete.replacen(
+                &format!("data_dir = \"d{id}\""),
+                &format!("data_dir = \"d{id}\"\n        cert_file = \"n{id}.pem\"\n        key_file = \"n{id}.key\""),
+                1,
+            );
+        }
+        let config = parse(&complete).expect("every file named");
+        assert!(!config.security.insecure);
+        let missing_key = complete.replacen("key_file = \"n3.key\"", "", 1);
+        let refused = parse(&missing_key).expect_err("node 3 has no key");
+        assert!(refused.to_string().contains("node 3 key_file"), "{refused}");
+    }
+
+    #[test]
     fn an_empty_data_dir_is_refused() {
         let text = VALID.replacen("data_dir = \"d2\"", "data_dir = \"\"", 1);
         assert_eq!(parse(&text), Err(ConfigError::EmptyDataDir { node: 2 }));

@@ -186,8 +186,8 @@ fn plaintext_and_other_cas_are_refused_and_tokens_rotate_without_a_restart() {
     assert!(stdout(&stock).contains("sold 1"), "{}", stdout(&stock));
 }
 
-/// Makes a second, unrelated CA with a node-1 and an admin certificate (scripts/certs.sh on a
-/// config of its own); returns its directory.
+/// Makes a second, unrelated CA with node-1 and node-3 certificates and an admin certificate
+/// (scripts/certs.sh on a config of its own); returns its directory.
 fn other_ca(root: &Path) -> PathBuf {
     let dir = root.join("other-ca");
     std::fs::create_dir_all(&dir).expect("dir");
@@ -196,7 +196,8 @@ fn other_ca(root: &Path) -> PathBuf {
         &config,
         format!(
             "[security]\nca_file = \"{0}/ca.pem\"\n[[nodes]]\nid = 1\naddr = \"127.0.0.1:1\"\ndata_dir = \"x\"\n\
-             cert_file = \"{0}/node1.pem\"\nkey_file = \"{0}/node1.key\"\n[[shards]]\nid = 1\nreplicas = [1]\n",
+             cert_file = \"{0}/node1.pem\"\nkey_file = \"{0}/node1.key\"\n[[nodes]]\nid = 3\naddr = \"127.0.0.1:3\"\n\
+             data_dir = \"y\"\ncert_file = \"{0}/node3.pem\"\nkey_file = \"{0}/node3.key\"\n[[shards]]\nid = 1\nreplicas = [1]\n",
             dir.display()
         ),
     )
@@ -452,5 +453,78 @@ fn non_members_cannot_speak_raft_even_in_an_insecure_cluster() {
         let status = client.propose_shipped(request(mark)).await.err().map(|s| s.code());
         assert_eq!(status, Some(tonic::Code::PermissionDenied));
     });
+    assert_eq!(leader_and_term(&cluster.status()), before);
+}
+
+/// Shard 1's applied index on each node that answers, by node id.
+fn applied_by_node(status: &Value) -> std::collections::BTreeMap<u64, u64> {
+    status["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|node| {
+            let shard = node["shards"].as_array()?.iter().find(|shard| shard["shard_id"] == 1)?;
+            Some((node["node_id"].as_u64()?, shard["applied_index"].as_u64()?))
+        })
+        .collect()
+}
+
+#[test]
+fn a_node_with_a_certificate_from_another_ca_cannot_join() {
+    let mut cluster = ProcessCluster::start_secure(3);
+    let certs = cluster.certs.clone().expect("secured cluster");
+    let put = cluster.cli(&["put-sku", "apple", "--total", "100"]);
+    assert!(succeeded(&put), "{}", stderr(&put));
+    let status = cluster.wait_converged();
+    let (leader, _) = leader_and_term(&status)[0];
+    // Node 3 comes back with the right name but another CA's certificate. Keep it out of the
+    // leader's seat: if node 3 leads, stop it and wait for another leader first.
+    cluster.kill(3);
+    if leader == 3 {
+        cluster.wait_for_leaders_among(&[1, 2]);
+    }
+    let other = other_ca(cluster.dir.path());
+    std::fs::copy(other.join("node3.pem"), certs.join("node3.pem")).expect("swap certificate");
+    std::fs::copy(other.join("node3.key"), certs.join("node3.key")).expect("swap key");
+    cluster.spawn(3);
+    for i in 0..20 {
+        let buy = cluster.cli(&[
+            "purchase",
+            "apple",
+            "1",
+            "--user",
+            &format!("u{i}"),
+            "--order",
+            &format!("o-{i}"),
+        ]);
+        assert!(succeeded(&buy), "{}", stderr(&buy));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let ours = cluster.status();
+    let before = leader_and_term(&ours);
+    // Node 3 answers only a client that trusts its CA; it has applied none of the purchases.
+    let theirs = cluster.cli_with(
+        &[
+            "status",
+            "--json",
+            "--ca",
+            other.join("ca.pem").to_str().expect("utf-8"),
+        ],
+        &[("FLASHLEDGER_TOKEN_FILE", cluster.token_file("admin"))],
+    );
+    let theirs: Value = serde_json::from_slice(&theirs.stdout).unwrap_or(Value::Null);
+    let ours_applied = applied_by_node(&ours);
+    let node3_applied = applied_by_node(&theirs)
+        .get(&3)
+        .copied()
+        .expect("node 3 answers its own CA");
+    let cluster_applied = ours_applied.values().copied().max().expect("nodes 1 and 2 answer");
+    assert!(!ours_applied.contains_key(&3), "node 3 should not pass our CA: {ours}");
+    assert!(
+        node3_applied + 20 <= cluster_applied,
+        "node 3 applied {node3_applied}, the cluster {cluster_applied}: it got entries"
+    );
+    // And it disturbed nothing: nodes 1 and 2 keep their leader and term.
+    std::thread::sleep(Duration::from_secs(2));
     assert_eq!(leader_and_term(&cluster.status()), before);
 }

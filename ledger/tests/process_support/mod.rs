@@ -188,6 +188,29 @@ impl ProcessCluster {
         }
     }
 
+    /// Waits until nodes `ids` agree on a leader among them for every shard.
+    pub fn wait_for_leaders_among(&self, ids: &[u64]) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.status();
+            let leaders: Vec<u64> = status["nodes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|n| n["shards"].as_array().into_iter().flatten())
+                .map(|s| s["leader"].as_u64().unwrap_or(0))
+                .collect();
+            if !leaders.is_empty() && leaders.iter().all(|leader| ids.contains(leader)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no leader among {ids:?} within 30 s: {status}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Waits until every node reports the same applied index and digest for every shard.
     pub fn wait_converged(&self) -> Value {
         let deadline = Instant::now() + Duration::from_secs(60);
