@@ -10,6 +10,7 @@ use std::task::Poll;
 
 use futures::future::Either;
 use futures::future::Ready;
+use http_body_util::Limited;
 use tonic::Status;
 use tonic::body::Body;
 use tonic::transport::server::TcpConnectInfo;
@@ -68,7 +69,7 @@ pub struct AuthenticateService<S> {
 
 impl<S, B> tower_service::Service<http::Request<B>> for AuthenticateService<S>
 where
-    S: tower_service::Service<http::Request<B>, Response = http::Response<Body>>,
+    S: tower_service::Service<http::Request<Limited<B>>, Response = http::Response<Body>>,
 {
     type Response = http::Response<Body>;
     type Error = S::Error;
@@ -82,7 +83,8 @@ where
         match self.policy.admit(&request) {
             Ok(caller) => {
                 request.extensions_mut().insert(caller);
-                Either::Right(self.inner.call(request))
+                let body_bytes_max = body_bytes_max(request.uri().path());
+                Either::Right(self.inner.call(request.map(|body| Limited::new(body, body_bytes_max))))
             }
             Err(status) => Either::Left(futures::future::ready(Ok(status.into_http()))),
         }
@@ -146,6 +148,20 @@ impl Policy {
         Ok(Caller::Client { role, name })
     }
 }
+
+/// The most bytes a request body may carry. Votes and shipped marks are a few dozen bytes;
+/// tonic's per-service limit is sized for the Raft service's largest message (an append of
+/// many entries) and would let a 500 MB vote be buffered whole. Other RPCs are bounded by
+/// tonic's per-service limits (`server.message_bytes_max`).
+fn body_bytes_max(path: &str) -> usize {
+    match path {
+        "/flashledger.v1.Raft/Vote" | "/flashledger.v1.Raft/ProposeShipped" => SMALL_RAFT_MESSAGE_BYTES_MAX,
+        _ => usize::MAX,
+    }
+}
+
+/// The bound on a vote or a shipped mark.
+pub const SMALL_RAFT_MESSAGE_BYTES_MAX: usize = 64 * 1024;
 
 fn to_status(refusal: Refusal) -> Status {
     match refusal {
