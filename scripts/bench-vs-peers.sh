@@ -15,6 +15,9 @@
 # PEERS_DIR=../shared/bench/peers runs the team's earlier runners instead, as a cross-check: their
 # lines are tagged with that directory as `runner`, and Redis's sold-out storm goes through their
 # load generator. The table says which runner produced each row.
+# flashledger runs plaintext without authentication, as the peers do (a copy of cluster.toml
+# with `insecure = true`); BENCH_TLS=1 runs cluster.toml as shipped (mutual TLS, tokens) and
+# tags flashledger's rows " tls".
 # Results: target/bench-vs-peers/<time>/ (JSON lines, per-run Markdown + PNG, table.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,9 +45,15 @@ source scripts/lib/cluster.sh
 trap cluster_stop EXIT INT TERM
 
 echo "==> flashledger"
-cluster_start cluster.toml .flashledger
+if [ "${BENCH_TLS:-0}" = 1 ]; then
+  bench_config=cluster.toml tls_tag=" tls"
+else
+  bench_config="$target/bench-cluster-insecure.toml" tls_tag=""
+  cluster_insecure_copy cluster.toml "$bench_config"
+fi
+cluster_start "$bench_config" .flashledger
 bench() { # bench LABEL CLIENTS flashbench-args...
-  local label=$1 clients=$2
+  local label="$1$tls_tag" clients=$2
   shift 2
   for rep in $(seq 1 "$REPS"); do
     "$flashbench" run --clients "$clients" --secs "$SECS" --label "$label" --no-progress \

@@ -4,6 +4,7 @@
 #   cluster_start CONFIG DATA_ROOT   # fresh data, one `ledger serve` per node, waits for leaders
 #   cluster_stop                     # SIGTERM, then SIGKILL after 10 s; leaves no process behind
 #   cluster_pids                     # the node processes, one per line
+#   cluster_insecure_copy CONFIG DEST  # CONFIG without TLS (insecure = true), for peer comparisons
 #   cluster_kill_node ID / cluster_start_node ID   # SIGKILL one node / start it on its data
 #
 # Needs $LEDGER (the ledger binary). The caller sets `trap cluster_stop EXIT`.
@@ -46,6 +47,23 @@ cluster_use_admin_token() {
   if [ -n "$ca_file" ] && [ -z "${FLASHLEDGER_CA:-}" ]; then
     export FLASHLEDGER_CA="$ca_file"
   fi
+}
+
+# Writes DEST: CONFIG with `[security] insecure = true` in place of its TLS material (for
+# measuring against peers that run plaintext).
+cluster_insecure_copy() {
+  python3 - "$1" "$2" <<'PY'
+import sys
+lines, out, skipping = open(sys.argv[1]).read().splitlines(), ["[security]", "insecure = true", ""], False
+for line in lines:
+    stripped = line.strip()
+    if stripped.startswith("["):
+        skipping = stripped == "[security]"
+    if skipping or stripped.split("=")[0].strip() in ("cert_file", "key_file"):
+        continue
+    out.append(line)
+open(sys.argv[2], "w").write("\n".join(out) + "\n")
+PY
 }
 
 # Blocks until every shard of the running cluster has a leader (at most 20 s).
