@@ -17,7 +17,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 config="${1:-cluster.toml}"
-command -v openssl >/dev/null || { echo "error: openssl is needed (apt-get install openssl)" >&2; exit 1; }
+if ! command -v openssl >/dev/null; then
+  command -v apt-get >/dev/null || { echo "error: openssl is needed and there is no apt-get to install it" >&2; exit 1; }
+  sudo=(); [ "$(id -u)" = 0 ] || sudo=(sudo)
+  echo "==> installing openssl" >&2
+  "${sudo[@]}" apt-get update -qq && DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq openssl >/dev/null
+fi
 
 # What the config names: "insecure", or lines of "ca CA_FILE", "tokens FILE",
 # "node ID HOST CERT KEY".
