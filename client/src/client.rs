@@ -11,8 +11,9 @@ use wire::write_op::Op;
 
 use crate::coalesce::Coalescer;
 use crate::convert;
-use crate::router::{CallKind, Router};
+use crate::router::{CallKind, Router, Stamp};
 use crate::shard_map::ShardMap;
+use crate::types::Priority;
 use crate::watch::WatchStream;
 use crate::{ClientError, ClientOptions, Consistency, Outcome, SaleRules, Stock, WriteOp};
 
@@ -27,6 +28,9 @@ pub struct Client {
     /// Per-shard batching of concurrent writes; `None` when `coalesce_ops_max` is 0 (and in
     /// the client the coalescing workers themselves send with).
     coalescer: Option<Arc<Coalescer>>,
+    /// The priority this handle's calls carry (see [`Client::with_priority`]); `None`: writes
+    /// STANDARD, reads BACKGROUND.
+    priority: Option<Priority>,
 }
 
 fn check_sku(sku: &[u8]) -> Result<(), ClientError> {
@@ -69,7 +73,26 @@ impl Client {
         let router = Arc::new(Router::new(seeds, options));
         router.refresh(None).await?;
         let coalescer = coalescing.then(|| Arc::new(Coalescer::default()));
-        Ok(Client { router, coalescer })
+        Ok(Client {
+            router,
+            coalescer,
+            priority: None,
+        })
+    }
+
+    /// A handle to the same cluster (same connections and shard map) whose calls, writes and
+    /// reads, carry `priority`: an overloaded node sheds BACKGROUND first, then STANDARD, and
+    /// keeps room for PREMIUM. Without it, writes are STANDARD and reads BACKGROUND (what a
+    /// product page reads; a checkout that must read under load asks for STANDARD).
+    pub fn with_priority(&self, priority: Priority) -> Client {
+        Client {
+            priority: Some(priority),
+            ..self.clone()
+        }
+    }
+
+    fn write_priority(&self) -> Priority {
+        self.priority.unwrap_or(Priority::Standard)
     }
 
     /// The shard map as last fetched (with leaders learned since).
@@ -169,15 +192,16 @@ impl Client {
     ) -> Result<Option<Stock>, ClientError> {
         let sku = sku.as_ref();
         check_sku(sku)?;
-        let request = convert::get_stock_to_wire(sku, consistency);
+        let priority = self.priority.unwrap_or(Priority::Background);
+        let request = convert::get_stock_to_wire(sku, consistency, priority);
         let kind = CallKind {
             leader_only: consistency == Consistency::Linearizable,
             idempotent: true,
         };
         let reply = self
             .router
-            .call(sku, kind, |mut inventory, _epoch| {
-                let request = request.clone();
+            .call(sku, kind, |mut inventory, stamp| {
+                let request = stamp.request(request.clone());
                 async move { inventory.get_stock(request).await }
             })
             .await?;
@@ -250,8 +274,8 @@ impl Client {
         };
         let stream = self
             .router
-            .call(start, kind, |mut inventory, _epoch| {
-                let request = request.clone();
+            .call(start, kind, |mut inventory, stamp| {
+                let request = stamp.request(request.clone());
                 async move { inventory.watch(request).await }
             })
             .await?;
@@ -274,8 +298,10 @@ impl Client {
                 let direct = Client {
                     router: self.router.clone(),
                     coalescer: None,
+                    priority: self.priority,
                 };
-                return coalescer.submit(&direct, shard_id, op, ops_max, inflight_max).await;
+                let queue = (shard_id, self.write_priority());
+                return coalescer.submit(&direct, queue, op, ops_max, inflight_max).await;
             }
         }
         self.write_direct(op).await
@@ -287,10 +313,12 @@ impl Client {
             idempotent: is_idempotent(&op),
             ..WRITE
         };
+        let priority = self.write_priority();
         let reply = self
             .router
-            .call(op.sku(), kind, |inventory, epoch| {
-                send_write(inventory, convert::write_op_to_wire(&op, epoch))
+            .call(op.sku(), kind, |inventory, stamp| {
+                let op = convert::write_op_to_wire(&op, stamp.epoch, Some(priority));
+                send_write(inventory, stamp, op)
             })
             .await?;
         convert::write_reply_from_wire(&reply)
@@ -325,14 +353,16 @@ impl Client {
         };
         let reply = self
             .router
-            .call(first.sku(), kind, |mut inventory, epoch| {
+            .call(first.sku(), kind, |mut inventory, stamp| {
                 let ops = ops
                     .iter()
                     .map(|op| wire::WriteOp {
-                        op: Some(convert::write_op_to_wire(op, epoch)),
+                        op: Some(convert::write_op_to_wire(op, stamp.epoch, None)),
                     })
                     .collect();
-                async move { inventory.batch(wire::BatchRequest { ops }).await }
+                let priority = convert::priority_to_wire(self.write_priority());
+                let request = stamp.request(wire::BatchRequest { ops, priority });
+                async move { inventory.batch(request).await }
             })
             .await?;
         convert::batch_reply_from_wire(&reply, ops.len())
@@ -342,14 +372,15 @@ impl Client {
 /// Sends one write on the RPC matching its kind.
 async fn send_write(
     mut inventory: flashledger_proto::v1::inventory_client::InventoryClient<crate::channels::NodeChannel>,
+    stamp: Stamp,
     op: Op,
 ) -> Result<tonic::Response<wire::WriteReply>, tonic::Status> {
     match op {
-        Op::Reserve(request) => inventory.reserve(request).await,
-        Op::Confirm(request) => inventory.confirm(request).await,
-        Op::Cancel(request) => inventory.cancel(request).await,
-        Op::Purchase(request) => inventory.purchase(request).await,
-        Op::PutSku(request) => inventory.put_sku(request).await,
-        Op::Restock(request) => inventory.restock(request).await,
+        Op::Reserve(request) => inventory.reserve(stamp.request(request)).await,
+        Op::Confirm(request) => inventory.confirm(stamp.request(request)).await,
+        Op::Cancel(request) => inventory.cancel(stamp.request(request)).await,
+        Op::Purchase(request) => inventory.purchase(stamp.request(request)).await,
+        Op::PutSku(request) => inventory.put_sku(stamp.request(request)).await,
+        Op::Restock(request) => inventory.restock(stamp.request(request)).await,
     }
 }

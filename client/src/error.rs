@@ -7,6 +7,7 @@
 //! | variant | was the write applied? | what to do |
 //! |---|---|---|
 //! | [`ClientError::InvalidArgument`] | **no**, definitely not | fix the request |
+//! | [`ClientError::Overloaded`] | **no**, definitely not (the node shed it before proposing) | retry after `retry_after`, or not at all |
 //! | [`ClientError::Timeout`], [`ClientError::Unavailable`] | **unknown** | retry later with the *same* `order_id` (writes are idempotent by it) |
 //! | [`ClientError::Server`] | unknown | report; retrying with the same `order_id` is safe |
 //! | [`ClientError::Protocol`] | unknown (the node answered something this client cannot read) | report; likely a version mismatch |
@@ -20,6 +21,17 @@ pub enum ClientError {
     /// Nothing was applied; retrying the same request will fail the same way.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The node was overloaded and shed the call at once (`RESOURCE_EXHAUSTED`): nothing was
+    /// proposed, and no earlier attempt of this call may have been applied either. It is not
+    /// retried by the client (a retry adds to the load that refused it); the node's hint of when
+    /// there may be room is in `retry_after`.
+    #[error("overloaded: {message}")]
+    Overloaded {
+        /// When the node expects room (its `x-retry-after-ms`), if it said.
+        retry_after: Option<std::time::Duration>,
+        /// The node's message (which budget, how full).
+        message: String,
+    },
     /// The retry budget ran out while nodes were unreachable or not serving the SKU's shard.
     /// The write may or may not have been applied: retry with the same `order_id`.
     #[error("cluster unavailable after {attempts} attempts: {last_error}")]
@@ -76,6 +88,7 @@ impl ClientError {
         matches!(
             self,
             ClientError::InvalidArgument(_)
+                | ClientError::Overloaded { .. }
                 | ClientError::NoSeedReachable { .. }
                 | ClientError::Config(_)
                 | ClientError::Unauthenticated(_)

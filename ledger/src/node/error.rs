@@ -29,6 +29,9 @@ pub enum NodeError {
         current: u64,
         requested: u64,
     },
+    /// The caller's deadline passed before the write could be proposed: nothing was.
+    #[error("the request's deadline passed before shard {shard_id} could propose it; nothing was proposed")]
+    DeadlinePassed { shard_id: ShardId },
     #[error("shard {shard_id} did not answer within {timeout_ms} ms; the write may still be applied")]
     Timeout { shard_id: ShardId, timeout_ms: u64 },
     /// The write was proposed, then this node lost track of it (leadership changed, its entry

@@ -11,6 +11,7 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::errors::ClientWriteError;
 use openraft::errors::RaftError;
 
+use crate::admission::deadline::Deadline;
 use crate::node::Node;
 use crate::node::NodeError;
 use crate::node::ShardReplica;
@@ -32,24 +33,35 @@ impl Node {
     /// `route_epochs` are the shard epochs the caller routed them by (one per operation of a
     /// batch, 0 = unchecked): every one is checked, so a batch is refused exactly when one of
     /// its operations alone would be.
-    #[tracing::instrument(level = "debug", skip_all, fields(node = self.id, ops = operations.len()))]
     pub async fn write(
         &self,
         operations: Vec<Operation>,
         route_epochs: &[u64],
     ) -> Result<(Vec<Outcome>, u64), NodeError> {
+        self.write_within(operations, route_epochs, Deadline::default()).await
+    }
+
+    /// [`Node::write`] for a caller who gives up at `deadline`: if it has passed by the time the
+    /// entry would be proposed (after the lease and settings rounds), nothing is proposed and the
+    /// answer is [`NodeError::DeadlinePassed`].
+    #[tracing::instrument(level = "debug", skip_all, fields(node = self.id, ops = operations.len()))]
+    pub async fn write_within(
+        &self,
+        operations: Vec<Operation>,
+        route_epochs: &[u64],
+        deadline: Deadline,
+    ) -> Result<(Vec<Outcome>, u64), NodeError> {
         let shard = self.shard_for_operations(&operations)?;
-        if let Some(&stale) = route_epochs.iter().find(|&&epoch| epoch != 0 && epoch != shard.epoch) {
-            return Err(NodeError::StaleEpoch {
-                shard_id: shard.config.id,
-                current: shard.epoch,
-                requested: stale,
-            });
-        }
+        self.check_route(shard, route_epochs)?;
         if let Some(answered) = self.answer_sold_out_from_lease(shard, &operations).await {
             return Ok(answered);
         }
         self.configure_if_needed(shard).await?;
+        if deadline.cannot_meet(tokio::time::Instant::now(), Duration::ZERO) {
+            return Err(NodeError::DeadlinePassed {
+                shard_id: shard.config.id,
+            });
+        }
         let command = LogCommand {
             timestamp_ms: now_ms(),
             body: CommandBody::Batch(operations),
@@ -134,7 +146,21 @@ impl Node {
         self.propose(shard, command).await.map(|_| ())
     }
 
-    fn shard_for_operations(&self, operations: &[Operation]) -> Result<&Arc<ShardReplica>, NodeError> {
+    /// Refuses a request routed by a stale epoch of `shard` (0 = unchecked): any one of
+    /// `route_epochs` refuses it all.
+    pub fn check_route(&self, shard: &ShardReplica, route_epochs: &[u64]) -> Result<(), NodeError> {
+        match route_epochs.iter().find(|&&epoch| epoch != 0 && epoch != shard.epoch) {
+            Some(&stale) => Err(NodeError::StaleEpoch {
+                shard_id: shard.config.id,
+                current: shard.epoch,
+                requested: stale,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The one shard hosted here that every operation routes to.
+    pub fn shard_for_operations(&self, operations: &[Operation]) -> Result<&Arc<ShardReplica>, NodeError> {
         let mut chosen: Option<&Arc<ShardReplica>> = None;
         for operation in operations {
             let shard = self.shard_for_sku(operation.sku())?;
