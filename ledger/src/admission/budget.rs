@@ -32,8 +32,7 @@ pub struct Budget {
     /// [`Priority::index`]: the whole budget for PREMIUM, its shares for the others.
     ceilings: [u64; 3],
     /// How long a permit was held, on average (exponentially weighted, 1/8 per sample), in µs:
-    /// about when the next operation will leave, so the retry-after hint of a refusal, and the
-    /// least time a request must have left to be worth proposing.
+    /// about when the next operation will leave, so the retry-after hint of a refusal.
     held_us: AtomicU64,
 }
 

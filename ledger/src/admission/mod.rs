@@ -4,8 +4,9 @@
 //!
 //! The gates a write passes, in order (a read passes the first two):
 //!
-//! 1. **Deadline** ([`deadline`]): a request whose `grpc-timeout` has passed, or is nearer than
-//!    its shard's operations have recently taken, is dropped: `DEADLINE_EXCEEDED`, not applied.
+//! 1. **Deadline** ([`deadline`]): a request whose `grpc-timeout` has passed is dropped:
+//!    `DEADLINE_EXCEEDED`, not applied. (The node asks again right before proposing, against
+//!    how long its commits take: `crate::node::latency`.)
 //! 2. **Budget** ([`budget`]): operations in flight per node and per shard (a batch counts each
 //!    of its operations), each [`Priority`] filling at most its share, so BACKGROUND is shed
 //!    first and PREMIUM keeps the top of the budget. Past it: `RESOURCE_EXHAUSTED`, not applied,
@@ -97,17 +98,9 @@ pub enum Refused {
         ceiling: u64,
         retry_after: Duration,
     },
-    /// The request's deadline passed, or is nearer than the shard's operations take.
-    #[error(
-        "deadline: {left_ms} ms left, shard {shard_id}'s operations recently took {needs_ms} ms; dropped before proposing",
-        left_ms = .left.as_millis(),
-        needs_ms = .needs.as_millis()
-    )]
-    Late {
-        shard_id: ShardId,
-        left: Duration,
-        needs: Duration,
-    },
+    /// The request's deadline passed before it was let in.
+    #[error("the request's deadline passed before shard {shard_id} let it in; dropped before proposing")]
+    Late { shard_id: ShardId },
 }
 
 fn shard_label(scope: Scope, shard_id: ShardId) -> String {
@@ -171,7 +164,7 @@ impl Admission {
     }
 
     /// Lets `ops` operations of `priority` for `shard_id` in, unless the request's `deadline`
-    /// cannot be met or a budget is full for its class.
+    /// has passed or a budget is full for its class.
     pub fn admit(
         &self,
         shard_id: ShardId,
@@ -180,17 +173,9 @@ impl Admission {
         deadline: Deadline,
     ) -> Result<Permit, Refused> {
         let shard = self.shard(shard_id);
-        let now = Instant::now();
-        let needs = shard.typical_hold();
-        if deadline.cannot_meet(now, needs) {
+        if deadline.cannot_meet(Instant::now(), Duration::ZERO) {
             self.late.fetch_add(1, Ordering::Relaxed);
-            return Err(Refused::Late {
-                shard_id,
-                left: deadline
-                    .0
-                    .map_or(Duration::ZERO, |at| at.saturating_duration_since(now)),
-                needs,
-            });
+            return Err(Refused::Late { shard_id });
         }
         let ops = u64::try_from(ops).unwrap_or(u64::MAX);
         Permit::take(&self.node, shard, priority, ops).map_err(|(scope, full)| {
@@ -294,30 +279,10 @@ mod tests {
         let admission = admission();
         let passed = Deadline(Some(Instant::now()));
         let refused = admission.admit(1, Priority::Premium, 1, passed).expect_err("late");
-        assert!(matches!(refused, Refused::Late { shard_id: 1, .. }), "{refused:?}");
+        assert_eq!(refused, Refused::Late { shard_id: 1 });
         assert_eq!(admission.stats().late_requests, 1);
         assert_eq!(admission.shard_inflight(1), 0);
         let later = Deadline(Some(Instant::now() + Duration::from_secs(10)));
         assert!(admission.admit(1, Priority::Premium, 1, later).is_ok());
-    }
-
-    #[test]
-    fn a_deadline_nearer_than_the_shards_operations_take_cannot_be_met() {
-        let admission = admission();
-        // Operations of shard 1 recently stayed 200 ms in flight.
-        admission.shard(1).try_take(Priority::Standard, 1).expect("fits");
-        admission.shard(1).give_back(1, Duration::from_millis(200));
-        let soon = Deadline(Some(Instant::now() + Duration::from_millis(50)));
-        let refused = admission
-            .admit(1, Priority::Standard, 1, soon)
-            .expect_err("cannot be met");
-        assert!(
-            matches!(refused, Refused::Late { needs, .. } if needs == Duration::from_millis(200)),
-            "{refused:?}"
-        );
-        assert!(
-            admission.admit(2, Priority::Standard, 1, soon).is_ok(),
-            "shard 2 is quick"
-        );
     }
 }

@@ -26,6 +26,7 @@ use crate::types::NodeId;
 use crate::types::ShardId;
 
 mod error;
+pub mod latency;
 mod read;
 mod shipping_source;
 pub mod storage;
@@ -53,6 +54,8 @@ pub struct ShardReplica {
     pub epoch: u64,
     pub raft: Raft,
     pub view: Arc<ShardView>,
+    /// How long this replica's proposals have recently taken to commit (as leader).
+    pub commit_latency: latency::CommitLatency,
 }
 
 pub struct Node {
@@ -176,6 +179,7 @@ impl Node {
                     epoch: 1,
                     raft,
                     view,
+                    commit_latency: latency::CommitLatency::new(),
                 }),
             );
         }

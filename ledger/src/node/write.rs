@@ -41,9 +41,11 @@ impl Node {
         self.write_within(operations, route_epochs, Deadline::default()).await
     }
 
-    /// [`Node::write`] for a caller who gives up at `deadline`: if it has passed by the time the
-    /// entry would be proposed (after the lease and settings rounds), nothing is proposed and the
-    /// answer is [`NodeError::DeadlinePassed`].
+    /// [`Node::write`] for a caller who gives up at `deadline`: if, by the time the entry would
+    /// be proposed (after the lease and settings rounds), less time is left than the shard's
+    /// commits have recently taken ([`crate::node::latency`]), or none, nothing is proposed and
+    /// the answer is [`NodeError::DeadlineUnmet`]: the caller would not hear the outcome, and an
+    /// entry nobody waits for still costs a majority's fdatasync.
     #[tracing::instrument(level = "debug", skip_all, fields(node = self.id, ops = operations.len()))]
     pub async fn write_within(
         &self,
@@ -57,9 +59,15 @@ impl Node {
             return Ok(answered);
         }
         self.configure_if_needed(shard).await?;
-        if deadline.cannot_meet(tokio::time::Instant::now(), Duration::ZERO) {
-            return Err(NodeError::DeadlinePassed {
+        let needs = shard.commit_latency.estimate();
+        let now = tokio::time::Instant::now();
+        if deadline.cannot_meet(now, needs) {
+            return Err(NodeError::DeadlineUnmet {
                 shard_id: shard.config.id,
+                left_ms: deadline
+                    .0
+                    .map_or(0, |at| at.saturating_duration_since(now).as_millis() as u64),
+                needs_ms: needs.as_millis() as u64,
             });
         }
         let command = LogCommand {
@@ -191,9 +199,13 @@ impl Node {
         }
         let timeout_ms = self.config.server.request_timeout_ms;
         let write = shard.raft.client_write(command);
+        let proposed = tokio::time::Instant::now();
         match tokio::time::timeout(Duration::from_millis(timeout_ms), write).await {
             Err(_) => Err(NodeError::Timeout { shard_id, timeout_ms }),
-            Ok(Ok(response)) => Ok((response.data.outcomes, response.log_id.index)),
+            Ok(Ok(response)) => {
+                shard.commit_latency.record(proposed.elapsed());
+                Ok((response.data.outcomes, response.log_id.index))
+            }
             // Refused before it was appended: certainly not applied, the client may go elsewhere.
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
                 Err(self.not_leader(shard_id, forward.leader_id))

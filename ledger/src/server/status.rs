@@ -40,7 +40,7 @@ pub fn from_node_error(error: NodeError) -> Status {
             status
         }
         NodeError::Timeout { .. } => Status::deadline_exceeded(message),
-        NodeError::DeadlinePassed { .. } => not_applied(Status::deadline_exceeded(message)),
+        NodeError::DeadlineUnmet { .. } => not_applied(Status::deadline_exceeded(message)),
         NodeError::OutcomeUnknown { .. } => Status::aborted(message),
         // Both are decided before anything is proposed.
         NodeError::TooStale { .. } | NodeError::Unavailable { .. } => not_applied(Status::unavailable(message)),
