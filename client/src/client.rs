@@ -11,7 +11,7 @@ use wire::write_op::Op;
 
 use crate::coalesce::Coalescer;
 use crate::convert;
-use crate::router::{CallKind, Router, Stamp};
+use crate::router::{Answered, CallKind, Router, Stamp};
 use crate::shard_map::ShardMap;
 use crate::types::Priority;
 use crate::watch::WatchStream;
@@ -210,8 +210,9 @@ impl Client {
 
     /// Sends many writes: one `Batch` RPC per shard, all shards concurrently, and returns one
     /// outcome per op in the caller's order. If any shard's batch fails, the error is returned
-    /// and other shards' ops may have been applied; resending the whole batch is safe for
-    /// ops with an `order_id`.
+    /// and other shards' ops may have been applied (an error that says "not applied" of one
+    /// shard's part, such as `Overloaded`, comes as [`ClientError::PartlyFailed`] unless every
+    /// part was refused); resending the whole batch is safe for ops with an `order_id`.
     pub async fn batch(&self, mut ops: Vec<WriteOp>) -> Result<Vec<Outcome>, ClientError> {
         let now = now_ms();
         for op in &mut ops {
@@ -232,9 +233,20 @@ impl Client {
             self.send_batch(group_ops)
         });
         let answers = join_all(sends).await;
+        // One shard's refusal says nothing of what another shard's part did.
+        let spans_shards = groups.len() > 1;
+        let all_refused = answers
+            .iter()
+            .all(|answer| answer.as_ref().is_err_and(ClientError::definitely_not_applied));
         let mut outcomes: Vec<Option<Outcome>> = vec![None; ops.len()];
         for (indexes, answer) in groups.iter().zip(answers) {
-            for (&index, outcome) in indexes.iter().zip(answer?) {
+            let answer = match answer {
+                Err(error) if spans_shards && !all_refused && error.definitely_not_applied() => {
+                    return Err(ClientError::PartlyFailed(Box::new(error)));
+                }
+                answer => answer?,
+            };
+            for (&index, outcome) in indexes.iter().zip(answer) {
                 outcomes[index] = Some(outcome);
             }
         }
@@ -314,14 +326,16 @@ impl Client {
             ..WRITE
         };
         let priority = self.write_priority();
-        let reply = self
+        let answered = self
             .router
-            .call(op.sku(), kind, |inventory, stamp| {
+            .call_tracked(op.sku(), kind, |inventory, stamp| {
                 let op = convert::write_op_to_wire(&op, stamp.epoch, Some(priority));
                 send_write(inventory, stamp, op)
             })
             .await?;
-        convert::write_reply_from_wire(&reply)
+        let outcome = convert::write_reply_from_wire(&answered.reply)?;
+        refusal_speaks_for_the_call(&answered, std::slice::from_ref(&outcome))?;
+        Ok(outcome)
     }
 
     /// Indexes of `ops`, grouped by the shard that owns each op's SKU, groups in shard order.
@@ -351,9 +365,9 @@ impl Client {
             idempotent: ops.iter().all(|op| is_idempotent(op)),
             ..WRITE
         };
-        let reply = self
+        let answered = self
             .router
-            .call(first.sku(), kind, |mut inventory, stamp| {
+            .call_tracked(first.sku(), kind, |mut inventory, stamp| {
                 let ops = ops
                     .iter()
                     .map(|op| wire::WriteOp {
@@ -365,7 +379,24 @@ impl Client {
                 async move { inventory.batch(request).await }
             })
             .await?;
-        convert::batch_reply_from_wire(&reply, ops.len())
+        let outcomes = convert::batch_reply_from_wire(&answered.reply, ops.len())?;
+        refusal_speaks_for_the_call(&answered, &outcomes)?;
+        Ok(outcomes)
+    }
+}
+
+/// A `RATE_LIMITED` outcome says the answered attempt changed nothing; after an earlier attempt
+/// that may have been applied, the write's fate is unknown, and the call says so.
+fn refusal_speaks_for_the_call<Reply>(answered: &Answered<Reply>, outcomes: &[Outcome]) -> Result<(), ClientError> {
+    let limited = outcomes
+        .iter()
+        .find(|outcome| matches!(outcome, Outcome::RateLimited { .. }));
+    match limited {
+        Some(outcome) if answered.ambiguous_before => Err(ClientError::Indeterminate {
+            attempts: answered.attempts,
+            refusal: format!("{outcome:?}"),
+        }),
+        _ => Ok(()),
     }
 }
 

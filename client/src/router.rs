@@ -18,7 +18,9 @@
 //! (same `order_id`), which the ledger deduplicates. A call marked not idempotent (a restock,
 //! which has no `order_id`) stops instead of retrying after an *ambiguous* failure (the node
 //! may have applied it: attempt timeout, `DEADLINE_EXCEEDED`). A call ends `Overloaded` (not
-//! applied) only if no earlier attempt of it was ambiguous; otherwise it ends `Timeout`.
+//! applied) only if no earlier attempt of it was ambiguous; otherwise it ends `Indeterminate`,
+//! and so does a write answered `RATE_LIMITED` after an ambiguous attempt (the client layer
+//! checks that, see [`Router::call_tracked`]).
 //!
 //! Every attempt carries its deadline (`grpc-timeout`, so a node drops it rather than propose
 //! what nobody will hear) and the client's id (`x-client-id`) when the options name one.
@@ -66,6 +68,15 @@ enum Next {
     Fail(ClientError),
     /// The node shed it before proposing: give up, unless an earlier attempt was ambiguous.
     Overloaded(ClientError),
+}
+
+/// A call's answer, and what came before it.
+pub(crate) struct Answered<Reply> {
+    pub(crate) reply: Reply,
+    pub(crate) attempts: u32,
+    /// Some attempt before the answered one may have been applied (it timed out, or its
+    /// connection failed).
+    pub(crate) ambiguous_before: bool,
 }
 
 /// What one attempt sends besides its message: the shard epoch it is routed by, its deadline
@@ -236,8 +247,23 @@ impl Router {
         &self,
         sku: &[u8],
         kind: CallKind,
-        mut send: Send,
+        send: Send,
     ) -> Result<Reply, ClientError>
+    where
+        Send: FnMut(InventoryClient<NodeChannel>, Stamp) -> Sent,
+        Sent: Future<Output = Result<tonic::Response<Reply>, Status>>,
+    {
+        self.call_tracked(sku, kind, send).await.map(|answered| answered.reply)
+    }
+
+    /// [`Router::call`], also saying whether an attempt before the one answered may have been
+    /// applied: then a refusal in the answer (`RATE_LIMITED`) speaks only for the last attempt.
+    pub(crate) async fn call_tracked<Reply, Send, Sent>(
+        &self,
+        sku: &[u8],
+        kind: CallKind,
+        mut send: Send,
+    ) -> Result<Answered<Reply>, ClientError>
     where
         Send: FnMut(InventoryClient<NodeChannel>, Stamp) -> Sent,
         Sent: Future<Output = Result<tonic::Response<Reply>, Status>>,
@@ -300,7 +326,11 @@ impl Router {
                     if let (true, Some(node)) = (kind.leader_only, target.node) {
                         self.set_leader(shard.shard_id, node, None);
                     }
-                    return Ok(reply.into_inner());
+                    return Ok(Answered {
+                        reply: reply.into_inner(),
+                        attempts,
+                        ambiguous_before: any_ambiguous,
+                    });
                 }
                 Ok(Err(status)) => {
                     last_error = format!("{}: {:?}: {}", target.addr, status.code(), status.message());
@@ -321,7 +351,12 @@ impl Router {
             }
             match next {
                 Next::Fail(error) => return Err(error),
-                Next::Overloaded(_) if any_ambiguous => return Err(ClientError::Timeout { attempts }),
+                Next::Overloaded(refusal) if any_ambiguous => {
+                    return Err(ClientError::Indeterminate {
+                        attempts,
+                        refusal: refusal.to_string(),
+                    });
+                }
                 Next::Overloaded(error) => return Err(error),
                 Next::Redirect { leader_id, leader_addr } => {
                     last_was_timeout = false;
