@@ -25,6 +25,8 @@ use crate::server::status::from_node_error;
 use crate::server::status::from_refused;
 use crate::server::watch;
 use crate::state_machine::command::Operation;
+#[cfg(madsim)]
+use crate::state_machine::command::Outcome;
 
 pub struct InventoryService {
     node: Arc<Node>,
@@ -132,6 +134,21 @@ impl InventoryService {
             .write_within(admitted, epochs, envelope.deadline)
             .await
             .map_err(from_node_error)?;
+        #[cfg(madsim)]
+        if crate::simulation::planted(crate::simulation::PlantedBug::ShedAfterPropose)
+            && outcomes
+                .iter()
+                .any(|outcome| matches!(outcome, Outcome::Confirmed | Outcome::Reserved { .. }))
+        {
+            return Err(from_refused(crate::admission::Refused::Overloaded {
+                scope: crate::admission::budget::Scope::Shard,
+                shard_id: shard.config.id,
+                priority,
+                inflight: 0,
+                ceiling: 0,
+                retry_after: std::time::Duration::from_millis(1),
+            }));
+        }
         let mut decided = outcomes.iter().map(convert::outcome);
         let merged = limited
             .into_iter()
