@@ -72,6 +72,9 @@ pub struct RunConfig {
     pub log_successes: bool,
     /// Stop after this many operations instead of after `duration` (hot, zipf, reads).
     pub ops_max: Option<u64>,
+    /// Percent of operations sent at PREMIUM priority (the rest at the client's defaults:
+    /// writes STANDARD, reads BACKGROUND).
+    pub premium_percent: u64,
 }
 
 /// How one operation ended.
@@ -82,7 +85,27 @@ enum Result_ {
     SoldOut,
     /// Another business answer (limit, closed, ...).
     Other,
+    /// The node shed it at once (RESOURCE_EXHAUSTED): not applied.
+    Shed,
+    /// RATE_LIMITED: not applied.
+    RateLimited,
     Error,
+}
+
+impl Result_ {
+    /// Whether the cluster took the operation in (answered it, rather than refused it at the door).
+    fn admitted(self) -> bool {
+        matches!(self, Result_::Ok | Result_::SoldOut | Result_::Other)
+    }
+}
+
+/// A priority class of the run's operations, as measured.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ClassMeasured {
+    pub admitted: u64,
+    pub shed: u64,
+    /// Latency of the admitted operations of this class.
+    pub admitted_p99_us: f64,
 }
 
 /// What the run measured.
@@ -101,6 +124,17 @@ pub struct Measured {
     pub p999_us: f64,
     pub max_us: f64,
     pub mean_us: f64,
+    /// Shed (RESOURCE_EXHAUSTED) and rate-limited operations, and the latency of the answers
+    /// the cluster admitted and of the sheds.
+    pub shed_total: u64,
+    pub rate_limited_total: u64,
+    pub admitted_p50_us: f64,
+    pub admitted_p99_us: f64,
+    pub shed_p50_us: f64,
+    pub shed_p99_us: f64,
+    /// By class: PREMIUM operations, and the others.
+    pub premium: ClassMeasured,
+    pub standard: ClassMeasured,
     pub timeline: Vec<Second>,
     /// Black Friday: the plan and how long it took.
     pub plan: Option<BlackFridayPlan>,
@@ -122,15 +156,29 @@ struct Recorder {
     measure_from: Instant,
     all: Histogram<u64>,
     per_second: Vec<(u64, Histogram<u64>)>,
-    counts: [u64; 4],
+    counts: [u64; 6],
+    /// Latency of admitted answers by class (PREMIUM, the others), and of sheds.
+    admitted: [Histogram<u64>; 2],
+    shed: Histogram<u64>,
+    /// (admitted, shed) by class.
+    classes: [(u64, u64); 2],
     /// Unix ms of each success, when asked for.
     successes: Option<Vec<u64>>,
 }
 
 impl Recorder {
-    fn record(&mut self, started: Instant, result: Result_) {
+    fn record(&mut self, started: Instant, result: Result_, premium: bool) {
         if started < self.measure_from {
             return;
+        }
+        let class = usize::from(!premium);
+        let micros_now = Instant::now().duration_since(started).as_micros().max(1) as u64;
+        if result.admitted() {
+            let _ = self.admitted[class].record(micros_now);
+            self.classes[class].0 += 1;
+        } else if result == Result_::Shed {
+            let _ = self.shed.record(micros_now);
+            self.classes[class].1 += 1;
         }
         let now = Instant::now();
         let micros = now.duration_since(started).as_micros().max(1) as u64;
@@ -147,6 +195,8 @@ impl Recorder {
             Result_::SoldOut => 1,
             Result_::Other => 2,
             Result_::Error => 3,
+            Result_::Shed => 4,
+            Result_::RateLimited => 5,
         };
         self.counts[index] += 1;
         if let (Some(successes), Result_::Ok) = (&mut self.successes, result) {
@@ -234,9 +284,18 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Measured> {
         ..ClientOptions::default()
     };
     let mut clients = Vec::with_capacity(client_count);
-    for _ in 0..client_count {
-        clients.push(Arc::new(Client::connect(config.seeds.clone(), options.clone()).await?));
+    for index in 0..client_count {
+        let options = ClientOptions {
+            client_id: Some(format!("flashbench-{run_id}-{index}")),
+            ..options.clone()
+        };
+        let client = Client::connect(config.seeds.clone(), options).await?;
+        // Each client, and a handle of it whose calls are PREMIUM.
+        let premium = client.with_priority(flashledger_client::Priority::Premium);
+        clients.push(Arc::new((client, premium)));
     }
+    let premium_percent = config.premium_percent;
+    let is_premium = move |sequence: u64| sequence.wrapping_mul(0x9e37_79b9_7f4a_7c15) % 100 < premium_percent;
 
     let start = Instant::now();
     // A finite plan (Black Friday, an operation count) is measured whole, from its first operation.
@@ -251,7 +310,10 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Measured> {
         measure_from,
         all: histogram(),
         per_second: Vec::new(),
-        counts: [0; 4],
+        counts: [0; 6],
+        admitted: [histogram(), histogram()],
+        shed: histogram(),
+        classes: [(0, 0); 2],
         successes: config.log_successes.then(Vec::new),
     }));
     let zipf = Arc::new(Zipf::new(sku_count, config.zipf_s));
@@ -294,8 +356,10 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Measured> {
                             break;
                         }
                         sequence += 1;
-                        let result = execute(&client, &context, action, caller, sequence).await;
-                        lock(&recorder).record(started, result);
+                        let premium = is_premium(sequence ^ ((caller as u64) << 40));
+                        let handle = if premium { &client.1 } else { &client.0 };
+                        let result = execute(handle, &context, action, caller, sequence).await;
+                        lock(&recorder).record(started, result, premium);
                     }
                 }));
             }
@@ -326,9 +390,11 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Measured> {
                 };
                 let client = clients[(k as usize) % clients.len()].clone();
                 let (context, recorder) = (context.clone(), recorder.clone());
+                let premium = is_premium(k);
                 tokio::spawn(async move {
-                    let result = execute(&client, &context, action, usize::MAX, k).await;
-                    lock(&recorder).record(scheduled, result);
+                    let handle = if premium { &client.1 } else { &client.0 };
+                    let result = execute(handle, &context, action, usize::MAX, k).await;
+                    lock(&recorder).record(scheduled, result, premium);
                     drop(permit);
                 });
             }
@@ -348,7 +414,24 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Measured> {
         config.duration.as_secs_f64()
     };
     let quantile = |q: f64| recorder.all.value_at_quantile(q) as f64;
+    let mut admitted = histogram();
+    for class in &recorder.admitted {
+        let _ = admitted.add(class);
+    }
+    let class = |index: usize| ClassMeasured {
+        admitted: recorder.classes[index].0,
+        shed: recorder.classes[index].1,
+        admitted_p99_us: recorder.admitted[index].value_at_quantile(0.99) as f64,
+    };
     Ok(Measured {
+        shed_total: recorder.counts[4],
+        rate_limited_total: recorder.counts[5],
+        admitted_p50_us: admitted.value_at_quantile(0.5) as f64,
+        admitted_p99_us: admitted.value_at_quantile(0.99) as f64,
+        shed_p50_us: recorder.shed.value_at_quantile(0.5) as f64,
+        shed_p99_us: recorder.shed.value_at_quantile(0.99) as f64,
+        premium: class(0),
+        standard: class(1),
         secs,
         ok_total: recorder.counts[0],
         soldout_total: recorder.counts[1],
@@ -434,7 +517,9 @@ async fn execute(client: &Client, context: &Context_, action: Action, caller: us
     let classify = |outcome: Result<Outcome, flashledger_client::ClientError>| match outcome {
         Ok(Outcome::Confirmed | Outcome::Reserved { .. } | Outcome::Ok) => Result_::Ok,
         Ok(Outcome::SoldOut { .. }) => Result_::SoldOut,
+        Ok(Outcome::RateLimited { .. }) => Result_::RateLimited,
         Ok(_) => Result_::Other,
+        Err(flashledger_client::ClientError::Overloaded { .. }) => Result_::Shed,
         Err(_) => Result_::Error,
     };
     match action {
@@ -462,6 +547,7 @@ async fn execute(client: &Client, context: &Context_, action: Action, caller: us
             match client.get_stock(&context.skus[sku], consistency).await {
                 Ok(Some(_)) => Result_::Ok,
                 Ok(None) => Result_::Other,
+                Err(flashledger_client::ClientError::Overloaded { .. }) => Result_::Shed,
                 Err(_) => Result_::Error,
             }
         }

@@ -8,6 +8,7 @@
 //! flashbench run --workload reads --linearizable --clients 64
 //! flashbench run --workload black-friday --scale 100 --mode service --clients 256
 //! flashbench run --workload hot --rate 20000 --clients 512      # open loop
+//! flashbench run --workload hot --rate 60000 --clients 4096 --premium-percent 10   # overload
 //! flashbench compare results/*.jsonl
 //! ```
 
@@ -118,6 +119,10 @@ struct RunArgs {
     /// Stop after this many operations (instead of --secs); the run is measured whole.
     #[arg(long)]
     ops: Option<u64>,
+    /// Percent of operations sent at PREMIUM priority (the rest: writes STANDARD, reads
+    /// BACKGROUND); the report splits admitted and shed operations by class.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100))]
+    premium_percent: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -176,6 +181,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         progress: !args.no_progress,
         log_successes: args.success_log.is_some(),
         ops_max: args.ops,
+        premium_percent: args.premium_percent,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))

@@ -39,6 +39,15 @@ pub fn result_json(label: &str, config: &RunConfig, measured: &Measured, detail:
         "other_replies": measured.other_total,
         "errors": measured.errors,
         "late_starts": measured.late_total,
+        "shed_total": measured.shed_total,
+        "rate_limited_total": measured.rate_limited_total,
+        "shed_per_s": per_second(measured.shed_total),
+        "admitted_p50_us": measured.admitted_p50_us,
+        "admitted_p99_us": measured.admitted_p99_us,
+        "shed_p50_us": measured.shed_p50_us,
+        "shed_p99_us": measured.shed_p99_us,
+        "premium": measured.premium,
+        "standard": measured.standard,
     });
     if let Some(plan) = measured.plan {
         value["black_friday"] = json!({
@@ -72,6 +81,32 @@ pub fn markdown(label: &str, result: &Value, png: Option<&str>) -> String {
         number("max_us") / 1000.0,
         result["errors"],
     );
+    if number("shed_total") > 0.0 || number("rate_limited_total") > 0.0 {
+        let class = |name: &str| {
+            let class = &result[name];
+            let (admitted, shed) = (
+                class["admitted"].as_f64().unwrap_or(0.0),
+                class["shed"].as_f64().unwrap_or(0.0),
+            );
+            format!(
+                "| {name} | {admitted:.0} | {shed:.0} | {:.1} % | {:.2} |\n",
+                100.0 * admitted / (admitted + shed).max(1.0),
+                class["admitted_p99_us"].as_f64().unwrap_or(0.0) / 1000.0
+            )
+        };
+        text += &format!(
+            "\nAdmission: {:.0} shed ({:.0}/s, p50 {:.3} ms, p99 {:.3} ms), {:.0} rate limited; admitted p50 {:.2} ms, p99 {:.2} ms.\n\n| class | admitted | shed | admitted % | admitted p99 ms |\n|---|---|---|---|---|\n{}{}",
+            number("shed_total"),
+            number("shed_per_s"),
+            number("shed_p50_us") / 1000.0,
+            number("shed_p99_us") / 1000.0,
+            number("rate_limited_total"),
+            number("admitted_p50_us") / 1000.0,
+            number("admitted_p99_us") / 1000.0,
+            class("premium"),
+            class("standard"),
+        );
+    }
     if let Some(bf) = result.get("black_friday") {
         text += &format!(
             "\nBlack Friday at 1/{}: {} in {:.1} s; the full-scale mix would take {:.1} h at this rate.\n",

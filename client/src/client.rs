@@ -11,8 +11,9 @@ use wire::write_op::Op;
 
 use crate::coalesce::Coalescer;
 use crate::convert;
-use crate::router::{CallKind, Router};
+use crate::router::{Answered, CallKind, Router, Stamp};
 use crate::shard_map::ShardMap;
+use crate::types::Priority;
 use crate::watch::WatchStream;
 use crate::{ClientError, ClientOptions, Consistency, Outcome, SaleRules, Stock, WriteOp};
 
@@ -27,6 +28,9 @@ pub struct Client {
     /// Per-shard batching of concurrent writes; `None` when `coalesce_ops_max` is 0 (and in
     /// the client the coalescing workers themselves send with).
     coalescer: Option<Arc<Coalescer>>,
+    /// The priority this handle's calls carry (see [`Client::with_priority`]); `None`: writes
+    /// STANDARD, reads BACKGROUND.
+    priority: Option<Priority>,
 }
 
 fn check_sku(sku: &[u8]) -> Result<(), ClientError> {
@@ -69,7 +73,26 @@ impl Client {
         let router = Arc::new(Router::new(seeds, options));
         router.refresh(None).await?;
         let coalescer = coalescing.then(|| Arc::new(Coalescer::default()));
-        Ok(Client { router, coalescer })
+        Ok(Client {
+            router,
+            coalescer,
+            priority: None,
+        })
+    }
+
+    /// A handle to the same cluster (same connections and shard map) whose calls, writes and
+    /// reads, carry `priority`: an overloaded node sheds BACKGROUND first, then STANDARD, and
+    /// keeps room for PREMIUM. Without it, writes are STANDARD and reads BACKGROUND (what a
+    /// product page reads; a checkout that must read under load asks for STANDARD).
+    pub fn with_priority(&self, priority: Priority) -> Client {
+        Client {
+            priority: Some(priority),
+            ..self.clone()
+        }
+    }
+
+    fn write_priority(&self) -> Priority {
+        self.priority.unwrap_or(Priority::Standard)
     }
 
     /// The shard map as last fetched (with leaders learned since).
@@ -169,15 +192,16 @@ impl Client {
     ) -> Result<Option<Stock>, ClientError> {
         let sku = sku.as_ref();
         check_sku(sku)?;
-        let request = convert::get_stock_to_wire(sku, consistency);
+        let priority = self.priority.unwrap_or(Priority::Background);
+        let request = convert::get_stock_to_wire(sku, consistency, priority);
         let kind = CallKind {
             leader_only: consistency == Consistency::Linearizable,
             idempotent: true,
         };
         let reply = self
             .router
-            .call(sku, kind, |mut inventory, _epoch| {
-                let request = request.clone();
+            .call(sku, kind, |mut inventory, stamp| {
+                let request = stamp.request(request.clone());
                 async move { inventory.get_stock(request).await }
             })
             .await?;
@@ -186,8 +210,9 @@ impl Client {
 
     /// Sends many writes: one `Batch` RPC per shard, all shards concurrently, and returns one
     /// outcome per op in the caller's order. If any shard's batch fails, the error is returned
-    /// and other shards' ops may have been applied; resending the whole batch is safe for
-    /// ops with an `order_id`.
+    /// and other shards' ops may have been applied (an error that says "not applied" of one
+    /// shard's part, such as `Overloaded`, comes as [`ClientError::PartlyFailed`] unless every
+    /// part was refused); resending the whole batch is safe for ops with an `order_id`.
     pub async fn batch(&self, mut ops: Vec<WriteOp>) -> Result<Vec<Outcome>, ClientError> {
         let now = now_ms();
         for op in &mut ops {
@@ -208,9 +233,20 @@ impl Client {
             self.send_batch(group_ops)
         });
         let answers = join_all(sends).await;
+        // One shard's refusal says nothing of what another shard's part did.
+        let spans_shards = groups.len() > 1;
+        let all_refused = answers
+            .iter()
+            .all(|answer| answer.as_ref().is_err_and(ClientError::definitely_not_applied));
         let mut outcomes: Vec<Option<Outcome>> = vec![None; ops.len()];
         for (indexes, answer) in groups.iter().zip(answers) {
-            for (&index, outcome) in indexes.iter().zip(answer?) {
+            let answer = match answer {
+                Err(error) if spans_shards && !all_refused && error.definitely_not_applied() => {
+                    return Err(ClientError::PartlyFailed(Box::new(error)));
+                }
+                answer => answer?,
+            };
+            for (&index, outcome) in indexes.iter().zip(answer) {
                 outcomes[index] = Some(outcome);
             }
         }
@@ -250,8 +286,8 @@ impl Client {
         };
         let stream = self
             .router
-            .call(start, kind, |mut inventory, _epoch| {
-                let request = request.clone();
+            .call(start, kind, |mut inventory, stamp| {
+                let request = stamp.request(request.clone());
                 async move { inventory.watch(request).await }
             })
             .await?;
@@ -274,8 +310,10 @@ impl Client {
                 let direct = Client {
                     router: self.router.clone(),
                     coalescer: None,
+                    priority: self.priority,
                 };
-                return coalescer.submit(&direct, shard_id, op, ops_max, inflight_max).await;
+                let queue = (shard_id, self.write_priority());
+                return coalescer.submit(&direct, queue, op, ops_max, inflight_max).await;
             }
         }
         self.write_direct(op).await
@@ -287,13 +325,17 @@ impl Client {
             idempotent: is_idempotent(&op),
             ..WRITE
         };
-        let reply = self
+        let priority = self.write_priority();
+        let answered = self
             .router
-            .call(op.sku(), kind, |inventory, epoch| {
-                send_write(inventory, convert::write_op_to_wire(&op, epoch))
+            .call_tracked(op.sku(), kind, |inventory, stamp| {
+                let op = convert::write_op_to_wire(&op, stamp.epoch, Some(priority));
+                send_write(inventory, stamp, op)
             })
             .await?;
-        convert::write_reply_from_wire(&reply)
+        let outcome = convert::write_reply_from_wire(&answered.reply)?;
+        refusal_speaks_for_the_call(&answered, std::slice::from_ref(&outcome))?;
+        Ok(outcome)
     }
 
     /// Indexes of `ops`, grouped by the shard that owns each op's SKU, groups in shard order.
@@ -323,33 +365,53 @@ impl Client {
             idempotent: ops.iter().all(|op| is_idempotent(op)),
             ..WRITE
         };
-        let reply = self
+        let answered = self
             .router
-            .call(first.sku(), kind, |mut inventory, epoch| {
+            .call_tracked(first.sku(), kind, |mut inventory, stamp| {
                 let ops = ops
                     .iter()
                     .map(|op| wire::WriteOp {
-                        op: Some(convert::write_op_to_wire(op, epoch)),
+                        op: Some(convert::write_op_to_wire(op, stamp.epoch, None)),
                     })
                     .collect();
-                async move { inventory.batch(wire::BatchRequest { ops }).await }
+                let priority = convert::priority_to_wire(self.write_priority());
+                let request = stamp.request(wire::BatchRequest { ops, priority });
+                async move { inventory.batch(request).await }
             })
             .await?;
-        convert::batch_reply_from_wire(&reply, ops.len())
+        let outcomes = convert::batch_reply_from_wire(&answered.reply, ops.len())?;
+        refusal_speaks_for_the_call(&answered, &outcomes)?;
+        Ok(outcomes)
+    }
+}
+
+/// A `RATE_LIMITED` outcome says the answered attempt changed nothing; after an earlier attempt
+/// that may have been applied, the write's fate is unknown, and the call says so.
+fn refusal_speaks_for_the_call<Reply>(answered: &Answered<Reply>, outcomes: &[Outcome]) -> Result<(), ClientError> {
+    let limited = outcomes
+        .iter()
+        .find(|outcome| matches!(outcome, Outcome::RateLimited { .. }));
+    match limited {
+        Some(outcome) if answered.ambiguous_before => Err(ClientError::Indeterminate {
+            attempts: answered.attempts,
+            refusal: format!("{outcome:?}"),
+        }),
+        _ => Ok(()),
     }
 }
 
 /// Sends one write on the RPC matching its kind.
 async fn send_write(
     mut inventory: flashledger_proto::v1::inventory_client::InventoryClient<crate::channels::NodeChannel>,
+    stamp: Stamp,
     op: Op,
 ) -> Result<tonic::Response<wire::WriteReply>, tonic::Status> {
     match op {
-        Op::Reserve(request) => inventory.reserve(request).await,
-        Op::Confirm(request) => inventory.confirm(request).await,
-        Op::Cancel(request) => inventory.cancel(request).await,
-        Op::Purchase(request) => inventory.purchase(request).await,
-        Op::PutSku(request) => inventory.put_sku(request).await,
-        Op::Restock(request) => inventory.restock(request).await,
+        Op::Reserve(request) => inventory.reserve(stamp.request(request)).await,
+        Op::Confirm(request) => inventory.confirm(stamp.request(request)).await,
+        Op::Cancel(request) => inventory.cancel(stamp.request(request)).await,
+        Op::Purchase(request) => inventory.purchase(stamp.request(request)).await,
+        Op::PutSku(request) => inventory.put_sku(stamp.request(request)).await,
+        Op::Restock(request) => inventory.restock(stamp.request(request)).await,
     }
 }

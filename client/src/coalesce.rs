@@ -2,7 +2,7 @@
 //! node turns into one log entry — the cost of a round trip, an fdatasync and a consensus round is
 //! shared by every operation in it (the per-RPC cost dominates, see FACTS.md).
 //!
-//! One queue and one worker per shard. The worker takes the first waiting operation, waits for
+//! One queue and one worker per shard and priority. The worker takes the first waiting operation, waits for
 //! a free in-flight slot (at most `coalesce_inflight_max` batches per shard), then takes every
 //! operation already queued behind it (up to `coalesce_ops_max`), and sends them without waiting
 //! for more: an idle client adds no latency, a busy one batches naturally while earlier batches
@@ -23,6 +23,7 @@ use crate::Client;
 use crate::ClientError;
 use crate::Outcome;
 use crate::WriteOp;
+use crate::types::Priority;
 
 /// Operations one shard's queue holds before callers wait for room.
 const QUEUE_OPS_MAX: usize = 65_536;
@@ -37,7 +38,8 @@ struct Pending {
 /// The per-shard queues of one [`Client`].
 #[derive(Debug, Default)]
 pub(crate) struct Coalescer {
-    queues: Mutex<BTreeMap<u64, mpsc::Sender<Pending>>>,
+    /// By (shard, priority): a batch is admitted or shed as one, so it carries one priority.
+    queues: Mutex<BTreeMap<(u64, Priority), mpsc::Sender<Pending>>>,
 }
 
 impl std::fmt::Debug for Pending {
@@ -47,12 +49,13 @@ impl std::fmt::Debug for Pending {
 }
 
 impl Coalescer {
-    /// Queues `op` for `shard_id`'s worker (started on first use) and waits for its outcome.
+    /// Queues `op` for the worker of `queue_key` (shard, priority; started on first use) and waits
+    /// for its outcome.
     /// `direct` is a client that sends without coalescing.
     pub(crate) async fn submit(
         &self,
         direct: &Client,
-        shard_id: u64,
+        queue_key: (u64, Priority),
         op: WriteOp,
         ops_max: usize,
         inflight_max: usize,
@@ -60,7 +63,7 @@ impl Coalescer {
         let queue = {
             let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
             queues
-                .entry(shard_id)
+                .entry(queue_key)
                 .or_insert_with(|| {
                     let (sender, receiver) = mpsc::channel(QUEUE_OPS_MAX);
                     tokio::spawn(run_worker(

@@ -11,6 +11,7 @@ use flashledger_proto::v1 as wire;
 use wire::write_op::Op;
 
 use crate::shard_map::{Shard, ShardMap};
+use crate::types::{Priority, RateLimit};
 use crate::{ClientError, Consistency, Outcome, SaleRules, Stock, StockChange, WriteOp};
 
 fn protocol(what: impl Into<String>) -> ClientError {
@@ -53,6 +54,9 @@ pub(crate) fn outcome_from_wire(outcome: &wire::Outcome) -> Result<Outcome, Clie
         Code::OrderIdReused => Outcome::OrderIdReused {
             detail: outcome.detail.clone(),
         },
+        Code::RateLimited => Outcome::RateLimited {
+            retry_after_ms: outcome.retry_after_ms,
+        },
     })
 }
 
@@ -91,6 +95,10 @@ pub fn outcome_to_wire(outcome: &Outcome) -> wire::Outcome {
             wire_outcome.detail = detail.clone();
             Code::Rejected
         }
+        Outcome::RateLimited { retry_after_ms } => {
+            wire_outcome.retry_after_ms = *retry_after_ms;
+            Code::RateLimited
+        }
     };
     wire_outcome.code = code as i32;
     wire_outcome
@@ -117,19 +125,38 @@ pub(crate) fn batch_reply_from_wire(reply: &wire::BatchReply, ops_sent: usize) -
 }
 
 fn sale_rules_to_wire(rules: &SaleRules) -> wire::SaleRules {
+    let rate = |limit: Option<RateLimit>| limit.map_or((0, 0), |limit| (limit.ops_per_s, limit.burst_ops.unwrap_or(0)));
+    let (buyer_ops_per_s, buyer_burst_ops) = rate(rules.buyer_rate);
+    let (client_ops_per_s, client_burst_ops) = rate(rules.client_rate);
     wire::SaleRules {
         start_ms: rules.start_ms.unwrap_or(0),
         end_ms: rules.end_ms.unwrap_or(0),
         per_user_limit: rules.per_user_limit.unwrap_or(0),
         default_ttl_ms: rules.default_ttl.map(millis).unwrap_or(0),
+        buyer_ops_per_s,
+        buyer_burst_ops,
+        client_ops_per_s,
+        client_burst_ops,
     }
 }
 
+/// Domain priority → the wire's.
+pub(crate) fn priority_to_wire(priority: Priority) -> i32 {
+    let wire = match priority {
+        Priority::Premium => wire::Priority::Premium,
+        Priority::Standard => wire::Priority::Standard,
+        Priority::Background => wire::Priority::Background,
+    };
+    wire as i32
+}
+
 /// Domain write → wire write, stamped with the shard `epoch` the request is routed by (0 = "do
-/// not check"). Built from a reference for each attempt: the caller keeps the operation for a
-/// retry (or to resend it alone), and this is the only copy of its strings a send makes.
-pub(crate) fn write_op_to_wire(op: &WriteOp, epoch: u64) -> Op {
+/// not check") and its `priority` (in a batch, unspecified: the batch carries it). Built from a
+/// reference for each attempt: the caller keeps the operation for a retry (or to resend it
+/// alone), and this is the only copy of its strings a send makes.
+pub(crate) fn write_op_to_wire(op: &WriteOp, epoch: u64, priority: Option<Priority>) -> Op {
     let route = Some(wire::RouteEpoch { epoch });
+    let priority = priority.map_or(wire::Priority::Unspecified as i32, priority_to_wire);
     match op {
         WriteOp::Reserve {
             sku,
@@ -146,6 +173,7 @@ pub(crate) fn write_op_to_wire(op: &WriteOp, epoch: u64) -> Op {
             ttl_ms: ttl.map(millis).unwrap_or(0),
             first_attempt_ms: *first_attempt_ms,
             route,
+            priority,
         }),
         WriteOp::Confirm {
             sku,
@@ -156,6 +184,7 @@ pub(crate) fn write_op_to_wire(op: &WriteOp, epoch: u64) -> Op {
             order_id: order_id.clone().into(),
             first_attempt_ms: *first_attempt_ms,
             route,
+            priority,
         }),
         WriteOp::Cancel {
             sku,
@@ -166,6 +195,7 @@ pub(crate) fn write_op_to_wire(op: &WriteOp, epoch: u64) -> Op {
             order_id: order_id.clone().into(),
             first_attempt_ms: *first_attempt_ms,
             route,
+            priority,
         }),
         WriteOp::Purchase {
             sku,
@@ -180,23 +210,26 @@ pub(crate) fn write_op_to_wire(op: &WriteOp, epoch: u64) -> Op {
             order_id: order_id.clone().into(),
             first_attempt_ms: *first_attempt_ms,
             route,
+            priority,
         }),
         WriteOp::PutSku { sku, total, rules } => Op::PutSku(wire::PutSkuRequest {
             sku: sku.clone().into(),
             total: *total,
             rules: Some(sale_rules_to_wire(rules)),
             route,
+            priority,
         }),
         WriteOp::Restock { sku, delta } => Op::Restock(wire::RestockRequest {
             sku: sku.clone().into(),
             delta: *delta,
             route,
+            priority,
         }),
     }
 }
 
 /// A stock read request.
-pub(crate) fn get_stock_to_wire(sku: &[u8], consistency: Consistency) -> wire::GetStockRequest {
+pub(crate) fn get_stock_to_wire(sku: &[u8], consistency: Consistency, priority: Priority) -> wire::GetStockRequest {
     let (consistency, max_lag_entries) = match consistency {
         Consistency::Linearizable => (wire::Consistency::Linearizable, 0),
         Consistency::Stale { max_lag_entries } => (wire::Consistency::Stale, max_lag_entries),
@@ -205,6 +238,7 @@ pub(crate) fn get_stock_to_wire(sku: &[u8], consistency: Consistency) -> wire::G
         sku: sku.to_vec().into(),
         consistency: consistency as i32,
         max_lag_entries,
+        priority: priority_to_wire(priority),
     }
 }
 
@@ -290,6 +324,7 @@ mod tests {
             Outcome::AlreadyConfirmed,
             Outcome::OrderIdReused { detail: "x".into() },
             Outcome::Rejected { detail: "y".into() },
+            Outcome::RateLimited { retry_after_ms: 40 },
         ];
         for outcome in outcomes {
             assert_eq!(outcome_from_wire(&outcome_to_wire(&outcome)), Ok(outcome));

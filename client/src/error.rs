@@ -7,7 +7,8 @@
 //! | variant | was the write applied? | what to do |
 //! |---|---|---|
 //! | [`ClientError::InvalidArgument`] | **no**, definitely not | fix the request |
-//! | [`ClientError::Timeout`], [`ClientError::Unavailable`] | **unknown** | retry later with the *same* `order_id` (writes are idempotent by it) |
+//! | [`ClientError::Overloaded`] | **no**, definitely not (the node shed it before proposing) | retry after `retry_after`, or not at all |
+//! | [`ClientError::Timeout`], [`ClientError::Unavailable`], [`ClientError::Indeterminate`], [`ClientError::PartlyFailed`] | **unknown** | retry later with the *same* `order_id` (writes are idempotent by it) |
 //! | [`ClientError::Server`] | unknown | report; retrying with the same `order_id` is safe |
 //! | [`ClientError::Protocol`] | unknown (the node answered something this client cannot read) | report; likely a version mismatch |
 //! | [`ClientError::NoSeedReachable`], [`ClientError::Config`] | no (nothing was sent) | fix the seeds / options |
@@ -20,6 +21,33 @@ pub enum ClientError {
     /// Nothing was applied; retrying the same request will fail the same way.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The node was overloaded and shed the call at once (`RESOURCE_EXHAUSTED`): nothing was
+    /// proposed, and no earlier attempt of this call may have been applied either. It is not
+    /// retried by the client (a retry adds to the load that refused it); the node's hint of when
+    /// there may be room is in `retry_after`.
+    #[error("overloaded: {message}")]
+    Overloaded {
+        /// When the node expects room (its `x-retry-after-ms`), if it said.
+        retry_after: Option<std::time::Duration>,
+        /// The node's message (which budget, how full).
+        message: String,
+    },
+    /// An attempt of the call may have been applied (it timed out or lost its connection), and
+    /// a later attempt was refused before proposing (shed, or answered `RATE_LIMITED`): the later
+    /// refusal speaks only for itself, so whether the write happened is unknown. Retry with the
+    /// same `order_id`: a repeat of an applied write gets its first answer.
+    #[error("after {attempts} attempts, some possibly applied, the last was refused: {refusal}")]
+    Indeterminate {
+        /// RPC attempts made.
+        attempts: u32,
+        /// What refused the last one.
+        refusal: String,
+    },
+    /// A batch spanning shards failed for one shard's operations (the inner error) while
+    /// another shard's were sent: those may have been applied, whatever the inner error says of
+    /// its own. Resending the batch is safe for operations with an `order_id`.
+    #[error("{0} (for one shard's part of the batch; other shards' operations may have been applied)")]
+    PartlyFailed(Box<ClientError>),
     /// The retry budget ran out while nodes were unreachable or not serving the SKU's shard.
     /// The write may or may not have been applied: retry with the same `order_id`.
     #[error("cluster unavailable after {attempts} attempts: {last_error}")]
@@ -76,6 +104,7 @@ impl ClientError {
         matches!(
             self,
             ClientError::InvalidArgument(_)
+                | ClientError::Overloaded { .. }
                 | ClientError::NoSeedReachable { .. }
                 | ClientError::Config(_)
                 | ClientError::Unauthenticated(_)
@@ -85,6 +114,12 @@ impl ClientError {
 
     /// True when the outcome is unknown and the caller should retry with the same `order_id`.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ClientError::Unavailable { .. } | ClientError::Timeout { .. })
+        matches!(
+            self,
+            ClientError::Unavailable { .. }
+                | ClientError::Timeout { .. }
+                | ClientError::Indeterminate { .. }
+                | ClientError::PartlyFailed(_)
+        )
     }
 }

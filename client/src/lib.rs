@@ -71,5 +71,5 @@ pub use credentials::Credentials;
 pub use error::ClientError;
 pub use options::ClientOptions;
 pub use shard_map::{NodeId, Shard, ShardMap};
-pub use types::{Consistency, Outcome, SaleRules, Stock, StockChange, WriteOp};
+pub use types::{Consistency, Outcome, Priority, RateLimit, SaleRules, Stock, StockChange, WriteOp};
 pub use watch::WatchStream;

@@ -35,6 +35,10 @@ pub struct ClientOptions {
     pub coalesce_inflight_max: usize,
     /// TLS and the bearer token; the default (none) talks plaintext to an insecure cluster.
     pub credentials: crate::Credentials,
+    /// Who this client is, sent with every call (`x-client-id`) for the nodes' per-client rate
+    /// limits, e.g. the service and instance; `None`: the nodes use the authenticated caller's
+    /// name, else this machine's address. At most 128 bytes of visible ASCII.
+    pub client_id: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -49,6 +53,7 @@ impl Default for ClientOptions {
             coalesce_ops_max: 0,
             coalesce_inflight_max: 2,
             credentials: crate::Credentials::default(),
+            client_id: None,
         }
     }
 }
@@ -71,6 +76,12 @@ impl ClientOptions {
         }
         if self.backoff_ms_initial > self.backoff_ms_max {
             return fail("backoff_ms_initial must be <= backoff_ms_max");
+        }
+        if let Some(id) = &self.client_id {
+            let visible = id.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
+            if id.len() > 128 || !visible {
+                return fail("client_id must be at most 128 bytes of visible ASCII");
+            }
         }
         Ok(())
     }

@@ -9,14 +9,21 @@
 //! | `UNAVAILABLE` + `x-leader-addr` / `x-leader-id` | retry at that leader at once, remember it in the map |
 //! | `UNAVAILABLE` without hint, transport error, attempt timeout | next replica, after backoff |
 //! | `FAILED_PRECONDITION` (stale epoch), `NOT_FOUND` (no such shard here) | refresh the shard map, retry after backoff |
-//! | `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED` | same node, after backoff |
+//! | `DEADLINE_EXCEEDED` | same node, after backoff (ambiguous unless `x-not-applied`) |
+//! | `RESOURCE_EXHAUSTED` (the node shed it) | [`ClientError::Overloaded`] with the node's `x-retry-after-ms`, no retry |
 //! | `INVALID_ARGUMENT` | [`ClientError::InvalidArgument`], no retry |
 //!
 //! Every call is bounded three ways: at most `retries_max + 1` attempts, each at most
 //! `attempt_timeout_ms`, all within `request_timeout_ms`. Retries resend the same request
 //! (same `order_id`), which the ledger deduplicates. A call marked not idempotent (a restock,
 //! which has no `order_id`) stops instead of retrying after an *ambiguous* failure (the node
-//! may have applied it: attempt timeout, `DEADLINE_EXCEEDED`).
+//! may have applied it: attempt timeout, `DEADLINE_EXCEEDED`). A call ends `Overloaded` (not
+//! applied) only if no earlier attempt of it was ambiguous; otherwise it ends `Indeterminate`,
+//! and so does a write answered `RATE_LIMITED` after an ambiguous attempt (the client layer
+//! checks that, see [`Router::call_tracked`]).
+//!
+//! Every attempt carries its deadline (`grpc-timeout`, so a node drops it rather than propose
+//! what nobody will hear) and the client's id (`x-client-id`) when the options name one.
 
 use std::future::Future;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -59,6 +66,38 @@ enum Next {
     SameNode { ambiguous: bool },
     /// Give up with this error.
     Fail(ClientError),
+    /// The node shed it before proposing: give up, unless an earlier attempt was ambiguous.
+    Overloaded(ClientError),
+}
+
+/// A call's answer, and what came before it.
+pub(crate) struct Answered<Reply> {
+    pub(crate) reply: Reply,
+    pub(crate) attempts: u32,
+    /// Some attempt before the answered one may have been applied (it timed out, or its
+    /// connection failed).
+    pub(crate) ambiguous_before: bool,
+}
+
+/// What one attempt sends besides its message: the shard epoch it is routed by, its deadline
+/// and who sends it.
+#[derive(Debug, Clone)]
+pub(crate) struct Stamp {
+    pub(crate) epoch: u64,
+    timeout: std::time::Duration,
+    client_id: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl Stamp {
+    /// `message` as a request with this attempt's deadline and client id.
+    pub(crate) fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.timeout);
+        if let Some(id) = &self.client_id {
+            request.metadata_mut().insert(metadata::CLIENT_ID, id.clone());
+        }
+        request
+    }
 }
 
 /// A node chosen for one attempt.
@@ -77,16 +116,23 @@ pub(crate) struct Router {
     /// Replaced wholesale on refresh and on leader changes; never held across an await.
     map: RwLock<Arc<ShardMap>>,
     channels: Channels,
+    /// `options.client_id` as metadata, checked once.
+    client_id: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl Router {
     pub(crate) fn new(seeds: Vec<String>, options: ClientOptions) -> Self {
         let channels = Channels::new(options.connect_timeout(), options.credentials.clone());
+        let client_id = options
+            .client_id
+            .as_deref()
+            .and_then(|id| tonic::metadata::MetadataValue::try_from(id).ok());
         Router {
             options,
             seeds,
             map: RwLock::new(Arc::new(ShardMap::default())),
             channels,
+            client_id,
         }
     }
 
@@ -195,15 +241,31 @@ impl Router {
     }
 
     /// Sends one request for `sku` until it gets an answer or a bound runs out. `send` builds
-    /// and sends the request (the same one every time, stamped with the routed shard epoch).
+    /// and sends the request (the same one every time, stamped with the routed shard epoch, the
+    /// attempt's deadline and the client id: see [`Stamp`]).
     pub(crate) async fn call<Reply, Send, Sent>(
         &self,
         sku: &[u8],
         kind: CallKind,
-        mut send: Send,
+        send: Send,
     ) -> Result<Reply, ClientError>
     where
-        Send: FnMut(InventoryClient<NodeChannel>, u64) -> Sent,
+        Send: FnMut(InventoryClient<NodeChannel>, Stamp) -> Sent,
+        Sent: Future<Output = Result<tonic::Response<Reply>, Status>>,
+    {
+        self.call_tracked(sku, kind, send).await.map(|answered| answered.reply)
+    }
+
+    /// [`Router::call`], also saying whether an attempt before the one answered may have been
+    /// applied: then a refusal in the answer (`RATE_LIMITED`) speaks only for the last attempt.
+    pub(crate) async fn call_tracked<Reply, Send, Sent>(
+        &self,
+        sku: &[u8],
+        kind: CallKind,
+        mut send: Send,
+    ) -> Result<Answered<Reply>, ClientError>
+    where
+        Send: FnMut(InventoryClient<NodeChannel>, Stamp) -> Sent,
         Sent: Future<Output = Result<tonic::Response<Reply>, Status>>,
     {
         let deadline = Instant::now() + self.options.request_timeout();
@@ -214,6 +276,8 @@ impl Router {
         let mut redirect: Option<Target> = None;
         let mut last_error = String::from("no attempt made");
         let mut last_was_timeout = false;
+        // Whether some attempt may have been applied: then no later refusal proves otherwise.
+        let mut any_ambiguous = false;
 
         while attempts < attempts_max {
             let Some(budget) = self.attempt_budget(Some(deadline)) else {
@@ -251,13 +315,22 @@ impl Router {
                 }
             };
 
-            let answer = timeout(budget, send(InventoryClient::new(channel), shard.epoch)).await;
+            let stamp = Stamp {
+                epoch: shard.epoch,
+                timeout: budget,
+                client_id: self.client_id.clone(),
+            };
+            let answer = timeout(budget, send(InventoryClient::new(channel), stamp)).await;
             let next = match answer {
                 Ok(Ok(reply)) => {
                     if let (true, Some(node)) = (kind.leader_only, target.node) {
                         self.set_leader(shard.shard_id, node, None);
                     }
-                    return Ok(reply.into_inner());
+                    return Ok(Answered {
+                        reply: reply.into_inner(),
+                        attempts,
+                        ambiguous_before: any_ambiguous,
+                    });
                 }
                 Ok(Err(status)) => {
                     last_error = format!("{}: {:?}: {}", target.addr, status.code(), status.message());
@@ -270,8 +343,21 @@ impl Router {
             };
             tracing::debug!(attempt = attempts, error = %last_error, ?next, "attempt failed");
 
+            if matches!(
+                next,
+                Next::OtherReplica { ambiguous: true } | Next::SameNode { ambiguous: true }
+            ) {
+                any_ambiguous = true;
+            }
             match next {
                 Next::Fail(error) => return Err(error),
+                Next::Overloaded(refusal) if any_ambiguous => {
+                    return Err(ClientError::Indeterminate {
+                        attempts,
+                        refusal: refusal.to_string(),
+                    });
+                }
+                Next::Overloaded(error) => return Err(error),
                 Next::Redirect { leader_id, leader_addr } => {
                     last_was_timeout = false;
                     match self.follow_hint(&shard, &target, leader_id, leader_addr) {
@@ -373,8 +459,16 @@ fn classify(status: &Status) -> Next {
             }
         }
         Code::FailedPrecondition | Code::NotFound => Next::Refresh,
-        Code::DeadlineExceeded => Next::SameNode { ambiguous: true },
-        Code::ResourceExhausted => Next::SameNode { ambiguous: false },
+        // With `x-not-applied`, the node dropped it for its deadline before proposing.
+        Code::DeadlineExceeded => Next::SameNode {
+            ambiguous: metadata_str(status, metadata::NOT_APPLIED).is_none(),
+        },
+        Code::ResourceExhausted => Next::Overloaded(ClientError::Overloaded {
+            retry_after: metadata_str(status, metadata::RETRY_AFTER_MS)
+                .and_then(|ms| ms.parse::<u64>().ok())
+                .map(std::time::Duration::from_millis),
+            message: status.message().to_string(),
+        }),
         // Transport failures surface as these on the client side; the node may or may not
         // have seen the request.
         Code::Unknown | Code::Internal | Code::Cancelled | Code::Aborted => Next::OtherReplica { ambiguous: true },

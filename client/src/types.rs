@@ -53,6 +53,33 @@ pub enum Outcome {
         /// The ledger's explanation.
         detail: String,
     },
+    /// The client or the buyer is over its rate limit (the cluster's, or the SKU's): the write
+    /// was not decided and nothing changed. It may be sent again after `retry_after_ms`.
+    RateLimited {
+        /// When the limit lets it through, in ms from the answer.
+        retry_after_ms: i64,
+    },
+}
+
+/// How much a call matters when a node is overloaded: under load a node sheds BACKGROUND
+/// first, then STANDARD; PREMIUM may use its whole budget.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    /// High-value buyers: admitted while the node has any room.
+    Premium,
+    /// Ordinary writes and checkout reads.
+    #[default]
+    Standard,
+    /// Product-page reads and other work that may wait: shed first.
+    Background,
+}
+
+/// A SKU's own rate limit: `ops_per_s` reserves and purchases per second, up to `burst_ops` at
+/// once (`None`: one second's worth).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub ops_per_s: i64,
+    pub burst_ops: Option<i64>,
 }
 
 /// Optional per-SKU sale rules. `None` means "no rule" (the wire's 0).
@@ -66,6 +93,10 @@ pub struct SaleRules {
     pub per_user_limit: Option<i64>,
     /// Reservation TTL when a reserve names none; `None` is the cluster default.
     pub default_ttl: Option<Duration>,
+    /// This SKU's rate limit per buyer (`user`), in place of the cluster's; `None` keeps it.
+    pub buyer_rate: Option<RateLimit>,
+    /// This SKU's rate limit per client, in place of the cluster's; `None` keeps it.
+    pub client_rate: Option<RateLimit>,
 }
 
 /// One write, for [`crate::Client::batch`]. Each variant carries the SKU that routes it.

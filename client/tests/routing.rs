@@ -10,7 +10,7 @@ mod fake;
 use std::time::Duration;
 
 use fake::{FakeCluster, Reply, dead_addr, fast_options, shard};
-use flashledger_client::{Client, ClientError, ClientOptions, Consistency, Outcome, WriteOp};
+use flashledger_client::{Client, ClientError, ClientOptions, Consistency, Outcome, Priority, WriteOp};
 use futures::StreamExt;
 use tonic::Code;
 
@@ -444,5 +444,158 @@ async fn stock_reads_and_watch_return_domain_values() -> anyhow::Result<()> {
         .map(|change| change.map(|change| change.log_index))
         .collect::<Result<_, _>>()?;
     assert_eq!(indexes, vec![41, 42]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_overloaded_node_is_not_retried_and_says_when_to_come_back() -> anyhow::Result<()> {
+    let cluster = FakeCluster::start(1).await?;
+    cluster.set_shards(vec![shard(1, b"", b"", 1, &[1], 1)]);
+    cluster
+        .node(1)
+        .script([Reply::fail(Code::ResourceExhausted, "shard 1 is overloaded")]);
+    let client = Client::connect(cluster.addrs(), fast_options()).await?;
+
+    let error = client.purchase("sku-a", 1, "erin", "order-1").await.unwrap_err();
+
+    assert_eq!(
+        error,
+        ClientError::Overloaded {
+            retry_after: Some(Duration::from_millis(25)),
+            message: "shard 1 is overloaded".into()
+        }
+    );
+    assert!(error.definitely_not_applied());
+    assert_eq!(cluster.node(1).seen().len(), 1, "a shed call is not resent");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_rate_limited_write_is_an_outcome() -> anyhow::Result<()> {
+    let cluster = FakeCluster::start(1).await?;
+    cluster.set_shards(vec![shard(1, b"", b"", 1, &[1], 1)]);
+    let limited = flashledger_client::convert::outcome_to_wire(&Outcome::RateLimited { retry_after_ms: 40 });
+    cluster.node(1).script([Reply::Outcome(limited)]);
+    let client = Client::connect(cluster.addrs(), fast_options()).await?;
+
+    let outcome = client.purchase("sku-a", 1, "erin", "order-2").await?;
+
+    assert_eq!(outcome, Outcome::RateLimited { retry_after_ms: 40 });
+    Ok(())
+}
+
+/// A refusal speaks for the attempt it answers: after an attempt that timed out (and may yet
+/// be applied), a shed or rate-limited retry leaves the write's fate unknown.
+#[tokio::test]
+async fn a_refusal_after_an_ambiguous_attempt_is_indeterminate() -> anyhow::Result<()> {
+    let limited = flashledger_client::convert::outcome_to_wire(&Outcome::RateLimited { retry_after_ms: 40 });
+    for refusal in [
+        Reply::fail(Code::ResourceExhausted, "overloaded"),
+        Reply::Outcome(limited),
+    ] {
+        let cluster = FakeCluster::start(1).await?;
+        cluster.set_shards(vec![shard(1, b"", b"", 1, &[1], 1)]);
+        cluster.node(1).script([Reply::Hang, refusal.clone()]);
+        let client = Client::connect(cluster.addrs(), fast_options()).await?;
+
+        let error = client.purchase("sku-a", 1, "erin", "order-3").await.unwrap_err();
+
+        assert!(
+            matches!(error, ClientError::Indeterminate { attempts: 2, .. }),
+            "{refusal:?}: {error:?}"
+        );
+        assert!(!error.definitely_not_applied() && error.is_retryable());
+    }
+    Ok(())
+}
+
+/// One shard shedding its part of a batch says nothing of the other shard's part.
+#[tokio::test]
+async fn a_batch_with_one_shards_part_shed_is_partly_failed() -> anyhow::Result<()> {
+    let cluster = FakeCluster::start(2).await?;
+    cluster.set_shards(vec![shard(1, b"", b"m", 1, &[1], 1), shard(2, b"m", b"", 1, &[2], 2)]);
+    let purchase = |sku: &str, order_id: &str| WriteOp::Purchase {
+        sku: sku.as_bytes().to_vec(),
+        qty: 1,
+        user: "frank".into(),
+        order_id: order_id.into(),
+        first_attempt_ms: 0,
+    };
+    cluster
+        .node(2)
+        .script([Reply::fail(Code::ResourceExhausted, "shard 2 is overloaded")]);
+    let client = Client::connect(cluster.addrs(), fast_options()).await?;
+
+    let error = client
+        .batch(vec![purchase("apple", "o-1"), purchase("zebra", "o-2")])
+        .await
+        .unwrap_err();
+
+    assert!(
+        matches!(&error, ClientError::PartlyFailed(inner) if matches!(**inner, ClientError::Overloaded { .. })),
+        "{error:?}"
+    );
+    assert!(!error.definitely_not_applied());
+
+    tracing::info!("--- both parts shed: nothing was applied");
+    cluster
+        .node(1)
+        .script([Reply::fail(Code::ResourceExhausted, "shard 1 is overloaded")]);
+    cluster
+        .node(2)
+        .script([Reply::fail(Code::ResourceExhausted, "shard 2 is overloaded")]);
+    let error = client
+        .batch(vec![purchase("apple", "o-3"), purchase("zebra", "o-4")])
+        .await
+        .unwrap_err();
+    assert!(matches!(error, ClientError::Overloaded { .. }), "{error:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_call_carries_its_deadline_client_id_and_priority() -> anyhow::Result<()> {
+    let cluster = FakeCluster::start(1).await?;
+    cluster.set_shards(vec![shard(1, b"", b"", 1, &[1], 1)]);
+    let options = ClientOptions {
+        client_id: Some("checkout-7".into()),
+        ..fast_options()
+    };
+    let client = Client::connect(cluster.addrs(), options).await?;
+
+    client.purchase("sku-a", 1, "gina", "order-5").await?;
+    client.get_stock("sku-a", Consistency::Linearizable).await?;
+    let premium = client.with_priority(Priority::Premium);
+    premium.purchase("sku-a", 1, "gina", "order-6").await?;
+    premium
+        .batch(vec![WriteOp::Confirm {
+            sku: b"sku-a".to_vec(),
+            order_id: "order-7".into(),
+            first_attempt_ms: 0,
+        }])
+        .await?;
+
+    let seen = cluster.node(1).seen();
+    let wire = |priority: flashledger_proto::v1::Priority| priority as i32;
+    use flashledger_proto::v1::Priority as P;
+    let priorities: Vec<(&str, i32)> = seen.iter().map(|s| (s.method, s.priority)).collect();
+    assert_eq!(
+        priorities,
+        vec![
+            ("purchase", wire(P::Standard)),
+            ("get_stock", wire(P::Background)),
+            ("purchase", wire(P::Premium)),
+            ("batch", wire(P::Premium)),
+        ]
+    );
+    for call in &seen {
+        assert_eq!(call.client_id.as_deref(), Some("checkout-7"), "{call:?}");
+        // The attempt's budget (300 ms in the fast options) as the node reads it.
+        let timeout = call
+            .grpc_timeout
+            .as_deref()
+            .unwrap_or_else(|| panic!("no deadline: {call:?}"));
+        let millis = fake::grpc_timeout_ms(timeout);
+        assert!(millis > 0 && millis <= 300, "{call:?}");
+    }
     Ok(())
 }

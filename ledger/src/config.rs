@@ -74,6 +74,10 @@ pub struct ClusterConfig {
     pub server: ServerSection,
     #[serde(default)]
     pub ledger: LedgerSection,
+    /// How much work a node takes on before it sheds, priority shares, and rate limits
+    /// (crate::admission).
+    #[serde(default)]
+    pub admission: AdmissionSection,
     /// PostgreSQL shards that confirmed orders are shipped to; empty = no shipping. The order
     /// matters: an order goes to `postgres[fnv1a64(order_id) % len]` (docs/shipping.md).
     #[serde(default)]
@@ -203,6 +207,20 @@ pub struct ServerSection {
     pub watch_streams_per_connection_max: usize,
     /// The largest header list (metadata) of a request.
     pub header_bytes_max: u64,
+    /// HTTP/2 streams a client reset before the node took them up, on one connection at once;
+    /// one more and the connection is closed (GOAWAY `too_many_resets`). The defence against
+    /// rapid-reset floods, which open and cancel streams faster than the node accepts them. A
+    /// healthy client cancels only calls it has open (at most `inflight_requests_max`), but a
+    /// node that was paused, or too busy to read, finds all its cancellations at once: h2's
+    /// default of 20 closed healthy clients' connections when their deadlines ran out during a
+    /// leader pause. The default leaves room for every call a connection may have open.
+    pub pending_reset_streams_max: usize,
+    /// Streams the node itself had to reset because the client broke HTTP/2 (more streams than
+    /// the node allows, a flow-control violation), over a connection's life; one more and it is
+    /// closed (GOAWAY `too_many_internal_resets`). A client that follows the protocol never
+    /// causes one; this stops floods of provoked resets ("MadeYouReset"). tonic leaves the limit
+    /// off unless told; 1024 is hyper's default.
+    pub local_reset_streams_max: usize,
 }
 
 impl Default for ServerSection {
@@ -217,6 +235,55 @@ impl Default for ServerSection {
             watch_streams_max: 1024,
             watch_streams_per_connection_max: 16,
             header_bytes_max: 16 * 1024,
+            pending_reset_streams_max: 4096,
+            local_reset_streams_max: 1024,
+        }
+    }
+}
+
+/// Admission (crate::admission): a node's budget of operations in flight, the shares of it each
+/// priority class may fill, and rate limits per client and per buyer. A request past the budget
+/// is answered RESOURCE_EXHAUSTED at once; one past a rate limit RATE_LIMITED; neither is
+/// proposed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdmissionSection {
+    /// Operations in flight on this node: from admission until answered, a Batch counting each
+    /// of its operations and a read one. What it bounds is the queue in front of the shards, so
+    /// the time an admitted request waits: about this many operations over the node's throughput.
+    pub node_ops_inflight_max: u64,
+    /// ... and on each shard it hosts, so that one hot shard cannot take the whole node's budget.
+    pub shard_ops_inflight_max: u64,
+    /// The share of each budget STANDARD requests may fill; PREMIUM ones may fill all of it, so
+    /// the rest is kept for them.
+    pub standard_share_percent: u64,
+    /// The share BACKGROUND requests (product-page reads) may fill: they are shed first.
+    pub background_share_percent: u64,
+    /// Reserves and purchases per second one client may make (identified by `x-client-id`,
+    /// else its authenticated name, else its IP address), and its burst; 0 = no limit. A SKU's
+    /// sale rules may set their own.
+    pub client_ops_per_s: u64,
+    pub client_burst_ops: u64,
+    /// Reserves and purchases per second one buyer (`user`) may make, and its burst; 0 = no limit.
+    pub buyer_ops_per_s: u64,
+    pub buyer_burst_ops: u64,
+    /// Clients and buyers whose token buckets are kept at once (about 100 bytes each). Idle ones
+    /// are evicted every second; while it is full, new ones share one bucket.
+    pub rate_limit_keys_max: u64,
+}
+
+impl Default for AdmissionSection {
+    fn default() -> Self {
+        AdmissionSection {
+            node_ops_inflight_max: 4096,
+            shard_ops_inflight_max: 2048,
+            standard_share_percent: 90,
+            background_share_percent: 60,
+            client_ops_per_s: 0,
+            client_burst_ops: 0,
+            buyer_ops_per_s: 0,
+            buyer_burst_ops: 0,
+            rate_limit_keys_max: 100_000,
         }
     }
 }
@@ -475,13 +542,15 @@ impl ClusterConfig {
     /// know of, narrow enough that no value breaks where it is used (a stream count is a `u32`,
     /// a semaphore holds at most 2^61 permits, a deadline is added to an `Instant`). Node and
     /// shard ids are names, not amounts: any `u64` (but node id 0, see `validate_nodes`).
-    fn numeric_settings(&self) -> [NumericSetting; 27] {
+    fn numeric_settings(&self) -> [NumericSetting; 38] {
         const KIB: u64 = 1024;
         const MIB: u64 = 1024 * KIB;
         const MINUTE_MS: u64 = 60_000;
         const HOUR_MS: u64 = 60 * MINUTE_MS;
         const DAY_MS: u64 = 24 * HOUR_MS;
+        const RATE_OPS_MAX: u64 = crate::state_machine::limits::RATE_OPS_MAX;
         let (raft, server, ledger, shipping) = (&self.raft, &self.server, &self.ledger, &self.shipping);
+        let admission = &self.admission;
         let setting = NumericSetting::new;
         let size = |value: usize| u64::try_from(value).unwrap_or(u64::MAX);
         [
@@ -546,6 +615,17 @@ impl ClusterConfig {
                 1..=10_000,
             ),
             setting("server.header_bytes_max", server.header_bytes_max, KIB..=MIB),
+            // At least h2's default; at most what 16 connections' worth of open calls could be.
+            setting(
+                "server.pending_reset_streams_max",
+                size(server.pending_reset_streams_max),
+                20..=1_048_576,
+            ),
+            setting(
+                "server.local_reset_streams_max",
+                size(server.local_reset_streams_max),
+                1..=1_048_576,
+            ),
             setting("ledger.expire_interval_ms", ledger.expire_interval_ms, 1..=HOUR_MS),
             // Orders stay in memory for the window.
             setting(
@@ -581,6 +661,45 @@ impl ClusterConfig {
                 1..=10 * MINUTE_MS,
             ),
             setting("shipping.mark_interval_ms", shipping.mark_interval_ms, 1..=MINUTE_MS),
+            // A budget is an atomic count; a million operations in flight is far past any node.
+            setting(
+                "admission.node_ops_inflight_max",
+                admission.node_ops_inflight_max,
+                1..=1_000_000,
+            ),
+            setting(
+                "admission.shard_ops_inflight_max",
+                admission.shard_ops_inflight_max,
+                1..=1_000_000,
+            ),
+            setting(
+                "admission.standard_share_percent",
+                admission.standard_share_percent,
+                1..=100,
+            ),
+            setting(
+                "admission.background_share_percent",
+                admission.background_share_percent,
+                1..=100,
+            ),
+            // Token buckets count in u32 (governor); the same bound as a SKU's own limit.
+            setting(
+                "admission.client_ops_per_s",
+                admission.client_ops_per_s,
+                0..=RATE_OPS_MAX,
+            ),
+            setting(
+                "admission.client_burst_ops",
+                admission.client_burst_ops,
+                0..=RATE_OPS_MAX,
+            ),
+            setting("admission.buyer_ops_per_s", admission.buyer_ops_per_s, 0..=RATE_OPS_MAX),
+            setting("admission.buyer_burst_ops", admission.buyer_burst_ops, 0..=RATE_OPS_MAX),
+            setting(
+                "admission.rate_limit_keys_max",
+                admission.rate_limit_keys_max,
+                1..=10_000_000,
+            ),
             setting(
                 "security.tls_handshake_timeout_ms",
                 self.security.tls_handshake_timeout_ms,
@@ -609,6 +728,40 @@ impl ClusterConfig {
                 field: "ledger.idempotency_window_ms",
                 reason: "must be more than twice ledger.clock_skew_margin_ms".into(),
             });
+        }
+        let admission = &self.admission;
+        if admission.shard_ops_inflight_max > admission.node_ops_inflight_max {
+            return Err(ConfigError::Bound {
+                field: "admission.shard_ops_inflight_max",
+                reason: "must be at most admission.node_ops_inflight_max".into(),
+            });
+        }
+        if admission.background_share_percent > admission.standard_share_percent {
+            return Err(ConfigError::Bound {
+                field: "admission.background_share_percent",
+                reason: "must be at most admission.standard_share_percent (lower classes are shed first)".into(),
+            });
+        }
+        for (rate, burst, rate_field, burst_field) in [
+            (
+                admission.client_ops_per_s,
+                admission.client_burst_ops,
+                "admission.client_ops_per_s",
+                "admission.client_burst_ops",
+            ),
+            (
+                admission.buyer_ops_per_s,
+                admission.buyer_burst_ops,
+                "admission.buyer_ops_per_s",
+                "admission.buyer_burst_ops",
+            ),
+        ] {
+            if rate == 0 && burst != 0 {
+                return Err(ConfigError::Bound {
+                    field: burst_field,
+                    reason: format!("needs {rate_field}: a burst without a rate limits nothing"),
+                });
+            }
         }
         if raft.election_timeout_ms_max <= raft.election_timeout_ms_min {
             return Err(ConfigError::Bound {

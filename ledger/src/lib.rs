@@ -12,6 +12,9 @@
 //! - [`applied`]: each shard's latest snapshot of its applied state (files / memory).
 //! - [`storage`]: the write-ahead log holding every shard's Raft log and vote (group commit).
 //! - [`config`]: the `cluster.toml` format and its validation.
+//! - [`admission`]: whether a request may enter (deadline, budgets per node and shard with
+//!   priority shares, rate limits per client and buyer), decided before anything is proposed;
+//!   the node holds one, the server asks it.
 //! - [`raft`]: openraft glue: state-machine adapter, network.
 //! - [`shipping`]: ships every confirmed order to sharded PostgreSQL, exactly once; it reads a
 //!   node through the narrow [`shipping::source::ShippingSource`] trait, not [`node`] itself.
@@ -19,6 +22,7 @@
 //! - [`server`]: the gRPC services (Inventory, Cluster, internal Raft, health, reflection).
 //! - `simulation` (only with `--cfg madsim`): clock skew and planted bugs for the simulator.
 
+pub mod admission;
 pub mod applied;
 pub mod config;
 pub mod node;

@@ -31,15 +31,19 @@ pub enum PlantedBug {
     /// Pruning forgets orders a tenth of the way into the idempotency window, so a retry inside
     /// the window is decided afresh (a second purchase).
     PruneInsideWindow,
+    /// Admission sheds a write after proposing it: the caller hears RESOURCE_EXHAUSTED with
+    /// `x-not-applied` for a write that was applied.
+    ShedAfterPropose,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 5] = [
+    pub const ALL: [PlantedBug; 6] = [
         PlantedBug::ConfirmWithoutReservation,
         PlantedBug::AckBeforeDurable,
         PlantedBug::StaleLeaderRead,
         PlantedBug::PruneUnshipped,
         PlantedBug::PruneInsideWindow,
+        PlantedBug::ShedAfterPropose,
     ];
 
     /// The name the simulator's command line uses.
@@ -50,6 +54,7 @@ impl PlantedBug {
             PlantedBug::StaleLeaderRead => "stale-leader-read",
             PlantedBug::PruneUnshipped => "prune-unshipped",
             PlantedBug::PruneInsideWindow => "prune-inside-window",
+            PlantedBug::ShedAfterPropose => "shed-after-propose",
         }
     }
 
@@ -64,6 +69,7 @@ impl PlantedBug {
             PlantedBug::StaleLeaderRead => 3,
             PlantedBug::PruneUnshipped => 4,
             PlantedBug::PruneInsideWindow => 5,
+            PlantedBug::ShedAfterPropose => 6,
         }
     }
 }

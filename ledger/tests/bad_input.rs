@@ -83,6 +83,7 @@ fn reserve(sku: &[u8], qty: i64) -> pb::ReserveRequest {
         ttl_ms: 0,
         first_attempt_ms: ledger::node::now_ms() as i64,
         route: None,
+        priority: 0,
     }
 }
 
@@ -279,6 +280,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
     let status = InventoryClient::new(channel(&cluster, 1).await)
         .batch(pb::BatchRequest {
             ops: vec![op(b"apple"), op(b"zebra")],
+            priority: 0,
         })
         .await
         .expect_err("refused");
@@ -288,6 +290,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
     tracing::info!("--- an oversize message");
     let huge = pb::BatchRequest {
         ops: (0..500).map(|_| op(&[b'a'; 100])).collect(),
+        priority: 0,
     };
     let status = inventory.batch(huge).await.expect_err("refused");
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
@@ -313,6 +316,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
         sku: b"aaa-no-such".to_vec().into(),
         consistency: 0,
         max_lag_entries: 0,
+        priority: 0,
     };
     assert_eq!(
         inventory.get_stock(stock).await.expect("answered").into_inner().counts,
@@ -322,6 +326,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
         sku: b"apple".to_vec().into(),
         consistency: 7,
         max_lag_entries: 0,
+        priority: 0,
     };
     assert_eq!(
         inventory.get_stock(bad_consistency).await.expect_err("refused").code(),
@@ -343,7 +348,10 @@ async fn bad_requests_are_refused_and_change_nothing() {
                 op: Some(pb::write_op::Op::Reserve(routed(*epoch))),
             })
             .collect();
-        let status = inventory.batch(pb::BatchRequest { ops }).await.expect_err("refused");
+        let status = inventory
+            .batch(pb::BatchRequest { ops, priority: 0 })
+            .await
+            .expect_err("refused");
         assert_eq!(status.code(), Code::FailedPrecondition, "epochs {epochs:?}: {status:?}");
         let current = status.metadata().get(flashledger_proto::metadata::SHARD_EPOCH);
         assert_eq!(current.and_then(|v| v.to_str().ok()), Some("1"), "epochs {epochs:?}");

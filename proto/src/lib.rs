@@ -18,15 +18,22 @@ pub mod v1 {
 /// The encoded file descriptor set, for gRPC server reflection (`grpcurl list`).
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flashledger_descriptor.bin"));
 
-/// Metadata keys the node sets on `UNAVAILABLE` (not leader) and `FAILED_PRECONDITION` (stale
-/// epoch) answers, which the client library follows.
+/// Metadata keys the node sets on `UNAVAILABLE` (not leader), `FAILED_PRECONDITION` (stale
+/// epoch) and `RESOURCE_EXHAUSTED` (overloaded) answers, which the client library follows, and
+/// the one a client sends.
 pub mod metadata {
     pub const LEADER_ADDR: &str = "x-leader-addr";
     pub const LEADER_ID: &str = "x-leader-id";
     pub const SHARD_EPOCH: &str = "x-shard-epoch";
-    /// Set (to "1") on an `UNAVAILABLE` the node answered without proposing anything: the write
-    /// was certainly not applied. An `UNAVAILABLE` without it (a transport failure) is ambiguous.
+    /// Set (to "1") on an `UNAVAILABLE`, `RESOURCE_EXHAUSTED` or `DEADLINE_EXCEEDED` the node
+    /// answered without proposing anything: the write was certainly not applied. One without it
+    /// (a transport failure, a proposal that timed out) is ambiguous.
     pub const NOT_APPLIED: &str = "x-not-applied";
+    /// On `RESOURCE_EXHAUSTED` (overloaded): after how many milliseconds a retry may find room.
+    pub const RETRY_AFTER_MS: &str = "x-retry-after-ms";
+    /// Sent by a client: who it is, for the node's per-client rate limits (else the caller's
+    /// authenticated name, else its IP address). Any text up to 128 bytes.
+    pub const CLIENT_ID: &str = "x-client-id";
 }
 
 #[cfg(test)]

@@ -39,6 +39,47 @@ pub struct ClusterShape {
     pub shards: usize,
     /// Replicas per shard (3, or 5 on a 5-node cluster).
     pub replicas: usize,
+    /// Budgets and rate limits small enough for the buyers to overload (`None`: the defaults,
+    /// which they never reach).
+    pub admission: Option<TightAdmission>,
+}
+
+/// An `[admission]` section the buyers overload: shard budgets of a few operations (a
+/// coalesced batch alone may fill one), and rate limits a buyer or client passes often.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TightAdmission {
+    pub shard_ops_inflight_max: u64,
+    pub buyer_ops_per_s: u64,
+    pub buyer_burst_ops: u64,
+    pub client_ops_per_s: u64,
+    pub client_burst_ops: u64,
+}
+
+impl TightAdmission {
+    /// Drawn from `rng`.
+    pub fn draw(rng: &mut impl rand::Rng) -> TightAdmission {
+        TightAdmission {
+            shard_ops_inflight_max: rng.gen_range(2..=6),
+            buyer_ops_per_s: rng.gen_range(2..=6),
+            buyer_burst_ops: rng.gen_range(1..=3),
+            client_ops_per_s: rng.gen_range(5..=20),
+            client_burst_ops: rng.gen_range(2..=8),
+        }
+    }
+
+    fn toml(&self) -> String {
+        format!(
+            "[admission]\nshard_ops_inflight_max = {}\nnode_ops_inflight_max = {}\nstandard_share_percent = 80\n\
+             background_share_percent = 50\nbuyer_ops_per_s = {}\nbuyer_burst_ops = {}\nclient_ops_per_s = {}\n\
+             client_burst_ops = {}\n\n",
+            self.shard_ops_inflight_max,
+            self.shard_ops_inflight_max * 2,
+            self.buyer_ops_per_s,
+            self.buyer_burst_ops,
+            self.client_ops_per_s,
+            self.client_burst_ops
+        )
+    }
 }
 
 impl ClusterShape {
@@ -84,8 +125,11 @@ impl ClusterShape {
                  [server]\nrequest_timeout_ms = 2000\n\n[ledger]\nexpire_interval_ms = 100\n\
                  idempotency_window_ms = {SIM_WINDOW_MS}\nclock_skew_margin_ms = {SIM_SKEW_MARGIN_MS}\n\n\
                  [shipping]\npoll_interval_ms = 50\nmark_interval_ms = 100\ntakeover_after_ms = 1000\n\
-                 retry_backoff_ms_min = 50\nretry_backoff_ms_max = 500\n"
+                 retry_backoff_ms_min = 50\nretry_backoff_ms_max = 500\n\n"
         );
+        if let Some(admission) = &self.admission {
+            toml += &admission.toml();
+        }
         toml
     }
 }

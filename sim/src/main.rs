@@ -19,7 +19,7 @@ fn main() {
     use flashledger_sim::scenario;
     use ledger::simulation::PlantedBug;
 
-    let usage = "usage: flashledger-sim --seed N [--count N] [--nodes 3|5] [--plant BUG] [--safety-ms N] [--verbose] [--history SKU] [--check-determinism]";
+    let usage = "usage: flashledger-sim --seed N [--count N] [--nodes 3|5] [--plant BUG] [--admission drawn|tight|defaults] [--safety-ms N] [--verbose] [--history SKU] [--check-determinism]";
     let mut args = std::env::args().skip(1);
     let mut seed = 1u64;
     let mut count = 1u64;
@@ -51,6 +51,11 @@ fn main() {
                     fail(format!("--plant: unknown bug {name:?}; known: {}", known.join(", ")))
                 });
                 options.bug = Some(bug);
+            }
+            "--admission" => {
+                let name = value("--admission");
+                options.admission = scenario::AdmissionPlan::from_name(&name)
+                    .unwrap_or_else(|| fail(format!("--admission: {name:?}, must be drawn, tight or defaults")));
             }
             "--safety-ms" => {
                 options.safety_phase = std::time::Duration::from_millis(number("--safety-ms", value("--safety-ms")))
@@ -85,10 +90,12 @@ fn main() {
         }
         if verdict_failures.is_empty() {
             println!(
-                "seed {seed} PASS ({}; {} ops, {} indeterminate; digest {:#018x}){}",
+                "seed {seed} PASS ({}; {} ops, {} indeterminate, {} shed, {} rate limited; digest {:#018x}){}",
                 report.shape,
                 report.ops,
                 report.indeterminate_ops,
+                report.refusals.shed,
+                report.refusals.rate_limited,
                 report.trace_digest,
                 if report.inconclusive.is_empty() {
                     String::new()

@@ -22,6 +22,7 @@ use crate::faults::FaultLog;
 use crate::faults::FaultPlan;
 use crate::harness::ClusterShape;
 use crate::harness::SimCluster;
+use crate::harness::TightAdmission;
 use crate::harness::node_addr;
 use crate::history::Fnv;
 use crate::workload;
@@ -44,6 +45,41 @@ pub struct SimOptions {
     pub liveness_bound: Duration,
     /// Search steps the linearizability checker may spend per SKU.
     pub linearizability_steps_max: u64,
+    /// Whether the cluster's admission budgets and rate limits are tight enough to shed.
+    pub admission: AdmissionPlan,
+}
+
+/// How a run sets the cluster's `[admission]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdmissionPlan {
+    /// Drawn from the seed: tight for a third of the seeds, the defaults for the rest.
+    Drawn,
+    /// Always tight (`--admission tight`): shedding and rate limiting all along.
+    Tight,
+    /// Always the defaults (`--admission defaults`), which the buyers never reach.
+    Defaults,
+}
+
+impl AdmissionPlan {
+    pub fn from_name(name: &str) -> Option<AdmissionPlan> {
+        match name {
+            "drawn" => Some(AdmissionPlan::Drawn),
+            "tight" => Some(AdmissionPlan::Tight),
+            "defaults" => Some(AdmissionPlan::Defaults),
+            _ => None,
+        }
+    }
+
+    /// The section for `seed`, drawn from its own stream so the fault plans stay as they were.
+    fn draw(self, seed: u64) -> Option<TightAdmission> {
+        let mut rng = SmallRng::seed_from_u64(seed ^ 0x6164_6d69_7373_696f);
+        let tight = match self {
+            AdmissionPlan::Drawn => rng.gen_bool(1.0 / 3.0),
+            AdmissionPlan::Tight => true,
+            AdmissionPlan::Defaults => false,
+        };
+        tight.then(|| TightAdmission::draw(&mut rng))
+    }
 }
 
 impl Default for SimOptions {
@@ -56,6 +92,7 @@ impl Default for SimOptions {
             coalesced_buyers: 4,
             liveness_bound: Duration::from_secs(20),
             linearizability_steps_max: 4_000_000,
+            admission: AdmissionPlan::Drawn,
         }
     }
 }
@@ -78,6 +115,8 @@ pub struct SeedReport {
     pub inconclusive: Vec<String>,
     /// Every recorded call (for `--history SKU`).
     pub history: crate::history::History,
+    /// Calls the cluster refused before proposing (shed, rate limited), as the buyers saw them.
+    pub refusals: workload::Refusals,
 }
 
 impl SeedReport {
@@ -94,6 +133,7 @@ impl SeedReport {
             notes: Vec::new(),
             history: Default::default(),
             inconclusive: Vec::new(),
+            refusals: workload::Refusals::default(),
         }
     }
 
@@ -112,6 +152,11 @@ pub fn replay_command(seed: u64, options: &SimOptions) -> String {
     }
     if let Some(bug) = options.bug {
         command += &format!(" --plant {}", bug.name());
+    }
+    match options.admission {
+        AdmissionPlan::Drawn => {}
+        AdmissionPlan::Tight => command += " --admission tight",
+        AdmissionPlan::Defaults => command += " --admission defaults",
     }
     command
 }
@@ -150,12 +195,22 @@ async fn simulate(seed: u64, options: SimOptions) -> SeedReport {
         nodes,
         shards: rng.gen_range(2..=3),
         replicas: if nodes == 5 && rng.gen_bool(0.5) { 5 } else { 3 },
+        admission: options.admission.draw(seed),
     };
     let mut report = SeedReport::new(
         seed,
         format!(
-            "{} nodes, {} shards of {} replicas",
-            shape.nodes, shape.shards, shape.replicas
+            "{} nodes, {} shards of {} replicas{}",
+            shape.nodes,
+            shape.shards,
+            shape.replicas,
+            match &shape.admission {
+                Some(tight) => format!(
+                    ", tight admission ({} ops per shard, buyers {}/s, clients {}/s)",
+                    tight.shard_ops_inflight_max, tight.buyer_ops_per_s, tight.client_ops_per_s
+                ),
+                None => String::new(),
+            }
         ),
     );
     let phase_ms = options.safety_phase.as_millis() as u64;
@@ -186,7 +241,7 @@ async fn simulate(seed: u64, options: SimOptions) -> SeedReport {
     let setup = {
         let (recorder, catalog, seeds) = (recorder.clone(), catalog.clone(), seeds.clone());
         clients.spawn(async move {
-            let admin = workload::connect(&seeds, workload::client_options(false)).await?;
+            let admin = workload::connect(&seeds, workload::client_options(false, "admin")).await?;
             workload::put_catalog(&recorder, &admin, &catalog).await
         })
     };
@@ -232,7 +287,7 @@ async fn simulate(seed: u64, options: SimOptions) -> SeedReport {
     let mut buyers = Vec::new();
     let shared = {
         let seeds = seeds.clone();
-        clients.spawn(async move { workload::connect(&seeds, workload::client_options(true)).await })
+        clients.spawn(async move { workload::connect(&seeds, workload::client_options(true, "shared")).await })
     };
     let shared = match shared.await {
         Ok(Ok(client)) => Arc::new(client),
@@ -249,7 +304,8 @@ async fn simulate(seed: u64, options: SimOptions) -> SeedReport {
         let (recorder, catalog, seeds, shared) = (recorder.clone(), catalog.clone(), seeds.clone(), shared.clone());
         buyers.push(clients.spawn(async move {
             let client = if who < options.buyers {
-                match workload::connect(&seeds, workload::client_options(false)).await {
+                let client_id = format!("buyer-{who}");
+                match workload::connect(&seeds, workload::client_options(false, &client_id)).await {
                     Ok(client) => Arc::new(client),
                     Err(_) => return,
                 }
@@ -299,6 +355,8 @@ async fn simulate(seed: u64, options: SimOptions) -> SeedReport {
         report.failures.push(("restart".into(), failure));
     }
     let history = recorder.history();
+    let refusals = workload::Refusals::of(&history);
+    report.refusals = refusals;
     report.ops = history.ops.len();
     report.indeterminate_ops = history
         .ops
@@ -348,6 +406,17 @@ async fn simulate(seed: u64, options: SimOptions) -> SeedReport {
             )),
         );
     }
+    if finals.len() == shape.shards {
+        fail(
+            "not-applied",
+            check::not_applied::check(&history, &finals, &sim.sink.recorded()).map(|n| {
+                format!(
+                    "{n} writes refused as not applied, none applied ({} shed, {} rate limited)",
+                    refusals.shed, refusals.rate_limited
+                )
+            }),
+        );
+    }
     let skip: BTreeSet<Vec<u8>> = catalog.expiring.iter().cloned().collect();
     let never_happened = check::lost_writes::never_happened(&history, &finals);
     match check::linearizability::check(&history, &skip, &never_happened, options.linearizability_steps_max) {
@@ -381,9 +450,12 @@ async fn probe_every_shard(
     bound: Duration,
 ) -> Result<(), String> {
     let deadline = Instant::now() + bound;
-    let client = tokio::time::timeout(bound, workload::connect(seeds, workload::client_options(false)))
-        .await
-        .map_err(|_| format!("no client could connect within {bound:?} of healing"))??;
+    let client = tokio::time::timeout(
+        bound,
+        workload::connect(seeds, workload::client_options(false, "probe")),
+    )
+    .await
+    .map_err(|_| format!("no client could connect within {bound:?} of healing"))??;
     let mut first_letters = vec!['a'];
     first_letters.extend(shape.boundaries());
     for letter in first_letters {

@@ -15,6 +15,7 @@ use flashledger_client::ClientError;
 use flashledger_client::ClientOptions;
 use flashledger_client::Consistency;
 use flashledger_client::Outcome;
+use flashledger_client::Priority;
 use flashledger_client::SaleRules;
 use flashledger_client::WriteOp;
 use rand::Rng;
@@ -202,6 +203,9 @@ fn first_attempt_now(mut op: WriteOp) -> WriteOp {
 fn decided_answer(outcome: Outcome) -> Answer {
     match outcome {
         Outcome::RequestTooOld => Answer::Failed("request too old".into()),
+        Outcome::RateLimited { retry_after_ms } => {
+            Answer::Failed(format!("rate limited, retry after {retry_after_ms} ms"))
+        }
         outcome => Answer::Outcome(outcome),
     }
 }
@@ -214,8 +218,35 @@ fn failed_write(error: &ClientError) -> Answer {
     }
 }
 
-/// Client options for the simulation: short deadlines so faults produce ambiguous answers.
-pub fn client_options(coalesce: bool) -> ClientOptions {
+/// Calls the cluster refused before proposing, as the buyers saw them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Refusals {
+    /// Shed for overload (`ClientError::Overloaded`).
+    pub shed: usize,
+    /// Operations answered `RATE_LIMITED`.
+    pub rate_limited: usize,
+}
+
+impl Refusals {
+    /// Counts the refusals among `history`'s answers.
+    pub fn of(history: &History) -> Refusals {
+        let mut refusals = Refusals::default();
+        for op in &history.ops {
+            if let Answer::Failed(why) = &op.answer {
+                if why.starts_with("overloaded") {
+                    refusals.shed += 1;
+                } else if why.starts_with("rate limited") {
+                    refusals.rate_limited += 1;
+                }
+            }
+        }
+        refusals
+    }
+}
+
+/// Client options for the simulation: short deadlines so faults produce ambiguous answers;
+/// `client_id` names the client for the nodes' per-client rate limits.
+pub fn client_options(coalesce: bool, client_id: &str) -> ClientOptions {
     ClientOptions {
         request_timeout_ms: 3_000,
         attempt_timeout_ms: 800,
@@ -227,6 +258,7 @@ pub fn client_options(coalesce: bool) -> ClientOptions {
         coalesce_inflight_max: 2,
         // The simulator's clusters are insecure (madsim has no TLS).
         credentials: flashledger_client::Credentials::default(),
+        client_id: Some(client_id.to_string()),
     }
 }
 
@@ -279,6 +311,13 @@ pub async fn buyer(
 ) {
     let mut rng = SmallRng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ who as u64);
     let user = format!("u{who}");
+    // Every fifth buyer is a premium one; the others write at STANDARD and read product pages
+    // at BACKGROUND (the client's defaults).
+    let client = if who % 5 == 0 {
+        Arc::new(client.with_priority(Priority::Premium))
+    } else {
+        client
+    };
     let mut orders = 0u64;
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(5..120))).await;

@@ -3,6 +3,7 @@
 //! sweep within the stated number of seeds — proof that the checkers can fail.
 #![cfg(madsim)]
 
+use flashledger_sim::scenario::AdmissionPlan;
 use flashledger_sim::scenario::SeedReport;
 use flashledger_sim::scenario::SimOptions;
 use flashledger_sim::scenario::replay_command;
@@ -45,6 +46,15 @@ fn seeds_106_and_118_a_restarted_leader_does_not_reuse_log_ids() {
 fn seeds_5403_and_9239_applied_state_never_runs_ahead_of_the_durable_log() {
     assert_passes(5403);
     assert_passes(9239);
+}
+
+/// Under tight admission, a buyer's reserve timed out at one attempt (its entry committed
+/// later) and was answered RATE_LIMITED at the retry; the client library reported the call as
+/// rate limited, i.e. not applied, though the first attempt had reserved. A refusal after an
+/// ambiguous attempt is now `ClientError::Indeterminate`.
+#[test]
+fn seed_822_a_refused_retry_after_an_ambiguous_attempt_is_not_called_unapplied() {
+    assert_passes(822);
 }
 
 #[test]
@@ -114,6 +124,46 @@ fn a_deposed_leader_serving_linearizable_reads_is_caught() {
 fn pruning_an_unshipped_order_is_caught_as_not_shipped() {
     let report = sweep_until_caught(PlantedBug::PruneUnshipped, 20);
     assert_caught_by(&report, &["exactly-once"]);
+}
+
+/// A node that sheds a write after proposing it tells the client "not applied" about a write
+/// that was: the refused order shows up in the state.
+#[test]
+fn a_write_answered_not_applied_that_was_applied_is_caught() {
+    let report = sweep_until_caught(PlantedBug::ShedAfterPropose, 3);
+    assert_caught_by(&report, &["not-applied"]);
+}
+
+/// Tight budgets and rate limits: the cluster sheds and rate-limits many writes, premium and
+/// standard buyers alike, and none of them is applied (the not-applied checker passes), with
+/// every other property intact. Seed 11 found that a batch spanning shards, one of which shed
+/// its part, was reported as not applied as a whole though the other shard's part was
+/// (`ClientError::PartlyFailed` now).
+#[test]
+fn under_tight_admission_refused_writes_are_never_applied() {
+    let options = SimOptions {
+        admission: AdmissionPlan::Tight,
+        ..SimOptions::default()
+    };
+    for seed in [11, 12] {
+        let report = run_seed(seed, &options);
+        assert!(
+            report.passed(),
+            "seed {seed} failed: {:#?}\nreplay: {}",
+            report.failures,
+            replay_command(seed, &options)
+        );
+        assert!(
+            report.refusals.shed > 0 && report.refusals.rate_limited > 0,
+            "seed {seed}: {:?} (the plan must overload the cluster)",
+            report.refusals
+        );
+        assert!(
+            report.notes.iter().any(|note| note.starts_with("not-applied:")),
+            "{:?}",
+            report.notes
+        );
+    }
 }
 
 /// Pruning inside the idempotency window forgets orders a retry may still repeat.

@@ -59,6 +59,32 @@ pub struct Seen {
     pub epoch: u64,
     /// The first-attempt time the client stamped (0 for writes without an order id).
     pub first_attempt_ms: i64,
+    /// The request's `x-client-id` and `grpc-timeout` metadata, and its priority field (a
+    /// batch's own).
+    pub client_id: Option<String>,
+    pub grpc_timeout: Option<String>,
+    pub priority: i32,
+}
+
+/// The metadata of a request the fake records.
+#[derive(Debug, Clone, Default)]
+struct Headers {
+    client_id: Option<String>,
+    grpc_timeout: Option<String>,
+}
+
+fn headers<T>(request: &Request<T>) -> Headers {
+    let get = |key: &str| {
+        request
+            .metadata()
+            .get(key)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_string)
+    };
+    Headers {
+        client_id: get(metadata::CLIENT_ID),
+        grpc_timeout: get("grpc-timeout"),
+    }
 }
 
 /// One fake node's state, shared by its two services.
@@ -116,10 +142,15 @@ impl FakeNode {
                 let mut status = Status::new(code, message);
                 // A real node marks every UNAVAILABLE it answers itself; `Reply::Dropped`
                 // stands for a transport failure, which carries no mark.
-                if code == tonic::Code::Unavailable {
+                if code == tonic::Code::Unavailable || code == tonic::Code::ResourceExhausted {
                     status
                         .metadata_mut()
                         .insert(metadata::NOT_APPLIED, "1".parse().unwrap());
+                }
+                if code == tonic::Code::ResourceExhausted {
+                    status
+                        .metadata_mut()
+                        .insert(metadata::RETRY_AFTER_MS, "25".parse().unwrap());
                 }
                 if let Some((id, addr)) = leader {
                     let metadata = status.metadata_mut();
@@ -131,7 +162,7 @@ impl FakeNode {
         }
     }
 
-    async fn write(&self, method: &'static str, op: Op) -> Result<Response<WriteReply>, Status> {
+    async fn write(&self, method: &'static str, headers: Headers, op: Op) -> Result<Response<WriteReply>, Status> {
         let (sku, order_id, epoch) = describe(&op);
         let seen = Seen {
             method,
@@ -139,6 +170,9 @@ impl FakeNode {
             order_id,
             epoch,
             first_attempt_ms: first_attempt_of(&op),
+            client_id: headers.client_id,
+            grpc_timeout: headers.grpc_timeout,
+            priority: priority_of(&op),
         };
         let outcome = match self.decide(seen).await? {
             Some(outcome) => outcome,
@@ -169,6 +203,17 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+fn priority_of(op: &Op) -> i32 {
+    match op {
+        Op::Reserve(r) => r.priority,
+        Op::Confirm(r) => r.priority,
+        Op::Cancel(r) => r.priority,
+        Op::Purchase(r) => r.priority,
+        Op::PutSku(r) => r.priority,
+        Op::Restock(r) => r.priority,
+    }
+}
+
 fn first_attempt_of(op: &Op) -> i64 {
     match op {
         Op::Reserve(r) => r.first_attempt_ms,
@@ -195,32 +240,40 @@ type ChangeStream = Pin<Box<dyn Stream<Item = Result<StockChange, Status>> + Sen
 #[tonic::async_trait]
 impl Inventory for FakeNode {
     async fn reserve(&self, request: Request<ReserveRequest>) -> Result<Response<WriteReply>, Status> {
-        self.write("reserve", Op::Reserve(request.into_inner())).await
+        self.write("reserve", headers(&request), Op::Reserve(request.into_inner()))
+            .await
     }
 
     async fn confirm(&self, request: Request<ConfirmRequest>) -> Result<Response<WriteReply>, Status> {
-        self.write("confirm", Op::Confirm(request.into_inner())).await
+        self.write("confirm", headers(&request), Op::Confirm(request.into_inner()))
+            .await
     }
 
     async fn cancel(&self, request: Request<CancelRequest>) -> Result<Response<WriteReply>, Status> {
-        self.write("cancel", Op::Cancel(request.into_inner())).await
+        self.write("cancel", headers(&request), Op::Cancel(request.into_inner()))
+            .await
     }
 
     async fn purchase(&self, request: Request<PurchaseRequest>) -> Result<Response<WriteReply>, Status> {
-        self.write("purchase", Op::Purchase(request.into_inner())).await
+        self.write("purchase", headers(&request), Op::Purchase(request.into_inner()))
+            .await
     }
 
     async fn put_sku(&self, request: Request<PutSkuRequest>) -> Result<Response<WriteReply>, Status> {
-        self.write("put_sku", Op::PutSku(request.into_inner())).await
+        self.write("put_sku", headers(&request), Op::PutSku(request.into_inner()))
+            .await
     }
 
     async fn restock(&self, request: Request<RestockRequest>) -> Result<Response<WriteReply>, Status> {
-        self.write("restock", Op::Restock(request.into_inner())).await
+        self.write("restock", headers(&request), Op::Restock(request.into_inner()))
+            .await
     }
 
     async fn batch(&self, request: Request<BatchRequest>) -> Result<Response<BatchReply>, Status> {
+        let headers = headers(&request);
+        let request = request.into_inner();
+        let priority = request.priority;
         let ops: Vec<Op> = request
-            .into_inner()
             .ops
             .into_iter()
             .map(|op| op.op.ok_or_else(|| Status::invalid_argument("ops: empty op")))
@@ -232,6 +285,9 @@ impl Inventory for FakeNode {
             order_id: described.first().map(|(_, id, _)| id.clone()).unwrap_or_default(),
             epoch: described.first().map(|(_, _, epoch)| *epoch).unwrap_or(0),
             first_attempt_ms: ops.first().map_or(0, first_attempt_of),
+            client_id: headers.client_id,
+            grpc_timeout: headers.grpc_timeout,
+            priority,
         };
         let forced = self.decide(seen).await?;
         let outcomes = ops
@@ -242,6 +298,7 @@ impl Inventory for FakeNode {
     }
 
     async fn get_stock(&self, request: Request<GetStockRequest>) -> Result<Response<StockReply>, Status> {
+        let headers = headers(&request);
         let request = request.into_inner();
         let seen = Seen {
             method: "get_stock",
@@ -249,6 +306,9 @@ impl Inventory for FakeNode {
             order_id: String::new(),
             epoch: 0,
             first_attempt_ms: 0,
+            client_id: headers.client_id,
+            grpc_timeout: headers.grpc_timeout,
+            priority: request.priority,
         };
         self.decide(seen).await?;
         Ok(Response::new(StockReply {
@@ -274,6 +334,9 @@ impl Inventory for FakeNode {
             order_id: String::new(),
             epoch: 0,
             first_attempt_ms: 0,
+            client_id: None,
+            grpc_timeout: None,
+            priority: 0,
         };
         self.decide(seen).await?;
         let from = request.from_index;
@@ -382,5 +445,20 @@ pub fn fast_options() -> ClientOptions {
         backoff_ms_initial: 1,
         backoff_ms_max: 20,
         ..ClientOptions::default()
+    }
+}
+
+/// A `grpc-timeout` value in whole milliseconds (its unit is the client's choice).
+pub fn grpc_timeout_ms(value: &str) -> u64 {
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let amount: u64 = digits.parse().expect("digits");
+    match unit {
+        "H" => amount * 3_600_000,
+        "M" => amount * 60_000,
+        "S" => amount * 1_000,
+        "m" => amount,
+        "u" => amount / 1_000,
+        "n" => amount / 1_000_000,
+        other => panic!("unit {other}"),
     }
 }

@@ -24,7 +24,11 @@ use crate::applied::SnapshotBackend;
 use crate::applied::StreamWriter;
 use crate::types::ShardId;
 
-const MAGIC: &[u8; 8] = b"FLSNAP01";
+/// The last two bytes are the format version: 02 since sale rules carry rate limits (a SKU
+/// record of format 01 does not decode as one of 02).
+const MAGIC: &[u8; 8] = b"FLSNAP02";
+/// What an older format's files begin with, to name them as such.
+const OLDER_MAGICS: [&[u8; 8]; 1] = [b"FLSNAP01"];
 /// magic (8) + payload length (8) + CRC-32 of the payload (4).
 const HEADER_BYTES: usize = 8 + 8 + 4;
 /// The payload is written and flushed in chunks of this many bytes.
@@ -231,6 +235,12 @@ fn read_framed(path: &Path) -> Result<Option<Vec<u8>>, AppliedStoreError> {
             return Err(damaged("not a flashledger snapshot file"));
         }
         Err(e) => return Err(io_error(path, e)),
+    }
+    if OLDER_MAGICS.iter().any(|older| &header[..8] == *older) {
+        return Err(damaged(
+            "written by an older flashledger (snapshot format 01; this build reads 02): restore this replica from \
+             another one, or start it from an empty data directory",
+        ));
     }
     if &header[..8] != MAGIC {
         return Err(damaged("not a flashledger snapshot file"));

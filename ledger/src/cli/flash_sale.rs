@@ -308,6 +308,7 @@ async fn stale_counts(addr: &str, credentials: &Credentials, sku: &str) -> Resul
         sku: sku.as_bytes().to_vec().into(),
         consistency: pb::Consistency::Stale as i32,
         max_lag_entries: u64::MAX,
+        priority: pb::Priority::Standard as i32,
     };
     let reply = InventoryClient::new(channel)
         .get_stock(request)

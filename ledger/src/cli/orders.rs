@@ -7,6 +7,7 @@ use clap::Subcommand;
 use flashledger_client::Client;
 use flashledger_client::Consistency;
 use flashledger_client::Outcome;
+use flashledger_client::RateLimit;
 use flashledger_client::SaleRules;
 use serde_json::json;
 
@@ -30,6 +31,17 @@ pub enum OrderCommand {
         /// Default reservation TTL in ms.
         #[arg(long)]
         ttl_ms: Option<u64>,
+        /// This SKU's rate limit per buyer: reserves and purchases per second (in place of the
+        /// cluster's [admission] buyer_ops_per_s), with bursts of --buyer-burst-ops.
+        #[arg(long)]
+        buyer_ops_per_s: Option<i64>,
+        #[arg(long, requires = "buyer_ops_per_s")]
+        buyer_burst_ops: Option<i64>,
+        /// This SKU's rate limit per client (in place of [admission] client_ops_per_s).
+        #[arg(long)]
+        client_ops_per_s: Option<i64>,
+        #[arg(long, requires = "client_ops_per_s")]
+        client_burst_ops: Option<i64>,
         #[command(flatten)]
         target: Target,
     },
@@ -115,13 +127,21 @@ pub async fn run(command: OrderCommand) -> anyhow::Result<()> {
             start_ms,
             end_ms,
             ttl_ms,
+            buyer_ops_per_s,
+            buyer_burst_ops,
+            client_ops_per_s,
+            client_burst_ops,
             target,
         } => {
+            let rate =
+                |ops_per_s: Option<i64>, burst_ops| ops_per_s.map(|ops_per_s| RateLimit { ops_per_s, burst_ops });
             let rules = SaleRules {
                 start_ms,
                 end_ms,
                 per_user_limit,
                 default_ttl: ttl_ms.map(Duration::from_millis),
+                buyer_rate: rate(buyer_ops_per_s, buyer_burst_ops),
+                client_rate: rate(client_ops_per_s, client_burst_ops),
             };
             let outcome = connect(&target).await?.put_sku(&sku, total, rules).await?;
             print_outcome(&target, &outcome);

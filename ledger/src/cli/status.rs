@@ -96,6 +96,20 @@ fn print_table(statuses: &[NodeStatus]) {
                         shard.shipping_lag_seconds,
                     );
                 }
+                if let Some(admission) = &reply.admission {
+                    println!(
+                        "{:<22} admission: {} ops in flight; shed {} premium, {} standard, {} background; \
+                         {} late, {} rate-limited ops, {} buckets",
+                        format!("{} ({})", reply.node_id, status.addr),
+                        admission.inflight_ops,
+                        admission.shed_premium,
+                        admission.shed_standard,
+                        admission.shed_background,
+                        admission.late_requests,
+                        admission.rate_limited_ops,
+                        admission.rate_limit_keys,
+                    );
+                }
             }
         }
     }
@@ -122,7 +136,17 @@ fn status_json(status: &NodeStatus) -> serde_json::Value {
                 "shipping_lag_events": s.shipping_lag_events,
                 "shipping_lag_seconds": s.shipping_lag_seconds,
                 "shipped_by": s.shipped_by,
+                "inflight_ops": s.inflight_ops,
             })).collect::<Vec<_>>(),
+            "admission": reply.admission.as_ref().map(|a| json!({
+                "inflight_ops": a.inflight_ops,
+                "shed_premium": a.shed_premium,
+                "shed_standard": a.shed_standard,
+                "shed_background": a.shed_background,
+                "late_requests": a.late_requests,
+                "rate_limited_ops": a.rate_limited_ops,
+                "rate_limit_keys": a.rate_limit_keys,
+            })),
         }),
     }
 }

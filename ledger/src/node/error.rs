@@ -29,6 +29,17 @@ pub enum NodeError {
         current: u64,
         requested: u64,
     },
+    /// The caller's deadline is nearer than the shard's commits take (or passed) when the write
+    /// would be proposed: nothing was.
+    #[error(
+        "the request had {left_ms} ms left, shard {shard_id}'s commits recently took {needs_ms} ms; dropped before \
+         proposing"
+    )]
+    DeadlineUnmet {
+        shard_id: ShardId,
+        left_ms: u64,
+        needs_ms: u64,
+    },
     #[error("shard {shard_id} did not answer within {timeout_ms} ms; the write may still be applied")]
     Timeout { shard_id: ShardId, timeout_ms: u64 },
     /// The write was proposed, then this node lost track of it (leadership changed, its entry

@@ -26,6 +26,7 @@ use crate::types::NodeId;
 use crate::types::ShardId;
 
 mod error;
+pub mod latency;
 mod read;
 mod shipping_source;
 pub mod storage;
@@ -53,6 +54,8 @@ pub struct ShardReplica {
     pub epoch: u64,
     pub raft: Raft,
     pub view: Arc<ShardView>,
+    /// How long this replica's proposals have recently taken to commit (as leader).
+    pub commit_latency: latency::CommitLatency,
 }
 
 pub struct Node {
@@ -74,6 +77,9 @@ pub struct Node {
     /// The bearer tokens, read at start; the server takes them for its authentication layer.
     #[cfg(not(madsim))]
     pub tokens: std::sync::Mutex<Option<crate::security::tokens::TokenStore>>,
+    /// Budgets, priority shares and rate limits the server asks before calling the node (held
+    /// here so that status reports them).
+    pub admission: crate::admission::Admission,
 }
 
 /// Milliseconds since the Unix epoch by this node's clock (madsim's under the simulator). Only
@@ -173,10 +179,12 @@ impl Node {
                     epoch: 1,
                     raft,
                     view,
+                    commit_latency: latency::CommitLatency::new(),
                 }),
             );
         }
         let (closing, _) = tokio::sync::watch::channel(false);
+        let admission = crate::admission::Admission::new(&config.admission, shards.keys().copied());
         let node = Arc::new(Node {
             id: node_id,
             config,
@@ -189,6 +197,7 @@ impl Node {
             tls,
             #[cfg(not(madsim))]
             tokens: std::sync::Mutex::new(tokens),
+            admission,
         });
         for shard in node.shards.values() {
             tokio::spawn(tasks::expire_reservations(Arc::downgrade(&node), shard.config.id));
@@ -241,6 +250,14 @@ impl Node {
             .ok_or_else(|| NodeError::SkuNotHosted {
                 sku: String::from_utf8_lossy(sku).into_owned(),
             })
+    }
+
+    /// The sale rules this node has applied for `sku` (`None`: not hosted here, or not on sale).
+    pub fn sale_rules(&self, sku: &[u8]) -> Option<crate::state_machine::command::SaleRules> {
+        let shard = self.shard_for_sku(sku).ok()?;
+        shard
+            .view
+            .read(|image| image.ledger.skus.get(sku).map(|record| record.rules))
     }
 
     /// Marks this node as one that ships confirmed orders (see `crate::shipping::shipper::spawn`).

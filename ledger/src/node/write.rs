@@ -11,6 +11,7 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::errors::ClientWriteError;
 use openraft::errors::RaftError;
 
+use crate::admission::deadline::Deadline;
 use crate::node::Node;
 use crate::node::NodeError;
 use crate::node::ShardReplica;
@@ -32,24 +33,43 @@ impl Node {
     /// `route_epochs` are the shard epochs the caller routed them by (one per operation of a
     /// batch, 0 = unchecked): every one is checked, so a batch is refused exactly when one of
     /// its operations alone would be.
-    #[tracing::instrument(level = "debug", skip_all, fields(node = self.id, ops = operations.len()))]
     pub async fn write(
         &self,
         operations: Vec<Operation>,
         route_epochs: &[u64],
     ) -> Result<(Vec<Outcome>, u64), NodeError> {
+        self.write_within(operations, route_epochs, Deadline::default()).await
+    }
+
+    /// [`Node::write`] for a caller who gives up at `deadline`: if, by the time the entry would
+    /// be proposed (after the lease and settings rounds), less time is left than the shard's
+    /// commits have recently taken ([`crate::node::latency`]), or none, nothing is proposed and
+    /// the answer is [`NodeError::DeadlineUnmet`]: the caller would not hear the outcome, and an
+    /// entry nobody waits for still costs a majority's fdatasync.
+    #[tracing::instrument(level = "debug", skip_all, fields(node = self.id, ops = operations.len()))]
+    pub async fn write_within(
+        &self,
+        operations: Vec<Operation>,
+        route_epochs: &[u64],
+        deadline: Deadline,
+    ) -> Result<(Vec<Outcome>, u64), NodeError> {
         let shard = self.shard_for_operations(&operations)?;
-        if let Some(&stale) = route_epochs.iter().find(|&&epoch| epoch != 0 && epoch != shard.epoch) {
-            return Err(NodeError::StaleEpoch {
-                shard_id: shard.config.id,
-                current: shard.epoch,
-                requested: stale,
-            });
-        }
+        self.check_route(shard, route_epochs)?;
         if let Some(answered) = self.answer_sold_out_from_lease(shard, &operations).await {
             return Ok(answered);
         }
         self.configure_if_needed(shard).await?;
+        let needs = shard.commit_latency.estimate();
+        let now = tokio::time::Instant::now();
+        if deadline.cannot_meet(now, needs) {
+            return Err(NodeError::DeadlineUnmet {
+                shard_id: shard.config.id,
+                left_ms: deadline
+                    .0
+                    .map_or(0, |at| at.saturating_duration_since(now).as_millis() as u64),
+                needs_ms: needs.as_millis() as u64,
+            });
+        }
         let command = LogCommand {
             timestamp_ms: now_ms(),
             body: CommandBody::Batch(operations),
@@ -134,7 +154,21 @@ impl Node {
         self.propose(shard, command).await.map(|_| ())
     }
 
-    fn shard_for_operations(&self, operations: &[Operation]) -> Result<&Arc<ShardReplica>, NodeError> {
+    /// Refuses a request routed by a stale epoch of `shard` (0 = unchecked): any one of
+    /// `route_epochs` refuses it all.
+    pub fn check_route(&self, shard: &ShardReplica, route_epochs: &[u64]) -> Result<(), NodeError> {
+        match route_epochs.iter().find(|&&epoch| epoch != 0 && epoch != shard.epoch) {
+            Some(&stale) => Err(NodeError::StaleEpoch {
+                shard_id: shard.config.id,
+                current: shard.epoch,
+                requested: stale,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The one shard hosted here that every operation routes to.
+    pub fn shard_for_operations(&self, operations: &[Operation]) -> Result<&Arc<ShardReplica>, NodeError> {
         let mut chosen: Option<&Arc<ShardReplica>> = None;
         for operation in operations {
             let shard = self.shard_for_sku(operation.sku())?;
@@ -165,9 +199,13 @@ impl Node {
         }
         let timeout_ms = self.config.server.request_timeout_ms;
         let write = shard.raft.client_write(command);
+        let proposed = tokio::time::Instant::now();
         match tokio::time::timeout(Duration::from_millis(timeout_ms), write).await {
             Err(_) => Err(NodeError::Timeout { shard_id, timeout_ms }),
-            Ok(Ok(response)) => Ok((response.data.outcomes, response.log_id.index)),
+            Ok(Ok(response)) => {
+                shard.commit_latency.record(proposed.elapsed());
+                Ok((response.data.outcomes, response.log_id.index))
+            }
             // Refused before it was appended: certainly not applied, the client may go elsewhere.
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
                 Err(self.not_leader(shard_id, forward.leader_id))

@@ -10,6 +10,7 @@ use tonic::Request;
 use tonic::Response;
 use tonic::Status;
 
+use crate::admission::Priority;
 use crate::node::Node;
 
 pub struct ClusterService {
@@ -74,11 +75,22 @@ impl Cluster for ClusterService {
                 shipping_lag_events: s.shipping_lag_events,
                 shipping_lag_seconds: s.shipping_lag_seconds,
                 shipped_by: s.shipped_by,
+                inflight_ops: self.node.admission.shard_inflight(s.shard_id),
             })
             .collect();
+        let admission = self.node.admission.stats();
         Ok(Response::new(pb::StatusReply {
             node_id: self.node.id,
             shards,
+            admission: Some(pb::AdmissionStatus {
+                inflight_ops: admission.inflight_ops,
+                shed_premium: admission.shed_requests[Priority::Premium.index()],
+                shed_standard: admission.shed_requests[Priority::Standard.index()],
+                shed_background: admission.shed_requests[Priority::Background.index()],
+                late_requests: admission.late_requests,
+                rate_limited_ops: admission.rate_limited_ops,
+                rate_limit_keys: admission.rate_limit_keys,
+            }),
         }))
     }
 }

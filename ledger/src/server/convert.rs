@@ -8,6 +8,8 @@
 use flashledger_proto::v1 as pb;
 use prost::bytes::Bytes;
 
+use crate::admission::Priority;
+use crate::security::Caller;
 use crate::state_machine::command::Operation;
 use crate::state_machine::command::Outcome;
 use crate::state_machine::command::SaleRules;
@@ -97,6 +99,18 @@ pub fn put_sku(request: pb::PutSkuRequest) -> Checked<Operation> {
         end_ms: limits::check_non_negative("rules.end_ms", rules.end_ms)?,
         per_user_limit: limits::check_per_user_limit(rules.per_user_limit)?,
         default_ttl_ms: limits::check_ttl("rules.default_ttl_ms", rules.default_ttl_ms)?,
+        buyer_rate: limits::check_rate_override(
+            "rules.buyer_ops_per_s",
+            "rules.buyer_burst_ops",
+            rules.buyer_ops_per_s,
+            rules.buyer_burst_ops,
+        )?,
+        client_rate: limits::check_rate_override(
+            "rules.client_ops_per_s",
+            "rules.client_burst_ops",
+            rules.client_ops_per_s,
+            rules.client_burst_ops,
+        )?,
     };
     if rules.end_ms != 0 && rules.end_ms <= rules.start_ms {
         return Err(InvalidRequest {
@@ -170,6 +184,101 @@ pub fn route_epoch(op: &pb::WriteOp) -> u64 {
         None => &None,
     };
     route.as_ref().map(|r| r.epoch).unwrap_or(0)
+}
+
+/// A request's priority class; unspecified is STANDARD.
+pub fn priority(field: &str, value: i32) -> Checked<Priority> {
+    match pb::Priority::try_from(value) {
+        Ok(pb::Priority::Unspecified | pb::Priority::Standard) => Ok(Priority::Standard),
+        Ok(pb::Priority::Premium) => Ok(Priority::Premium),
+        Ok(pb::Priority::Background) => Ok(Priority::Background),
+        Err(_) => Err(InvalidRequest {
+            field: field.into(),
+            reason: format!("{value} is not a priority (PREMIUM, STANDARD or BACKGROUND)"),
+        }),
+    }
+}
+
+/// A batch's priority: its own; an operation may repeat it or leave its own unspecified (a
+/// batch is admitted or shed as one).
+pub fn batch_priority(request: &pb::BatchRequest) -> Checked<Priority> {
+    use pb::write_op::Op;
+    let batch = priority("priority", request.priority)?;
+    for (position, op) in request.ops.iter().enumerate() {
+        let own = match &op.op {
+            Some(Op::Reserve(r)) => r.priority,
+            Some(Op::Confirm(r)) => r.priority,
+            Some(Op::Cancel(r)) => r.priority,
+            Some(Op::Purchase(r)) => r.priority,
+            Some(Op::PutSku(r)) => r.priority,
+            Some(Op::Restock(r)) => r.priority,
+            None => continue,
+        };
+        if own == pb::Priority::Unspecified as i32 {
+            continue;
+        }
+        let field = format!("ops[{position}].priority");
+        let own = priority(&field, own)?;
+        if own != batch {
+            return Err(InvalidRequest {
+                field,
+                reason: format!(
+                    "{} differs from the batch's {}: a batch is admitted as one (set the batch's priority)",
+                    own.name(),
+                    batch.name()
+                ),
+            });
+        }
+    }
+    Ok(batch)
+}
+
+/// Who sent a request, for per-client rate limits: the `x-client-id` it names (within the
+/// authenticated caller's name, so one caller cannot spend another's budget), else the caller's
+/// name, else its IP address (not its port: a client that reconnects is still itself).
+pub fn client_identity(
+    client_id: Option<&tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    caller: Option<&Caller>,
+    peer: Option<std::net::SocketAddr>,
+) -> Checked<String> {
+    let invalid = |reason: String| InvalidRequest {
+        field: flashledger_proto::metadata::CLIENT_ID.into(),
+        reason,
+    };
+    let client_id = match client_id {
+        Some(value) => {
+            let text = value.to_str().map_err(|_| invalid("not visible ASCII".into()))?.trim();
+            if text.len() > limits::ID_BYTES_MAX {
+                return Err(invalid(format!(
+                    "{} bytes, at most {}",
+                    text.len(),
+                    limits::ID_BYTES_MAX
+                )));
+            }
+            (!text.is_empty()).then_some(text)
+        }
+        None => None,
+    };
+    let caller = match caller {
+        Some(Caller::Client { name, .. }) => Some(name.clone()),
+        Some(Caller::Node(id)) => Some(format!("node-{id}")),
+        Some(Caller::Unchecked) | None => None,
+    };
+    Ok(match (caller, client_id) {
+        (Some(caller), Some(id)) => format!("{caller}/{id}"),
+        (None, Some(id)) => id.to_string(),
+        (Some(caller), None) => caller,
+        (None, None) => peer.map_or_else(|| "unknown".to_string(), |peer| peer.ip().to_string()),
+    })
+}
+
+/// The answer to an operation over its rate limit: not decided, not logged.
+pub fn rate_limited(retry_after: std::time::Duration) -> pb::Outcome {
+    pb::Outcome {
+        code: pb::OutcomeCode::RateLimited as i32,
+        retry_after_ms: i64::try_from(retry_after.as_millis().max(1)).unwrap_or(i64::MAX),
+        ..pb::Outcome::default()
+    }
 }
 
 /// A request's text field (`user`, `order_id`): UTF-8, then the id bounds.
@@ -247,6 +356,7 @@ mod tests {
             ttl_ms: 0,
             first_attempt_ms: 1_700_000_000_000,
             route: None,
+            priority: 0,
         }
     }
 
@@ -378,6 +488,7 @@ mod tests {
             order_id: "order-1".into(),
             first_attempt_ms: 1_700_000_000_000,
             route: None,
+            priority: 0,
         };
         assert_eq!(field_of(purchase(purchase_request)), "user");
         let confirm_request = pb::ConfirmRequest {
@@ -385,6 +496,7 @@ mod tests {
             order_id: not_utf8(),
             first_attempt_ms: 1_700_000_000_000,
             route: None,
+            priority: 0,
         };
         assert_eq!(field_of(confirm(confirm_request)), "order_id");
         let cancel_request = pb::CancelRequest {
@@ -392,6 +504,7 @@ mod tests {
             order_id: not_utf8(),
             first_attempt_ms: 1_700_000_000_000,
             route: None,
+            priority: 0,
         };
         assert_eq!(field_of(cancel(cancel_request)), "order_id");
         let in_batch = pb::WriteOp {
@@ -400,7 +513,14 @@ mod tests {
                 ..reserve_request()
             })),
         };
-        let refused = batch(pb::BatchRequest { ops: vec![in_batch] }, 10).expect_err("refused");
+        let refused = batch(
+            pb::BatchRequest {
+                ops: vec![in_batch],
+                priority: 0,
+            },
+            10,
+        )
+        .expect_err("refused");
         assert_eq!(refused.field, "ops[0].user");
     }
 
@@ -411,6 +531,7 @@ mod tests {
             total,
             rules,
             route: None,
+            priority: 0,
         };
         assert_eq!(field_of(put_sku(put(-1, None))), "total");
         assert_eq!(field_of(put_sku(put(i64::MAX, None))), "total");
@@ -424,9 +545,106 @@ mod tests {
             sku: b"s".to_vec().into(),
             delta,
             route: None,
+            priority: 0,
         };
         assert_eq!(field_of(restock(restock_request(0))), "delta");
         assert_eq!(field_of(restock(restock_request(i64::MIN))), "delta");
+    }
+
+    #[test]
+    fn priorities_default_to_standard_and_a_batch_is_admitted_as_one() {
+        assert_eq!(priority("priority", 0), Ok(Priority::Standard));
+        assert_eq!(
+            priority("priority", pb::Priority::Background as i32),
+            Ok(Priority::Background)
+        );
+        assert_eq!(priority("priority", 9).expect_err("unknown").field, "priority");
+        let op = |priority| pb::WriteOp {
+            op: Some(pb::write_op::Op::Reserve(pb::ReserveRequest {
+                priority,
+                ..reserve_request()
+            })),
+        };
+        let premium = pb::Priority::Premium as i32;
+        let batch_of = |ops| pb::BatchRequest { ops, priority: premium };
+        assert_eq!(
+            batch_priority(&batch_of(vec![op(0), op(premium)])),
+            Ok(Priority::Premium)
+        );
+        let mixed = batch_priority(&batch_of(vec![op(0), op(pb::Priority::Background as i32)]));
+        assert_eq!(mixed.expect_err("differs").field, "ops[1].priority");
+    }
+
+    #[test]
+    fn a_skus_own_rate_limits_are_checked() {
+        let put = |rules| pb::PutSkuRequest {
+            sku: b"s".to_vec().into(),
+            total: 5,
+            rules: Some(rules),
+            route: None,
+            priority: 0,
+        };
+        let rules = pb::SaleRules {
+            buyer_ops_per_s: 2,
+            buyer_burst_ops: 4,
+            client_ops_per_s: 100,
+            ..Default::default()
+        };
+        match put_sku(put(rules)).expect("valid") {
+            Operation::PutSku { rules, .. } => {
+                assert_eq!((rules.buyer_rate.ops_per_s, rules.buyer_rate.burst_ops), (2, 4));
+                assert_eq!((rules.client_rate.ops_per_s, rules.client_rate.burst_ops), (100, 0));
+            }
+            other => panic!("{other:?}"),
+        }
+        for (rules, field) in [
+            (
+                pb::SaleRules {
+                    buyer_ops_per_s: -1,
+                    ..Default::default()
+                },
+                "rules.buyer_ops_per_s",
+            ),
+            (
+                pb::SaleRules {
+                    client_burst_ops: 3,
+                    ..Default::default()
+                },
+                "rules.client_burst_ops",
+            ),
+            (
+                pb::SaleRules {
+                    client_ops_per_s: 1_000_001,
+                    ..Default::default()
+                },
+                "rules.client_ops_per_s",
+            ),
+        ] {
+            assert_eq!(field_of(put_sku(put(rules))), field);
+        }
+    }
+
+    #[test]
+    fn the_client_id_is_scoped_by_the_authenticated_caller() {
+        use tonic::metadata::MetadataValue;
+        let id = MetadataValue::from_static("checkout-7");
+        let caller = Caller::Client {
+            role: crate::security::Role::BuyerService,
+            name: "shop".into(),
+        };
+        let peer: std::net::SocketAddr = "10.1.2.3:4567".parse().expect("address");
+        assert_eq!(
+            client_identity(Some(&id), Some(&caller), Some(peer)),
+            Ok("shop/checkout-7".into())
+        );
+        assert_eq!(
+            client_identity(Some(&id), Some(&Caller::Unchecked), Some(peer)),
+            Ok("checkout-7".into())
+        );
+        assert_eq!(client_identity(None, Some(&caller), Some(peer)), Ok("shop".into()));
+        assert_eq!(client_identity(None, None, Some(peer)), Ok("10.1.2.3".into()));
+        let long = MetadataValue::try_from("x".repeat(129)).expect("ascii");
+        assert!(client_identity(Some(&long), None, Some(peer)).is_err());
     }
 
     #[test]
@@ -443,6 +661,7 @@ mod tests {
         let error = batch(
             pb::BatchRequest {
                 ops: vec![good.clone(), bad],
+                priority: 0,
             },
             10,
         )
@@ -451,12 +670,20 @@ mod tests {
         let empty = batch(
             pb::BatchRequest {
                 ops: vec![pb::WriteOp { op: None }],
+                priority: 0,
             },
             10,
         )
         .expect_err("refused");
         assert_eq!(empty.field, "ops[0].op");
-        let too_many = batch(pb::BatchRequest { ops: vec![good; 11] }, 10).expect_err("refused");
+        let too_many = batch(
+            pb::BatchRequest {
+                ops: vec![good; 11],
+                priority: 0,
+            },
+            10,
+        )
+        .expect_err("refused");
         assert_eq!(too_many.field, "ops");
     }
 }

@@ -2,9 +2,11 @@
 //! peers, plus the standard health and reflection services (so `grpcurl` works).
 //!
 //! `serve` takes an already-bound listener and a shutdown future (mini-redis style), which makes
-//! it testable on port 0 and lets the binary shut down gracefully on SIGTERM. Message sizes and
-//! concurrent requests are bounded by the `[server]` config. Outside an insecure cluster every
-//! connection is TLS and every request passes `security::layer` first (who, and may they).
+//! it testable on port 0 and lets the binary shut down gracefully on SIGTERM. Message sizes,
+//! streams per connection and HTTP/2 resets are bounded by the `[server]` config, the work a
+//! node takes on by `[admission]` (asked by the services, crate::admission). Outside an insecure
+//! cluster every connection is TLS and every request passes `security::layer` first (who, and
+//! may they), after its arrival is stamped for its deadline.
 
 pub mod cluster;
 #[cfg(not(madsim))]
@@ -64,13 +66,18 @@ pub async fn serve(
         node.config.nodes.iter().map(|n| n.id).collect(),
     );
     let idle_timeout = std::time::Duration::from_millis(limits.connection_idle_timeout_ms);
+    // No `concurrency_limit_per_connection`: it queues a connection's calls past the limit
+    // (before tonic starts their deadline), where admission answers at once. A connection's
+    // calls are bounded by its HTTP/2 streams, every node's and shard's by admission.
     let mut router = builder
+        .layer(crate::admission::arrival::StampArrival)
         .layer(authenticate)
         .http2_keepalive_interval(Some(idle_timeout / 3))
         .http2_keepalive_timeout(Some(idle_timeout / 3))
         .http2_max_header_list_size(u32::try_from(limits.header_bytes_max).unwrap_or(u32::MAX))
-        .concurrency_limit_per_connection(limits.inflight_requests_max)
         .max_concurrent_streams(Some(limits.inflight_requests_max as u32))
+        .http2_max_pending_accept_reset_streams(Some(limits.pending_reset_streams_max))
+        .http2_max_local_error_reset_streams(Some(limits.local_reset_streams_max))
         .add_service(health_service)
         .add_service(inventory)
         .add_service(cluster)

@@ -6,6 +6,7 @@ use tonic::Code;
 use tonic::Status;
 use tonic::metadata::MetadataValue;
 
+use crate::admission::Refused;
 use crate::node::NodeError;
 use crate::server::convert::InvalidRequest;
 
@@ -39,6 +40,7 @@ pub fn from_node_error(error: NodeError) -> Status {
             status
         }
         NodeError::Timeout { .. } => Status::deadline_exceeded(message),
+        NodeError::DeadlineUnmet { .. } => not_applied(Status::deadline_exceeded(message)),
         NodeError::OutcomeUnknown { .. } => Status::aborted(message),
         // Both are decided before anything is proposed.
         NodeError::TooStale { .. } | NodeError::Unavailable { .. } => not_applied(Status::unavailable(message)),
@@ -47,7 +49,24 @@ pub fn from_node_error(error: NodeError) -> Status {
     }
 }
 
-/// Marks an `UNAVAILABLE` the node answered without proposing anything (see
+/// Admission's refusals, both decided before anything was proposed: an overloaded node answers
+/// `RESOURCE_EXHAUSTED` with when to retry, a request out of time `DEADLINE_EXCEEDED`.
+pub fn from_refused(refused: Refused) -> Status {
+    let message = refused.to_string();
+    match refused {
+        Refused::Overloaded { retry_after, .. } => {
+            let mut status = Status::resource_exhausted(message);
+            let retry_after_ms = retry_after.as_millis().max(1).to_string();
+            if let Ok(value) = MetadataValue::try_from(retry_after_ms.as_str()) {
+                status.metadata_mut().insert(metadata::RETRY_AFTER_MS, value);
+            }
+            not_applied(status)
+        }
+        Refused::Late { .. } => not_applied(Status::deadline_exceeded(message)),
+    }
+}
+
+/// Marks a status the node answered without proposing anything (see
 /// [`metadata::NOT_APPLIED`]), so the client may resend even a non-idempotent write.
 fn not_applied(mut status: Status) -> Status {
     status

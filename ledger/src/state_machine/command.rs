@@ -24,6 +24,25 @@ pub struct SaleRules {
     pub per_user_limit: u64,
     /// Reservation TTL when a Reserve names none; 0 = the ledger default.
     pub default_ttl_ms: u64,
+    /// Rate limits of this SKU's reserves and purchases per buyer and per client, in place of the
+    /// cluster's (`crate::admission::rate`). The state machine only keeps them: they are decided
+    /// before proposing, by the node that receives the request, from the rules it has applied.
+    pub buyer_rate: RateOverride,
+    pub client_rate: RateOverride,
+}
+
+/// A SKU's own rate limit: `ops_per_s` operations per second, up to `burst_ops` at once (0: one
+/// second's worth). `ops_per_s == 0` means none: the cluster's limit applies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RateOverride {
+    pub ops_per_s: u64,
+    pub burst_ops: u64,
+}
+
+impl RateOverride {
+    pub fn is_set(&self) -> bool {
+        self.ops_per_s != 0
+    }
 }
 
 /// One client write. Writes keyed by an order id carry `first_attempt_ms`: the client's clock

@@ -1,6 +1,8 @@
 //! Input bounds shared by the gRPC layer (which rejects bad requests with INVALID_ARGUMENT
 //! naming the field) and the state machine (which re-checks everything it applies).
 
+use crate::state_machine::command::RateOverride;
+
 /// A SKU is 1..=128 bytes (DESIGN.md).
 pub const SKU_BYTES_MAX: usize = 128;
 /// Order ids and user ids are 1..=128 bytes of UTF-8.
@@ -135,6 +137,33 @@ pub fn check_per_user_limit(limit: i64) -> Result<u64, InvalidField> {
         ));
     }
     Ok(limit)
+}
+
+/// The most operations per second, and per burst, a SKU's own rate limit may name.
+pub const RATE_OPS_MAX: u64 = 1_000_000;
+
+/// A SKU's own rate limit (`rules.<kind>_ops_per_s` and `rules.<kind>_burst_ops`): both in
+/// 0..=[`RATE_OPS_MAX`], and a burst only with a rate.
+pub fn check_rate_override(
+    rate_field: &'static str,
+    burst_field: &'static str,
+    ops_per_s: i64,
+    burst_ops: i64,
+) -> Result<RateOverride, InvalidField> {
+    let ops_per_s = check_non_negative(rate_field, ops_per_s)?;
+    let burst_ops = check_non_negative(burst_field, burst_ops)?;
+    for (field, value) in [(rate_field, ops_per_s), (burst_field, burst_ops)] {
+        if value > RATE_OPS_MAX {
+            return Err(InvalidField::new(field, format!("{value}, at most {RATE_OPS_MAX}")));
+        }
+    }
+    if ops_per_s == 0 && burst_ops != 0 {
+        return Err(InvalidField::new(
+            burst_field,
+            format!("{burst_ops} without {rate_field}: a burst needs its rate"),
+        ));
+    }
+    Ok(RateOverride { ops_per_s, burst_ops })
 }
 
 pub fn check_non_negative(field: &'static str, value: i64) -> Result<u64, InvalidField> {

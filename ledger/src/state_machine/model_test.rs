@@ -454,6 +454,7 @@ fn rules() -> impl Strategy<Value = SaleRules> {
             end_ms: end.unwrap_or(0),
             per_user_limit: limit,
             default_ttl_ms: ttl.unwrap_or(0),
+            ..SaleRules::default()
         })
 }
 

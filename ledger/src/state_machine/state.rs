@@ -1070,6 +1070,14 @@ pub(crate) fn operation_defect(operation: &Operation) -> Option<String> {
                 if rules.per_user_limit > limits::PER_USER_LIMIT_MAX {
                     return Err(limits::InvalidField::new("rules.per_user_limit", "too large"));
                 }
+                for (field, rate) in [
+                    ("rules.buyer_rate", rules.buyer_rate),
+                    ("rules.client_rate", rules.client_rate),
+                ] {
+                    if rate.ops_per_s > limits::RATE_OPS_MAX || rate.burst_ops > limits::RATE_OPS_MAX {
+                        return Err(limits::InvalidField::new(field, "too large"));
+                    }
+                }
             }
             Operation::Restock { delta, .. } => {
                 limits::check_delta(*delta)?;

@@ -18,8 +18,10 @@ use crate::types::Vote;
 
 /// "FLWL": identifies a flashledger WAL segment.
 pub const SEGMENT_MAGIC: [u8; 4] = *b"FLWL";
-/// Bumped on any incompatible change to the header or record layout.
-pub const FORMAT_VERSION: u8 = 1;
+/// Bumped on any incompatible change to the header or record layout, or to the encoding of
+/// what records hold: 2 since sale rules carry rate limits (an entry that puts a SKU on sale
+/// under format 1 does not decode under 2).
+pub const FORMAT_VERSION: u8 = 2;
 /// magic (4) + version (1) + reserved (3) + segment id (8).
 pub const SEGMENT_HEADER_BYTES: usize = 16;
 /// length (4) + crc (4).
@@ -105,6 +107,13 @@ pub fn segment_header(segment: SegmentId) -> [u8; SEGMENT_HEADER_BYTES] {
     header[4] = FORMAT_VERSION;
     header[8..].copy_from_slice(&segment.to_le_bytes());
     header
+}
+
+/// The format version a segment's header names, if it begins like a flashledger segment.
+pub fn header_version(bytes: &[u8]) -> Option<u8> {
+    (bytes.get(..4) == Some(&SEGMENT_MAGIC[..]))
+        .then(|| bytes.get(4).copied())
+        .flatten()
 }
 
 /// Whether `bytes` start with a complete, valid header for `segment`.

@@ -180,6 +180,27 @@ fn corruption_in_an_older_segment_is_an_error() {
     }
 }
 
+#[test]
+fn a_segment_of_another_format_version_is_refused_naming_both_versions() {
+    let disk = MemoryBackend::new();
+    let segment = five_records(&disk);
+    // Another version byte, as a segment an older build wrote has: refused, never cut or
+    // removed as a torn header.
+    disk.flip_byte(segment, 4).expect("flips");
+    match Wal::open(disk.clone(), WalOptions::default()) {
+        Err(WalError::UnsupportedVersion {
+            segment: bad,
+            found,
+            expected,
+        }) => {
+            assert_eq!((bad, expected), (segment, record::FORMAT_VERSION));
+            assert_ne!(found, record::FORMAT_VERSION);
+        }
+        other => panic!("expected UnsupportedVersion, got {:?}", other.map(|_| ())),
+    }
+    assert!(disk.segment_len(segment).is_some(), "nothing was deleted");
+}
+
 /// The offset of every record of `segment`, in order (every record must be valid).
 fn record_offsets(disk: &MemoryBackend, segment: u64) -> Vec<usize> {
     use crate::storage::WalBackend;

@@ -82,6 +82,15 @@ pub enum WalError {
     Io(#[from] io::Error),
     #[error("segment {segment} has a bad header")]
     BadHeader { segment: SegmentId },
+    #[error(
+        "segment {segment} was written in WAL format {found}; this build reads format {expected}: restore this \
+         replica from another one, or start it from an empty data directory"
+    )]
+    UnsupportedVersion {
+        segment: SegmentId,
+        found: u8,
+        expected: u8,
+    },
     #[error("corrupt record in segment {segment} at offset {offset} (not the tail of the last segment)")]
     Corrupt { segment: SegmentId, offset: usize },
     #[error(
@@ -803,6 +812,13 @@ fn replay_segment(
             // Created but its header never became durable: it holds nothing.
             writer.backend.delete_segment(segment)?;
             return Ok(false);
+        }
+        if let Some(found) = record::header_version(&bytes).filter(|found| *found != record::FORMAT_VERSION) {
+            return Err(WalError::UnsupportedVersion {
+                segment,
+                found,
+                expected: record::FORMAT_VERSION,
+            });
         }
         return Err(WalError::BadHeader { segment });
     }

@@ -7,4 +7,5 @@ pub mod invariant;
 pub mod linearizability;
 pub mod lost_writes;
 pub mod model;
+pub mod not_applied;
 pub mod replicas;
