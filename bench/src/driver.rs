@@ -75,6 +75,9 @@ pub struct RunConfig {
     /// Percent of operations sent at PREMIUM priority (the rest at the client's defaults:
     /// writes STANDARD, reads BACKGROUND).
     pub premium_percent: u64,
+    /// Closed loop: a caller whose operation was shed or rate limited waits the node's
+    /// retry-after before its next one (as a client honouring the hint would).
+    pub honor_retry_after: bool,
 }
 
 /// How one operation ended.
@@ -85,10 +88,10 @@ enum Result_ {
     SoldOut,
     /// Another business answer (limit, closed, ...).
     Other,
-    /// The node shed it at once (RESOURCE_EXHAUSTED): not applied.
-    Shed,
-    /// RATE_LIMITED: not applied.
-    RateLimited,
+    /// The node shed it at once (RESOURCE_EXHAUSTED): not applied; with the node's retry hint.
+    Shed(Option<Duration>),
+    /// RATE_LIMITED: not applied; with when the limit lets it through.
+    RateLimited(Duration),
     Error,
 }
 
@@ -176,7 +179,7 @@ impl Recorder {
         if result.admitted() {
             let _ = self.admitted[class].record(micros_now);
             self.classes[class].0 += 1;
-        } else if result == Result_::Shed {
+        } else if matches!(result, Result_::Shed(_)) {
             let _ = self.shed.record(micros_now);
             self.classes[class].1 += 1;
         }
@@ -195,8 +198,8 @@ impl Recorder {
             Result_::SoldOut => 1,
             Result_::Other => 2,
             Result_::Error => 3,
-            Result_::Shed => 4,
-            Result_::RateLimited => 5,
+            Result_::Shed(_) => 4,
+            Result_::RateLimited(_) => 5,
         };
         self.counts[index] += 1;
         if let (Some(successes), Result_::Ok) = (&mut self.successes, result) {
@@ -295,6 +298,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Measured> {
         clients.push(Arc::new((client, premium)));
     }
     let premium_percent = config.premium_percent;
+    let honor_retry_after = config.honor_retry_after;
     let is_premium = move |sequence: u64| sequence.wrapping_mul(0x9e37_79b9_7f4a_7c15) % 100 < premium_percent;
 
     let start = Instant::now();
@@ -360,6 +364,12 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Measured> {
                         let handle = if premium { &client.1 } else { &client.0 };
                         let result = execute(handle, &context, action, caller, sequence).await;
                         lock(&recorder).record(started, result, premium);
+                        // A caller told to come back later does, as a well-behaved client would.
+                        if let (true, Result_::Shed(Some(pause)) | Result_::RateLimited(pause)) =
+                            (honor_retry_after, result)
+                        {
+                            tokio::time::sleep(pause).await;
+                        }
                     }
                 }));
             }
@@ -517,9 +527,11 @@ async fn execute(client: &Client, context: &Context_, action: Action, caller: us
     let classify = |outcome: Result<Outcome, flashledger_client::ClientError>| match outcome {
         Ok(Outcome::Confirmed | Outcome::Reserved { .. } | Outcome::Ok) => Result_::Ok,
         Ok(Outcome::SoldOut { .. }) => Result_::SoldOut,
-        Ok(Outcome::RateLimited { .. }) => Result_::RateLimited,
+        Ok(Outcome::RateLimited { retry_after_ms }) => {
+            Result_::RateLimited(Duration::from_millis(u64::try_from(retry_after_ms).unwrap_or(0)))
+        }
         Ok(_) => Result_::Other,
-        Err(flashledger_client::ClientError::Overloaded { .. }) => Result_::Shed,
+        Err(flashledger_client::ClientError::Overloaded { retry_after, .. }) => Result_::Shed(retry_after),
         Err(_) => Result_::Error,
     };
     match action {
@@ -547,7 +559,7 @@ async fn execute(client: &Client, context: &Context_, action: Action, caller: us
             match client.get_stock(&context.skus[sku], consistency).await {
                 Ok(Some(_)) => Result_::Ok,
                 Ok(None) => Result_::Other,
-                Err(flashledger_client::ClientError::Overloaded { .. }) => Result_::Shed,
+                Err(flashledger_client::ClientError::Overloaded { retry_after, .. }) => Result_::Shed(retry_after),
                 Err(_) => Result_::Error,
             }
         }

@@ -123,6 +123,10 @@ struct RunArgs {
     /// BACKGROUND); the report splits admitted and shed operations by class.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100))]
     premium_percent: u64,
+    /// Closed loop: after a shed or rate-limited answer, a caller waits the node's retry-after
+    /// before its next operation (default: it sends at once, a retry storm).
+    #[arg(long)]
+    honor_retry_after: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -182,6 +186,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         log_successes: args.success_log.is_some(),
         ops_max: args.ops,
         premium_percent: args.premium_percent,
+        honor_retry_after: args.honor_retry_after,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))
