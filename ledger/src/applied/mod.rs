@@ -315,12 +315,21 @@ fn stored_of(mut bytes: Vec<u8>) -> Result<StoredSnapshot, AppliedStoreError> {
 /// A stored snapshot's metadata and the encoded image it carries, without copying the image
 /// (serde would decode the `Vec<u8>` one byte at a time: it was a visible part of every build).
 fn split_stored(bytes: &[u8]) -> Result<(SnapshotMeta, &[u8]), AppliedStoreError> {
+    use bincode::Options;
     let damaged = |message: String| AppliedStoreError::Decode {
         what: "record".to_string(),
         message,
     };
     let mut rest = bytes;
-    let meta: SnapshotMeta = bincode::deserialize_from(&mut rest).map_err(|e| damaged(e.to_string()))?;
+    // Read as a stream, to learn where the image starts; limited to the record's size, because
+    // a stream reader allocates the length a string claims before reading it (the `snapshot`
+    // fuzz target found a damaged length asking for 2^56 bytes, which aborted the node).
+    let meta: SnapshotMeta = bincode::options()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+        .with_limit(bytes.len() as u64)
+        .deserialize_from(&mut rest)
+        .map_err(|e| damaged(e.to_string()))?;
     let Some((data_len, data)) = rest.split_first_chunk::<8>() else {
         return Err(damaged("no image length".to_string()));
     };
@@ -516,6 +525,34 @@ mod tests {
         alone.save(&[&cut]).expect("save");
         let error = AppliedStore::new(alone).load().expect_err("a cut manifest is caught");
         assert!(error.to_string().contains("announced"), "{error}");
+    }
+
+    /// Found by the `snapshot` fuzz target (docs/security.md, "Fuzzing"): the metadata before
+    /// a manifest's image was read from a stream, which allocates the length a string claims
+    /// before reading it: a damaged length (here a node address's) asked for 2^56 bytes and
+    /// aborted the node instead of reporting the snapshot damaged.
+    #[test]
+    fn a_manifest_whose_metadata_claims_a_huge_string_is_damaged_not_allocated() {
+        let backend = Arc::new(MemorySnapshots::default());
+        let mut image = ShardImage::default();
+        apply(&mut image, 1, put_sku(b"x", 3));
+        let nodes = std::collections::BTreeMap::from([(1, openraft::BasicNode::new("localhost:7101"))]);
+        let membership = openraft::Membership::new(vec![[1].into()], nodes).expect("membership");
+        image.meta.membership = StoredMembership::new(image.meta.applied, membership);
+        AppliedStore::new(backend.clone())
+            .save_snapshot(&snapshot_of(&image))
+            .expect("save");
+        let mut record = backend.load().expect("load").expect("saved");
+        let address = b"localhost:7101";
+        let at = record
+            .windows(address.len())
+            .position(|window| window == address)
+            .expect("the address is in the metadata");
+        record[at - 8..at].copy_from_slice(&(1u64 << 56).to_le_bytes());
+        let damaged = Arc::new(MemorySnapshots::default());
+        damaged.save(&[&record]).expect("save");
+        let error = AppliedStore::new(damaged).load().expect_err("the record is damaged");
+        assert!(matches!(error, AppliedStoreError::Decode { .. }), "{error}");
     }
 
     /// `count` purchases of SKU "x", one entry, at log index `index`.
