@@ -555,6 +555,113 @@ mod tests {
         assert!(matches!(error, AppliedStoreError::Decode { .. }), "{error}");
     }
 
+    /// Found by the `snapshot` fuzz target (docs/security.md, "Fuzzing"): an image whose SKU
+    /// breaks `available + reserved + sold == total` decoded, and a replica would have started
+    /// (or installed a lagging replica's snapshot) from a broken ledger and served its counts.
+    #[test]
+    fn an_image_whose_sku_breaks_the_invariant_does_not_decode() {
+        let mut image = ShardImage::default();
+        apply(&mut image, 1, put_sku(b"x", 10));
+        let mut frozen = image.frozen();
+        frozen.ledger.skus.get_mut(b"x".as_slice()).expect("the sku").reserved = 2_449_473_537;
+        let error = decode_image(&encode_image(&frozen).expect("encode")).expect_err("a broken ledger");
+        assert!(error.to_string().contains("reserved 2449473537"), "{error}");
+    }
+
+    /// An image with a live reservation of 2 units of "x" (order "r1", sequence number 0).
+    fn image_with_a_reservation() -> ShardImage {
+        let mut image = ShardImage::default();
+        apply(&mut image, 1, put_sku(b"x", 10));
+        let reserve = Operation::Reserve {
+            sku: b"x".to_vec(),
+            qty: 2,
+            user: "u".into(),
+            order_id: "r1".into(),
+            ttl_ms: 5_000,
+            first_attempt_ms: 1,
+        };
+        apply(&mut image, 2, CommandBody::Batch(vec![reserve]));
+        image
+    }
+
+    /// Found by the `snapshot` fuzz target (docs/security.md, "Fuzzing"), which runs a loaded
+    /// state: a reservation naming an order the image does not retain decoded, and the next
+    /// expiry sweep indexed past the order chunks (a panic).
+    #[test]
+    fn an_image_whose_reservation_names_no_reserved_order_does_not_decode() {
+        let image = image_with_a_reservation();
+        let mut frozen = image.frozen();
+        let (key, reservation) = frozen.ledger.reservations.pop_first().expect("a reservation");
+        let mut elsewhere = frozen.clone();
+        elsewhere.ledger.reservations.insert((key.0, 7), reservation.clone());
+        let error = decode_image(&encode_image(&elsewhere).expect("encode")).expect_err("no order 7");
+        assert!(error.to_string().contains("not retained"), "{error}");
+        frozen.ledger.reservations.insert((key.0 + 1, key.1), reservation);
+        let error = decode_image(&encode_image(&frozen).expect("encode")).expect_err("another expiry");
+        assert!(error.to_string().contains("Reserved until"), "{error}");
+        assert!(decode_image(&encode_image(&image.frozen()).expect("encode")).is_ok());
+    }
+
+    /// Found by the `snapshot` fuzz target: order sequence numbers starting near `u64::MAX`
+    /// decoded, and the next order overflowed counting on (a panic with overflow checks, a
+    /// reused sequence number without); so did an event number of `u64::MAX`, which stands for
+    /// "no event".
+    #[test]
+    fn an_image_whose_sequence_numbers_near_the_end_does_not_decode() {
+        let image = image_with_a_reservation();
+        let mut frozen = image.frozen();
+        frozen.ledger.orders.first_seq = u64::MAX - 1;
+        assert!(decode_image(&encode_image(&frozen).expect("encode")).is_err());
+        frozen.ledger.orders.first_seq = 0;
+        frozen.ledger.next_event_seq = u64::MAX;
+        assert!(decode_image(&encode_image(&frozen).expect("encode")).is_err());
+    }
+
+    /// Checked with the findings above (not itself hit by the fuzzer): a holder of more units
+    /// than any SKU may have would overflow the per-user limit's `held + qty`.
+    #[test]
+    fn an_image_whose_holder_holds_more_than_any_sku_does_not_decode() {
+        use crate::state_machine::holders::Holder;
+        use crate::state_machine::keys::UserKey;
+        let mut frozen = image_with_a_reservation().frozen();
+        let holder = Holder {
+            user: UserKey([1, 1]),
+            units: crate::state_machine::limits::TOTAL_MAX + 1,
+        };
+        frozen
+            .ledger
+            .holdings
+            .push((crate::state_machine::orders::SkuId(0), vec![holder]));
+        assert!(decode_image(&encode_image(&frozen).expect("encode")).is_err());
+    }
+
+    /// Found by the `snapshot` fuzz target: a state whose clock is near `u64::MAX` overflowed
+    /// the next reservation's expiry (a panic); it saturates.
+    #[test]
+    fn a_reservation_at_the_end_of_time_expires_at_the_end_of_time() {
+        let mut image = image_with_a_reservation();
+        image.ledger.clock_ms = u64::MAX - 10;
+        let reserve = Operation::Reserve {
+            sku: b"x".to_vec(),
+            qty: 1,
+            user: "u".into(),
+            order_id: "r2".into(),
+            ttl_ms: 5_000,
+            first_attempt_ms: u64::MAX - 10,
+        };
+        let command = LogCommand {
+            timestamp_ms: u64::MAX - 10,
+            body: CommandBody::Batch(vec![reserve]),
+        };
+        let (outcomes, _) = image.ledger.apply(3, &command).expect("applies");
+        assert_eq!(
+            outcomes,
+            vec![crate::state_machine::command::Outcome::Reserved {
+                expires_at_ms: u64::MAX
+            }]
+        );
+    }
+
     /// `count` purchases of SKU "x", one entry, at log index `index`.
     fn purchases(image: &mut ShardImage, index: u64, first: u64, count: u64) {
         let buys = (first..first + count)
