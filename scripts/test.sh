@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The README's test command: the one gate a reviewer would run. It changes no files.
 #   formatting, clippy (warnings are errors), the whole test suite (with real PostgreSQL, see
-#   scripts/pg-env.sh), and the deterministic simulation (RUSTFLAGS="--cfg madsim", own target
-#   dir): its tests and a sweep of SIM_SEEDS (default 100) seeds.
+#   scripts/pg-env.sh), the deterministic simulation (RUSTFLAGS="--cfg madsim", own target
+#   dir): its tests and a sweep of SIM_SEEDS (default 100) seeds, and a fuzz smoke run of
+#   FUZZ_SECONDS (default 10) per target (skipped, loudly, without nightly and cargo-fuzz).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,5 +41,8 @@ else
 fi
 CARGO_TARGET_DIR="$target_dir" scripts/sim-sweep.sh "${SIM_SEEDS:-100}"
 unset RUSTFLAGS
+
+step "fuzz smoke run (nightly, cargo-fuzz): every target over its corpus, then ${FUZZ_SECONDS:-10} s each"
+scripts/fuzz-smoke.sh "${FUZZ_SECONDS:-10}"
 
 step "all checks passed"

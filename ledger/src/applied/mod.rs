@@ -315,12 +315,21 @@ fn stored_of(mut bytes: Vec<u8>) -> Result<StoredSnapshot, AppliedStoreError> {
 /// A stored snapshot's metadata and the encoded image it carries, without copying the image
 /// (serde would decode the `Vec<u8>` one byte at a time: it was a visible part of every build).
 fn split_stored(bytes: &[u8]) -> Result<(SnapshotMeta, &[u8]), AppliedStoreError> {
+    use bincode::Options;
     let damaged = |message: String| AppliedStoreError::Decode {
         what: "record".to_string(),
         message,
     };
     let mut rest = bytes;
-    let meta: SnapshotMeta = bincode::deserialize_from(&mut rest).map_err(|e| damaged(e.to_string()))?;
+    // Read as a stream, to learn where the image starts; limited to the record's size, because
+    // a stream reader allocates the length a string claims before reading it (the `snapshot`
+    // fuzz target found a damaged length asking for 2^56 bytes, which aborted the node).
+    let meta: SnapshotMeta = bincode::options()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+        .with_limit(bytes.len() as u64)
+        .deserialize_from(&mut rest)
+        .map_err(|e| damaged(e.to_string()))?;
     let Some((data_len, data)) = rest.split_first_chunk::<8>() else {
         return Err(damaged("no image length".to_string()));
     };
@@ -516,6 +525,141 @@ mod tests {
         alone.save(&[&cut]).expect("save");
         let error = AppliedStore::new(alone).load().expect_err("a cut manifest is caught");
         assert!(error.to_string().contains("announced"), "{error}");
+    }
+
+    /// Found by the `snapshot` fuzz target (docs/security.md, "Fuzzing"): the metadata before
+    /// a manifest's image was read from a stream, which allocates the length a string claims
+    /// before reading it: a damaged length (here a node address's) asked for 2^56 bytes and
+    /// aborted the node instead of reporting the snapshot damaged.
+    #[test]
+    fn a_manifest_whose_metadata_claims_a_huge_string_is_damaged_not_allocated() {
+        let backend = Arc::new(MemorySnapshots::default());
+        let mut image = ShardImage::default();
+        apply(&mut image, 1, put_sku(b"x", 3));
+        let nodes = std::collections::BTreeMap::from([(1, openraft::BasicNode::new("localhost:7101"))]);
+        let membership = openraft::Membership::new(vec![[1].into()], nodes).expect("membership");
+        image.meta.membership = StoredMembership::new(image.meta.applied, membership);
+        AppliedStore::new(backend.clone())
+            .save_snapshot(&snapshot_of(&image))
+            .expect("save");
+        let mut record = backend.load().expect("load").expect("saved");
+        let address = b"localhost:7101";
+        let at = record
+            .windows(address.len())
+            .position(|window| window == address)
+            .expect("the address is in the metadata");
+        record[at - 8..at].copy_from_slice(&(1u64 << 56).to_le_bytes());
+        let damaged = Arc::new(MemorySnapshots::default());
+        damaged.save(&[&record]).expect("save");
+        let error = AppliedStore::new(damaged).load().expect_err("the record is damaged");
+        assert!(matches!(error, AppliedStoreError::Decode { .. }), "{error}");
+    }
+
+    /// Found by the `snapshot` fuzz target (docs/security.md, "Fuzzing"): an image whose SKU
+    /// breaks `available + reserved + sold == total` decoded, and a replica would have started
+    /// (or installed a lagging replica's snapshot) from a broken ledger and served its counts.
+    #[test]
+    fn an_image_whose_sku_breaks_the_invariant_does_not_decode() {
+        let mut image = ShardImage::default();
+        apply(&mut image, 1, put_sku(b"x", 10));
+        let mut frozen = image.frozen();
+        frozen.ledger.skus.get_mut(b"x".as_slice()).expect("the sku").reserved = 2_449_473_537;
+        let error = decode_image(&encode_image(&frozen).expect("encode")).expect_err("a broken ledger");
+        assert!(error.to_string().contains("reserved 2449473537"), "{error}");
+    }
+
+    /// An image with a live reservation of 2 units of "x" (order "r1", sequence number 0).
+    fn image_with_a_reservation() -> ShardImage {
+        let mut image = ShardImage::default();
+        apply(&mut image, 1, put_sku(b"x", 10));
+        let reserve = Operation::Reserve {
+            sku: b"x".to_vec(),
+            qty: 2,
+            user: "u".into(),
+            order_id: "r1".into(),
+            ttl_ms: 5_000,
+            first_attempt_ms: 1,
+        };
+        apply(&mut image, 2, CommandBody::Batch(vec![reserve]));
+        image
+    }
+
+    /// Found by the `snapshot` fuzz target (docs/security.md, "Fuzzing"), which runs a loaded
+    /// state: a reservation naming an order the image does not retain decoded, and the next
+    /// expiry sweep indexed past the order chunks (a panic).
+    #[test]
+    fn an_image_whose_reservation_names_no_reserved_order_does_not_decode() {
+        let image = image_with_a_reservation();
+        let mut frozen = image.frozen();
+        let (key, reservation) = frozen.ledger.reservations.pop_first().expect("a reservation");
+        let mut elsewhere = frozen.clone();
+        elsewhere.ledger.reservations.insert((key.0, 7), reservation.clone());
+        let error = decode_image(&encode_image(&elsewhere).expect("encode")).expect_err("no order 7");
+        assert!(error.to_string().contains("not retained"), "{error}");
+        frozen.ledger.reservations.insert((key.0 + 1, key.1), reservation);
+        let error = decode_image(&encode_image(&frozen).expect("encode")).expect_err("another expiry");
+        assert!(error.to_string().contains("Reserved until"), "{error}");
+        assert!(decode_image(&encode_image(&image.frozen()).expect("encode")).is_ok());
+    }
+
+    /// Found by the `snapshot` fuzz target: order sequence numbers starting near `u64::MAX`
+    /// decoded, and the next order overflowed counting on (a panic with overflow checks, a
+    /// reused sequence number without); so did an event number of `u64::MAX`, which stands for
+    /// "no event".
+    #[test]
+    fn an_image_whose_sequence_numbers_near_the_end_does_not_decode() {
+        let image = image_with_a_reservation();
+        let mut frozen = image.frozen();
+        frozen.ledger.orders.first_seq = u64::MAX - 1;
+        assert!(decode_image(&encode_image(&frozen).expect("encode")).is_err());
+        frozen.ledger.orders.first_seq = 0;
+        frozen.ledger.next_event_seq = u64::MAX;
+        assert!(decode_image(&encode_image(&frozen).expect("encode")).is_err());
+    }
+
+    /// Checked with the findings above (not itself hit by the fuzzer): a holder of more units
+    /// than any SKU may have would overflow the per-user limit's `held + qty`.
+    #[test]
+    fn an_image_whose_holder_holds_more_than_any_sku_does_not_decode() {
+        use crate::state_machine::holders::Holder;
+        use crate::state_machine::keys::UserKey;
+        let mut frozen = image_with_a_reservation().frozen();
+        let holder = Holder {
+            user: UserKey([1, 1]),
+            units: crate::state_machine::limits::TOTAL_MAX + 1,
+        };
+        frozen
+            .ledger
+            .holdings
+            .push((crate::state_machine::orders::SkuId(0), vec![holder]));
+        assert!(decode_image(&encode_image(&frozen).expect("encode")).is_err());
+    }
+
+    /// Found by the `snapshot` fuzz target: a state whose clock is near `u64::MAX` overflowed
+    /// the next reservation's expiry (a panic); it saturates.
+    #[test]
+    fn a_reservation_at_the_end_of_time_expires_at_the_end_of_time() {
+        let mut image = image_with_a_reservation();
+        image.ledger.clock_ms = u64::MAX - 10;
+        let reserve = Operation::Reserve {
+            sku: b"x".to_vec(),
+            qty: 1,
+            user: "u".into(),
+            order_id: "r2".into(),
+            ttl_ms: 5_000,
+            first_attempt_ms: u64::MAX - 10,
+        };
+        let command = LogCommand {
+            timestamp_ms: u64::MAX - 10,
+            body: CommandBody::Batch(vec![reserve]),
+        };
+        let (outcomes, _) = image.ledger.apply(3, &command).expect("applies");
+        assert_eq!(
+            outcomes,
+            vec![crate::state_machine::command::Outcome::Reserved {
+                expires_at_ms: u64::MAX
+            }]
+        );
     }
 
     /// `count` purchases of SKU "x", one entry, at log index `index`.

@@ -146,8 +146,9 @@ impl RaftService {
 }
 
 /// Decodes a message exactly: bincode's plain encoding (as `bincode::serialize` writes it),
-/// no bytes left over, no allocation past the message's own size.
-fn decode<T: for<'de> serde::Deserialize<'de>>(payload: &[u8]) -> Result<T, Status> {
+/// no bytes left over, no allocation past the message's own size. Public for the fuzz target
+/// that feeds it every Raft message type (`fuzz/fuzz_targets/wire_requests.rs`).
+pub fn decode<T: for<'de> serde::Deserialize<'de>>(payload: &[u8]) -> Result<T, Status> {
     use bincode::Options;
     bincode::options()
         .with_fixint_encoding()

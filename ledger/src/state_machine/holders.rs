@@ -95,12 +95,20 @@ impl Holders {
         holders
     }
 
-    pub fn from_sorted(holders: &[Holder]) -> Holders {
+    /// The holders [`Holders::sorted`] encoded; refuses a list not strictly sorted by key (a
+    /// buyer listed twice would have their units added up, past `u64::MAX` if need be).
+    pub fn from_sorted(holders: &[Holder]) -> Result<Holders, String> {
+        if let Some(pair) = holders.windows(2).find(|pair| pair[0].user >= pair[1].user) {
+            return Err(format!(
+                "holders not sorted by key: {:?} before {:?}",
+                pair[0].user, pair[1].user
+            ));
+        }
         let mut table = Holders::default();
         for holder in holders.iter().filter(|holder| holder.units > 0) {
             table.add(holder.user, holder.units);
         }
-        table
+        Ok(table)
     }
 }
 
@@ -121,6 +129,24 @@ mod tests {
         holders.add(bob, 4);
         let sorted = holders.sorted();
         assert_eq!(sorted.iter().map(|h| h.user).collect::<Vec<_>>(), vec![bob, alice]);
-        assert_eq!(Holders::from_sorted(&sorted), holders);
+        assert_eq!(Holders::from_sorted(&sorted), Ok(holders));
+    }
+
+    /// Found by the `snapshot` fuzz target (docs/security.md, "Fuzzing"): a snapshot listing a
+    /// buyer twice had their units added up, overflowing `u64` (a panic with overflow checks,
+    /// a wrapped count without).
+    #[test]
+    fn holders_not_strictly_sorted_are_refused() {
+        let (alice, bob) = (UserKey([3, 1]), UserKey([7, 2]));
+        let twice = [
+            Holder {
+                user: alice,
+                units: u64::MAX,
+            },
+            Holder { user: alice, units: 1 },
+        ];
+        assert!(Holders::from_sorted(&twice).is_err());
+        let unsorted = [Holder { user: bob, units: 1 }, Holder { user: alice, units: 1 }];
+        assert!(Holders::from_sorted(&unsorted).is_err());
     }
 }

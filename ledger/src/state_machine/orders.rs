@@ -44,6 +44,10 @@ pub const CHUNK_RECORDS: usize = 4096;
 pub const CHUNK_RECORDS: usize = 16;
 /// Hash tables the index is split into.
 const INDEX_PARTS: usize = 64;
+/// The largest sequence number (of an order, or of an order event) a loaded snapshot may have
+/// reached: beyond any shard's life (a million a second for 146 000 years), and far enough from
+/// `u64::MAX` that counting on from it never overflows.
+pub const SEQ_MAX: u64 = 1 << 62;
 
 /// A SKU's number in the shard's SKU table (`LedgerState::sku_names`); [`SkuId::NONE`] for a
 /// request that named a SKU the shard does not have.
@@ -172,6 +176,11 @@ impl OrderBook {
         &self.chunks[chunk].records[slot]
     }
 
+    /// The record at `seq`, if it is retained.
+    pub fn try_get(&self, seq: u64) -> Option<&OrderRecord> {
+        (self.first_seq..self.next_seq).contains(&seq).then(|| self.get(seq))
+    }
+
     /// The record at `seq` to change; copies its chunk first if a snapshot still shares it.
     pub fn get_mut(&mut self, seq: u64) -> &mut OrderRecord {
         let (chunk, slot) = self.position(seq);
@@ -289,7 +298,10 @@ impl OrderBook {
                 return Err(format!("order chunk {position} holds {} records", chunk.records.len()));
             }
             let first = book.next_seq;
-            book.next_seq += chunk.records.len() as u64;
+            book.next_seq = first
+                .checked_add(chunk.records.len() as u64)
+                .filter(|next| *next <= SEQ_MAX)
+                .ok_or_else(|| format!("order chunk {position} runs past sequence number {SEQ_MAX}"))?;
             book.chunks.push_back(chunk);
             for seq in first..book.next_seq {
                 let key = book.get(seq).key;

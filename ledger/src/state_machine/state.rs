@@ -46,6 +46,7 @@ use crate::state_machine::orders::OrderBook;
 pub use crate::state_machine::orders::OrderKind;
 pub use crate::state_machine::orders::OrderRecord;
 pub use crate::state_machine::orders::OrderState;
+use crate::state_machine::orders::SEQ_MAX;
 pub use crate::state_machine::orders::SkuId;
 
 /// Most chunks of orders one entry prunes, so that no entry pays for a large backlog at once
@@ -224,26 +225,44 @@ impl LedgerState {
         }
     }
 
-    /// The state a [`FrozenLedger`] encodes; refuses one whose parts do not fit together.
+    /// The state a [`FrozenLedger`] encodes; refuses one whose parts do not fit together, or
+    /// with a SKU that breaks the invariant (a replica never starts from a broken ledger).
     pub fn from_frozen(frozen: FrozenLedger) -> Result<LedgerState, String> {
         for (sku, record) in &frozen.skus {
             if frozen.sku_names.get(record.id.0 as usize) != Some(sku) {
                 return Err(format!("sku {sku:?} has number {} that names another", record.id.0));
             }
+            if !record.holds_invariant() {
+                return Err(violation(0, sku, record).detail);
+            }
         }
         if frozen.sku_names.len() != frozen.skus.len() {
             return Err("sku numbers and sku records disagree".into());
         }
+        if frozen.next_event_seq > SEQ_MAX || frozen.orders.first_seq > SEQ_MAX {
+            return Err(format!("a sequence number is past {SEQ_MAX}"));
+        }
+        let most_held = frozen
+            .holdings
+            .iter()
+            .flat_map(|(_, holders)| holders)
+            .map(|holder| holder.units)
+            .max();
+        if let Some(units) = most_held.filter(|units| *units > limits::TOTAL_MAX) {
+            return Err(format!("a holder holds {units} units, more than any sku may have"));
+        }
+        let orders = OrderBook::from_frozen(frozen.orders)?;
+        check_reservations(&frozen.reservations, &orders)?;
         Ok(LedgerState {
             settings: frozen.settings,
             skus: frozen.skus,
             sku_names: frozen.sku_names,
-            orders: OrderBook::from_frozen(frozen.orders)?,
+            orders,
             holdings: frozen
                 .holdings
                 .iter()
-                .map(|(sku, holders)| (*sku, Holders::from_sorted(holders)))
-                .collect(),
+                .map(|(sku, holders)| Ok((*sku, Holders::from_sorted(holders)?)))
+                .collect::<Result<_, String>>()?,
             reservations: frozen.reservations,
             order_events: frozen.order_events,
             next_event_seq: frozen.next_event_seq,
@@ -623,7 +642,9 @@ impl LedgerState {
             (0, default) => default,
             (requested, _) => requested,
         };
-        Ok(now + ttl_ms)
+        // Saturating: the log's clock is a leader's wall clock, far from u64::MAX, but a state
+        // loaded from a damaged snapshot must not make the next reservation panic.
+        Ok(now.saturating_add(ttl_ms))
     }
 
     /// The kept order `order_id` of `sku`, or the answer for one the shard does not keep:
@@ -1029,6 +1050,23 @@ pub fn first_answer(order: &OrderRecord) -> Outcome {
         FirstAnswer::SaleClosed => Outcome::SaleClosed,
         FirstAnswer::UnknownSku => Outcome::UnknownSku,
     }
+}
+
+/// Every live reservation names a retained order that is reserved until the reservation's
+/// expiry: expiring, confirming or cancelling one finds its order by that sequence number.
+fn check_reservations(reservations: &BTreeMap<(u64, u64), Reservation>, orders: &OrderBook) -> Result<(), String> {
+    for &(expires_at_ms, seq) in reservations.keys() {
+        let order = orders
+            .try_get(seq)
+            .ok_or_else(|| format!("a reservation names order {seq}, which is not retained"))?;
+        if order.state != OrderState::Reserved || order.value != expires_at_ms {
+            return Err(format!(
+                "a reservation until {expires_at_ms} names order {seq}, which is {:?} until {}",
+                order.state, order.value
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Defects the gRPC layer should have caught; the state machine refuses them as data.

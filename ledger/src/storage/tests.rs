@@ -414,6 +414,52 @@ fn truncate_purge_vote_and_committed_survive_reopen() {
     });
 }
 
+/// Found by the `wal_segment` fuzz target (docs/security.md, "Fuzzing"): a record naming the
+/// last log index there is, u64::MAX, overflowed `index + 1` in replay (a panic with overflow
+/// checks; without them a truncation after it dropped the whole log and a purge of it kept
+/// everything). Truncating after it keeps everything, purging it purges everything.
+#[test]
+fn records_at_the_last_log_index_replay_without_overflow() {
+    use crate::storage::WalBackend;
+    let last = u64::MAX;
+    let mut segment = record::segment_header(1).to_vec();
+    for each in [
+        Record::Append {
+            shard: 1,
+            entries: blanks(1, last - 1..=last),
+        },
+        Record::TruncateAfter {
+            shard: 1,
+            last_kept: Some(log_id(1, last)),
+        },
+        Record::Append {
+            shard: 2,
+            entries: blanks(1, last - 1..=last),
+        },
+        Record::Purge {
+            shard: 2,
+            upto: log_id(1, last),
+        },
+    ] {
+        segment.extend(record::encode(&each).expect("encodes"));
+    }
+    let disk = MemoryBackend::new();
+    disk.create_segment(1).expect("creates");
+    disk.append(1, &segment).expect("appends");
+    disk.sync(1).expect("syncs");
+    for _reopen in 0..2 {
+        TypeConfig::run(async {
+            let wal = open(&disk);
+            let mut kept = wal.log_store(1);
+            assert_eq!(indexes(&mut kept).await, vec![(1, last - 1), (1, last)]);
+            let mut purged = wal.log_store(2);
+            assert_eq!(indexes(&mut purged).await, vec![]);
+            let state = purged.get_log_state().await.expect("state");
+            assert_eq!(state.last_purged_log_id, Some(log_id(1, last)));
+        });
+    }
+}
+
 fn small_segments() -> WalOptions {
     WalOptions {
         segment_bytes_max: 512,

@@ -160,7 +160,7 @@ impl ShardState {
         };
         check_consecutive(&entries)?;
         if let Some(last) = self.entries.keys().next_back()
-            && first > last + 1
+            && first > last.saturating_add(1)
         {
             return Err(format!("append at {first} leaves a hole after {last}"));
         }
@@ -170,9 +170,11 @@ impl ShardState {
     }
 
     pub(crate) fn truncate_after(&mut self, last_kept: Option<LogId>) {
-        match last_kept {
+        match last_kept.map(|log_id| log_id.index().checked_add(1)) {
             None => self.entries.clear(),
-            Some(log_id) => drop(self.entries.split_off(&(log_id.index() + 1))),
+            Some(Some(first_dropped)) => drop(self.entries.split_off(&first_dropped)),
+            // Kept up to the last index there can be: nothing is after it.
+            Some(None) => {}
         }
     }
 
@@ -182,7 +184,10 @@ impl ShardState {
         if self.last_purged.is_none_or(|purged| purged < upto) {
             self.last_purged = Some(upto);
         }
-        let kept = self.entries.split_off(&(upto.index() + 1));
+        let kept = match upto.index().checked_add(1) {
+            Some(first_kept) => self.entries.split_off(&first_kept),
+            None => BTreeMap::new(),
+        };
         std::mem::replace(&mut self.entries, kept)
     }
 
@@ -200,7 +205,7 @@ impl ShardState {
 
 fn check_consecutive(entries: &[Entry]) -> Result<(), String> {
     for pair in entries.windows(2) {
-        if pair[1].index() != pair[0].index() + 1 {
+        if pair[0].index().checked_add(1) != Some(pair[1].index()) {
             return Err(format!(
                 "entries not consecutive: {} then {}",
                 pair[0].index(),
@@ -343,7 +348,11 @@ impl DurableShard {
                 self.truncate_from(*first);
                 self.runs.insert(*first, (*last, segment));
             }
-            Effect::TruncateAfter { last_kept, .. } => self.truncate_from(last_kept.map_or(0, |l| l.index() + 1)),
+            Effect::TruncateAfter { last_kept, .. } => match last_kept.map(|l| l.index().checked_add(1)) {
+                None => self.truncate_from(0),
+                Some(Some(first_dropped)) => self.truncate_from(first_dropped),
+                Some(None) => {}
+            },
             Effect::Purge { upto, .. } => {
                 if self.last_purged.is_none_or(|purged| purged < *upto) {
                     self.last_purged = Some(*upto);
