@@ -1,8 +1,10 @@
 //! The read side of a node: one SKU's stock, linearizable (under the leader's lease) or from
 //! a replica that lags by a bounded number of entries, and every hosted shard's status.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use openraft::Instant as _;
 use openraft::LinearizerOption;
 use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
@@ -32,6 +34,8 @@ pub struct ShardStatus {
     pub role: String,
     pub replicas: Vec<NodeId>,
     pub last_log_index: u64,
+    /// The last index this replica knows to be committed (it applies up to it).
+    pub committed_index: u64,
     pub applied_index: u64,
     pub snapshot_index: u64,
     pub sku_count: u64,
@@ -43,6 +47,13 @@ pub struct ShardStatus {
     pub shipping_lag_seconds: f64,
     /// The node whose shipper last advanced the mark (0 = none yet).
     pub shipped_by: NodeId,
+    /// Voters in the shard's membership as this replica knows it.
+    pub voters: u64,
+    /// As leader: how long ago a quorum last acknowledged it (`None`: never, or not leader).
+    pub millis_since_quorum_ack: Option<u64>,
+    /// As leader: each other replica's matched log index (0 when nothing matched yet); empty
+    /// on a follower.
+    pub matched_index: BTreeMap<NodeId, u64>,
 }
 
 impl Node {
@@ -118,6 +129,7 @@ impl Node {
                     role: role_name(metrics.state).to_string(),
                     replicas: shard.config.replicas.clone(),
                     last_log_index: metrics.last_log_index.unwrap_or(0),
+                    committed_index: metrics.local_committed.map(|id| id.index).unwrap_or(0),
                     applied_index,
                     snapshot_index: metrics.snapshot.map(|id| id.index).unwrap_or(0),
                     sku_count,
@@ -126,6 +138,17 @@ impl Node {
                     shipping_lag_events,
                     shipping_lag_seconds,
                     shipped_by,
+                    voters: metrics.membership_config.membership().voter_ids().count() as u64,
+                    millis_since_quorum_ack: metrics
+                        .last_quorum_acked
+                        .map(|at| u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX)),
+                    matched_index: metrics
+                        .replication
+                        .iter()
+                        .flatten()
+                        .filter(|(peer, _)| **peer != self.id)
+                        .map(|(peer, matched)| (*peer, matched.map(|id| id.index).unwrap_or(0)))
+                        .collect(),
                 }
             })
             .collect()
