@@ -145,7 +145,8 @@ impl NodeConfig {
             };
         }
         let invalid = |reason: String| ConfigError::InvalidAdminAddress { node: self.id, reason };
-        let (host, port) = split_host_port(&self.addr).ok_or_else(|| invalid(format!("addr {:?} is not host:port", self.addr)))?;
+        let (host, port) =
+            split_host_port(&self.addr).ok_or_else(|| invalid(format!("addr {:?} is not host:port", self.addr)))?;
         let admin_port = port.checked_add(ADMIN_PORT_OFFSET).ok_or_else(|| {
             invalid(format!(
                 "the default admin port (addr's port {port} + {ADMIN_PORT_OFFSET}) is past 65535; set admin_addr"

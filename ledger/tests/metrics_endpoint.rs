@@ -41,12 +41,18 @@ fn exchange(addr: &str, request: &[u8]) -> (u16, String) {
         .nth(1)
         .and_then(|code| code.parse().ok())
         .unwrap_or(0);
-    let body = answer.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
 fn get(addr: &str, path: &str) -> (u16, String) {
-    exchange(addr, format!("GET {path} HTTP/1.1\r\nHost: ledger\r\nConnection: close\r\n\r\n").as_bytes())
+    exchange(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: ledger\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
 }
 
 fn scrape(addr: &str) -> Vec<Sample> {
@@ -130,18 +136,37 @@ fn metrics_move_under_load_and_readiness_follows_quorum() {
         runtime.block_on(buyer).expect("buyer task");
     }
     let confirmed = confirmed.load(Ordering::Relaxed);
-    eprintln!("{confirmed} purchases confirmed; scrapes per node: {}", history[0].len());
+    eprintln!(
+        "{confirmed} purchases confirmed; scrapes per node: {}",
+        history[0].len()
+    );
     assert!(confirmed > 0, "the load made progress");
     for (position, scrapes) in history.iter().enumerate() {
-        assert!(scrapes.len() >= 3, "node {} scraped {} times", position + 1, scrapes.len());
+        assert!(
+            scrapes.len() >= 3,
+            "node {} scraped {} times",
+            position + 1,
+            scrapes.len()
+        );
         for pair in scrapes.windows(2) {
             for metric in 0..3 {
-                assert!(pair[1][metric] >= pair[0][metric], "node {}: a counter went back: {pair:?}", position + 1);
+                assert!(
+                    pair[1][metric] >= pair[0][metric],
+                    "node {}: a counter went back: {pair:?}",
+                    position + 1
+                );
             }
         }
         let (first, last) = (scrapes[0], scrapes[scrapes.len() - 1]);
-        for (metric, name) in ["ops_committed_total", "fdatasync count", "request_duration count"].iter().enumerate() {
-            assert!(last[metric] > first[metric], "node {}: {name} did not move: {first:?} -> {last:?}", position + 1);
+        for (metric, name) in ["ops_committed_total", "fdatasync count", "request_duration count"]
+            .iter()
+            .enumerate()
+        {
+            assert!(
+                last[metric] > first[metric],
+                "node {}: {name} did not move: {first:?} -> {last:?}",
+                position + 1
+            );
         }
     }
 
@@ -168,13 +193,20 @@ fn metrics_move_under_load_and_readiness_follows_quorum() {
     }
     let addr = &cluster.admin_addrs[0].clone();
     assert_eq!(get(addr, "/nothing-here").0, 404);
-    let post = exchange(addr, b"POST /metrics HTTP/1.1\r\nHost: ledger\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let post = exchange(
+        addr,
+        b"POST /metrics HTTP/1.1\r\nHost: ledger\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!(post.0, 405);
     let oversized = format!(
         "GET /metrics HTTP/1.1\r\nHost: ledger\r\nX-Filler: {}\r\nConnection: close\r\n\r\n",
         "x".repeat(64 * 1024)
     );
-    assert_eq!(exchange(addr, oversized.as_bytes()).0, 431, "an oversized head is refused");
+    assert_eq!(
+        exchange(addr, oversized.as_bytes()).0,
+        431,
+        "an oversized head is refused"
+    );
     let (status, _) = exchange(addr, &[0u8; 512]);
     assert_eq!(status, 400, "binary zeros are a bad request");
     // An idle connection that never sends a request is closed by the node, not kept.
@@ -189,10 +221,16 @@ fn metrics_move_under_load_and_readiness_follows_quorum() {
     assert!(reasons.contains("shard 1") && reasons.contains("shard 2"), "{reasons}");
     assert_eq!(get(addr, "/healthz").0, 200);
     let samples = scrape(addr);
-    assert_eq!(metrics_support::value(&samples, "flashledger_shard_voters", &[("shard", "1")]), Some(3.0));
+    assert_eq!(
+        metrics_support::value(&samples, "flashledger_shard_voters", &[("shard", "1")]),
+        Some(3.0)
+    );
     // Its read timeout (30 s) is past the node's head timeout (10 s): end of stream, not a timeout.
     let mut idle = idle;
     let mut byte = [0u8; 1];
     let read = idle.read(&mut byte);
-    assert!(matches!(read, Ok(0)), "the idle connection was closed by the node: {read:?}");
+    assert!(
+        matches!(read, Ok(0)),
+        "the idle connection was closed by the node: {read:?}"
+    );
 }

@@ -107,20 +107,30 @@ async fn the_text_names_every_metric_with_bounded_labels_and_true_values() {
         for sample in &samples {
             for (key, value) in &sample.labels {
                 assert!(LABELS_ALLOWED.contains(&key.as_str()), "label {key} on {sample:?}");
-                assert!(!value.contains("apple") && !value.contains("zebra"), "a SKU label: {sample:?}");
+                assert!(
+                    !value.contains("apple") && !value.contains("zebra"),
+                    "a SKU label: {sample:?}"
+                );
             }
         }
         let value = |name: &str, shard: &str| metrics_support::value(&samples, name, &[("shard", shard)]);
         let status = node.status();
         for shard in &status {
             let label = shard.shard_id.to_string();
-            assert_eq!(value("flashledger_shard_applied_index", &label), Some(shard.applied_index as f64));
+            assert_eq!(
+                value("flashledger_shard_applied_index", &label),
+                Some(shard.applied_index as f64)
+            );
             assert_eq!(value("flashledger_shard_voters", &label), Some(3.0));
             assert_eq!(value("flashledger_shard_invariant_ok", &label), Some(1.0));
             assert_eq!(value("flashledger_shard_term", &label), Some(shard.term as f64));
         }
         leaders_of_shard_1 += value("flashledger_shard_is_leader", "1").unwrap_or(0.0) as u64;
-        assert_eq!(value("flashledger_shard_leader_id", "1"), Some(leader as f64), "node {id}");
+        assert_eq!(
+            value("flashledger_shard_leader_id", "1"),
+            Some(leader as f64),
+            "node {id}"
+        );
         assert!(value("flashledger_shard_leader_changes_total", "1").unwrap_or(0.0) >= 1.0);
         assert!(value("flashledger_shard_ops_per_entry_count", "1").unwrap_or(0.0) >= 31.0);
         ops_committed.push(
@@ -131,7 +141,10 @@ async fn the_text_names_every_metric_with_bounded_labels_and_true_values() {
         assert!(fdatasyncs.unwrap_or(0.0) > 0.0, "node {id}: no fdatasync counted");
         let appends_served = samples
             .iter()
-            .filter(|s| s.name == "flashledger_request_duration_seconds_count" && s.labels.get("rpc").is_some_and(|rpc| rpc == "AppendEntries"))
+            .filter(|s| {
+                s.name == "flashledger_request_duration_seconds_count"
+                    && s.labels.get("rpc").is_some_and(|rpc| rpc == "AppendEntries")
+            })
             .map(|s| s.value)
             .sum::<f64>();
         if id != leader {
@@ -154,7 +167,10 @@ async fn the_text_names_every_metric_with_bounded_labels_and_true_values() {
     }
     assert_eq!(leaders_of_shard_1, 1, "exactly one node says it leads shard 1");
     for ops in &ops_committed {
-        assert!(*ops >= writes as f64, "every replica counted the {writes} operations: {ops_committed:?}");
+        assert!(
+            *ops >= writes as f64,
+            "every replica counted the {writes} operations: {ops_committed:?}"
+        );
     }
 
     tracing::info!("--- forty more SKUs add no series");

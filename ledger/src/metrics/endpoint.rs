@@ -71,9 +71,8 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: impl Future
                 .header_read_timeout(HEAD_TIMEOUT)
                 .max_buf_size(REQUEST_HEAD_BYTES_MAX)
                 .serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(CONNECTION_LIFETIME_MAX, connection).await {
-                Ok(Err(error)) => tracing::debug!(%error, "admin endpoint: connection ended"),
-                Ok(Ok(())) | Err(_) => {}
+            if let Ok(Err(error)) = tokio::time::timeout(CONNECTION_LIFETIME_MAX, connection).await {
+                tracing::debug!(%error, "admin endpoint: connection ended");
             }
             drop(permit);
         });
@@ -92,16 +91,21 @@ fn respond(node: &Arc<Node>, request: &Request<Incoming>) -> Response<String> {
     match request.uri().path() {
         "/metrics" => {
             let mut response = Response::new(scrape::render(node));
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(scrape::CONTENT_TYPE));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(scrape::CONTENT_TYPE),
+            );
             response
         }
         "/healthz" => plain(StatusCode::OK, "ok\n".into()),
         "/readyz" => {
             let config = &node.config;
             let quorum_ack_ms_max = config.raft.election_timeout_ms_max.saturating_mul(2);
-            match readiness::judge(&node.status(), config.server.ready_apply_lag_entries_max, quorum_ack_ms_max) {
+            match readiness::judge(
+                &node.status(),
+                config.server.ready_apply_lag_entries_max,
+                quorum_ack_ms_max,
+            ) {
                 Readiness::Ready => plain(StatusCode::OK, "ready\n".into()),
                 Readiness::NotReady(reasons) => plain(StatusCode::SERVICE_UNAVAILABLE, reasons.join("\n") + "\n"),
             }

@@ -73,7 +73,9 @@ mod tests {
         assert!(sample.resident_bytes.is_some_and(|bytes| bytes > 0), "{sample:?}");
         assert!(sample.open_fds.is_some_and(|fds| fds >= 3), "{sample:?}");
         assert!(
-            sample.memory_limit_bytes.is_some_and(|bytes| bytes >= sample.resident_bytes.unwrap_or(0)),
+            sample
+                .memory_limit_bytes
+                .is_some_and(|bytes| bytes >= sample.resident_bytes.unwrap_or(0)),
             "{sample:?}"
         );
     }

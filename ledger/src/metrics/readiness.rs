@@ -35,7 +35,8 @@ fn why_not_ready(shard: &ShardStatus, apply_lag_entries_max: u64, quorum_ack_ms_
     let Some(leader) = shard.leader else {
         return Some(format!("shard {id}: no leader known (term {})", shard.term));
     };
-    if shard.role == "leader" {
+    // A lone voter is its own quorum: nobody acknowledges it, and it needs nobody.
+    if shard.role == "leader" && shard.voters > 1 {
         match shard.millis_since_quorum_ack {
             Some(ms) if ms <= quorum_ack_ms_max => {}
             Some(ms) => {
@@ -110,9 +111,16 @@ mod tests {
         assert_eq!(reasons.len(), 4, "{reasons:?}");
         assert!(reasons[0].starts_with("shard 1: no leader"), "{reasons:?}");
         assert!(reasons[1].contains("5 entries behind committed 10"), "{reasons:?}");
-        assert!(reasons[2].contains("no quorum acknowledged it for 5000 ms"), "{reasons:?}");
+        assert!(
+            reasons[2].contains("no quorum acknowledged it for 5000 ms"),
+            "{reasons:?}"
+        );
         assert!(reasons[3].starts_with("shard 5: halted"), "{reasons:?}");
         // Within the bound: ready.
         assert!(why_not_ready(&shards[2], 5, 1_000).is_none());
+        // A single-voter shard's leader has no one to acknowledge it.
+        let mut alone = shard(6, Some(1), "leader");
+        (alone.voters, alone.millis_since_quorum_ack) = (1, None);
+        assert!(why_not_ready(&alone, 5, 1_000).is_none());
     }
 }

@@ -98,35 +98,83 @@ fn index(value: u64) -> i64 {
 }
 
 fn encode_shard_state(encoder: &mut DescriptorEncoder, node_id: NodeId, shards: &[ShardStatus]) -> std::fmt::Result {
-    shard_gauge(encoder, shards, "flashledger_shard_is_leader", "1 if this node leads the shard, else 0", |s| {
-        i64::from(s.leader == Some(node_id) && s.role == "leader")
-    })?;
-    shard_gauge(encoder, shards, "flashledger_shard_leader_id", "The shard's leader as this node knows it, 0 when none", |s| {
-        index(s.leader.unwrap_or(0))
-    })?;
-    shard_gauge(encoder, shards, "flashledger_shard_term", "The shard's current Raft term on this replica", |s| index(s.term))?;
-    shard_gauge(encoder, shards, "flashledger_shard_voters", "Voters in the shard's membership", |s| index(s.voters))?;
-    shard_gauge(encoder, shards, "flashledger_shard_last_log_index", "Last index in this replica's log", |s| {
-        index(s.last_log_index)
-    })?;
-    shard_gauge(encoder, shards, "flashledger_shard_committed_index", "Last index this replica knows committed", |s| {
-        index(s.committed_index)
-    })?;
-    shard_gauge(encoder, shards, "flashledger_shard_applied_index", "Last index this replica applied", |s| {
-        index(s.applied_index)
-    })?;
-    shard_gauge(encoder, shards, "flashledger_shard_apply_lag_entries", "Committed minus applied on this replica", |s| {
-        index(s.committed_index.saturating_sub(s.applied_index))
-    })?;
-    shard_gauge(encoder, shards, "flashledger_shard_shipping_lag_events", "Confirmed orders not yet shipped to PostgreSQL", |s| {
-        index(s.shipping_lag_events)
-    })?;
-    shard_gauge(encoder, shards, "flashledger_shard_shipping_lag_seconds", "Age of the oldest unshipped order, 0 when none", |s| {
-        s.shipping_lag_seconds
-    })?;
-    shard_gauge(encoder, shards, "flashledger_shard_invariant_ok", "1 while available+reserved+sold==total holds for every SKU", |s| {
-        i64::from(s.invariant_ok)
-    })?;
+    shard_gauge(
+        encoder,
+        shards,
+        "flashledger_shard_is_leader",
+        "1 if this node leads the shard, else 0",
+        |s| i64::from(s.leader == Some(node_id) && s.role == "leader"),
+    )?;
+    shard_gauge(
+        encoder,
+        shards,
+        "flashledger_shard_leader_id",
+        "The shard's leader as this node knows it, 0 when none",
+        |s| index(s.leader.unwrap_or(0)),
+    )?;
+    shard_gauge(
+        encoder,
+        shards,
+        "flashledger_shard_term",
+        "The shard's current Raft term on this replica",
+        |s| index(s.term),
+    )?;
+    shard_gauge(
+        encoder,
+        shards,
+        "flashledger_shard_voters",
+        "Voters in the shard's membership",
+        |s| index(s.voters),
+    )?;
+    shard_gauge(
+        encoder,
+        shards,
+        "flashledger_shard_last_log_index",
+        "Last index in this replica's log",
+        |s| index(s.last_log_index),
+    )?;
+    shard_gauge(
+        encoder,
+        shards,
+        "flashledger_shard_committed_index",
+        "Last index this replica knows committed",
+        |s| index(s.committed_index),
+    )?;
+    shard_gauge(
+        encoder,
+        shards,
+        "flashledger_shard_applied_index",
+        "Last index this replica applied",
+        |s| index(s.applied_index),
+    )?;
+    shard_gauge(
+        encoder,
+        shards,
+        "flashledger_shard_apply_lag_entries",
+        "Committed minus applied on this replica",
+        |s| index(s.committed_index.saturating_sub(s.applied_index)),
+    )?;
+    shard_gauge(
+        encoder,
+        shards,
+        "flashledger_shard_shipping_lag_events",
+        "Confirmed orders not yet shipped to PostgreSQL",
+        |s| index(s.shipping_lag_events),
+    )?;
+    shard_gauge(
+        encoder,
+        shards,
+        "flashledger_shard_shipping_lag_seconds",
+        "Age of the oldest unshipped order, 0 when none",
+        |s| s.shipping_lag_seconds,
+    )?;
+    shard_gauge(
+        encoder,
+        shards,
+        "flashledger_shard_invariant_ok",
+        "1 while available+reserved+sold==total holds for every SKU",
+        |s| i64::from(s.invariant_ok),
+    )?;
     // Only a leader has series: a follower knows no peer's progress.
     let lags = shards.iter().filter(|s| s.role == "leader").flat_map(|s| {
         s.matched_index.iter().map(|(peer, matched)| {
@@ -134,7 +182,10 @@ fn encode_shard_state(encoder: &mut DescriptorEncoder, node_id: NodeId, shards: 
                 shard: s.shard_id,
                 peer: *peer,
             };
-            (labels, ConstGauge::new(index(s.last_log_index.saturating_sub(*matched))))
+            (
+                labels,
+                ConstGauge::new(index(s.last_log_index.saturating_sub(*matched))),
+            )
         })
     });
     series(
@@ -155,16 +206,62 @@ struct ShardPeerLabels {
 fn encode_shard_instruments(encoder: &mut DescriptorEncoder, node: &Node) -> std::fmt::Result {
     let counter = MetricType::Counter;
     let histogram = MetricType::Histogram;
-    #[rustfmt::skip]
-    let () = {
-        shard_instrument(encoder, node, "flashledger_shard_leader_changes", "Times this replica learned of a new leader", counter, |i| &i.leader_changes)?;
-        shard_instrument(encoder, node, "flashledger_shard_log_entries_committed", "Log entries this replica applied", counter, |i| &i.log_entries_committed)?;
-        shard_instrument(encoder, node, "flashledger_shard_ops_committed", "Operations in the entries this replica applied", counter, |i| &i.ops_committed)?;
-        shard_instrument(encoder, node, "flashledger_shard_ops_per_entry", "Operations per applied log entry", histogram, |i| &i.ops_per_entry)?;
-        shard_instrument(encoder, node, "flashledger_shard_snapshots", "Snapshots this replica built", counter, |i| &i.snapshots)?;
-        shard_instrument(encoder, node, "flashledger_shard_snapshot_bytes", "Bytes the last snapshot wrote (changed chunks and manifest)", MetricType::Gauge, |i| &i.snapshot_bytes)?;
-        shard_instrument(encoder, node, "flashledger_shard_snapshot_duration_seconds", "Time to build a snapshot", histogram, |i| &i.snapshot_duration)?;
-    };
+    shard_instrument(
+        encoder,
+        node,
+        "flashledger_shard_leader_changes",
+        "Times this replica learned of a new leader",
+        counter,
+        |i| &i.leader_changes,
+    )?;
+    shard_instrument(
+        encoder,
+        node,
+        "flashledger_shard_log_entries_committed",
+        "Log entries this replica applied",
+        counter,
+        |i| &i.log_entries_committed,
+    )?;
+    shard_instrument(
+        encoder,
+        node,
+        "flashledger_shard_ops_committed",
+        "Operations in the entries this replica applied",
+        counter,
+        |i| &i.ops_committed,
+    )?;
+    shard_instrument(
+        encoder,
+        node,
+        "flashledger_shard_ops_per_entry",
+        "Operations per applied log entry",
+        histogram,
+        |i| &i.ops_per_entry,
+    )?;
+    shard_instrument(
+        encoder,
+        node,
+        "flashledger_shard_snapshots",
+        "Snapshots this replica built",
+        counter,
+        |i| &i.snapshots,
+    )?;
+    shard_instrument(
+        encoder,
+        node,
+        "flashledger_shard_snapshot_bytes",
+        "Bytes the last snapshot wrote (changed chunks and manifest)",
+        MetricType::Gauge,
+        |i| &i.snapshot_bytes,
+    )?;
+    shard_instrument(
+        encoder,
+        node,
+        "flashledger_shard_snapshot_duration_seconds",
+        "Time to build a snapshot",
+        histogram,
+        |i| &i.snapshot_duration,
+    )?;
     Ok(())
 }
 
@@ -221,21 +318,60 @@ fn encode_node(encoder: &mut DescriptorEncoder, node: &Node) -> std::fmt::Result
     requests.encode(metric)?;
     let admission = node.admission.stats();
     let inflight = ConstGauge::new(index(admission.inflight_ops));
-    single(encoder, "flashledger_ops_inflight", "Operations admitted and not yet answered on this node", MetricType::Gauge, &inflight)?;
+    single(
+        encoder,
+        "flashledger_ops_inflight",
+        "Operations admitted and not yet answered on this node",
+        MetricType::Gauge,
+        &inflight,
+    )?;
     let shed_by_budget: u64 = admission.shed_requests.iter().sum();
     let shed = [
         (ReasonLabels { reason: "budget" }, ConstCounter::new(shed_by_budget)),
-        (ReasonLabels { reason: "deadline" }, ConstCounter::new(admission.late_requests)),
+        (
+            ReasonLabels { reason: "deadline" },
+            ConstCounter::new(admission.late_requests),
+        ),
     ];
-    series(encoder, "flashledger_requests_shed", "Requests refused before proposing, by reason", MetricType::Counter, shed)?;
+    series(
+        encoder,
+        "flashledger_requests_shed",
+        "Requests refused before proposing, by reason",
+        MetricType::Counter,
+        shed,
+    )?;
     let limited = [
-        (KindLabels { kind: "client" }, ConstCounter::new(admission.rate_limited_clients)),
-        (KindLabels { kind: "buyer" }, ConstCounter::new(admission.rate_limited_buyers)),
+        (
+            KindLabels { kind: "client" },
+            ConstCounter::new(admission.rate_limited_clients),
+        ),
+        (
+            KindLabels { kind: "buyer" },
+            ConstCounter::new(admission.rate_limited_buyers),
+        ),
     ];
-    series(encoder, "flashledger_requests_rate_limited", "Operations answered RATE_LIMITED, by whose limit", MetricType::Counter, limited)?;
+    series(
+        encoder,
+        "flashledger_requests_rate_limited",
+        "Operations answered RATE_LIMITED, by whose limit",
+        MetricType::Counter,
+        limited,
+    )?;
     let wal = &node.wal_instruments;
-    single(encoder, "flashledger_wal_fdatasync_duration_seconds", "Latency of the WAL's fdatasync (one per group commit)", MetricType::Histogram, &wal.fdatasync_duration)?;
-    single(encoder, "flashledger_wal_fdatasync_bytes", "Bytes one fdatasync made durable", MetricType::Histogram, &wal.fdatasync_bytes)?;
+    single(
+        encoder,
+        "flashledger_wal_fdatasync_duration_seconds",
+        "Latency of the WAL's fdatasync (one per group commit)",
+        MetricType::Histogram,
+        &wal.fdatasync_duration,
+    )?;
+    single(
+        encoder,
+        "flashledger_wal_fdatasync_bytes",
+        "Bytes one fdatasync made durable",
+        MetricType::Histogram,
+        &wal.fdatasync_bytes,
+    )?;
     let raft = encoder.encode_descriptor(
         "flashledger_raft_rpc_duration_seconds",
         "Raft RPCs this node sent, by peer and RPC (a timeout counts its deadline)",
@@ -243,16 +379,35 @@ fn encode_node(encoder: &mut DescriptorEncoder, node: &Node) -> std::fmt::Result
         MetricType::Histogram,
     )?;
     node.raft_rpc_durations().encode(raft)?;
-    let info = [(VersionLabels { version: env!("CARGO_PKG_VERSION") }, ConstGauge::new(1i64))];
-    series(encoder, "flashledger_node_info", "1, labelled with the node's version", MetricType::Gauge, info)
+    let info = [(
+        VersionLabels {
+            version: env!("CARGO_PKG_VERSION"),
+        },
+        ConstGauge::new(1i64),
+    )];
+    series(
+        encoder,
+        "flashledger_node_info",
+        "1, labelled with the node's version",
+        MetricType::Gauge,
+        info,
+    )
 }
 
 #[cfg(not(madsim))]
 fn encode_process(encoder: &mut DescriptorEncoder) -> std::fmt::Result {
     let sample = crate::metrics::process::ProcessSample::read();
     let gauges = [
-        ("process_resident_memory_bytes", "Resident memory of this process", sample.resident_bytes),
-        ("process_open_fds", "File descriptors this process holds open", sample.open_fds),
+        (
+            "process_resident_memory_bytes",
+            "Resident memory of this process",
+            sample.resident_bytes,
+        ),
+        (
+            "process_open_fds",
+            "File descriptors this process holds open",
+            sample.open_fds,
+        ),
         (
             "flashledger_memory_limit_bytes",
             "Memory this process may use: the cgroup's memory.max, else the machine's MemTotal",

@@ -129,7 +129,9 @@ mod tests {
     fn outcomes_fold_statuses_and_business_answers() {
         let with_status = |code: &str, leader: bool| {
             let mut response = http::Response::new(());
-            response.headers_mut().insert("grpc-status", code.parse().expect("value"));
+            response
+                .headers_mut()
+                .insert("grpc-status", code.parse().expect("value"));
             if leader {
                 response
                     .headers_mut()

@@ -31,13 +31,13 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::Semaphore;
 use tokio::sync::oneshot;
 
+use crate::metrics::instruments::WalInstruments;
 use crate::storage::backend::SegmentId;
 use crate::storage::backend::WalBackend;
 use crate::storage::log_store::ShardLogStore;
 use crate::storage::record;
 use crate::storage::record::Record;
 use crate::types::Entry;
-use crate::metrics::instruments::WalInstruments;
 use crate::types::LogId;
 use crate::types::ShardId;
 use crate::types::TypeConfig;

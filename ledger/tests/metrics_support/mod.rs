@@ -54,7 +54,10 @@ pub fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<
         .iter()
         .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).is_some_and(|x| x == v)))
         .collect();
-    assert!(matching.len() <= 1, "{name} {labels:?} names several series: {matching:?}");
+    assert!(
+        matching.len() <= 1,
+        "{name} {labels:?} names several series: {matching:?}"
+    );
     matching.first().map(|s| s.value)
 }
 
