@@ -25,6 +25,7 @@ use flashledger_client::Outcome;
 use flashledger_client::SaleRules;
 use metrics_support::Sample;
 use process_support::ProcessCluster;
+use process_support::client_runtime;
 
 /// Sends `request` as is to `addr` and reads the answer until the server closes: (status code,
 /// body). Status 0 when the server closed without answering.
@@ -87,11 +88,7 @@ fn wait_for_status(addr: &str, path: &str, status: u16) -> String {
 #[test]
 fn metrics_move_under_load_and_readiness_follows_quorum() {
     let mut cluster = ProcessCluster::start(3);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("rt");
+    let runtime = client_runtime();
     let client = runtime
         .block_on(Client::connect(cluster.addrs.clone(), ClientOptions::default()))
         .expect("connect");

@@ -28,6 +28,7 @@ use crate::metrics::readiness;
 use crate::metrics::readiness::Readiness;
 use crate::metrics::scrape;
 use crate::node::Node;
+use crate::node::StatusDepth;
 
 /// Open admin connections; a scraper and a few probes need a handful.
 pub const CONNECTIONS_MAX: usize = 64;
@@ -102,7 +103,7 @@ fn respond(node: &Arc<Node>, request: &Request<Incoming>) -> Response<String> {
             let config = &node.config;
             let quorum_ack_ms_max = config.raft.election_timeout_ms_max.saturating_mul(2);
             match readiness::judge(
-                &node.status(),
+                &node.status_at(StatusDepth::Cheap),
                 config.server.ready_apply_lag_entries_max,
                 quorum_ack_ms_max,
             ) {

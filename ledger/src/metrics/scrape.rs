@@ -2,10 +2,9 @@
 //! status, admission's counts, the instruments the layers below recorded into, the process) and
 //! writes them in the Prometheus text format (OpenMetrics 1.0, which Prometheus reads natively).
 //!
-//! Per-shard gauges come from `Node::status`, the same figures `ledger status` prints, so the
-//! two never disagree. The whole scrape runs under no lock a request path takes for long: the
-//! shard's state lock is read once per shard for its status (the invariant check walks every
-//! SKU, so a scrape costs O(SKUs) of reading; Prometheus scrapes every few seconds).
+//! Per-shard gauges come from `Node::status_at` (the figures `ledger status` prints, less the
+//! O(SKUs) digest and invariant walk, see `StatusDepth::Cheap`), so the two never disagree and
+//! a scrape holds each shard's state lock for O(1), never for a walk over its SKUs.
 
 use std::sync::Arc;
 
@@ -22,6 +21,7 @@ use crate::metrics::instruments::ShardInstruments;
 use crate::metrics::instruments::ShardLabels;
 use crate::node::Node;
 use crate::node::ShardStatus;
+use crate::node::StatusDepth;
 use crate::types::NodeId;
 use crate::types::ShardId;
 
@@ -51,7 +51,7 @@ impl std::fmt::Debug for NodeCollector {
 impl Collector for NodeCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
         let node = &self.0;
-        let shards = node.status();
+        let shards = node.status_at(StatusDepth::Cheap);
         encode_shard_state(&mut encoder, node.id, &shards)?;
         encode_shard_instruments(&mut encoder, node)?;
         encode_node(&mut encoder, node)?;

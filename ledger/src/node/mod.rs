@@ -36,6 +36,7 @@ mod write;
 pub use error::NodeError;
 pub use read::ReadConsistency;
 pub use read::ShardStatus;
+pub use read::StatusDepth;
 
 use crate::node::storage::Storage;
 

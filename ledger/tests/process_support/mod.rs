@@ -268,6 +268,15 @@ impl Drop for ProcessCluster {
     }
 }
 
+/// A tokio runtime for a test's clients (two workers: the nodes need the rest of the machine).
+pub fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
