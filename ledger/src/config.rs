@@ -33,6 +33,8 @@ pub enum ConfigError {
     DuplicateAddress(String),
     #[error("address {addr:?} of node {node} is not host:port")]
     InvalidAddress { node: NodeId, addr: String },
+    #[error("node {node} admin_addr: {reason}")]
+    InvalidAdminAddress { node: NodeId, reason: String },
     #[error("shard id {0} appears more than once")]
     DuplicateShardId(ShardId),
     #[error("shard {shard} names replica {node}, which is not a configured node")]
@@ -110,6 +112,11 @@ pub struct NodeConfig {
     pub id: NodeId,
     /// host:port for clients and peers (gRPC).
     pub addr: String,
+    /// host:port of the admin HTTP endpoint (/metrics, /healthz, /readyz; plain HTTP without
+    /// authentication: bind it to a private interface). Default: `addr`'s host with its port
+    /// + [`ADMIN_PORT_OFFSET`] (7101 -> 8101). See [`NodeConfig::admin_addr`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_addr: Option<String>,
     /// Where this node keeps its WAL and applied state; relative paths are relative to the
     /// directory the node runs in.
     pub data_dir: PathBuf,
@@ -119,6 +126,41 @@ pub struct NodeConfig {
     pub cert_file: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<PathBuf>,
+}
+
+/// What a node's default admin port adds to its gRPC port.
+pub const ADMIN_PORT_OFFSET: u16 = 1000;
+
+impl NodeConfig {
+    /// The admin endpoint's address: `admin_addr`, else `addr`'s host with the port
+    /// + [`ADMIN_PORT_OFFSET`].
+    pub fn admin_addr(&self) -> Result<String, ConfigError> {
+        if let Some(admin_addr) = &self.admin_addr {
+            return match split_host_port(admin_addr) {
+                Some(_) => Ok(admin_addr.clone()),
+                None => Err(ConfigError::InvalidAdminAddress {
+                    node: self.id,
+                    reason: format!("admin_addr {admin_addr:?} is not host:port"),
+                }),
+            };
+        }
+        let invalid = |reason: String| ConfigError::InvalidAdminAddress { node: self.id, reason };
+        let (host, port) =
+            split_host_port(&self.addr).ok_or_else(|| invalid(format!("addr {:?} is not host:port", self.addr)))?;
+        let admin_port = port.checked_add(ADMIN_PORT_OFFSET).ok_or_else(|| {
+            invalid(format!(
+                "the default admin port (addr's port {port} + {ADMIN_PORT_OFFSET}) is past 65535; set admin_addr"
+            ))
+        })?;
+        Ok(format!("{host}:{admin_port}"))
+    }
+}
+
+/// `host:port` split, when the host is not empty and the port is a port number.
+fn split_host_port(addr: &str) -> Option<(&str, u16)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok()?;
+    (!host.is_empty()).then_some((host, port))
 }
 
 /// A shard: the SKUs in `[start, end)` (UTF-8; an empty `end` is unbounded), replicated on
@@ -221,6 +263,9 @@ pub struct ServerSection {
     /// causes one; this stops floods of provoked resets ("MadeYouReset"). tonic leaves the limit
     /// off unless told; 1024 is hyper's default.
     pub local_reset_streams_max: usize,
+    /// `/readyz` answers 503 while a hosted shard's applied index trails the committed index
+    /// this replica knows by more than this many entries (it is still catching up).
+    pub ready_apply_lag_entries_max: u64,
 }
 
 impl Default for ServerSection {
@@ -237,6 +282,7 @@ impl Default for ServerSection {
             header_bytes_max: 16 * 1024,
             pending_reset_streams_max: 4096,
             local_reset_streams_max: 1024,
+            ready_apply_lag_entries_max: 1000,
         }
     }
 }
@@ -452,11 +498,7 @@ impl ClusterConfig {
             if !ids.insert(node.id) {
                 return Err(ConfigError::DuplicateNodeId(node.id));
             }
-            let valid_addr = node
-                .addr
-                .rsplit_once(':')
-                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-            if !valid_addr {
+            if split_host_port(&node.addr).is_none() {
                 return Err(ConfigError::InvalidAddress {
                     node: node.id,
                     addr: node.addr.clone(),
@@ -469,6 +511,17 @@ impl ClusterConfig {
             // happens to run in.
             if node.data_dir.as_os_str().is_empty() {
                 return Err(ConfigError::EmptyDataDir { node: node.id });
+            }
+        }
+        // Admin addresses after every gRPC address is known: one may collide with any of them.
+        let mut admin_addrs = BTreeSet::new();
+        for node in &self.nodes {
+            let admin_addr = node.admin_addr()?;
+            if addrs.contains(&admin_addr) || !admin_addrs.insert(admin_addr.clone()) {
+                return Err(ConfigError::InvalidAdminAddress {
+                    node: node.id,
+                    reason: format!("admin address {admin_addr} is also another gRPC or admin address"),
+                });
             }
         }
         Ok(())
@@ -542,7 +595,7 @@ impl ClusterConfig {
     /// know of, narrow enough that no value breaks where it is used (a stream count is a `u32`,
     /// a semaphore holds at most 2^61 permits, a deadline is added to an `Instant`). Node and
     /// shard ids are names, not amounts: any `u64` (but node id 0, see `validate_nodes`).
-    fn numeric_settings(&self) -> [NumericSetting; 38] {
+    fn numeric_settings(&self) -> [NumericSetting; 39] {
         const KIB: u64 = 1024;
         const MIB: u64 = 1024 * KIB;
         const MINUTE_MS: u64 = 60_000;
@@ -592,6 +645,11 @@ impl ClusterConfig {
                 16 * KIB..=64 * MIB,
             ),
             setting("server.batch_ops_max", size(server.batch_ops_max), 1..=65_536),
+            setting(
+                "server.ready_apply_lag_entries_max",
+                server.ready_apply_lag_entries_max,
+                0..=10_000_000,
+            ),
             setting(
                 "server.request_timeout_ms",
                 server.request_timeout_ms,
@@ -933,6 +991,46 @@ mod tests {
         assert_eq!(parse(&text), Err(ConfigError::ReplicaCount { shard: 1, count: 2 }));
         let text = VALID.replacen("replicas = [1, 2, 3]", "replicas = [1, 1, 2]", 1);
         assert_eq!(parse(&text), Err(ConfigError::ReplicaCount { shard: 1, count: 2 }));
+    }
+
+    #[test]
+    fn admin_addresses_default_beside_the_grpc_port_and_must_not_collide() {
+        let config = parse(VALID).expect("valid");
+        let admin: Vec<String> = config.nodes.iter().map(|n| n.admin_addr().expect("admin")).collect();
+        assert_eq!(admin, ["127.0.0.1:8101", "127.0.0.1:8102", "127.0.0.1:8103"]);
+        let explicit = VALID.replacen(
+            "addr = \"127.0.0.1:7101\"",
+            "addr = \"127.0.0.1:7101\"\nadmin_addr = \"10.0.0.1:9100\"",
+            1,
+        );
+        let config = parse(&explicit).expect("valid");
+        assert_eq!(config.nodes[0].admin_addr(), Ok("10.0.0.1:9100".into()));
+
+        let overflow = VALID.replace("127.0.0.1:7103", "127.0.0.1:65000");
+        match parse(&overflow) {
+            Err(ConfigError::InvalidAdminAddress { node: 3, reason }) => {
+                assert!(reason.contains("past 65535"), "{reason}")
+            }
+            other => panic!("expected the overflow named, got {other:?}"),
+        }
+        // Node 2's default admin port is node 3's gRPC port.
+        let collides = VALID.replace("127.0.0.1:7103", "127.0.0.1:8102");
+        match parse(&collides) {
+            Err(ConfigError::InvalidAdminAddress { reason, .. }) => {
+                assert!(reason.contains("127.0.0.1:8102"), "{reason}")
+            }
+            other => panic!("expected the collision named, got {other:?}"),
+        }
+        let malformed = VALID.replacen(
+            "addr = \"127.0.0.1:7101\"",
+            "addr = \"127.0.0.1:7101\"\nadmin_addr = \"nowhere\"",
+            1,
+        );
+        assert!(
+            matches!(parse(&malformed), Err(ConfigError::InvalidAdminAddress { node: 1, .. })),
+            "{:?}",
+            parse(&malformed)
+        );
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //! never what comes after.
 //!
 //! - [`state_machine`]: the ledger itself, a pure function of (state, command, log time).
+//! - [`metrics`]`::instruments`: the counters and histograms every layer records into (no
+//!   dependency on the rest of the crate); the rest of [`metrics`] (scrape, readiness, the admin
+//!   HTTP endpoint) reads the node and belongs at the top, beside [`server`].
 //! - [`runtime`]: the async runtime openraft runs on (tokio, or madsim in the simulator).
 //! - [`types`]: node and shard ids, openraft's type configuration and aliases: the vocabulary
 //!   every layer above shares (it names the state machine's commands and the runtime).
@@ -25,6 +28,7 @@
 pub mod admission;
 pub mod applied;
 pub mod config;
+pub mod metrics;
 pub mod node;
 pub mod raft;
 pub mod runtime;

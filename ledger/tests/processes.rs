@@ -26,6 +26,7 @@ mod process_support;
 
 use process_support::LEDGER;
 use process_support::ProcessCluster;
+use process_support::client_runtime;
 use process_support::stderr;
 use process_support::stdout;
 
@@ -222,11 +223,7 @@ fn sigkill_under_load_converges_without_losing_acknowledged_writes() {
     eprintln!("crash test seed {seed} (rerun with CRASH_SEED={seed})");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut cluster = ProcessCluster::start(3);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("rt");
+    let runtime = client_runtime();
     let stock = 1_000_000;
     let options = ClientOptions {
         request_timeout_ms: 20_000,

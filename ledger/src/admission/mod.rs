@@ -41,6 +41,7 @@ use crate::admission::budget::Budget;
 pub use crate::admission::budget::Permit;
 use crate::admission::budget::Scope;
 use crate::admission::deadline::Deadline;
+use crate::admission::rate::Kind as RateLimitKind;
 use crate::admission::rate::RateLimited;
 use crate::admission::rate::RateLimits;
 use crate::config::AdmissionSection;
@@ -120,6 +121,9 @@ pub struct AdmissionStats {
     pub late_requests: u64,
     /// Operations answered RATE_LIMITED.
     pub rate_limited_ops: u64,
+    /// Of those, the ones over their client's limit and over their buyer's.
+    pub rate_limited_clients: u64,
+    pub rate_limited_buyers: u64,
     /// Token buckets kept (clients and buyers seen recently).
     pub rate_limit_keys: u64,
 }
@@ -133,7 +137,9 @@ pub struct Admission {
     rates: RateLimits,
     shed: [AtomicU64; 3],
     late: AtomicU64,
-    rate_limited: AtomicU64,
+    /// Operations over a client's limit and over a buyer's.
+    rate_limited_clients: AtomicU64,
+    rate_limited_buyers: AtomicU64,
 }
 
 impl Admission {
@@ -155,7 +161,8 @@ impl Admission {
             rates: RateLimits::new(config),
             shed: Default::default(),
             late: AtomicU64::new(0),
-            rate_limited: AtomicU64::new(0),
+            rate_limited_clients: AtomicU64::new(0),
+            rate_limited_buyers: AtomicU64::new(0),
         }
     }
 
@@ -202,8 +209,12 @@ impl Admission {
         operation: &Operation,
         rules: Option<&SaleRules>,
     ) -> Result<(), RateLimited> {
-        self.rates.check(client, operation, rules).inspect_err(|_| {
-            self.rate_limited.fetch_add(1, Ordering::Relaxed);
+        self.rates.check(client, operation, rules).inspect_err(|over| {
+            let counter = match over.kind {
+                RateLimitKind::Client => &self.rate_limited_clients,
+                RateLimitKind::Buyer => &self.rate_limited_buyers,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
         })
     }
 
@@ -213,11 +224,15 @@ impl Admission {
     }
 
     pub fn stats(&self) -> AdmissionStats {
+        let rate_limited_clients = self.rate_limited_clients.load(Ordering::Relaxed);
+        let rate_limited_buyers = self.rate_limited_buyers.load(Ordering::Relaxed);
         AdmissionStats {
             inflight_ops: self.node.inflight(),
             shed_requests: std::array::from_fn(|class| self.shed[class].load(Ordering::Relaxed)),
             late_requests: self.late.load(Ordering::Relaxed),
-            rate_limited_ops: self.rate_limited.load(Ordering::Relaxed),
+            rate_limited_ops: rate_limited_clients + rate_limited_buyers,
+            rate_limited_clients,
+            rate_limited_buyers,
             rate_limit_keys: self.rates.keys_kept() as u64,
         }
     }

@@ -1,5 +1,6 @@
-//! `ledger serve`: loads the config, starts the node, serves gRPC until SIGTERM or Ctrl-C,
-//! then shuts down gracefully (stops accepting, stops every shard's Raft node).
+//! `ledger serve`: loads the config, starts the node, serves gRPC and the admin HTTP endpoint
+//! (`admin_addr`: /metrics, /healthz, /readyz) until SIGTERM or Ctrl-C, then shuts down
+//! gracefully (stops accepting, stops every shard's Raft node).
 
 use std::path::Path;
 
@@ -20,25 +21,35 @@ pub async fn run(config_path: &Path, node_id: u64) -> anyhow::Result<()> {
         )
         .init();
     let config = ClusterConfig::load(config_path)?;
-    let addr = config
+    let node_config = config
         .node(node_id)
-        .map(|n| n.addr.clone())
         .with_context(|| format!("node {node_id} is not in {}", config_path.display()))?;
+    let addr = node_config.addr.clone();
+    let admin_addr = node_config.admin_addr()?;
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
+    let admin_listener = tokio::net::TcpListener::bind(&admin_addr)
+        .await
+        .with_context(|| format!("binding the admin endpoint (admin_addr) {admin_addr}"))?;
     let node = Node::start(NodeOptions {
         node_id,
         config,
         storage: Storage::Disk,
     })
     .await?;
-    tracing::info!(node = node_id, %addr, "serving");
+    tracing::info!(node = node_id, %addr, %admin_addr, "serving");
     let (signalled, signal_seen) = tokio::sync::oneshot::channel::<()>();
+    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async {
         shutdown_signal().await;
         let _ = signalled.send(());
+        let _ = admin_stop.send(());
     };
+    // /readyz and /metrics answer while gRPC drains, and stop with it.
+    let admin = tokio::spawn(ledger::metrics::endpoint::serve(node.clone(), admin_listener, async {
+        let _ = admin_stopped.await;
+    }));
     let server = ledger::server::serve(node.clone(), listener, shutdown);
     // A graceful shutdown waits for in-flight requests; bound that wait so a stuck client cannot
     // keep a stopping node alive.
@@ -54,6 +65,7 @@ pub async fn run(config_path: &Path, node_id: u64) -> anyhow::Result<()> {
         () = drain_deadline => tracing::warn!(?SHUTDOWN_DRAIN_MAX, "requests still in flight; closing anyway"),
     }
     tracing::info!(node = node_id, "shutting down");
+    admin.abort();
     node.shutdown().await;
     Ok(())
 }

@@ -36,6 +36,7 @@ mod write;
 pub use error::NodeError;
 pub use read::ReadConsistency;
 pub use read::ShardStatus;
+pub use read::StatusDepth;
 
 use crate::node::storage::Storage;
 
@@ -80,6 +81,10 @@ pub struct Node {
     /// Budgets, priority shares and rate limits the server asks before calling the node (held
     /// here so that status reports them).
     pub admission: crate::admission::Admission,
+    /// Request latencies the server records (crate::server::request_metrics).
+    pub instruments: crate::metrics::instruments::NodeInstruments,
+    /// The WAL's fdatasync histograms.
+    pub wal_instruments: crate::metrics::instruments::WalInstruments,
 }
 
 /// Milliseconds since the Unix epoch by this node's clock (madsim's under the simulator). Only
@@ -139,6 +144,7 @@ impl Node {
             .open(&node_config.data_dir)
             .await
             .map_err(|e| NodeError::Storage(e.to_string()))?;
+        let wal_instruments = opened.wal().instruments();
         let raft_config = Arc::new(raft_config(&config)?);
         let mut shards = BTreeMap::new();
         for shard in config.shards.iter().filter(|s| s.replicas.contains(&node_id)) {
@@ -198,10 +204,13 @@ impl Node {
             #[cfg(not(madsim))]
             tokens: std::sync::Mutex::new(tokens),
             admission,
+            instruments: Default::default(),
+            wal_instruments,
         });
         for shard in node.shards.values() {
             tokio::spawn(tasks::expire_reservations(Arc::downgrade(&node), shard.config.id));
             tokio::spawn(tasks::trigger_snapshots(Arc::downgrade(&node), shard.config.id));
+            tokio::spawn(tasks::count_leader_changes(shard.clone()));
         }
         #[cfg(not(madsim))]
         if !node.config.postgres.is_empty() {
@@ -236,6 +245,11 @@ impl Node {
                 tracing::warn!(shard = shard.config.id, %error, "raft shutdown");
             }
         }
+    }
+
+    /// The latency histograms of the Raft RPCs this node sends, by peer and RPC.
+    pub fn raft_rpc_durations(&self) -> &crate::metrics::instruments::RaftRpcDurations {
+        self.peers.rpc_durations()
     }
 
     pub fn address_of(&self, node: NodeId) -> Option<&str> {

@@ -1,8 +1,10 @@
 //! The read side of a node: one SKU's stock, linearizable (under the leader's lease) or from
 //! a replica that lags by a bounded number of entries, and every hosted shard's status.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use openraft::Instant as _;
 use openraft::LinearizerOption;
 use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
@@ -23,6 +25,18 @@ pub enum ReadConsistency {
     Stale { max_lag_entries: u64 },
 }
 
+/// How much of each shard's applied state [`Node::status_at`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusDepth {
+    /// Everything: the state digest, and the invariant checked on every SKU (O(SKUs) under the
+    /// shard's state lock, which applying waits for). For `ledger status`, run by hand.
+    Full,
+    /// O(1) per shard, for /metrics and /readyz, which are polled every few seconds: no digest
+    /// (0), and `invariant_ok` is whether the replica halted. That is the same answer: every
+    /// applied entry is checked, and a replica that finds the invariant broken halts.
+    Cheap,
+}
+
 /// A shard's state as `Status` reports it.
 #[derive(Debug, Clone)]
 pub struct ShardStatus {
@@ -32,6 +46,8 @@ pub struct ShardStatus {
     pub role: String,
     pub replicas: Vec<NodeId>,
     pub last_log_index: u64,
+    /// The last index this replica knows to be committed (it applies up to it).
+    pub committed_index: u64,
     pub applied_index: u64,
     pub snapshot_index: u64,
     pub sku_count: u64,
@@ -43,6 +59,13 @@ pub struct ShardStatus {
     pub shipping_lag_seconds: f64,
     /// The node whose shipper last advanced the mark (0 = none yet).
     pub shipped_by: NodeId,
+    /// Voters in the shard's membership as this replica knows it.
+    pub voters: u64,
+    /// As leader: how long ago a quorum last acknowledged it (`None`: never, or not leader).
+    pub millis_since_quorum_ack: Option<u64>,
+    /// As leader: each other replica's matched log index (0 when nothing matched yet); empty
+    /// on a follower.
+    pub matched_index: BTreeMap<NodeId, u64>,
 }
 
 impl Node {
@@ -90,15 +113,24 @@ impl Node {
 
     /// Per-shard Raft and ledger state, for `Status` and the operator CLI.
     pub fn status(&self) -> Vec<ShardStatus> {
+        self.status_at(StatusDepth::Full)
+    }
+
+    /// Per-shard state, reading as much of each shard's state as `depth` says.
+    pub fn status_at(&self, depth: StatusDepth) -> Vec<ShardStatus> {
         self.shards
             .values()
             .map(|shard| {
                 let metrics = shard.raft.metrics().borrow_watched().clone();
                 let (sku_count, state_digest, invariant_ok, applied_index) = shard.view.read(|image| {
+                    let (digest, invariant_ok) = match depth {
+                        StatusDepth::Full => (image.ledger.digest(), image.ledger.check_all().is_ok()),
+                        StatusDepth::Cheap => (0, true),
+                    };
                     (
                         image.ledger.skus.len() as u64,
-                        image.ledger.digest(),
-                        image.ledger.check_all().is_ok(),
+                        digest,
+                        invariant_ok,
                         image.meta.applied.map(|id| id.index).unwrap_or(0),
                     )
                 });
@@ -118,6 +150,7 @@ impl Node {
                     role: role_name(metrics.state).to_string(),
                     replicas: shard.config.replicas.clone(),
                     last_log_index: metrics.last_log_index.unwrap_or(0),
+                    committed_index: metrics.local_committed.map(|id| id.index).unwrap_or(0),
                     applied_index,
                     snapshot_index: metrics.snapshot.map(|id| id.index).unwrap_or(0),
                     sku_count,
@@ -126,6 +159,17 @@ impl Node {
                     shipping_lag_events,
                     shipping_lag_seconds,
                     shipped_by,
+                    voters: metrics.membership_config.membership().voter_ids().count() as u64,
+                    millis_since_quorum_ack: metrics
+                        .last_quorum_acked
+                        .map(|at| u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX)),
+                    matched_index: metrics
+                        .replication
+                        .iter()
+                        .flatten()
+                        .filter(|(peer, _)| **peer != self.id)
+                        .map(|(peer, matched)| (*peer, matched.map(|id| id.index).unwrap_or(0)))
+                        .collect(),
                 }
             })
             .collect()

@@ -2,11 +2,15 @@
 //! reservation expiry and settings proposals on the leader, and snapshot triggers on every
 //! replica (with the due points that decide them).
 
+use std::sync::Arc;
 use std::sync::Weak;
 use std::time::Duration;
 
 use crate::config::RaftSection;
+use openraft::async_runtime::WatchReceiver;
+
 use crate::node::Node;
+use crate::node::ShardReplica;
 use crate::node::now_ms;
 use crate::state_machine::command::CommandBody;
 use crate::state_machine::command::LogCommand;
@@ -58,6 +62,27 @@ fn snapshot_due_at(raft: &RaftSection, snapshot_records: u64) -> u64 {
 
 /// A snapshot this many times past its due point is built at normal priority.
 const SNAPSHOT_OVERDUE_FACTOR: u64 = 3;
+
+/// Counts each time this replica learns of a new leader of its shard (`leader_changes` of its
+/// instruments): a change is counted when the leader it knows becomes a node other than the last
+/// one it knew, so losing a leader and finding the same one again is not a change. Ends when
+/// the shard's Raft node stops. Holds the replica, not the node, so it keeps nothing else alive.
+pub(super) async fn count_leader_changes(shard: Arc<ShardReplica>) {
+    let mut raft_metrics = shard.raft.metrics();
+    let leader_changes = shard.view.instruments.leader_changes.clone();
+    drop(shard);
+    let mut last_known = None;
+    loop {
+        let leader = raft_metrics.borrow_watched().current_leader;
+        if leader.is_some() && leader != last_known {
+            leader_changes.inc();
+            last_known = leader;
+        }
+        if raft_metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
 
 /// The leader of each shard proposes `Expire` when a reservation is due, so expiry is a
 /// replicated decision at a log-stamped time, and its settings when they differ from its config

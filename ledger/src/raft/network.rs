@@ -31,6 +31,10 @@ use serde::Serialize;
 use tonic::transport::Channel;
 use tonic::transport::Endpoint;
 
+use crate::metrics::instruments::PeerRpcLabels;
+use crate::metrics::instruments::RaftRpcDurations;
+use crate::metrics::instruments::RaftRpcKind;
+use crate::metrics::instruments::raft_rpc_durations;
 use crate::types::NodeId;
 use crate::types::ShardId;
 use crate::types::SnapshotMeta;
@@ -76,6 +80,8 @@ pub struct PeerChannels {
     rpc_timeout: Duration,
     /// `raft.snapshot_chunk_bytes`.
     snapshot_chunk_bytes: usize,
+    /// How long each RPC to each peer took, for /metrics.
+    rpc_durations: RaftRpcDurations,
     /// Mutual TLS to peers (this node's certificate, the cluster's CA); `None` when the
     /// cluster runs insecure.
     #[cfg(not(madsim))]
@@ -89,6 +95,7 @@ impl PeerChannels {
             channels: Arc::default(),
             rpc_timeout,
             snapshot_chunk_bytes: snapshot_chunk_bytes.max(1),
+            rpc_durations: raft_rpc_durations(),
             #[cfg(not(madsim))]
             tls: None,
         }
@@ -99,6 +106,11 @@ impl PeerChannels {
     pub fn with_tls(mut self, tls: Option<tonic::transport::ClientTlsConfig>) -> Self {
         self.tls = tls;
         self
+    }
+
+    /// The latency histograms of the RPCs sent to peers (shared with every link).
+    pub fn rpc_durations(&self) -> &RaftRpcDurations {
+        &self.rpc_durations
     }
 
     /// The shared channel to `node`, created on first use.
@@ -181,6 +193,16 @@ enum RaftRpc {
     InstallSnapshot,
 }
 
+impl RaftRpc {
+    fn kind(self) -> RaftRpcKind {
+        match self {
+            RaftRpc::AppendEntries => RaftRpcKind::append,
+            RaftRpc::Vote => RaftRpcKind::vote,
+            RaftRpc::InstallSnapshot => RaftRpcKind::snapshot,
+        }
+    }
+}
+
 impl ShardPeer {
     async fn call<Req: Serialize, Resp: for<'de> Deserialize<'de>>(
         &self,
@@ -204,7 +226,16 @@ impl ShardPeer {
                 RaftRpc::InstallSnapshot => client.install_snapshot(request).await,
             }
         };
-        let reply = match tokio::time::timeout(deadline, call).await {
+        let started = tokio::time::Instant::now();
+        let reply = tokio::time::timeout(deadline, call).await;
+        self.peers
+            .rpc_durations
+            .get_or_create(&PeerRpcLabels {
+                peer: self.target,
+                rpc: rpc.kind(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+        let reply = match reply {
             Err(_) => {
                 return Err(CallError::Unreachable(format!(
                     "no answer from node {} in {deadline:?}",

@@ -30,6 +30,7 @@ use crate::applied::AppliedStore;
 use crate::applied::AppliedStoreError;
 use crate::applied::ShardImage;
 use crate::applied::decode_image;
+use crate::metrics::instruments::ShardInstruments;
 use crate::state_machine::command::CommandBody;
 use crate::state_machine::command::CommandReply;
 use crate::state_machine::command::LogCommand;
@@ -74,6 +75,8 @@ pub struct ShardView {
     /// Held while a snapshot is built or installed: a snapshot is built from the latest one, which
     /// must not be replaced meanwhile.
     snapshot_lock: tokio::sync::Mutex<()>,
+    /// What this replica applied and snapshotted, for /metrics.
+    pub instruments: ShardInstruments,
 }
 
 impl ShardView {
@@ -89,6 +92,7 @@ impl ShardView {
             halted: Mutex::new(None),
             changes,
             ops_since_snapshot: AtomicU64::new(0),
+            instruments: ShardInstruments::default(),
         }
     }
 
@@ -218,8 +222,10 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         {
             let mut image = self.view.state.write().unwrap_or_else(|p| p.into_inner());
             for (entry, responder) in batch {
-                applied_ops += operations_in(&entry);
+                let ops = operations_in(&entry);
+                applied_ops += ops;
                 let (reply, changes) = apply_entry(&mut image, &entry).map_err(|violation| self.halt(violation))?;
+                self.view.instruments.applied_entry(ops);
                 all_changes.merge(changes);
                 last_index = entry.log_id().index;
                 if let Some(responder) = responder {
@@ -318,6 +324,7 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
         };
         let (meta, records, bytes) = built;
         view.snapshot_records.store(records, Ordering::Relaxed);
+        view.instruments.snapshot_built(bytes, started.elapsed());
         tracing::info!(shard = view.shard_id, last_log_id = ?meta.last_log_id, bytes, records, fork_us,
             total_ms = started.elapsed().as_millis() as u64, "built snapshot");
         // The image went straight into the store, never into one buffer. openraft uses only the

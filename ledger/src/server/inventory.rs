@@ -14,6 +14,8 @@ use tonic::Status;
 use crate::admission::Priority;
 use crate::admission::deadline::Arrival;
 use crate::admission::deadline::Deadline;
+use crate::metrics::instruments::AnsweredAs;
+use crate::metrics::instruments::RequestOutcome;
 use crate::node::Node;
 use crate::node::NodeError;
 use crate::node::ReadConsistency;
@@ -84,10 +86,10 @@ impl InventoryService {
         let priority = priority.map_err(from_invalid)?;
         let operation = operation.map_err(from_invalid)?;
         let (mut outcomes, log_index) = self.write(envelope, priority, vec![operation], &[epoch]).await?;
-        Ok(Response::new(pb::WriteReply {
-            outcome: outcomes.pop(),
-            log_index,
-        }))
+        let mut response = answered(&outcomes);
+        let outcome = outcomes.pop();
+        *response.get_mut() = pb::WriteReply { outcome, log_index };
+        Ok(response)
     }
 
     /// Admits `operations` (one shard's, one request's), answers those over a rate limit
@@ -159,6 +161,31 @@ impl InventoryService {
     }
 }
 
+/// An empty response marked, for the request metrics, with how `outcomes` went: rate limited
+/// when every operation was, rejected when none succeeded, else unmarked (ok).
+fn answered<T: Default>(outcomes: &[pb::Outcome]) -> Response<T> {
+    use pb::OutcomeCode as Code;
+    let code = |outcome: &pb::Outcome| Code::try_from(outcome.code).unwrap_or(Code::OutcomeUnspecified);
+    let succeeded = |outcome: &pb::Outcome| {
+        matches!(
+            code(outcome),
+            Code::Reserved | Code::Confirmed | Code::Released | Code::Ok
+        )
+    };
+    let mut response = Response::new(T::default());
+    let answered_as = if !outcomes.is_empty() && outcomes.iter().all(|o| code(o) == Code::RateLimited) {
+        Some(RequestOutcome::rate_limited)
+    } else if !outcomes.iter().any(succeeded) {
+        Some(RequestOutcome::rejected)
+    } else {
+        None
+    };
+    if let Some(outcome) = answered_as {
+        response.extensions_mut().insert(AnsweredAs(outcome));
+    }
+    response
+}
+
 fn epoch(route: &Option<pb::RouteEpoch>) -> u64 {
     route.as_ref().map(|r| r.epoch).unwrap_or(0)
 }
@@ -222,7 +249,9 @@ impl Inventory for InventoryService {
         let epochs: Vec<u64> = request.ops.iter().map(convert::route_epoch).collect();
         let operations = convert::batch(request, self.node.config.server.batch_ops_max).map_err(from_invalid)?;
         let (outcomes, log_index) = self.write(envelope, priority, operations, &epochs).await?;
-        Ok(Response::new(pb::BatchReply { outcomes, log_index }))
+        let mut response = answered(&outcomes);
+        *response.get_mut() = pb::BatchReply { outcomes, log_index };
+        Ok(response)
     }
 
     async fn get_stock(&self, request: Request<pb::GetStockRequest>) -> Result<Response<pb::StockReply>, Status> {

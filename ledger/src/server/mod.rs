@@ -14,6 +14,8 @@ pub mod connections;
 pub mod convert;
 pub mod inventory;
 pub mod raft_service;
+#[cfg(not(madsim))]
+pub mod request_metrics;
 pub mod status;
 pub mod watch;
 
@@ -70,6 +72,9 @@ pub async fn serve(
     // (before tonic starts their deadline), where admission answers at once. A connection's
     // calls are bounded by its HTTP/2 streams, every node's and shard's by admission.
     let mut router = builder
+        .layer(request_metrics::RecordRequests::new(
+            node.instruments.request_duration.clone(),
+        ))
         .layer(crate::admission::arrival::StampArrival)
         .layer(authenticate)
         .http2_keepalive_interval(Some(idle_timeout / 3))

@@ -31,6 +31,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::Semaphore;
 use tokio::sync::oneshot;
 
+use crate::metrics::instruments::WalInstruments;
 use crate::storage::backend::SegmentId;
 use crate::storage::backend::WalBackend;
 use crate::storage::log_store::ShardLogStore;
@@ -426,8 +427,9 @@ impl Writer {
         Ok(())
     }
 
-    /// Write a batch as one write and cover it with one fdatasync.
-    fn write_batch(&mut self, batch: &[Pending]) -> Result<(), WalError> {
+    /// Write a batch as one write and cover it with one fdatasync; records the fdatasync's
+    /// latency and bytes in `instruments`.
+    fn write_batch(&mut self, batch: &[Pending], instruments: &WalInstruments) -> Result<(), WalError> {
         if self.active_bytes >= self.segment_bytes_max {
             self.start_segment(self.active + 1)?;
         }
@@ -438,7 +440,12 @@ impl Writer {
         if !buffer.is_empty() {
             self.backend.append(self.active, &buffer)?;
         }
+        let sync_started = std::time::Instant::now();
         self.backend.sync(self.active)?;
+        instruments
+            .fdatasync_duration
+            .observe(sync_started.elapsed().as_secs_f64());
+        instruments.fdatasync_bytes.observe(buffer.len() as f64);
         self.active_bytes += buffer.len() as u64;
         let active = self.active;
         for pending in batch {
@@ -502,6 +509,8 @@ struct Shared {
     wakeup: std::sync::Condvar,
     writer: Mutex<Writer>,
     counters: Counters,
+    /// fdatasync latency and size, for /metrics.
+    instruments: WalInstruments,
     /// How many of the records ever queued are durable. Read by `Wal::wait_durable`.
     durable_total: AtomicU64,
     /// Under madsim: a delayed group commit is already scheduled (see `Wal::schedule_flush`).
@@ -529,7 +538,7 @@ impl Shared {
     /// queued; on failure fail the whole WAL.
     fn flush(&self, batch: Vec<Pending>, through: u64) {
         let mut writer = lock(&self.writer);
-        let result = writer.write_batch(&batch).map_err(|e| e.to_string());
+        let result = writer.write_batch(&batch, &self.instruments).map_err(|e| e.to_string());
         let result = result.and_then(|()| self.after_sync(&mut writer, &batch));
         drop(writer);
         if let Err(failure) = &result {
@@ -625,6 +634,7 @@ impl Wal {
             wakeup: std::sync::Condvar::new(),
             writer: Mutex::new(writer),
             counters: Counters::default(),
+            instruments: WalInstruments::default(),
             durable_total: AtomicU64::new(0),
             #[cfg(madsim)]
             flush_scheduled: std::sync::atomic::AtomicBool::new(false),
@@ -653,6 +663,11 @@ impl Wal {
     /// Every shard with anything in the log.
     pub fn shards(&self) -> Vec<ShardId> {
         lock(&self.shards).keys().copied().collect()
+    }
+
+    /// The fdatasync histograms (shared: what the writer records, a scrape reads).
+    pub fn instruments(&self) -> WalInstruments {
+        self.shared.instruments.clone()
     }
 
     pub fn stats(&self) -> WalStats {

@@ -54,6 +54,7 @@ impl TestCluster {
             nodes.push(NodeConfig {
                 id,
                 addr,
+                admin_addr: None,
                 data_dir: dir.path().join(format!("node{id}")),
                 cert_file: None,
                 key_file: None,

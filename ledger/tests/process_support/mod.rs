@@ -22,6 +22,8 @@ pub struct ProcessCluster {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub addrs: Vec<String>,
+    /// Each node's admin HTTP endpoint (/metrics, /healthz, /readyz), on a port of its own.
+    pub admin_addrs: Vec<String>,
     nodes: Vec<Option<Child>>,
     /// With TLS: the directory scripts/certs.sh filled (CA, node and client certificates,
     /// tokens); the CLI runs as admin unless told otherwise.
@@ -42,12 +44,18 @@ impl ProcessCluster {
     /// With `extra` appended to the config (whole sections, e.g. `[server]` bounds).
     pub fn start_with(node_count: usize, secure: bool, extra: &str) -> ProcessCluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        let addrs: Vec<String> = (0..node_count)
-            .map(|_| {
-                let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-                listener.local_addr().expect("addr").to_string()
-            })
-            .collect();
+        // Free ports (bound, then let go): the default admin port, gRPC's + 1000, may be taken.
+        let free_addrs = |count: usize| -> Vec<String> {
+            let listeners: Vec<std::net::TcpListener> = (0..count)
+                .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+                .collect();
+            listeners
+                .iter()
+                .map(|listener| listener.local_addr().expect("addr").to_string())
+                .collect()
+        };
+        let mut addrs = free_addrs(node_count * 2);
+        let admin_addrs = addrs.split_off(node_count);
         let mut toml = String::from(
             "[raft]\nelection_timeout_ms_min = 300\nelection_timeout_ms_max = 600\nheartbeat_interval_ms = 50\nsnapshot_ops_since_last = 500\n",
         );
@@ -60,11 +68,11 @@ impl ProcessCluster {
         } else {
             toml.push_str("[security]\ninsecure = true\n");
         }
-        for (position, addr) in addrs.iter().enumerate() {
+        for (position, (addr, admin_addr)) in addrs.iter().zip(&admin_addrs).enumerate() {
             let id = position + 1;
             let data = dir.path().join(format!("node{id}"));
             toml.push_str(&format!(
-                "[[nodes]]\nid = {id}\naddr = \"{addr}\"\ndata_dir = \"{}\"\n",
+                "[[nodes]]\nid = {id}\naddr = \"{addr}\"\nadmin_addr = \"{admin_addr}\"\ndata_dir = \"{}\"\n",
                 data.display()
             ));
             if secure {
@@ -92,6 +100,7 @@ impl ProcessCluster {
             dir,
             config,
             addrs,
+            admin_addrs,
             nodes: (0..node_count).map(|_| None).collect(),
             certs: secure.then_some(certs),
         };
@@ -257,6 +266,15 @@ impl Drop for ProcessCluster {
             let _ = child.wait();
         }
     }
+}
+
+/// A tokio runtime for a test's clients (two workers: the nodes need the rest of the machine).
+pub fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
 }
 
 pub fn stdout(output: &Output) -> String {
