@@ -93,6 +93,7 @@ pub const RPC_ACCESS: &[(&str, Access)] = &[
     ("/flashledger.v1.Inventory/Watch", Access::Read),
     ("/flashledger.v1.Cluster/ShardMap", Access::Read),
     ("/flashledger.v1.Cluster/Status", Access::Admin),
+    ("/flashledger.v1.Cluster/Backup", Access::Admin),
     ("/flashledger.v1.Raft/AppendEntries", Access::Peer),
     ("/flashledger.v1.Raft/Vote", Access::Peer),
     ("/flashledger.v1.Raft/InstallSnapshot", Access::Peer),
