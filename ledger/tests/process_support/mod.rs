@@ -41,6 +41,14 @@ impl ProcessCluster {
 
     /// With `extra` appended to the config (whole sections, e.g. `[server]` bounds).
     pub fn start_with(node_count: usize, secure: bool, extra: &str) -> ProcessCluster {
+        let mut cluster = Self::prepare_with(node_count, secure, extra);
+        cluster.start_all();
+        cluster
+    }
+
+    /// A cluster's config, data directory paths and TLS material, its nodes not started yet
+    /// (a test may seed their data directories first, as `ledger restore` does).
+    pub fn prepare_with(node_count: usize, secure: bool, extra: &str) -> ProcessCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let addrs: Vec<String> = (0..node_count)
             .map(|_| {
@@ -88,18 +96,26 @@ impl ProcessCluster {
                 .expect("run scripts/certs.sh");
             assert!(made.status.success(), "scripts/certs.sh: {}", stderr(&made));
         }
-        let mut cluster = ProcessCluster {
+        ProcessCluster {
             dir,
             config,
             addrs,
             nodes: (0..node_count).map(|_| None).collect(),
             certs: secure.then_some(certs),
-        };
-        for id in 1..=node_count {
-            cluster.spawn(id);
         }
-        cluster.wait_for_leaders();
-        cluster
+    }
+
+    /// Starts every node and waits until every shard has a leader.
+    pub fn start_all(&mut self) {
+        for id in 1..=self.nodes.len() {
+            self.spawn(id);
+        }
+        self.wait_for_leaders();
+    }
+
+    /// Node `id`'s data directory.
+    pub fn data_dir(&self, id: usize) -> PathBuf {
+        self.dir.path().join(format!("node{id}"))
     }
 
     pub fn spawn(&mut self, id: usize) {
