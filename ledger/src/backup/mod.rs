@@ -78,7 +78,7 @@ pub fn shard_file_name(shard_id: ShardId) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::state_machine::command::CommandBody;
     use crate::state_machine::command::LogCommand;

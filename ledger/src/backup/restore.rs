@@ -303,3 +303,147 @@ fn seed_targets(config: &ClusterConfig, only_node: Option<NodeId>) -> Result<Vec
     }
     Ok(targets)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::ShardBackup;
+    use crate::backup::manifest::FORMAT_VERSION;
+    use crate::backup::shard_file_name;
+    use crate::backup::tests::sample_image;
+
+    /// A config of 3 nodes with data directories under `root`, shards 1 `[.., m)` and 2 `[m, ..)`.
+    fn config(root: &Path, first_end: &str) -> ClusterConfig {
+        let mut text = String::from("[security]\ninsecure = true\n");
+        for id in 1..=3 {
+            text.push_str(&format!(
+                "[[nodes]]\nid = {id}\naddr = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\n",
+                9100 + id,
+                root.join(format!("node{id}")).display()
+            ));
+        }
+        text.push_str(&format!(
+            "[[shards]]\nid = 1\nend = \"{first_end}\"\nreplicas = [1, 2, 3]\n[[shards]]\nid = 2\nstart = \"{first_end}\"\nreplicas = [1, 2, 3]\n"
+        ));
+        ClusterConfig::parse(&text, "test").expect("config")
+    }
+
+    /// A backup of two shards (the same sample state) in `dir`, as `ledger backup` writes it.
+    fn write_backup(dir: &Path) {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let image = sample_image();
+        let shards = [(1, "", "m"), (2, "m", "")]
+            .into_iter()
+            .map(|(shard_id, start, end)| {
+                let backup = ShardBackup::of_image(shard_id, &image.frozen()).expect("backup");
+                std::fs::write(dir.join(shard_file_name(shard_id)), &backup.file).expect("write");
+                ShardEntry {
+                    shard_id,
+                    start: start.into(),
+                    end: end.into(),
+                    log_index: backup.log_index,
+                    log_term: backup.log_term,
+                    state_digest: format!("{:016x}", backup.state_digest),
+                    file: shard_file_name(shard_id),
+                    bytes: backup.file.len() as u64,
+                    sha256: hex(&backup.sha256),
+                }
+            })
+            .collect();
+        let manifest = Manifest {
+            format_version: FORMAT_VERSION,
+            cluster_name: "test".into(),
+            created_at_ms: 1,
+            shards,
+        };
+        std::fs::write(dir.join(MANIFEST_FILE), manifest.to_text()).expect("manifest");
+    }
+
+    #[test]
+    fn a_restored_data_dir_loads_the_backup_state_with_the_new_membership() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let backup_dir = root.path().join("backup");
+        write_backup(&backup_dir);
+        let config = config(root.path(), "m");
+        let plan = RestorePlan::check(&backup_dir, &config, None).expect("checks");
+        assert_eq!(plan.targets.len(), 3);
+        plan.seed(&config).expect("seeds");
+        let image = sample_image();
+        for node in 1..=3 {
+            let dir = snapshot_dir(&root.path().join(format!("node{node}")));
+            for shard in [1, 2] {
+                let snapshots = FileSnapshots::open(&dir, shard).expect("open");
+                let loaded = AppliedStore::new(Arc::new(snapshots)).load().expect("loads");
+                assert_eq!(loaded.ledger, image.ledger);
+                let applied = loaded.meta.applied.expect("applied");
+                assert_eq!(applied.index, 2);
+                assert_eq!(
+                    applied.committed_leader_id().term,
+                    0,
+                    "a new group's log starts at term 0"
+                );
+                let membership = loaded.meta.membership.membership();
+                let voters: Vec<NodeId> = membership.voter_ids().collect();
+                assert_eq!(voters, vec![1, 2, 3]);
+                assert_eq!(membership.get_node(&2).map(|n| n.addr.as_str()), Some("127.0.0.1:9102"));
+            }
+        }
+        // Seeded directories are no longer empty: a second restore is refused.
+        let error = RestorePlan::check(&backup_dir, &config, Some(2))
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(error, RestoreError::DataDirNotEmpty { node_id: 2, .. }),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_refused_restore_writes_nothing() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let backup_dir = root.path().join("backup");
+        write_backup(&backup_dir);
+        let refused = |config: &ClusterConfig, only: Option<NodeId>| {
+            let error = RestorePlan::check(&backup_dir, config, only).err().expect("refused");
+            for node in 1..=3 {
+                assert!(!root.path().join(format!("node{node}")).exists());
+            }
+            error.to_string()
+        };
+        assert!(refused(&config(root.path(), "n"), None).contains("shard 1 covers [\"\", \"m\") in the backup"));
+        assert!(refused(&config(root.path(), "m"), Some(9)).contains("node 9 is not in the config"));
+
+        // A manifest that states another digest than the file's image (edited, or another file).
+        let manifest_path = backup_dir.join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&manifest_path).expect("read");
+        let mut manifest = Manifest::parse(&text).expect("parses");
+        manifest.shards[1].state_digest = "0123456789abcdef".into();
+        std::fs::write(&manifest_path, manifest.to_text()).expect("write");
+        let error = refused(&config(root.path(), "m"), None);
+        assert!(
+            error.contains("shard 2") && error.contains("the manifest says 0123456789abcdef"),
+            "{error}"
+        );
+        manifest.shards[1].state_digest = format!("{:016x}", sample_image().ledger.digest());
+        manifest.shards[1].log_index = 1;
+        std::fs::write(&manifest_path, manifest.to_text()).expect("write");
+        let error = refused(&config(root.path(), "m"), None);
+        assert!(
+            error.contains("holds the state at index 2, the manifest says 1"),
+            "{error}"
+        );
+
+        // A file replaced by another whose SHA-256 the manifest was edited to match, but
+        // damaged inside: its frame's CRC catches it.
+        manifest.shards[1].log_index = 2;
+        let file = backup_dir.join(shard_file_name(2));
+        let mut bytes = std::fs::read(&file).expect("read");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&file, &bytes).expect("write");
+        manifest.shards[1].sha256 = hex(&sha256(&bytes));
+        std::fs::write(&manifest_path, manifest.to_text()).expect("write");
+        let error = refused(&config(root.path(), "m"), None);
+        assert!(error.contains("checksum mismatch"), "{error}");
+    }
+}
