@@ -123,6 +123,35 @@ fn replicas_by_shard(status: &Value) -> std::collections::BTreeMap<u64, Vec<(u64
     shards
 }
 
+/// The `fork_us` of every "backup image taken" line the nodes of `cluster` logged so far.
+fn fork_micros(cluster: &ProcessCluster) -> Vec<u64> {
+    (1..=3)
+        .flat_map(|id| {
+            let log = std::fs::read_to_string(cluster.dir.path().join(format!("node{id}.log"))).unwrap_or_default();
+            without_colors(&log)
+                .lines()
+                .filter(|line| line.contains("backup image taken"))
+                .filter_map(|line| line.split("fork_us=").nth(1)?.split_whitespace().next()?.parse().ok())
+                .collect::<Vec<u64>>()
+        })
+        .collect()
+}
+
+/// `text` without terminal color sequences (`ESC [ ... m`), which the nodes' log lines may carry.
+fn without_colors(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut in_sequence = false;
+    for c in text.chars() {
+        match (in_sequence, c) {
+            (false, '\u{1b}') => in_sequence = true,
+            (false, c) => plain.push(c),
+            (true, 'm') => in_sequence = false,
+            (true, _) => {}
+        }
+    }
+    plain
+}
+
 /// Backs up `cluster` into `dir` with the CLI; the manifest it printed.
 fn backup(cluster: &ProcessCluster, dir: &Path) -> Value {
     let output = cluster.cli(&["backup", "--out", dir.to_str().expect("utf-8"), "--json"]);
@@ -232,6 +261,9 @@ fn a_backup_under_load_restores_into_a_new_cluster_with_the_same_state() {
         longest_before.as_millis()
     );
     assert!(completed_during > 0, "writes stopped while the backup ran");
+    let forks = fork_micros(&source);
+    println!("the leaders' forks of the state (the only pause of writes), µs: {forks:?}");
+    assert!(forks.len() >= 2, "every shard's leader logs its backup: {forks:?}");
     let backed_up = manifest_shards(&manifest);
     assert_eq!(backed_up.iter().map(|s| s.0).collect::<Vec<_>>(), vec![1, 2]);
     let source_status = source.wait_converged();

@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::process::Command;
 use std::process::Output;
-use std::process::Stdio;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -125,7 +124,8 @@ impl ProcessCluster {
             .arg(&self.config)
             .args(["--node", &id.to_string()])
             .env("RUST_LOG", "info,openraft=warn")
-            .stdout(Stdio::null())
+            // The node logs to stdout (tracing's default); panics and startup errors go to stderr.
+            .stdout(log.try_clone().expect("log file"))
             .stderr(log)
             .spawn()
             .expect("spawn ledger serve");
