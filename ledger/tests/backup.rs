@@ -369,3 +369,69 @@ fn a_backup_under_load_restores_into_a_new_cluster_with_the_same_state() {
     assert!(stderr(&output).contains("is not empty"), "{}", stderr(&output));
     assert_eq!(get_sold(SKUS[0]), sold_before + 1);
 }
+
+#[test]
+fn a_follower_names_the_leader_and_an_unknown_shard_is_not_found() {
+    use flashledger_proto::metadata;
+    use flashledger_proto::v1::BackupRequest;
+    use flashledger_proto::v1::cluster_client::ClusterClient;
+
+    let cluster = ProcessCluster::start(3);
+    let status = cluster.status();
+    let nodes = status["nodes"].as_array().expect("nodes");
+    let role_of = |node: &Value| {
+        let shard = node["shards"]
+            .as_array()
+            .expect("shards")
+            .iter()
+            .find(|s| s["shard_id"] == 1);
+        shard.expect("shard 1")["role"].as_str().expect("role").to_string()
+    };
+    let addr_of = |wanted: &str| {
+        nodes
+            .iter()
+            .find(|node| role_of(node) == wanted)
+            .map(|node| node["addr"].as_str().expect("addr").to_string())
+            .expect("a replica in that role")
+    };
+    let (leader, follower) = (addr_of("leader"), addr_of("follower"));
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let mut client = ClusterClient::connect(format!("http://{follower}"))
+            .await
+            .expect("connect");
+        let status = client
+            .backup(BackupRequest { shard_id: 1 })
+            .await
+            .expect_err("a follower");
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        let named = status
+            .metadata()
+            .get(metadata::LEADER_ADDR)
+            .and_then(|v| v.to_str().ok());
+        assert_eq!(named, Some(leader.as_str()));
+        let status = client
+            .backup(BackupRequest { shard_id: 99 })
+            .await
+            .expect_err("no shard 99");
+        assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+
+        let mut client = ClusterClient::connect(format!("http://{leader}"))
+            .await
+            .expect("connect");
+        let mut stream = client
+            .backup(BackupRequest { shard_id: 1 })
+            .await
+            .expect("the leader")
+            .into_inner();
+        let first = stream.message().await.expect("a chunk").expect("not empty");
+        let header = first.header.expect("the first chunk has the header");
+        let mut received = first.data.len() as u64;
+        while let Some(chunk) = stream.message().await.expect("a chunk") {
+            assert!(chunk.header.is_none(), "one header only");
+            received += chunk.data.len() as u64;
+        }
+        assert_eq!((header.shard_id, received), (1, header.file_bytes));
+        assert_eq!(header.file_sha256.len(), 32);
+    });
+}
