@@ -82,7 +82,7 @@ echo "    $(wc -l <"$work/used-metrics") metric names used by the rules and the 
 
 echo "==> building ledger and flashbench (debug)"
 if [ -z "${LEDGER:-}" ] || [ -z "${FLASHBENCH:-}" ]; then
-  cargo build -q -p flashledger-ledger --bin ledger -p flashledger-bench --bin flashbench
+  cargo build -q -p flashledger-ledger --bin ledger -p flashbench --bin flashbench
 fi
 LEDGER="${LEDGER:-${CARGO_TARGET_DIR:-target}/debug/ledger}"
 FLASHBENCH="${FLASHBENCH:-${CARGO_TARGET_DIR:-target}/debug/flashbench}"

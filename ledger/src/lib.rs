@@ -15,6 +15,9 @@
 //! - [`applied`]: each shard's latest snapshot of its applied state (files / memory).
 //! - [`storage`]: the write-ahead log holding every shard's Raft log and vote (group commit).
 //! - [`config`]: the `cluster.toml` format and its validation.
+//! - [`backup`]: a backup's formats (shard files in the snapshot format, the manifest) and
+//!   restore, which seeds a new cluster's empty data directories from one; the node makes the
+//!   shard files (`node/backup.rs`), the CLI writes and reads the directory.
 //! - [`admission`]: whether a request may enter (deadline, budgets per node and shard with
 //!   priority shares, rate limits per client and buyer), decided before anything is proposed;
 //!   the node holds one, the server asks it.
@@ -27,6 +30,7 @@
 
 pub mod admission;
 pub mod applied;
+pub mod backup;
 pub mod config;
 pub mod metrics;
 pub mod node;

@@ -366,6 +366,12 @@ impl Cluster for FakeNode {
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
         Err(Status::unimplemented("fake"))
     }
+
+    type BackupStream = Pin<Box<dyn Stream<Item = Result<BackupChunk, Status>> + Send>>;
+
+    async fn backup(&self, _: Request<BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 /// A set of fake nodes sharing one shard map. Node ids are 1..=n.

@@ -15,6 +15,7 @@
 //! while a snapshot that lets the log be purged is the only copy of what it covers
 //! (docs/storage.md).
 
+pub mod frame;
 mod memory;
 #[cfg(not(madsim))]
 mod snapshot_file;
@@ -34,6 +35,11 @@ use crate::state_machine::state::LedgerState;
 use crate::types::LogId;
 use crate::types::SnapshotMeta;
 use crate::types::StoredMembership;
+
+/// Where a node whose data directory is `data_dir` keeps its shards' snapshots.
+pub fn snapshot_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("snapshots")
+}
 
 /// Failure of the snapshot store.
 #[derive(Debug, thiserror::Error)]
@@ -388,6 +394,26 @@ pub fn encode_image(image: &FrozenImage) -> Result<Vec<u8>, AppliedStoreError> {
     let mut bytes = Vec::with_capacity(size as usize);
     bincode::serialize_into(&mut bytes, image).map_err(|e| AppliedStoreError::Encode(e.to_string()))?;
     Ok(bytes)
+}
+
+/// A whole snapshot as one record: its metadata, the image's length, the image with its order
+/// records inline (the layout of the snapshot record `AppliedStore::save_image` writes, whose
+/// image keeps its orders in chunks apart). What a backup's shard file holds, framed.
+pub fn encode_whole_record(meta: &SnapshotMeta, image: &FrozenImage) -> Result<Vec<u8>, AppliedStoreError> {
+    let meta_bytes = encode(meta)?;
+    let image_bytes = bincode::serialized_size(image).map_err(|e| AppliedStoreError::Encode(e.to_string()))?;
+    let mut record = Vec::with_capacity(meta_bytes.len() + 8 + image_bytes as usize);
+    record.extend_from_slice(&meta_bytes);
+    record.extend_from_slice(&image_bytes.to_le_bytes());
+    bincode::serialize_into(&mut record, image).map_err(|e| AppliedStoreError::Encode(e.to_string()))?;
+    Ok(record)
+}
+
+/// The metadata and the image of a record [`encode_whole_record`] made, checked as a received
+/// snapshot is (the image's parts must fit together and keep the ledger's invariant).
+pub fn decode_whole_record(record: &[u8]) -> Result<(SnapshotMeta, ShardImage), AppliedStoreError> {
+    let (meta, image) = split_stored(record)?;
+    Ok((meta, decode_image(image)?))
 }
 
 /// Decodes a snapshot image; a received snapshot that does not decode is a data error.

@@ -22,15 +22,12 @@ use std::path::PathBuf;
 use crate::applied::AppliedStoreError;
 use crate::applied::SnapshotBackend;
 use crate::applied::StreamWriter;
+use crate::applied::frame::CRC_OFFSET;
+use crate::applied::frame::HEADER_BYTES;
+use crate::applied::frame::check_header;
+use crate::applied::frame::header;
 use crate::types::ShardId;
 
-/// The last two bytes are the format version: 02 since sale rules carry rate limits (a SKU
-/// record of format 01 does not decode as one of 02).
-const MAGIC: &[u8; 8] = b"FLSNAP02";
-/// What an older format's files begin with, to name them as such.
-const OLDER_MAGICS: [&[u8; 8]; 1] = [b"FLSNAP01"];
-/// magic (8) + payload length (8) + CRC-32 of the payload (4).
-const HEADER_BYTES: usize = 8 + 8 + 4;
 /// The payload is written and flushed in chunks of this many bytes.
 const WRITE_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
@@ -130,9 +127,7 @@ fn write_framed(path: &Path, length: u64, write: &mut StreamWriter<'_>) -> Resul
     let mut save = || -> std::io::Result<()> {
         let mut file = File::create(path)?;
         // The CRC is known only at the end: written over this placeholder then.
-        file.write_all(MAGIC)?;
-        file.write_all(&length.to_le_bytes())?;
-        file.write_all(&[0; 4])?;
+        file.write_all(&header(length, 0))?;
         let mut payload = PayloadWriter {
             file: &file,
             buffer: Vec::with_capacity(WRITE_CHUNK_BYTES),
@@ -147,7 +142,7 @@ fn write_framed(path: &Path, length: u64, write: &mut StreamWriter<'_>) -> Resul
                 "a snapshot of {length} bytes was announced, {written} written"
             )));
         }
-        file.seek(std::io::SeekFrom::Start(16))?;
+        file.seek(std::io::SeekFrom::Start(CRC_OFFSET))?;
         file.write_all(&crc.to_le_bytes())?;
         // What makes it durable (and the file's size and blocks): the chunks' flushes only
         // spread the writing out.
@@ -236,27 +231,12 @@ fn read_framed(path: &Path) -> Result<Option<Vec<u8>>, AppliedStoreError> {
         }
         Err(e) => return Err(io_error(path, e)),
     }
-    if OLDER_MAGICS.iter().any(|older| &header[..8] == *older) {
-        return Err(damaged(
-            "written by an older flashledger (snapshot format 01; this build reads 02): restore this replica from \
-             another one, or start it from an empty data directory",
-        ));
-    }
-    if &header[..8] != MAGIC {
-        return Err(damaged("not a flashledger snapshot file"));
-    }
-    let length = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
-    let crc = u32::from_le_bytes(header[16..20].try_into().expect("4 bytes"));
     // Read into a buffer of the payload's size (the file says how big it is): a growing
     // buffer copied the snapshot up to twice more. A damaged length cannot ask for more
     // than the file holds.
     let file_bytes = file.metadata().map_err(|e| io_error(path, e))?.len();
     let stored = file_bytes.saturating_sub(HEADER_BYTES as u64);
-    if length != stored {
-        return Err(damaged(&format!(
-            "truncated or damaged: the header announces {length} bytes, the file holds {stored}"
-        )));
-    }
+    let (length, crc) = check_header(&header, stored).map_err(|message| damaged(&message))?;
     let mut payload = Vec::with_capacity(length as usize);
     file.take(length)
         .read_to_end(&mut payload)

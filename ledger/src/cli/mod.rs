@@ -2,6 +2,7 @@
 //! operator CLI (status, SKU admin, orders) and the flash-sale demo driver. Output is
 //! human-readable by default and JSON with `--json`.
 
+mod backup;
 mod flash_sale;
 mod orders;
 mod serve;
@@ -144,6 +145,14 @@ pub enum Action {
     },
     #[command(flatten)]
     Order(orders::OrderCommand),
+    /// Back up every shard of a live cluster into a new directory: each shard's state at the
+    /// index its leader reached, with a manifest (docs/backup.md). Writes pause only for a fork
+    /// of each shard's state.
+    Backup(backup::BackupArgs),
+    /// Seed the empty data directories of a new cluster (`--config`, other addresses allowed,
+    /// the same shards) from a backup; then start its nodes with `ledger serve`. Everything is
+    /// checked before anything is written.
+    Restore(backup::RestoreArgs),
     /// Run a flash sale against the cluster and check nothing was oversold.
     FlashSale(flash_sale::FlashSaleArgs),
 }
@@ -156,5 +165,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Action::Status { target } => status::run(&target).await,
         Action::Order(order) => orders::run(order).await.map(done),
         Action::FlashSale(args) => flash_sale::run(args).await.map(done),
+        Action::Backup(args) => backup::backup(&args).await,
+        Action::Restore(args) => backup::restore(&args),
     }
 }

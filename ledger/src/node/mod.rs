@@ -25,6 +25,7 @@ use crate::raft::state_store::ShardView;
 use crate::types::NodeId;
 use crate::types::ShardId;
 
+mod backup;
 mod error;
 pub mod latency;
 mod read;

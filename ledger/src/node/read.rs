@@ -11,6 +11,7 @@ use openraft::async_runtime::WatchReceiver;
 
 use crate::node::Node;
 use crate::node::NodeError;
+use crate::node::ShardReplica;
 use crate::node::now_ms;
 use crate::state_machine::state::StockCounts;
 use crate::types::NodeId;
@@ -79,18 +80,7 @@ impl Node {
             ReadConsistency::Linearizable
                 if crate::simulation::planted(crate::simulation::PlantedBug::StaleLeaderRead)
                     && shard.raft.is_leader() => {}
-            ReadConsistency::Linearizable => {
-                let timeout_ms = self.config.server.request_timeout_ms;
-                // Served under the leader lease when a quorum acknowledged recently (no consensus
-                // round); otherwise the leader heartbeats and waits for a fresh quorum (read index).
-                let option = LinearizerOption::new(None, true).with_wait_timeout(Duration::from_millis(timeout_ms));
-                let ensure = shard.raft.ensure_linearizable(option);
-                match tokio::time::timeout(Duration::from_millis(timeout_ms), ensure).await {
-                    Err(_) => return Err(NodeError::Timeout { shard_id, timeout_ms }),
-                    Ok(Err(error)) => return Err(self.raft_error(shard_id, error)),
-                    Ok(Ok(_read_log_id)) => {}
-                }
-            }
+            ReadConsistency::Linearizable => self.ensure_linearizable(shard).await?,
             ReadConsistency::Stale { max_lag_entries } => {
                 let last_log_index = shard.raft.metrics().borrow_watched().last_log_index.unwrap_or(0);
                 let lag = last_log_index.saturating_sub(shard.view.applied_index());
@@ -109,6 +99,22 @@ impl Node {
                 sku: String::from_utf8_lossy(sku).into_owned(),
             }),
         })
+    }
+
+    /// Returns once this node is `shard`'s leader and its applied state reflects every entry
+    /// committed before the call: served under the leader lease when a quorum acknowledged
+    /// recently (no consensus round); otherwise the leader heartbeats and waits for a fresh
+    /// quorum (read index). A follower answers `NotLeader` with the leader it knows.
+    pub(super) async fn ensure_linearizable(&self, shard: &ShardReplica) -> Result<(), NodeError> {
+        let shard_id = shard.config.id;
+        let timeout_ms = self.config.server.request_timeout_ms;
+        let option = LinearizerOption::new(None, true).with_wait_timeout(Duration::from_millis(timeout_ms));
+        let ensure = shard.raft.ensure_linearizable(option);
+        match tokio::time::timeout(Duration::from_millis(timeout_ms), ensure).await {
+            Err(_) => Err(NodeError::Timeout { shard_id, timeout_ms }),
+            Ok(Err(error)) => Err(self.raft_error(shard_id, error)),
+            Ok(Ok(_read_log_id)) => Ok(()),
+        }
     }
 
     /// Per-shard Raft and ledger state, for `Status` and the operator CLI.

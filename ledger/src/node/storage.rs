@@ -103,7 +103,7 @@ fn open_disk(data_dir: &Path) -> Result<OpenedStorage, StorageError> {
         .map_err(|e| StorageError::Wal(format!("{}: {e}", wal_dir.display())))?;
     Ok(OpenedStorage {
         wal,
-        snapshots: SnapshotBackends::Files(data_dir.join("snapshots")),
+        snapshots: SnapshotBackends::Files(crate::applied::snapshot_dir(data_dir)),
     })
 }
 

@@ -368,7 +368,7 @@ fn operations_in(entry: &Entry) -> u64 {
 
 /// How urgently blocking snapshot work should get a core.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SnapshotPriority {
+pub(crate) enum SnapshotPriority {
     /// Only when nothing else wants the core (a snapshot that is merely due).
     Background,
     /// Like the node's own threads: an installed snapshot a lagging replica waits for, or a
@@ -383,7 +383,7 @@ enum SnapshotPriority {
 /// priority took the cores from the write path (throughput fell by half for the second they
 /// ran). The simulator runs it inline: its disk is memory and its scheduler must stay
 /// deterministic.
-async fn run_blocking<T: Send + 'static>(
+pub(crate) async fn run_blocking<T: Send + 'static>(
     priority: SnapshotPriority,
     work: impl FnOnce() -> Result<T, AppliedStoreError> + Send + 'static,
 ) -> Result<T, io::Error> {

@@ -93,6 +93,7 @@ pub const RPC_ACCESS: &[(&str, Access)] = &[
     ("/flashledger.v1.Inventory/Watch", Access::Read),
     ("/flashledger.v1.Cluster/ShardMap", Access::Read),
     ("/flashledger.v1.Cluster/Status", Access::Admin),
+    ("/flashledger.v1.Cluster/Backup", Access::Admin),
     ("/flashledger.v1.Raft/AppendEntries", Access::Peer),
     ("/flashledger.v1.Raft/Vote", Access::Peer),
     ("/flashledger.v1.Raft/InstallSnapshot", Access::Peer),
@@ -172,7 +173,7 @@ mod tests {
                 rpcs.push(format!("/flashledger.v1.{service}/{method}"));
             }
         }
-        assert_eq!(rpcs.len(), 15, "the proto's RPCs: {rpcs:?}");
+        assert_eq!(rpcs.len(), 16, "the proto's RPCs: {rpcs:?}");
         for rpc in &rpcs {
             assert!(access_of(rpc).is_some(), "{rpc} has no access rule");
         }
@@ -204,6 +205,10 @@ mod tests {
             assert!(allowed(&Caller::Unchecked, path));
         }
         assert!(!allowed(&buyer, "/flashledger.v1.Inventory/PutSku"));
+        // A backup holds every order of a shard: admins only.
+        assert!(!allowed(&reader, "/flashledger.v1.Cluster/Backup"));
+        assert!(!allowed(&buyer, "/flashledger.v1.Cluster/Backup"));
+        assert!(allowed(&admin, "/flashledger.v1.Cluster/Backup"));
         assert!(!allowed(&admin, "/flashledger.v1.Raft/Vote"));
         assert!(allowed(&reader, "/flashledger.v1.Inventory/GetStock"));
     }

@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::process::Command;
 use std::process::Output;
-use std::process::Stdio;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -43,6 +42,14 @@ impl ProcessCluster {
 
     /// With `extra` appended to the config (whole sections, e.g. `[server]` bounds).
     pub fn start_with(node_count: usize, secure: bool, extra: &str) -> ProcessCluster {
+        let mut cluster = Self::prepare_with(node_count, secure, extra);
+        cluster.start_all();
+        cluster
+    }
+
+    /// A cluster's config, data directory paths and TLS material, its nodes not started yet
+    /// (a test may seed their data directories first, as `ledger restore` does).
+    pub fn prepare_with(node_count: usize, secure: bool, extra: &str) -> ProcessCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         // Free ports (bound, then let go): the default admin port, gRPC's + 1000, may be taken.
         let free_addrs = |count: usize| -> Vec<String> {
@@ -96,19 +103,27 @@ impl ProcessCluster {
                 .expect("run scripts/certs.sh");
             assert!(made.status.success(), "scripts/certs.sh: {}", stderr(&made));
         }
-        let mut cluster = ProcessCluster {
+        ProcessCluster {
             dir,
             config,
             addrs,
             admin_addrs,
             nodes: (0..node_count).map(|_| None).collect(),
             certs: secure.then_some(certs),
-        };
-        for id in 1..=node_count {
-            cluster.spawn(id);
         }
-        cluster.wait_for_leaders();
-        cluster
+    }
+
+    /// Starts every node and waits until every shard has a leader.
+    pub fn start_all(&mut self) {
+        for id in 1..=self.nodes.len() {
+            self.spawn(id);
+        }
+        self.wait_for_leaders();
+    }
+
+    /// Node `id`'s data directory.
+    pub fn data_dir(&self, id: usize) -> PathBuf {
+        self.dir.path().join(format!("node{id}"))
     }
 
     pub fn spawn(&mut self, id: usize) {
@@ -118,7 +133,8 @@ impl ProcessCluster {
             .arg(&self.config)
             .args(["--node", &id.to_string()])
             .env("RUST_LOG", "info,openraft=warn")
-            .stdout(Stdio::null())
+            // The node logs to stdout (tracing's default); panics and startup errors go to stderr.
+            .stdout(log.try_clone().expect("log file"))
             .stderr(log)
             .spawn()
             .expect("spawn ledger serve");
