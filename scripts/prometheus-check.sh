@@ -9,7 +9,7 @@
 #   2. `promtool check rules` and `promtool test rules` on deploy/prometheus/; every expression of
 #      deploy/grafana/flashledger-dashboard.json must parse (checked as recording rules).
 #   3. Starts 3 nodes (debug build, plaintext, own ports and data in a temp dir) with a tight
-#      admission budget, a client rate limit and small snapshot intervals, so that shedding,
+#      admission budget, a buyer rate limit and small snapshot intervals, so that shedding,
 #      rate limiting and snapshots happen; starts Prometheus scraping their admin ports every
 #      second with the rules loaded.
 #   4. Every metric named by the rules or the dashboard must have a series; flashbench runs the
@@ -116,14 +116,15 @@ end = ""
 replicas = [1, 2, 3]
 
 [raft]
-snapshot_ops_since_last = 2000
+snapshot_ops_since_last = 1000
+snapshot_growth_percent = 0
 
-# Tight on purpose: the load below must be shed and rate limited now and then.
+# Tight on purpose: the load below must be shed, a buyer rate limited, snapshots taken.
 [admission]
 node_ops_inflight_max = 64
 shard_ops_inflight_max = 48
-client_ops_per_s = 1500
-client_burst_ops = 300
+buyer_ops_per_s = 1
+buyer_burst_ops = 2
 
 [security]
 insecure = true
@@ -194,6 +195,12 @@ for name in $moving; do before[$name]=$(query "sum({__name__=\"$name\"})"); done
 echo "==> load: flashbench hot workload, 256 callers, 8 s, against a budget of 64 ops per node"
 "$FLASHBENCH" run --seeds "$(IFS=,; echo "${seeds[*]}")" --workload hot --clients 256 --secs 8 \
   --warmup-secs 1 --no-progress --out-dir "$work/flashbench" | tail -n 15
+echo "==> one buyer tries 6 purchases in a row against a buyer limit of 1/s (burst 2)"
+"$LEDGER" put-sku promcheck-limited --total 100 --config "$config" >/dev/null
+for attempt in 1 2 3 4 5 6; do
+  "$LEDGER" purchase promcheck-limited 1 --user promcheck-buyer --order "promcheck-$attempt" \
+    --config "$config" 2>&1 | tail -n 1 | sed 's/^/    /' || true
+done
 sleep 3 # two scrapes after the load
 
 echo "==> counters and histograms grew, log indexes advanced"

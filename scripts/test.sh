@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: the one gate a reviewer would run. It changes no files.
 #   formatting, clippy (warnings are errors), the whole test suite (with real PostgreSQL, see
-#   scripts/pg-env.sh), the deterministic simulation (RUSTFLAGS="--cfg madsim", own target
+#   scripts/pg-env.sh), a real Prometheus scraping a cluster (scripts/prometheus-check.sh), the deterministic simulation (RUSTFLAGS="--cfg madsim", own target
 #   dir): its tests and a sweep of SIM_SEEDS (default 100) seeds, and a fuzz smoke run of
 #   FUZZ_SECONDS (default 10) per target (skipped, loudly, without nightly and cargo-fuzz).
 set -euo pipefail
@@ -28,6 +28,10 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast
 fi
+
+step "Prometheus against a live cluster: alert rules (promtool check/test), dashboard, metrics under load"
+# Installs Debian's prometheus when missing; skips loudly when it cannot (under CI=true: fails).
+scripts/prometheus-check.sh
 
 step "deterministic simulation (RUSTFLAGS=--cfg madsim, release): build, its tests, a seed sweep"
 # The whole workspace must build for the simulator; then the simulator's own tests (pinned
