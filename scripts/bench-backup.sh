@@ -3,7 +3,7 @@
 # directory) is filled with ORDERS confirmed orders, then the same flash sale runs twice, once
 # alone and once with `ledger backup` taken while it runs; prints the sale's figures for both, how
 # long the backup took, its size, and the leaders' fork times (the only pause of writes, from
-# the node logs). docs/backup.md records a run.
+# the node logs). docs/operations.md, "Backup and restore" records a run.
 #
 #   scripts/bench-backup.sh                  # LEDGER=target/release/ledger ORDERS=50000
 set -euo pipefail

@@ -12,7 +12,7 @@
 //! Restore checks everything first (manifest, every file's length, SHA-256, frame, image,
 //! index and digest, the new config's shard ranges, empty data directories) and writes only
 //! then: each node's data directory gets the shard's image as its initial snapshot, with the
-//! new cluster's membership (see [`restore`]). docs/backup.md is the operator's view.
+//! new cluster's membership (see [`restore`]). docs/operations.md, "Backup and restore" is the operator's view.
 
 pub mod manifest;
 #[cfg(not(madsim))]

@@ -1,4 +1,4 @@
-//! `ledger backup` and `ledger restore` (see `ledger::backup` and docs/backup.md).
+//! `ledger backup` and `ledger restore` (see `ledger::backup` and docs/operations.md, "Backup and restore").
 //!
 //! `backup --out DIR` asks each shard's leader for its state (`Cluster/Backup`), writes
 //! `DIR/shard-<id>.snap` as it arrives, checks each file the way restore will (SHA-256, frame,

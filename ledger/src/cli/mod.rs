@@ -146,8 +146,8 @@ pub enum Action {
     #[command(flatten)]
     Order(orders::OrderCommand),
     /// Back up every shard of a live cluster into a new directory: each shard's state at the
-    /// index its leader reached, with a manifest (docs/backup.md). Writes pause only for a fork
-    /// of each shard's state.
+    /// index its leader reached, with a manifest (docs/operations.md, "Backup and restore").
+    /// Writes pause only for a fork of each shard's state.
     Backup(backup::BackupArgs),
     /// Seed the empty data directories of a new cluster (`--config`, other addresses allowed,
     /// the same shards) from a backup; then start its nodes with `ledger serve`. Everything is
