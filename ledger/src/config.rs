@@ -932,6 +932,18 @@ mod tests {
     }
 
     #[test]
+    fn the_multi_host_example_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/cluster.multi-host.toml");
+        let config = ClusterConfig::load(&path).expect("deploy/cluster.multi-host.toml loads");
+        assert_eq!(config.nodes.len(), 3);
+        assert_eq!(config.nodes[1].admin_addr.as_deref(), Some("10.0.1.2:8101"));
+        assert_eq!(config.postgres.len(), 2);
+        for sku in [&b"apple"[..], b"kiwi", b"zebra"] {
+            assert!(config.shard_for_sku(sku).is_some());
+        }
+    }
+
+    #[test]
     fn defaults_fill_missing_sections_and_skus_route() {
         let config = parse(VALID).expect("valid");
         assert_eq!(config.raft, RaftSection::default());
