@@ -41,6 +41,12 @@ impl ProcessCluster {
 
     /// With `extra` appended to the config (whole sections, e.g. `[server]` bounds).
     pub fn start_with(node_count: usize, secure: bool, extra: &str) -> ProcessCluster {
+        Self::start_placed(node_count, secure, extra, None)
+    }
+
+    /// As [`ProcessCluster::start_with`], with `shards` (`[[shards]]` sections) in place of the
+    /// default two shards on every node: a test can give shards different replica sets.
+    pub fn start_placed(node_count: usize, secure: bool, extra: &str, shards: Option<&str>) -> ProcessCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let addrs: Vec<String> = (0..node_count)
             .map(|_| {
@@ -76,8 +82,13 @@ impl ProcessCluster {
         }
         let replicas: Vec<String> = (1..=node_count).map(|id| id.to_string()).collect();
         let replicas = replicas.join(", ");
-        toml.push_str(&format!("[[shards]]\nid = 1\nend = \"m\"\nreplicas = [{replicas}]\n"));
-        toml.push_str(&format!("[[shards]]\nid = 2\nstart = \"m\"\nreplicas = [{replicas}]\n"));
+        match shards {
+            Some(shards) => toml.push_str(shards),
+            None => {
+                toml.push_str(&format!("[[shards]]\nid = 1\nend = \"m\"\nreplicas = [{replicas}]\n"));
+                toml.push_str(&format!("[[shards]]\nid = 2\nstart = \"m\"\nreplicas = [{replicas}]\n"));
+            }
+        }
         toml.push_str(extra);
         let config = dir.path().join("cluster.toml");
         std::fs::write(&config, toml).expect("write config");
