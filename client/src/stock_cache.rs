@@ -454,43 +454,44 @@ struct StreamEnded {
     heard_any: bool,
 }
 
-/// Applies one stream's events until it ends, fails, or stays silent past `stale_after_ms`.
+/// Applies one stream's events until it ends, fails, or says nothing of the cached shard for
+/// `stale_after_ms` (a hung node, or a replica that lost touch with its leader: other shards'
+/// marks on the same stream do not count).
 async fn consume(events: &mut crate::WatchEvents, shared: &Shared) -> StreamEnded {
     let mut heard_any = false;
+    let mut last_heard = Instant::now();
     loop {
-        let next = tokio::time::timeout(shared.stale_after(), events.next_event()).await;
-        let event = match next {
-            Err(_) => {
-                let why = format!("stream silent for {} ms", shared.options.stale_after_ms);
-                return StreamEnded { why, heard_any };
-            }
-            Ok(None) => {
-                let why = "stream ended".to_string();
-                return StreamEnded { why, heard_any };
-            }
-            Ok(Some(Err(error))) => {
-                let why = error.to_string();
-                return StreamEnded { why, heard_any };
-            }
-            Ok(Some(Ok(event))) => event,
-        };
-        heard_any = true;
-        let mut state = shared.state();
-        state.last_heard = Some(Instant::now());
-        match event {
-            WatchEvent::Change(change) if change.shard_id == shared.shard_id => state.receive_change(&change),
-            WatchEvent::Progress(progress) if progress.shard_id == shared.shard_id => {
-                state.receive_progress(&progress, shared.options.skus_max);
-                if let Some(failed) = &state.failed {
-                    return StreamEnded {
-                        why: failed.clone(),
-                        heard_any,
-                    };
+        let remaining = shared.stale_after().saturating_sub(last_heard.elapsed());
+        let why = match tokio::time::timeout(remaining, events.next_event()).await {
+            Err(_) => format!("no word of shard {} for {} ms", shared.shard_id, shared.options.stale_after_ms),
+            Ok(None) => "stream ended".to_string(),
+            Ok(Some(Err(error))) => error.to_string(),
+            Ok(Some(Ok(event))) => {
+                let mut state = shared.state();
+                let heard = match event {
+                    WatchEvent::Change(change) if change.shard_id == shared.shard_id => {
+                        state.receive_change(&change);
+                        true
+                    }
+                    WatchEvent::Progress(progress) if progress.shard_id == shared.shard_id => {
+                        state.receive_progress(&progress, shared.options.skus_max);
+                        true
+                    }
+                    // Another shard on the same node: its indexes count in another log.
+                    WatchEvent::Change(_) | WatchEvent::Progress(_) => false,
+                };
+                if heard {
+                    heard_any = true;
+                    last_heard = Instant::now();
+                    state.last_heard = Some(last_heard);
+                }
+                match &state.failed {
+                    Some(failed) => failed.clone(),
+                    None => continue,
                 }
             }
-            // Another shard on the same node: its indexes count in another log.
-            WatchEvent::Change(_) | WatchEvent::Progress(_) => {}
-        }
+        };
+        return StreamEnded { why, heard_any };
     }
 }
 
