@@ -284,7 +284,7 @@ impl Client {
         let stream = self
             .open_watch(start.as_ref(), end.as_ref(), from_index, interval_ms)
             .await?;
-        Ok(WatchEvents::new(stream))
+        Ok(WatchEvents::with_progress(stream))
     }
 
     /// A [`StockCache`] of `[start, end)` fed by this client's Watch streams (see

@@ -78,4 +78,4 @@ pub use stock_cache::{CacheSource, CachedStock, Staleness, StockCache, StockCach
 pub use types::{
     Consistency, Outcome, Priority, RateLimit, SaleRules, Stock, StockChange, WatchEvent, WatchProgress, WriteOp,
 };
-pub use watch::{WatchEvents, WatchStream};
+pub use watch::{WatchEvents, WatchFeed, WatchStream};

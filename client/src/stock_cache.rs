@@ -67,8 +67,7 @@ impl StockCacheOptions {
         if self.stale_after_ms < 2 * self.progress_interval_ms {
             return bad("stale_after_ms", "must be at least twice progress_interval_ms");
         }
-        if self.reconnect_backoff_ms_initial == 0 || self.reconnect_backoff_ms_max < self.reconnect_backoff_ms_initial
-        {
+        if self.reconnect_backoff_ms_initial == 0 || self.reconnect_backoff_ms_max < self.reconnect_backoff_ms_initial {
             return bad(
                 "reconnect_backoff_ms_initial",
                 "must be positive and at most reconnect_backoff_ms_max",
@@ -346,7 +345,12 @@ impl StockCache {
         let cached = self.get(sku);
         let read = self
             .client
-            .get_stock(sku, Consistency::Stale { max_lag_entries: u64::MAX })
+            .get_stock(
+                sku,
+                Consistency::Stale {
+                    max_lag_entries: u64::MAX,
+                },
+            )
             .await;
         match read {
             Ok(Some(stock)) if stock.log_index > status.staleness.index => Ok(Some(CachedStock {
@@ -463,7 +467,10 @@ async fn consume(events: &mut crate::WatchEvents, shared: &Shared) -> StreamEnde
     loop {
         let remaining = shared.stale_after().saturating_sub(last_heard.elapsed());
         let why = match tokio::time::timeout(remaining, events.next_event()).await {
-            Err(_) => format!("no word of shard {} for {} ms", shared.shard_id, shared.options.stale_after_ms),
+            Err(_) => format!(
+                "no word of shard {} for {} ms",
+                shared.shard_id, shared.options.stale_after_ms
+            ),
             Ok(None) => "stream ended".to_string(),
             Ok(Some(Err(error))) => error.to_string(),
             Ok(Some(Ok(event))) => {
@@ -530,7 +537,11 @@ mod tests {
         assert_eq!(sold(&state, "a"), None, "not served before a mark covers it");
         state.receive_change(&change("a", 2, 7));
         state.receive_progress(&mark(6), 10);
-        assert_eq!((sold(&state, "a"), state.index), (None, 6), "only the newest change is held, and it is past 6");
+        assert_eq!(
+            (sold(&state, "a"), state.index),
+            (None, 6),
+            "only the newest change is held, and it is past 6"
+        );
         state.receive_progress(&mark(7), 10);
         assert_eq!((sold(&state, "a"), state.index, state.log_time_ms), (Some(2), 7, 1_007));
     }

@@ -14,79 +14,40 @@ use tonic::codec::Streaming;
 
 use crate::{ClientError, StockChange, WatchEvent, convert};
 
-/// Stock changes in log order. Yields `Err` once (then ends) if the node fails mid-stream.
-pub struct WatchStream {
+/// A Watch server stream, each message decoded by `decode`. Yields `Err` once (then ends) if
+/// the node fails mid-stream.
+pub struct WatchFeed<T> {
     /// The gRPC server stream.
     inner: Streaming<wire::StockChange>,
     /// Set after an error so the stream ends instead of polling a failed transport.
     done: bool,
+    decode: fn(&wire::StockChange) -> Result<T, ClientError>,
 }
+
+/// Stock changes in log order, from [`crate::Client::watch`].
+pub type WatchStream = WatchFeed<StockChange>;
+
+/// Stock changes and progress marks in log order (per shard), from
+/// [`crate::Client::watch_events`].
+pub type WatchEvents = WatchFeed<WatchEvent>;
 
 impl WatchStream {
     pub(crate) fn new(inner: Streaming<wire::StockChange>) -> Self {
-        WatchStream { inner, done: false }
-    }
-}
-
-impl std::fmt::Debug for WatchStream {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.debug_struct("WatchStream").field("done", &self.done).finish()
-    }
-}
-
-/// The next message of `inner` through `decode`, or the stream's failure as a client error;
-/// sets `done` on anything after which the stream must not be polled again.
-fn poll_decoded<T>(
-    inner: &mut Streaming<wire::StockChange>,
-    done: &mut bool,
-    context: &mut Context<'_>,
-    decode: impl FnOnce(&wire::StockChange) -> Result<T, ClientError>,
-) -> Poll<Option<Result<T, ClientError>>> {
-    if *done {
-        return Poll::Ready(None);
-    }
-    match Pin::new(inner).poll_next(context) {
-        Poll::Pending => Poll::Pending,
-        Poll::Ready(None) => {
-            *done = true;
-            Poll::Ready(None)
-        }
-        Poll::Ready(Some(Ok(message))) => {
-            let decoded = decode(&message);
-            if decoded.is_err() {
-                *done = true;
-            }
-            Poll::Ready(Some(decoded))
-        }
-        Poll::Ready(Some(Err(status))) => {
-            *done = true;
-            Poll::Ready(Some(Err(ClientError::Unavailable {
-                attempts: 1,
-                last_error: format!("watch stream: {:?}: {}", status.code(), status.message()),
-            })))
+        WatchFeed {
+            inner,
+            done: false,
+            decode: convert::stock_change_from_wire,
         }
     }
-}
-
-impl Stream for WatchStream {
-    type Item = Result<StockChange, ClientError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        poll_decoded(&mut this.inner, &mut this.done, context, convert::stock_change_from_wire)
-    }
-}
-
-/// Stock changes and progress marks in log order (per shard). Yields `Err` once (then ends) if
-/// the node fails mid-stream.
-pub struct WatchEvents {
-    inner: Streaming<wire::StockChange>,
-    done: bool,
 }
 
 impl WatchEvents {
-    pub(crate) fn new(inner: Streaming<wire::StockChange>) -> Self {
-        WatchEvents { inner, done: false }
+    pub(crate) fn with_progress(inner: Streaming<wire::StockChange>) -> Self {
+        WatchFeed {
+            inner,
+            done: false,
+            decode: convert::watch_event_from_wire,
+        }
     }
 
     /// The next event; `None` once the stream ended.
@@ -95,17 +56,40 @@ impl WatchEvents {
     }
 }
 
-impl std::fmt::Debug for WatchEvents {
+impl<T> std::fmt::Debug for WatchFeed<T> {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.debug_struct("WatchEvents").field("done", &self.done).finish()
+        formatter.debug_struct("WatchFeed").field("done", &self.done).finish()
     }
 }
 
-impl Stream for WatchEvents {
-    type Item = Result<WatchEvent, ClientError>;
+impl<T> Stream for WatchFeed<T> {
+    type Item = Result<T, ClientError>;
 
     fn poll_next(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        poll_decoded(&mut this.inner, &mut this.done, context, convert::watch_event_from_wire)
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let decode = self.decode;
+        match Pin::new(&mut self.inner).poll_next(context) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(message))) => {
+                let decoded = decode(&message);
+                if decoded.is_err() {
+                    self.done = true;
+                }
+                Poll::Ready(Some(decoded))
+            }
+            Poll::Ready(Some(Err(status))) => {
+                self.done = true;
+                Poll::Ready(Some(Err(ClientError::Unavailable {
+                    attempts: 1,
+                    last_error: format!("watch stream: {:?}: {}", status.code(), status.message()),
+                })))
+            }
+        }
     }
 }

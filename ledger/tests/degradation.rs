@@ -91,7 +91,10 @@ async fn a_shard_without_quorum_fails_writes_fast_while_reads_and_other_shards_g
     }
     let cache = client.stock_cache("", "m", cache_options()).expect("cache");
     for n in 0..5 {
-        assert_eq!(buy_eventually(&client, "apple", &format!("a{n}")).await, Outcome::Confirmed);
+        assert_eq!(
+            buy_eventually(&client, "apple", &format!("a{n}")).await,
+            Outcome::Confirmed
+        );
     }
     assert_cache_caught_up(&client, &cache, "apple").await;
     let before = cache.get("apple").expect("cached");
@@ -108,12 +111,18 @@ async fn a_shard_without_quorum_fails_writes_fast_while_reads_and_other_shards_g
         matches!(refused, ClientError::Unavailable { .. } | ClientError::Timeout { .. }),
         "unavailable or timed out, both retryable with the same order id: {refused:?}"
     );
-    assert!(took < Duration::from_secs(4), "bounded by the client's 2 s deadline: {took:?}");
+    assert!(
+        took < Duration::from_secs(4),
+        "bounded by the client's 2 s deadline: {took:?}"
+    );
 
     tracing::info!("--- the other shard keeps taking writes");
     for n in 0..5 {
         let started = Instant::now();
-        assert_eq!(buy_eventually(&client, "melon", &format!("m{n}")).await, Outcome::Confirmed);
+        assert_eq!(
+            buy_eventually(&client, "melon", &format!("m{n}")).await,
+            Outcome::Confirmed
+        );
         eprintln!("purchase on the healthy shard: {:?}", started.elapsed());
     }
 
@@ -127,7 +136,11 @@ async fn a_shard_without_quorum_fails_writes_fast_while_reads_and_other_shards_g
         assert!(answer.staleness.index >= before.staleness.index);
     }
     assert_eq!(second.source, CacheSource::Cache);
-    assert!(!second.staleness.live, "the cache says its stream is down: {:?}", second.staleness);
+    assert!(
+        !second.staleness.live,
+        "the cache says its stream is down: {:?}",
+        second.staleness
+    );
     let (first_age, second_age) = (
         first.staleness.age.unwrap_or_default(),
         second.staleness.age.expect("the cache's own age"),
@@ -137,11 +150,19 @@ async fn a_shard_without_quorum_fails_writes_fast_while_reads_and_other_shards_g
         "staleness grows: {first_age:?} then {second_age:?}"
     );
     let stale = client
-        .get_stock("apple", Consistency::Stale { max_lag_entries: u64::MAX })
+        .get_stock(
+            "apple",
+            Consistency::Stale {
+                max_lag_entries: u64::MAX,
+            },
+        )
         .await
         .expect("a stale read answers")
         .expect("apple");
-    assert_eq!(stale.sold, before.sold, "the surviving replica serves the last committed counts");
+    assert_eq!(
+        stale.sold, before.sold,
+        "the surviving replica serves the last committed counts"
+    );
 
     tracing::info!("--- the quorum comes back: writes resume and the cache catches up by itself");
     cluster.spawn(1);
@@ -170,6 +191,9 @@ async fn the_cache_catches_up_after_its_node_is_killed() {
         cluster.wait_for_leaders();
     }
     let status = cache.status();
-    assert!(status.reconnects > 0, "the stream's node was among those killed: {status:?}");
+    assert!(
+        status.reconnects > 0,
+        "the stream's node was among those killed: {status:?}"
+    );
     assert_eq!(cache.get("apple").expect("apple").sold, 15);
 }

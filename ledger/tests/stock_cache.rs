@@ -34,9 +34,7 @@ async fn client(cluster: &TestCluster) -> Client {
 async fn purchases(cluster: &TestCluster, sku: &str, tag: &str, count: usize) -> Vec<u64> {
     let mut indexes = Vec::with_capacity(count);
     for n in 0..count {
-        let (_, index) = cluster
-            .write(vec![purchase(sku, "u", &format!("{tag}-{n}"))])
-            .await;
+        let (_, index) = cluster.write(vec![purchase(sku, "u", &format!("{tag}-{n}"))]).await;
         indexes.push(index);
     }
     indexes
@@ -59,7 +57,12 @@ async fn assert_caught_up(cluster: &TestCluster, cache: &StockCache, sku: &str, 
     let truth = cluster.linearizable_stock(sku).await;
     assert_eq!(
         (cached.total, cached.available, cached.reserved, cached.sold),
-        (truth.total as i64, truth.available as i64, truth.reserved as i64, truth.sold as i64),
+        (
+            truth.total as i64,
+            truth.available as i64,
+            truth.reserved as i64,
+            truth.sold as i64
+        ),
         "the cache at index {} against a linearizable read",
         cached.staleness.index
     );
@@ -83,7 +86,11 @@ async fn the_cache_serves_exactly_the_committed_state_at_the_index_it_states() {
             let mut samples = Vec::new();
             while !stop.load(Ordering::SeqCst) {
                 if let Some(apple) = cache.get("apple") {
-                    samples.push((apple.staleness.index, apple.sold, apple.available + apple.sold == apple.total));
+                    samples.push((
+                        apple.staleness.index,
+                        apple.sold,
+                        apple.available + apple.sold == apple.total,
+                    ));
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
@@ -101,7 +108,10 @@ async fn the_cache_serves_exactly_the_committed_state_at_the_index_it_states() {
 
     tracing::info!("--- every sample is the state at the index it states: sold == purchases at or below it");
     let advancing: std::collections::BTreeSet<u64> = samples.iter().map(|(index, _, _)| *index).collect();
-    assert!(advancing.len() > 5, "the cache advanced while the writes went on: {advancing:?}");
+    assert!(
+        advancing.len() > 5,
+        "the cache advanced while the writes went on: {advancing:?}"
+    );
     for (index, sold, balanced) in &samples {
         assert!(balanced, "available + sold == total at index {index}");
         assert_eq!(*sold, sold_at(&apple, *index), "apple's sold at index {index}");
@@ -110,7 +120,10 @@ async fn the_cache_serves_exactly_the_committed_state_at_the_index_it_states() {
     assert_eq!(avocado_cached.sold, sold_at(&avocado, avocado_cached.staleness.index));
     let staleness = cache.status().staleness;
     assert!(staleness.live, "{staleness:?}");
-    assert!(staleness.age.is_some_and(|age| age < Duration::from_secs(2)), "{staleness:?}");
+    assert!(
+        staleness.age.is_some_and(|age| age < Duration::from_secs(2)),
+        "{staleness:?}"
+    );
     cluster.stop_all().await;
 }
 
@@ -134,8 +147,14 @@ async fn the_cache_survives_a_leader_change_and_the_loss_of_its_node() {
     let last = *bought.last().expect("bought");
     assert_caught_up(&cluster, &cache, "apple", last).await;
     let status = cache.status();
-    assert!(status.reconnects > reconnects_before, "it resumed on another node: {status:?}");
-    assert_eq!(cache.get("apple").expect("apple").sold, sold_at(&bought, status.staleness.index));
+    assert!(
+        status.reconnects > reconnects_before,
+        "it resumed on another node: {status:?}"
+    );
+    assert_eq!(
+        cache.get("apple").expect("apple").sold,
+        sold_at(&bought, status.staleness.index)
+    );
 
     tracing::info!("--- the node comes back and leadership moves again: the cache follows");
     cluster.restart(leader).await;
