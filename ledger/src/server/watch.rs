@@ -276,10 +276,8 @@ async fn forward(
         return;
     };
     loop {
-        if in_touch() {
-            if send_progress(view, &mut live, &range, &sender).await.is_err() {
-                return;
-            }
+        if in_touch() && send_progress(view, &mut live, &range, &sender).await.is_err() {
+            return;
         }
         // Wake on the next change, or after the interval to say nothing changed.
         if let Ok(waited) = tokio::time::timeout(interval, next_change(&mut live, &sender)).await {
