@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The operational figures of the performance issue, on the 3-node cluster of cluster.toml:
-#   1. the Black Friday mix at 1/SCALE (default 1/100) end to end, and the full-scale estimate;
+#   1. the Black Friday mix at 1/SCALE (default 1/100) end to end, and the full-scale estimate,
+#      its product-page reads served from the client's Watch-fed stock cache (CACHE=0: from
+#      stale reads, as before the cache), with the caches' lag behind the leader's commit;
 #   2. RSS per node after ORDERS confirmed orders (default 5 000 000), and how long a node
 #      holding them takes to restart (SIGKILL, start, caught up with the leader);
 #   3. failover: the leader of shard 1 SIGKILLed under load; the outage is the longest gap
@@ -10,7 +12,12 @@
 #      (loaded first if part 2 did not run), the hot-SKU service benchmark (CLIENTS callers,
 #      SNAPSHOT_SECS s) with snapshots off, then forced every SNAPSHOT_EVERY_OPS operations: the
 #      throughput ratio, the worst write latency of each run, and the snapshots built meanwhile.
-# PARTS="black-friday orders failover snapshots" selects parts (default: the first three).
+#   5. cache-lag: the hot-SKU service benchmark (CLIENTS callers, 10 s) with a stock cache of the
+#      hot SKU's shard; how far the cache trails the leader's commit, p50/p99 (docs/benchmarks.md).
+#   6. degradation: the process test that takes one shard's quorum away (ledger/tests/
+#      degradation.rs), printing what writes, the cache, stale reads and the other shard did.
+# PARTS="black-friday orders failover snapshots cache-lag degradation" selects parts (default:
+# the first three).
 # Results (JSON lines, Markdown, PNG, summary.md) go to target/bench-ops/<time>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,11 +29,21 @@ SNAPSHOT_SECS="${SNAPSHOT_SECS:-15}"
 SNAPSHOT_EVERY_OPS="${SNAPSHOT_EVERY_OPS:-100000}"
 PARTS="${PARTS:-black-friday orders failover}"
 CLIENTS="${CLIENTS:-256}"
+CACHE="${CACHE:-1}"
+cache_flag=""
+if [[ "$CACHE" == 1 ]]; then cache_flag="--cache"; fi
 target="${CARGO_TARGET_DIR:-target}"
 results="$target/bench-ops/$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$results"
 results="$(cd "$results" && pwd)"
 summary="$results/summary.md"
+
+if [[ " $PARTS " == *" degradation "* ]]; then
+echo "==> 6. degradation: a shard loses its quorum (5 node processes, ledger/tests/degradation.rs)"
+cargo test -p flashledger-ledger --test degradation -- --nocapture --test-threads 1 2>&1 \
+  | grep -E "^(write to the shard|purchase on the healthy|test |test result)" | tee -a "$summary"
+if [[ "$PARTS" == "degradation" ]]; then exit 0; fi
+fi
 
 echo "==> building flashledger and flashbench (release)"
 cargo build --release -p flashledger-ledger --bin ledger && cargo build --release -p flashbench --bin flashbench
@@ -86,8 +103,8 @@ PY
 
 if [[ " $PARTS " == *" black-friday "* ]]; then
 echo "==> 1. Black Friday at 1/$SCALE"
-"$flashbench" run --workload black-friday --scale "$SCALE" --mode service --services 2 --clients "$CLIENTS" \
-  --label "black-friday 1/$SCALE" --no-progress --out-dir "$results" --jsonl "$results/ops.jsonl" | tail -n 1
+"$flashbench" run --workload black-friday --scale "$SCALE" --mode service --services 2 --clients "$CLIENTS" $cache_flag \
+  --label "black-friday 1/$SCALE${cache_flag:+ cached}" --no-progress --out-dir "$results" --jsonl "$results/ops.jsonl" | tail -n 1
 python3 - "$results/ops.jsonl" >>"$summary" <<'PY'
 import json, sys
 r = [json.loads(l) for l in open(sys.argv[1])][-1]
@@ -97,6 +114,24 @@ print(f"Black Friday at 1/{bf['scale']}: {plan['orders']} orders + {plan['reads'
       f"{plan['burst_orders']} orders as the opening burst: {bf['elapsed_secs']:.1f} s "
       f"({r['attempts_per_s']:.0f} ops/s, p50 {r['p50_us']/1000:.2f} ms, p99 {r['p99_us']/1000:.2f} ms, "
       f"{r['errors']} errors); the full-scale mix would take {bf['full_scale_estimate_secs']/3600:.2f} h at this rate.")
+if "cache" in r:
+    c = r["cache"]
+    print(f"- product-page reads from the stock cache: {c['reads_from_cache']}; its lag behind the leader's commit "
+          f"p50 {c['lag_p50_ms']:.0f} ms, p99 {c['lag_p99_ms']:.0f} ms, max {c['lag_max_ms']:.0f} ms; {c['reconnects']} reconnects")
+PY
+fi
+
+if [[ " $PARTS " == *" cache-lag "* ]]; then
+echo "==> 5. stock cache lag under the hot benchmark"
+"$flashbench" run --workload hot --mode service --services 2 --clients "$CLIENTS" --secs 10 --cache \
+  --label "cache lag hot" --no-progress --out-dir "$results" --jsonl "$results/cache.jsonl" | tail -n 1
+python3 - "$results/cache.jsonl" >>"$summary" <<'PY'
+import json, sys
+r = [json.loads(l) for l in open(sys.argv[1])][-1]
+c = r["cache"]
+print(f"\nStock cache under the hot benchmark ({r['purchases_per_s']:.0f} purchases/s): lag behind the leader's commit "
+      f"p50 {c['lag_p50_ms']:.0f} ms, p99 {c['lag_p99_ms']:.0f} ms, max {c['lag_max_ms']:.0f} ms "
+      f"({c['lag_samples']} samples, every 5 ms); {c['reconnects']} reconnects")
 PY
 fi
 

@@ -31,6 +31,8 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use tokio::time::Instant;
 
+use crate::cached::CacheMeasured;
+use crate::cached::Caches;
 use crate::workload::Action;
 use crate::workload::BlackFridayPlan;
 use crate::workload::WorkloadKind;
@@ -78,6 +80,9 @@ pub struct RunConfig {
     /// Closed loop: a caller whose operation was shed or rate limited waits the node's
     /// retry-after before its next one (as a client honouring the hint would).
     pub honor_retry_after: bool,
+    /// Serve product-page (stale) reads from a stock cache per shard and sample the caches'
+    /// lag behind the leader's commit (see `cached`).
+    pub cache: bool,
 }
 
 /// How one operation ended.
@@ -141,6 +146,8 @@ pub struct Measured {
     pub timeline: Vec<Second>,
     /// Black Friday: the plan and how long it took.
     pub plan: Option<BlackFridayPlan>,
+    /// With `cache`: the caches' lag and how many reads they answered.
+    pub cache: Option<CacheMeasured>,
     /// Unix ms of every successful answer (only with `log_successes`).
     #[serde(skip)]
     pub successes: Vec<u64>,
@@ -208,7 +215,7 @@ impl Recorder {
     }
 }
 
-fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -271,6 +278,10 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Measured> {
     });
     let skus = Arc::new(sku_names(run_id, sku_count));
     setup(&admin, &skus, stock).await?;
+    let caches = match config.cache {
+        true => Some(Arc::new(Caches::start(&admin, &skus).await?)),
+        false => None,
+    };
 
     let client_count = match config.mode {
         Mode::Independent => config.clients,
@@ -324,6 +335,9 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Measured> {
     let next_index = Arc::new(AtomicU64::new(0));
     let late = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
+    let lag_sampler = caches
+        .clone()
+        .map(|caches| tokio::spawn(caches.sample_lag(done.clone())));
     let progress = config.progress.then(|| {
         tokio::spawn(show_progress(
             recorder.clone(),
@@ -342,6 +356,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Measured> {
         run_id,
         next_index: next_index.clone(),
         ops_max: config.ops_max,
+        caches: caches.clone(),
+        reads_from_cache: AtomicU64::new(0),
     });
     // A run with an operation count, like Black Friday, is measured whole.
     let finite = plan.is_some() || config.ops_max.is_some();
@@ -416,6 +432,21 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Measured> {
     if let Some(progress) = progress {
         let _ = progress.await;
     }
+    let cache = match (lag_sampler, &caches) {
+        (Some(sampler), Some(caches)) => {
+            let lag = sampler.await?;
+            let quantile_ms = |q: f64| lag.value_at_quantile(q) as f64;
+            Some(CacheMeasured {
+                lag_samples: lag.len(),
+                lag_p50_ms: quantile_ms(0.5),
+                lag_p99_ms: quantile_ms(0.99),
+                lag_max_ms: lag.max() as f64,
+                reads_from_cache: context.reads_from_cache.load(Ordering::Relaxed),
+                reconnects: caches.reconnects(),
+            })
+        }
+        _ => None,
+    };
     let finished = Instant::now();
     let recorder = lock(&recorder);
     let secs = if finite {
@@ -473,6 +504,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Measured> {
             })
             .collect(),
         plan,
+        cache,
         successes: recorder.successes.clone().unwrap_or_default(),
     })
 }
@@ -491,6 +523,9 @@ struct Context_ {
     run_id: u64,
     next_index: Arc<AtomicU64>,
     ops_max: Option<u64>,
+    /// With `--cache`: where product-page reads are answered.
+    caches: Option<Arc<Caches>>,
+    reads_from_cache: AtomicU64,
 }
 
 impl Context_ {
@@ -548,6 +583,20 @@ async fn execute(client: &Client, context: &Context_, action: Action, caller: us
             match classify(reserved) {
                 Result_::Ok => classify(client.confirm(sku, &order_id).await),
                 other => other,
+            }
+        }
+        Action::Read {
+            sku,
+            linearizable: false,
+        } if context.caches.is_some() => {
+            let caches = context.caches.as_ref().expect("checked by the guard");
+            match caches.read(&context.skus[sku]).await {
+                Ok(Some(_)) => {
+                    context.reads_from_cache.fetch_add(1, Ordering::Relaxed);
+                    Result_::Ok
+                }
+                Ok(None) => Result_::Other,
+                Err(_) => Result_::Error,
             }
         }
         Action::Read { sku, linearizable } => {

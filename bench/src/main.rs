@@ -7,11 +7,13 @@
 //! flashbench run --workload hot --sold-out --mode service --clients 256
 //! flashbench run --workload reads --linearizable --clients 64
 //! flashbench run --workload black-friday --scale 100 --mode service --clients 256
+//! flashbench run --workload black-friday --scale 100 --mode service --clients 256 --cache
 //! flashbench run --workload hot --rate 20000 --clients 512      # open loop
 //! flashbench run --workload hot --rate 60000 --clients 4096 --premium-percent 10   # overload
 //! flashbench compare results/*.jsonl
 //! ```
 
+mod cached;
 mod compare;
 mod driver;
 mod report;
@@ -127,6 +129,10 @@ struct RunArgs {
     /// before its next operation (default: it sends at once, a retry storm).
     #[arg(long)]
     honor_retry_after: bool,
+    /// Serve product-page (stale) reads from a Watch-fed stock cache per shard, and report the
+    /// caches' lag behind the leader's commit (p50/p99, sampled every 5 ms).
+    #[arg(long)]
+    cache: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -153,6 +159,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         if let Some(rate) = args.rate {
             label += &format!(" open {rate}/s");
+        }
+        if args.cache {
+            label += " cached";
         }
         label
     });
@@ -187,6 +196,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         ops_max: args.ops,
         premium_percent: args.premium_percent,
         honor_retry_after: args.honor_retry_after,
+        cache: args.cache,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))

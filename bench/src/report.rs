@@ -57,6 +57,9 @@ pub fn result_json(label: &str, config: &RunConfig, measured: &Measured, detail:
             "full_scale_estimate_secs": measured.secs * config.scale as f64,
         });
     }
+    if let Some(cache) = &measured.cache {
+        value["cache"] = json!(cache);
+    }
     if detail {
         value["timeline"] = json!(measured.timeline);
     }
@@ -114,6 +117,17 @@ pub fn markdown(label: &str, result: &Value, png: Option<&str>) -> String {
             bf["plan"],
             bf["elapsed_secs"].as_f64().unwrap_or(0.0),
             bf["full_scale_estimate_secs"].as_f64().unwrap_or(0.0) / 3600.0
+        );
+    }
+    if let Some(cache) = result.get("cache") {
+        text += &format!(
+            "\nStock cache: {} product-page reads answered from it; lag behind the leader's commit p50 {} ms, p99 {} ms, max {} ms ({} samples); {} stream reconnects.\n",
+            cache["reads_from_cache"],
+            cache["lag_p50_ms"],
+            cache["lag_p99_ms"],
+            cache["lag_max_ms"],
+            cache["lag_samples"],
+            cache["reconnects"]
         );
     }
     if let Some(png) = png {

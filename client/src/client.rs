@@ -13,8 +13,9 @@ use crate::coalesce::Coalescer;
 use crate::convert;
 use crate::router::{Answered, CallKind, Router, Stamp};
 use crate::shard_map::ShardMap;
+use crate::stock_cache::{StockCache, StockCacheOptions};
 use crate::types::Priority;
-use crate::watch::WatchStream;
+use crate::watch::{WatchEvents, WatchStream};
 use crate::{ClientError, ClientOptions, Consistency, Outcome, SaleRules, Stock, WriteOp};
 
 /// The longest SKU the ledger accepts, in bytes.
@@ -264,7 +265,49 @@ impl Client {
         end: impl AsRef<[u8]>,
         from_index: u64,
     ) -> Result<WatchStream, ClientError> {
-        let (start, end) = (start.as_ref(), end.as_ref());
+        let stream = self.open_watch(start.as_ref(), end.as_ref(), from_index, 0).await?;
+        Ok(WatchStream::new(stream))
+    }
+
+    /// [`Client::watch`] with progress marks: after the current state, after each burst of
+    /// changes and at least every `progress_interval` while nothing changes, each shard on the
+    /// node sends its applied index (every change in range up to it has been sent) and the
+    /// leader's time of that entry. The node clamps the interval to [10 ms, 60 s].
+    pub async fn watch_events(
+        &self,
+        start: impl AsRef<[u8]>,
+        end: impl AsRef<[u8]>,
+        from_index: u64,
+        progress_interval: Duration,
+    ) -> Result<WatchEvents, ClientError> {
+        let interval_ms = u32::try_from(progress_interval.as_millis()).unwrap_or(u32::MAX).max(1);
+        let stream = self
+            .open_watch(start.as_ref(), end.as_ref(), from_index, interval_ms)
+            .await?;
+        Ok(WatchEvents::with_progress(stream))
+    }
+
+    /// A [`StockCache`] of `[start, end)` fed by this client's Watch streams (see
+    /// [`crate::stock_cache`]); the range must lie within one shard.
+    pub fn stock_cache(
+        &self,
+        start: impl AsRef<[u8]>,
+        end: impl AsRef<[u8]>,
+        options: StockCacheOptions,
+    ) -> Result<StockCache, ClientError> {
+        StockCache::start(self, start, end, options)
+    }
+
+    /// Opens a Watch server stream on a replica of the range's shard (through the router's
+    /// node choice and retries).
+    async fn open_watch(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        from_index: u64,
+        progress_interval_ms: u32,
+    ) -> Result<tonic::codec::Streaming<wire::StockChange>, ClientError> {
+        check_sku(start)?;
         let map = self.router.map();
         if let Some(shard) = map.shard_for(start) {
             let past_shard = !shard.end.is_empty() && (end.is_empty() || end > shard.end.as_slice());
@@ -279,19 +322,18 @@ impl Client {
             start: start.to_vec().into(),
             end: end.to_vec().into(),
             from_index,
+            progress_interval_ms,
         };
         let kind = CallKind {
             leader_only: false,
             idempotent: true,
         };
-        let stream = self
-            .router
+        self.router
             .call(start, kind, |mut inventory, stamp| {
                 let request = stamp.request(request.clone());
                 async move { inventory.watch(request).await }
             })
-            .await?;
-        Ok(WatchStream::new(stream))
+            .await
     }
 
     /// One write through the router.

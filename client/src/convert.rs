@@ -11,7 +11,7 @@ use flashledger_proto::v1 as wire;
 use wire::write_op::Op;
 
 use crate::shard_map::{Shard, ShardMap};
-use crate::types::{Priority, RateLimit};
+use crate::types::{Priority, RateLimit, WatchEvent, WatchProgress};
 use crate::{ClientError, Consistency, Outcome, SaleRules, Stock, StockChange, WriteOp};
 
 fn protocol(what: impl Into<String>) -> ClientError {
@@ -275,7 +275,20 @@ pub(crate) fn stock_change_from_wire(change: &wire::StockChange) -> Result<Stock
         reserved: counts.reserved,
         sold: counts.sold,
         log_index: change.log_index,
+        shard_id: change.shard_id,
     })
+}
+
+/// A message of a watch with progress marks → a change or a mark.
+pub(crate) fn watch_event_from_wire(message: &wire::StockChange) -> Result<WatchEvent, ClientError> {
+    if !message.progress {
+        return stock_change_from_wire(message).map(WatchEvent::Change);
+    }
+    Ok(WatchEvent::Progress(WatchProgress {
+        shard_id: message.shard_id,
+        log_index: message.log_index,
+        log_time_ms: message.log_time_ms,
+    }))
 }
 
 /// A shard-map reply → a checked [`ShardMap`].

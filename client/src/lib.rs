@@ -48,7 +48,9 @@
 //! - [`types`]: the domain values: [`Outcome`], [`Stock`], [`WriteOp`], [`SaleRules`], ...
 //! - [`options`]: [`ClientOptions`], every bound with its unit.
 //! - [`error`]: [`ClientError`] and what each variant means for a write.
-//! - [`watch`]: [`WatchStream`], the stock-change feed.
+//! - [`watch`]: [`WatchStream`] and [`WatchEvents`], the stock-change feeds.
+//! - [`stock_cache`]: [`StockCache`], a SKU range's counts kept live from Watch, for product
+//!   pages: `get(sku)` answers locally with its [`Staleness`].
 //!
 //! The client uses no randomness and only `tokio` time, so it runs unchanged under the madsim
 //! simulator (`--cfg madsim`).
@@ -62,6 +64,7 @@ pub mod error;
 pub mod options;
 mod router;
 pub mod shard_map;
+pub mod stock_cache;
 pub mod types;
 pub mod watch;
 
@@ -71,5 +74,8 @@ pub use credentials::Credentials;
 pub use error::ClientError;
 pub use options::ClientOptions;
 pub use shard_map::{NodeId, Shard, ShardMap};
-pub use types::{Consistency, Outcome, Priority, RateLimit, SaleRules, Stock, StockChange, WriteOp};
-pub use watch::WatchStream;
+pub use stock_cache::{CacheSource, CachedStock, Staleness, StockCache, StockCacheOptions, StockCacheStatus};
+pub use types::{
+    Consistency, Outcome, Priority, RateLimit, SaleRules, Stock, StockChange, WatchEvent, WatchProgress, WriteOp,
+};
+pub use watch::{WatchEvents, WatchFeed, WatchStream};

@@ -207,6 +207,27 @@ pub struct StockChange {
     pub available: i64,
     pub reserved: i64,
     pub sold: i64,
-    /// The log index of the entry that made this change.
+    /// The log index of the entry that made this change (or, for the current state sent when
+    /// a watch opens, the index the counts were read at).
     pub log_index: u64,
+    /// The shard whose log `log_index` counts in (0 from nodes that predate the field).
+    pub shard_id: u64,
+}
+
+/// A progress mark of a watch asked for with progress (see [`crate::Client::watch_events`]):
+/// every change in the watched range applied at or below `log_index` has been streamed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchProgress {
+    pub shard_id: u64,
+    /// The shard's applied index on the streaming node.
+    pub log_index: u64,
+    /// The leader's time stamped on the entry at `log_index` (ms since the Unix epoch).
+    pub log_time_ms: u64,
+}
+
+/// One message of [`crate::Client::watch_events`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    Change(StockChange),
+    Progress(WatchProgress),
 }

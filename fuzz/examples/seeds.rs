@@ -437,6 +437,7 @@ fn requests() -> Result<Vec<Vec<u8>>, Box<dyn std::error::Error>> {
         start: b"a".to_vec().into(),
         end: b"z".to_vec().into(),
         from_index: 7,
+        progress_interval_ms: 250,
     };
     let raft = |payload: Vec<u8>| {
         pb::RaftRequest {

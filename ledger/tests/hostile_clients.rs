@@ -134,6 +134,7 @@ fn watch_streams_are_bounded_per_connection_and_per_node() {
             start: Default::default(),
             end: Default::default(),
             from_index: 0,
+            progress_interval_ms: 0,
         };
         let mut streams = Vec::new();
         let mut first = connect().await;

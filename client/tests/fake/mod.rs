@@ -350,6 +350,7 @@ impl Inventory for FakeNode {
                     sold: 0,
                 }),
                 log_index: from + step,
+                ..Default::default()
             })
         });
         Ok(Response::new(Box::pin(tokio_stream::iter(changes))))

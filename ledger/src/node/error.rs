@@ -11,7 +11,10 @@ use crate::types::TypeConfig;
 /// Why a node could not do what was asked. The gRPC layer maps each to one status code.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum NodeError {
-    #[error("not the leader of shard {shard_id}")]
+    #[error("not the leader of shard {shard_id}{}", match leader_id {
+        Some(leader) => format!(" (node {leader} is)"),
+        None => " and no leader is known: an election is under way, or a majority of the shard's replicas is unreachable".to_string(),
+    })]
     NotLeader {
         shard_id: ShardId,
         leader_id: Option<NodeId>,

@@ -310,7 +310,8 @@ impl Inventory for InventoryService {
             limits.watch_streams_max,
             limits.watch_streams_per_connection_max,
         )?;
-        Ok(Response::new(watch::start(&self.node, range, request.from_index, slot)))
+        let options = watch::WatchOptions::new(request.from_index, request.progress_interval_ms);
+        Ok(Response::new(watch::start(&self.node, range, options, slot)))
     }
 }
 

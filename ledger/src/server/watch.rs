@@ -6,6 +6,17 @@
 //! reader before its stream is closed, and at most `server.watch_streams_max` streams are open
 //! on the node and `server.watch_streams_per_connection_max` on one connection (more answer
 //! RESOURCE_EXHAUSTED at once).
+//!
+//! Progress marks (asked for with `progress_interval_ms`): after the current state, after each
+//! burst of live changes, and at least every interval while nothing changes, each shard sends
+//! its applied index `P` meaning "every change in range applied at or below `P` is on this
+//! stream". That holds because a shard publishes an entry's changes under the same write lock
+//! that makes the entry applied: once `P` is read, every change up to `P` already waits in this
+//! watcher's queue, which is drained before the mark is sent. A cache that keeps, per SKU, the
+//! newest value it received is then exactly the state at `P` once the mark arrives. A replica
+//! that cannot tell its shard has a working leader (it knows none, or it leads but has heard
+//! from no quorum for an election timeout) sends no marks: the watcher's silence then grows,
+//! which is how a cache learns its values may be falling behind a shard that lost its quorum.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,13 +25,17 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::PoisonError;
+use std::time::Duration;
 
 use flashledger_proto::v1 as pb;
 use futures::Stream;
+use openraft::async_runtime::WatchReceiver;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::TryRecvError;
 use tonic::Status;
 
 use crate::node::Node;
+use crate::node::ShardReplica;
 use crate::raft::state_store::ShardView;
 use crate::server::convert;
 
@@ -29,6 +44,11 @@ pub const WATCH_QUEUE_CHANGES_MAX: usize = 1024;
 
 /// How many SKUs of the current state one read of a shard copies for a watcher.
 pub const WATCH_PAGE_SKUS: usize = 256;
+
+/// The shortest and longest progress interval a watcher may ask for: a mark per shard every
+/// 10 ms is cheap; an hour-long one would make an idle stream look dead.
+pub const WATCH_PROGRESS_INTERVAL_MS_MIN: u32 = 10;
+pub const WATCH_PROGRESS_INTERVAL_MS_MAX: u32 = 60_000;
 
 /// How many SKUs one read may look at (most may not have changed since the watcher's index).
 const WATCH_PAGE_SCAN_MAX: usize = 16 * WATCH_PAGE_SKUS;
@@ -114,9 +134,32 @@ impl SkuRange {
     }
 }
 
-/// Starts a watch of `range` on every shard of `node` for changes after `from_index`; the
-/// stream holds `slot` until it ends.
-pub fn start(node: &Arc<Node>, range: SkuRange, from_index: u64, slot: WatchSlot) -> WatchStream {
+/// What one watcher asked for, past its range.
+#[derive(Clone, Copy)]
+pub struct WatchOptions {
+    /// Send only changes after this index.
+    pub from_index: u64,
+    /// Send progress marks at least this often (`None`: no marks, the stream as first defined).
+    pub progress_interval: Option<Duration>,
+}
+
+impl WatchOptions {
+    /// The options of a request: a progress interval of 0 means none, others are clamped to
+    /// [`WATCH_PROGRESS_INTERVAL_MS_MIN`, `WATCH_PROGRESS_INTERVAL_MS_MAX`].
+    pub fn new(from_index: u64, progress_interval_ms: u32) -> Self {
+        let progress_interval = (progress_interval_ms > 0).then(|| {
+            let clamped = progress_interval_ms.clamp(WATCH_PROGRESS_INTERVAL_MS_MIN, WATCH_PROGRESS_INTERVAL_MS_MAX);
+            Duration::from_millis(u64::from(clamped))
+        });
+        WatchOptions {
+            from_index,
+            progress_interval,
+        }
+    }
+}
+
+/// Starts a watch of `range` on every shard of `node`; the stream holds `slot` until it ends.
+pub fn start(node: &Arc<Node>, range: SkuRange, options: WatchOptions, slot: WatchSlot) -> WatchStream {
     let (sender, receiver) = tokio::sync::mpsc::channel(WATCH_QUEUE_CHANGES_MAX);
     for shard in node.shards.values() {
         // Subscribe before reading the current state so no change falls in between.
@@ -125,10 +168,12 @@ pub fn start(node: &Arc<Node>, range: SkuRange, from_index: u64, slot: WatchSlot
         let range = range.clone();
         let node_for_task = node.clone();
         let shard = shard.clone();
+        let quorum_silence_ms_max = node.config.raft.election_timeout_ms_max;
         tokio::spawn(async move {
+            let in_touch = || in_touch_with_leader(&shard, quorum_silence_ms_max);
             tokio::select! {
                 () = node_for_task.closing() => {}
-                () = forward(&shard.view, from_index, live, range, sender) => {}
+                () = forward(&shard.view, options, live, range, sender, in_touch) => {}
             }
         });
     }
@@ -136,6 +181,21 @@ pub fn start(node: &Arc<Node>, range: SkuRange, from_index: u64, slot: WatchSlot
         receiver.recv().await.map(|item| (item, (receiver, slot)))
     });
     Box::pin(stream)
+}
+
+/// Whether `shard`'s replica here may vouch for its applied index being recent: it knows a
+/// leader, and if it is that leader, a quorum acknowledged it within `quorum_silence_ms_max`.
+fn in_touch_with_leader(shard: &ShardReplica, quorum_silence_ms_max: u64) -> bool {
+    let metrics = shard.raft.metrics();
+    let metrics = metrics.borrow_watched();
+    match metrics.current_leader {
+        None => false,
+        Some(leader) if leader == metrics.id => metrics.last_quorum_acked.as_ref().is_some_and(|acked| {
+            use openraft::Instant as _;
+            acked.elapsed() <= Duration::from_millis(quorum_silence_ms_max)
+        }),
+        Some(_) => true,
+    }
 }
 
 /// One page of the current state: the SKUs in `range` after `after` that changed after
@@ -170,6 +230,8 @@ fn page(
                     sku: sku.clone().into(),
                     counts: Some(convert::counts(counts)),
                     log_index: image.meta.applied.map(|id| id.index).unwrap_or(0),
+                    shard_id: view.shard_id,
+                    ..Default::default()
                 });
             }
         }
@@ -177,18 +239,24 @@ fn page(
     })
 }
 
-/// Sends the current state page by page, then every live change in range, until the watcher
-/// goes away or lags.
+/// Why a watcher's stream stops: it went away, or it fell too far behind (told already).
+struct Stopped;
+
+type ChangeSender = tokio::sync::mpsc::Sender<Result<pb::StockChange, Status>>;
+
+/// Sends the current state page by page, then every live change in range (with progress marks
+/// if asked for), until the watcher goes away or lags.
 async fn forward(
     view: &ShardView,
-    from_index: u64,
+    options: WatchOptions,
     mut live: tokio::sync::broadcast::Receiver<crate::raft::state_store::StockChange>,
     range: SkuRange,
-    sender: tokio::sync::mpsc::Sender<Result<pb::StockChange, Status>>,
+    sender: ChangeSender,
+    in_touch: impl Fn() -> bool,
 ) {
     let mut after: Option<Vec<u8>> = None;
     loop {
-        let (changes, last) = page(view, &range, after.as_deref(), from_index);
+        let (changes, last) = page(view, &range, after.as_deref(), options.from_index);
         for change in changes {
             if sender.send(Ok(change)).await.is_err() {
                 return;
@@ -199,30 +267,97 @@ async fn forward(
             None => break,
         }
     }
-    loop {
-        let change = match live.recv().await {
-            Ok(change) => change,
-            Err(RecvError::Lagged(missed)) => {
-                let status = Status::resource_exhausted(format!(
-                    "watcher fell {missed} changes behind; resume from the last log_index seen"
-                ));
-                let _ = sender.send(Err(status)).await;
+    let Some(interval) = options.progress_interval else {
+        while let Ok(change) = next_change(&mut live, &sender).await {
+            if send_change(view, &range, change, &sender).await.is_err() {
                 return;
             }
-            Err(RecvError::Closed) => return,
-        };
-        if !range.contains(&change.sku) {
-            continue;
         }
-        let wire = pb::StockChange {
-            sku: change.sku.into(),
-            counts: Some(convert::counts(change.counts)),
-            log_index: change.log_index,
-        };
-        if sender.send(Ok(wire)).await.is_err() {
+        return;
+    };
+    loop {
+        if in_touch() && send_progress(view, &mut live, &range, &sender).await.is_err() {
             return;
         }
+        // Wake on the next change, or after the interval to say nothing changed.
+        if let Ok(waited) = tokio::time::timeout(interval, next_change(&mut live, &sender)).await {
+            let Ok(change) = waited else { return };
+            if send_change(view, &range, change, &sender).await.is_err() {
+                return;
+            }
+        }
     }
+}
+
+/// The next live change of the shard; a watcher that lagged past the shard's buffer is told to
+/// resume, and its stream stops.
+async fn next_change(
+    live: &mut tokio::sync::broadcast::Receiver<crate::raft::state_store::StockChange>,
+    sender: &ChangeSender,
+) -> Result<crate::raft::state_store::StockChange, Stopped> {
+    match live.recv().await {
+        Ok(change) => Ok(change),
+        Err(RecvError::Lagged(missed)) => Err(lagged(missed, sender).await),
+        Err(RecvError::Closed) => Err(Stopped),
+    }
+}
+
+async fn lagged(missed: u64, sender: &ChangeSender) -> Stopped {
+    let status = Status::resource_exhausted(format!(
+        "watcher fell {missed} changes behind; resume from the last log_index seen"
+    ));
+    let _ = sender.send(Err(status)).await;
+    Stopped
+}
+
+/// Sends one live change if its SKU is in range.
+async fn send_change(
+    view: &ShardView,
+    range: &SkuRange,
+    change: crate::raft::state_store::StockChange,
+    sender: &ChangeSender,
+) -> Result<(), Stopped> {
+    if !range.contains(&change.sku) {
+        return Ok(());
+    }
+    let wire = pb::StockChange {
+        sku: change.sku.into(),
+        counts: Some(convert::counts(change.counts)),
+        log_index: change.log_index,
+        shard_id: view.shard_id,
+        ..Default::default()
+    };
+    sender.send(Ok(wire)).await.map_err(|_| Stopped)
+}
+
+/// Reads the applied index, sends every change queued for this watcher (all those at or below
+/// it are queued by then: see the module docs), then the mark.
+async fn send_progress(
+    view: &ShardView,
+    live: &mut tokio::sync::broadcast::Receiver<crate::raft::state_store::StockChange>,
+    range: &SkuRange,
+    sender: &ChangeSender,
+) -> Result<(), Stopped> {
+    let (applied, log_time_ms) = view.read(|image| {
+        let applied = image.meta.applied.map(|id| id.index).unwrap_or(0);
+        (applied, image.ledger.clock_ms)
+    });
+    loop {
+        match live.try_recv() {
+            Ok(change) => send_change(view, range, change, sender).await?,
+            Err(TryRecvError::Empty) => break,
+            Err(TryRecvError::Lagged(missed)) => return Err(lagged(missed, sender).await),
+            Err(TryRecvError::Closed) => return Err(Stopped),
+        }
+    }
+    let mark = pb::StockChange {
+        log_index: applied,
+        shard_id: view.shard_id,
+        progress: true,
+        log_time_ms,
+        ..Default::default()
+    };
+    sender.send(Ok(mark)).await.map_err(|_| Stopped)
 }
 
 #[cfg(test)]

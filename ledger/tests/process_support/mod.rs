@@ -47,9 +47,22 @@ impl ProcessCluster {
         cluster
     }
 
+    /// As [`ProcessCluster::start_with`], with `shards` (`[[shards]]` sections) in place of the
+    /// default two shards on every node: a test can give shards different replica sets.
+    pub fn start_placed(node_count: usize, secure: bool, extra: &str, shards: Option<&str>) -> ProcessCluster {
+        let mut cluster = Self::prepare_placed(node_count, secure, extra, shards);
+        cluster.start_all();
+        cluster
+    }
+
     /// A cluster's config, data directory paths and TLS material, its nodes not started yet
     /// (a test may seed their data directories first, as `ledger restore` does).
     pub fn prepare_with(node_count: usize, secure: bool, extra: &str) -> ProcessCluster {
+        Self::prepare_placed(node_count, secure, extra, None)
+    }
+
+    /// As [`ProcessCluster::prepare_with`], with `shards` in place of the default two shards.
+    pub fn prepare_placed(node_count: usize, secure: bool, extra: &str, shards: Option<&str>) -> ProcessCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         // Free ports (bound, then let go): the default admin port, gRPC's + 1000, may be taken.
         let free_addrs = |count: usize| -> Vec<String> {
@@ -91,8 +104,13 @@ impl ProcessCluster {
         }
         let replicas: Vec<String> = (1..=node_count).map(|id| id.to_string()).collect();
         let replicas = replicas.join(", ");
-        toml.push_str(&format!("[[shards]]\nid = 1\nend = \"m\"\nreplicas = [{replicas}]\n"));
-        toml.push_str(&format!("[[shards]]\nid = 2\nstart = \"m\"\nreplicas = [{replicas}]\n"));
+        match shards {
+            Some(shards) => toml.push_str(shards),
+            None => {
+                toml.push_str(&format!("[[shards]]\nid = 1\nend = \"m\"\nreplicas = [{replicas}]\n"));
+                toml.push_str(&format!("[[shards]]\nid = 2\nstart = \"m\"\nreplicas = [{replicas}]\n"));
+            }
+        }
         toml.push_str(extra);
         let config = dir.path().join("cluster.toml");
         std::fs::write(&config, toml).expect("write config");
