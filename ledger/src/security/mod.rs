@@ -95,6 +95,7 @@ pub const RPC_ACCESS: &[(&str, Access)] = &[
     ("/flashledger.v1.Cluster/Status", Access::Admin),
     ("/flashledger.v1.Raft/AppendEntries", Access::Peer),
     ("/flashledger.v1.Raft/Vote", Access::Peer),
+    ("/flashledger.v1.Raft/PreVote", Access::Peer),
     ("/flashledger.v1.Raft/InstallSnapshot", Access::Peer),
     ("/flashledger.v1.Raft/ProposeShipped", Access::Peer),
     ("/grpc.health.v1.Health/Check", Access::Public),
