@@ -106,7 +106,10 @@ mod tests {
             for _ in 0..200 {
                 let ceiling = backoff.ceiling(retry);
                 let pause = backoff.delay(retry, None);
-                assert!(pause >= ceiling / 2 && pause <= ceiling, "retry {retry}: {pause:?} of {ceiling:?}");
+                assert!(
+                    pause >= ceiling / 2 && pause <= ceiling,
+                    "retry {retry}: {pause:?} of {ceiling:?}"
+                );
             }
         }
     }
@@ -119,7 +122,11 @@ mod tests {
         };
         let first = pauses(1);
         let distinct: std::collections::BTreeSet<_> = first.iter().collect();
-        assert!(distinct.len() > 25, "jitter spreads pauses: {} distinct of 50", distinct.len());
+        assert!(
+            distinct.len() > 25,
+            "jitter spreads pauses: {} distinct of 50",
+            distinct.len()
+        );
         assert_ne!(first, pauses(2), "another seed, other pauses");
         assert_eq!(first, pauses(1), "the same seed replays the same pauses");
     }

@@ -196,7 +196,12 @@ mod tests {
         assert!(breaker.allow(probe));
         breaker.on_failure(probe + Duration::from_millis(10));
         let reopened = probe + Duration::from_millis(10);
-        assert_eq!(breaker.state(), BreakerState::Open { until: reopened + OPEN_FOR });
+        assert_eq!(
+            breaker.state(),
+            BreakerState::Open {
+                until: reopened + OPEN_FOR
+            }
+        );
         assert!(!breaker.allow(reopened + OPEN_FOR - Duration::from_millis(1)));
         assert!(breaker.allow(reopened + OPEN_FOR));
     }
@@ -207,7 +212,10 @@ mod tests {
         let probe = now + OPEN_FOR;
         assert!(breaker.allow(probe));
         assert!(!breaker.allow(probe + OPEN_FOR - Duration::from_millis(1)));
-        assert!(breaker.allow(probe + OPEN_FOR), "a new probe once the lost one is a period old");
+        assert!(
+            breaker.allow(probe + OPEN_FOR),
+            "a new probe once the lost one is a period old"
+        );
     }
 
     #[test]

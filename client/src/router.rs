@@ -451,7 +451,9 @@ impl Router {
                         // elect another): ask the next replica.
                         None => {
                             cursor += 1;
-                            pauses.after_node_failed(shard.replicas.len(), retry_after, deadline).await;
+                            pauses
+                                .after_node_failed(shard.replicas.len(), retry_after, deadline)
+                                .await;
                         }
                     }
                 }
@@ -463,7 +465,9 @@ impl Router {
                     if matches!(next, Next::OtherReplica { .. }) {
                         self.forget_leader(&shard, &target);
                         cursor += 1;
-                        pauses.after_node_failed(shard.replicas.len(), retry_after, deadline).await;
+                        pauses
+                            .after_node_failed(shard.replicas.len(), retry_after, deadline)
+                            .await;
                     } else {
                         redirect = Some(target);
                         pauses.pause(retry_after, deadline).await;
@@ -500,7 +504,11 @@ impl Router {
         let map = self.map();
         let addr = leader_addr.or_else(|| leader_id.and_then(|id| map.addr(id).map(str::to_string)))?;
         let node = leader_id.or_else(|| map.node_at(&addr));
-        if addr == from.addr || (node.is_some() && node == from.node) || silent.contains(&addr) || !self.breakers.allow(&addr) {
+        if addr == from.addr
+            || (node.is_some() && node == from.node)
+            || silent.contains(&addr)
+            || !self.breakers.allow(&addr)
+        {
             return None;
         }
         if let Some(node) = node {
@@ -530,7 +538,12 @@ struct Pauses {
 impl Pauses {
     /// A node failed (no answer, or no leader to name): pause only when it was the last of a
     /// round of `replicas`.
-    async fn after_node_failed(&mut self, replicas: usize, retry_after: Option<std::time::Duration>, deadline: Instant) {
+    async fn after_node_failed(
+        &mut self,
+        replicas: usize,
+        retry_after: Option<std::time::Duration>,
+        deadline: Instant,
+    ) {
         self.failed_in_a_row += 1;
         if self.failed_in_a_row >= replicas.max(1) || retry_after.is_some() {
             self.pause(retry_after, deadline).await;

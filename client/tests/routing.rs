@@ -661,9 +661,16 @@ async fn a_follower_naming_a_leader_that_did_not_answer_is_not_followed_back_to_
     let client = Client::connect(cluster.addrs(), options).await?;
 
     let started = std::time::Instant::now();
-    assert_eq!(client.purchase("sku-a", 1, "erin", "order-5").await?, Outcome::Confirmed);
+    assert_eq!(
+        client.purchase("sku-a", 1, "erin", "order-5").await?,
+        Outcome::Confirmed
+    );
 
-    assert!(started.elapsed() < Duration::from_millis(1_000), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(1_000),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(cluster.node(1).seen().len(), 1, "the silent node is asked once");
     assert_eq!(cluster.node(2).seen().len(), 1);
     assert_eq!(cluster.node(3).seen().len(), 1);

@@ -49,7 +49,10 @@ async fn view(addr: &str) -> Option<ShardView> {
             term: shard.term,
         })
     };
-    tokio::time::timeout(Duration::from_millis(300), ask).await.ok().flatten()
+    tokio::time::timeout(Duration::from_millis(300), ask)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// The views of nodes `ids` (1-based), by node id less one: `None` for a node not asked (a
@@ -125,8 +128,7 @@ fn successes_after(successes: &Mutex<Vec<Instant>>, since: Instant) -> usize {
 }
 
 #[test]
-fn a_partitioned_leaders_followers_elect_a_new_leader_within_the_bound_and_no_node_back_from_a_pause_raises_the_term()
-{
+fn a_partitioned_leaders_followers_elect_a_new_leader_within_the_bound_and_no_node_back_from_a_pause_raises_the_term() {
     let cluster = ProcessCluster::start(3);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -163,9 +165,14 @@ fn a_partitioned_leaders_followers_elect_a_new_leader_within_the_bound_and_no_no
             .map(|view| (view.leader as usize, view.term))
     };
     let started = Instant::now();
-    let all = wait_for_views(&runtime, &cluster, &everyone, Duration::from_secs(30), "a leader", |all| {
-        leader_among(all, 0).is_some()
-    });
+    let all = wait_for_views(
+        &runtime,
+        &cluster,
+        &everyone,
+        Duration::from_secs(30),
+        "a leader",
+        |all| leader_among(all, 0).is_some(),
+    );
     let (old_leader, old_term) = leader_among(&all, 0).expect("a leader");
     while successes_after(&successes, started) < 20 {
         assert!(started.elapsed() < Duration::from_secs(30), "writes do not flow");
@@ -176,12 +183,19 @@ fn a_partitioned_leaders_followers_elect_a_new_leader_within_the_bound_and_no_no
     let survivors: Vec<usize> = (1..=3).filter(|id| *id != old_leader).collect();
     signal(&cluster, old_leader, "-STOP");
     let stopped_at = Instant::now();
-    let all = wait_for_views(&runtime, &cluster, &survivors, bound, "a new leader among the others", |all| {
-        leader_among(all, old_term).is_some()
-    });
+    let all = wait_for_views(
+        &runtime,
+        &cluster,
+        &survivors,
+        bound,
+        "a new leader among the others",
+        |all| leader_among(all, old_term).is_some(),
+    );
     let elected_after = stopped_at.elapsed();
     let (new_leader, new_term) = leader_among(&all, old_term).expect("a new leader");
-    eprintln!("node {old_leader} (term {old_term}) stopped; node {new_leader} leads in term {new_term} after {elected_after:?}");
+    eprintln!(
+        "node {old_leader} (term {old_term}) stopped; node {new_leader} leads in term {new_term} after {elected_after:?}"
+    );
     assert!(elected_after <= bound);
 
     // The client library finds the new leader by itself while the old one stays silent.
@@ -203,8 +217,10 @@ fn a_partitioned_leaders_followers_elect_a_new_leader_within_the_bound_and_no_no
     eprintln!("--- the old leader comes back (SIGCONT): it steps down, the term stays");
     signal(&cluster, old_leader, "-CONT");
     let settled = |all: &[Option<ShardView>]| {
-        all.iter()
-            .all(|view| view.as_ref().is_some_and(|v| v.leader == new_leader as u64 && v.term == new_term))
+        all.iter().all(|view| {
+            view.as_ref()
+                .is_some_and(|v| v.leader == new_leader as u64 && v.term == new_term)
+        })
     };
     let what = format!("the old leader following node {new_leader} in term {new_term}");
     wait_for_views(&runtime, &cluster, &everyone, Duration::from_secs(10), &what, settled);
@@ -225,9 +241,14 @@ fn a_partitioned_leaders_followers_elect_a_new_leader_within_the_bound_and_no_no
     signal(&cluster, follower, "-STOP");
     std::thread::sleep(2 * bound);
     signal(&cluster, follower, "-CONT");
-    wait_for_views(&runtime, &cluster, &[follower], Duration::from_secs(10), "the follower answering", |all| {
-        all[follower - 1].is_some()
-    });
+    wait_for_views(
+        &runtime,
+        &cluster,
+        &[follower],
+        Duration::from_secs(10),
+        "the follower answering",
+        |all| all[follower - 1].is_some(),
+    );
     std::thread::sleep(4 * timeout_max);
     let all = runtime.block_on(views(&cluster, &everyone));
     assert!(
@@ -236,7 +257,10 @@ fn a_partitioned_leaders_followers_elect_a_new_leader_within_the_bound_and_no_no
     );
     let before_end = Instant::now();
     while successes_after(&successes, before_end) < 5 {
-        assert!(before_end.elapsed() < Duration::from_secs(10), "writes stopped at the end");
+        assert!(
+            before_end.elapsed() < Duration::from_secs(10),
+            "writes stopped at the end"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     stop.store(true, Ordering::Relaxed);

@@ -154,7 +154,11 @@ enum Ballot {
 }
 
 impl RaftService {
-    async fn answer_vote(&self, request: Request<pb::RaftRequest>, ballot: Ballot) -> Result<Response<pb::RaftReply>, Status> {
+    async fn answer_vote(
+        &self,
+        request: Request<pb::RaftRequest>,
+        ballot: Ballot,
+    ) -> Result<Response<pb::RaftReply>, Status> {
         let caller = request.extensions().get::<Caller>().cloned();
         let request = request.into_inner();
         let raft = self.raft_of(request.shard_id)?;
