@@ -173,7 +173,7 @@ mod tests {
                 rpcs.push(format!("/flashledger.v1.{service}/{method}"));
             }
         }
-        assert_eq!(rpcs.len(), 15, "the proto's RPCs: {rpcs:?}");
+        assert_eq!(rpcs.len(), 16, "the proto's RPCs: {rpcs:?}");
         for rpc in &rpcs {
             assert!(access_of(rpc).is_some(), "{rpc} has no access rule");
         }
