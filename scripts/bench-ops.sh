@@ -16,8 +16,12 @@
 #      hot SKU's shard; how far the cache trails the leader's commit, p50/p99 (docs/benchmarks.md).
 #   6. degradation: the process test that takes one shard's quorum away (ledger/tests/
 #      degradation.rs), printing what writes, the cache, stale reads and the other shard did.
-# PARTS="black-friday orders failover snapshots cache-lag degradation" selects parts (default:
-# the first three).
+#   7. stability: whether the election timeouts are too short for this machine. The hot-SKU
+#      benchmark at full load (CLIENTS callers, independent then service mode, STABILITY_SECS s
+#      each, every append fdatasynced) on a fresh cluster, and every shard's term before and
+#      after: a term that moved is an election no node failure called for.
+# PARTS="black-friday orders failover snapshots cache-lag degradation stability" selects parts
+# (default: the first three).
 # Results (JSON lines, Markdown, PNG, summary.md) go to target/bench-ops/<time>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +31,7 @@ ORDERS="${ORDERS:-5000000}"
 KILLS="${KILLS:-5}"
 SNAPSHOT_SECS="${SNAPSHOT_SECS:-15}"
 SNAPSHOT_EVERY_OPS="${SNAPSHOT_EVERY_OPS:-100000}"
+STABILITY_SECS="${STABILITY_SECS:-30}"
 PARTS="${PARTS:-black-friday orders failover}"
 CLIENTS="${CLIENTS:-256}"
 CACHE="${CACHE:-1}"
@@ -198,6 +203,39 @@ print(f"- forced / off: {forced['purchases_per_s'] / off['purchases_per_s']:.2f}
 PY
 fi
 
+# Every shard's term as "shard:term" words, from the first node that answers for it.
+shard_terms() {
+  status_json | python3 -c '
+import json, sys
+terms = {}
+for node in json.load(sys.stdin)["nodes"]:
+    for shard in node.get("shards", []):
+        terms.setdefault(shard["shard_id"], max(shard["term"], terms.get(shard["shard_id"], 0)))
+print(" ".join(f"{s}:{t}" for s, t in sorted(terms.items())))'
+}
+
+if [[ " $PARTS " == *" stability "* ]]; then
+echo "==> 7. stability: hot SKU at full load, $CLIENTS callers, terms before and after"
+for mode in independent service; do
+  before=$(shard_terms)
+  "$flashbench" run --workload hot --mode "$mode" --services 2 --clients "$CLIENTS" --secs "$STABILITY_SECS" \
+    --label "stability $mode" --no-progress --out-dir "$results" --jsonl "$results/stability.jsonl" | tail -n 1
+  after=$(shard_terms)
+  echo "$mode|$before|$after" >>"$results/terms.txt"
+done
+python3 - "$results/stability.jsonl" "$results/terms.txt" >>"$summary" <<'PY'
+import json, sys
+runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+terms = [l.strip().split("|") for l in open(sys.argv[2]) if l.strip()]
+print(f"\nStability (hot SKU, {runs[0]['clients']} callers, {runs[0]['secs']:.0f} s per mode; each shard's term before -> after):")
+for run, (mode, before, after) in zip(runs, terms):
+    pairs = zip(before.split(), after.split())
+    moved = [f"shard {b.split(':')[0]}: {b.split(':')[1]} -> {a.split(':')[1]}" for b, a in pairs if b != a]
+    print(f"- {mode}: {run['attempts_per_s']:.0f} ops/s, p99 {run['p99_us']/1000:.1f} ms, max {run['max_us']/1000:.1f} ms; "
+          + (("elections: " + ", ".join(moved)) if moved else f"no election (terms {after})"))
+PY
+fi
+
 if [[ " $PARTS " == *" failover "* ]]; then
 echo "==> 3. failover: SIGKILL the leader of shard 1 under load, $KILLS times"
 : >"$results/kills.txt"
@@ -230,7 +268,7 @@ for n, k in enumerate(kills):
     times = [k] + successes[lo:hi] + [min(successes[hi], end) if hi < len(successes) else end]
     gaps.append(max(b - a for a, b in zip(times, times[1:])))
 print(f"\nFailover (leader of shard 1 SIGKILLed under load; the longest gap between successful writes in the 8 s after), {len(gaps)} kills: "
-      + ", ".join(f"{g:.0f} ms" for g in gaps) + f"; median {statistics.median(gaps):.0f} ms")
+      + ", ".join(f"{g:.0f} ms" for g in gaps) + f"; median {statistics.median(gaps):.0f} ms, max {max(gaps):.0f} ms")
 PY
 fi
 cluster_stop

@@ -47,14 +47,21 @@
 //! - [`convert`]: the only place wire (protobuf) and domain types meet.
 //! - [`types`]: the domain values: [`Outcome`], [`Stock`], [`WriteOp`], [`SaleRules`], ...
 //! - [`options`]: [`ClientOptions`], every bound with its unit.
+//! - [`backoff`]: [`Backoff`], the project's one jittered exponential backoff (the ledger's
+//!   order shipper uses it too).
+//! - [`breaker`]: per-node circuit breakers, so calls route around a node that stopped answering.
+//! - [`retry_budget`]: [`RetryBudget`], retries bounded to a share of calls.
 //! - [`error`]: [`ClientError`] and what each variant means for a write.
 //! - [`watch`]: [`WatchStream`] and [`WatchEvents`], the stock-change feeds.
 //! - [`stock_cache`]: [`StockCache`], a SKU range's counts kept live from Watch, for product
 //!   pages: `get(sku)` answers locally with its [`Staleness`].
 //!
-//! The client uses no randomness and only `tokio` time, so it runs unchanged under the madsim
+//! The client reads only `tokio` time and its only randomness is the backoff's jitter, seeded
+//! from the simulated clock under madsim, so it runs unchanged and replays exactly in the
 //! simulator (`--cfg madsim`).
 
+pub mod backoff;
+pub mod breaker;
 pub mod channels;
 pub mod client;
 mod coalesce;
@@ -62,17 +69,20 @@ pub mod convert;
 pub mod credentials;
 pub mod error;
 pub mod options;
+pub mod retry_budget;
 mod router;
 pub mod shard_map;
 pub mod stock_cache;
 pub mod types;
 pub mod watch;
 
+pub use backoff::Backoff;
 pub use channels::{NodeChannel, node_channel};
 pub use client::{Client, SKU_BYTES_MAX};
 pub use credentials::Credentials;
 pub use error::ClientError;
 pub use options::ClientOptions;
+pub use retry_budget::RetryBudget;
 pub use shard_map::{NodeId, Shard, ShardMap};
 pub use stock_cache::{CacheSource, CachedStock, Staleness, StockCache, StockCacheOptions, StockCacheStatus};
 pub use types::{

@@ -1,14 +1,19 @@
 //! [`ClientOptions`]: every bound the client works under, named with its unit last.
 //!
 //! A call makes at most `retries_max + 1` RPC attempts, each cut off after
-//! `attempt_timeout_ms`, all within `request_timeout_ms`; between attempts that failed for a
-//! reason waiting can fix, it sleeps an exponential backoff from `backoff_ms_initial` doubling up
-//! to `backoff_ms_max`. The backoff has no jitter: the client uses no randomness, so the
-//! simulator replays it exactly.
+//! `attempt_timeout_ms`, all within `request_timeout_ms`. A failed attempt moves to the next
+//! replica at once; only when every replica of the shard has failed in a row (or a node asked
+//! the call to wait) does the call sleep a jittered exponential backoff from
+//! `backoff_ms_initial` doubling up to `backoff_ms_max` ([`crate::Backoff`]), never shorter than
+//! a node's `x-retry-after-ms`. Retries (not redirects) are paid from a budget shared by the
+//! client's calls: at most `retry_budget_percent` % of the calls plus `retry_budget_reserve`
+//! ([`crate::RetryBudget`]). A node that failed `breaker_failures_max` attempts in a row is
+//! skipped for `breaker_open_ms`, then probed by one call ([`crate::breaker`]).
 
 use std::time::Duration;
 
 use crate::ClientError;
+use crate::backoff::{Backoff, jitter_seed};
 
 /// Timeouts and retry bounds for a [`crate::Client`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,12 +24,29 @@ pub struct ClientOptions {
     pub attempt_timeout_ms: u64,
     /// Deadline for opening a TCP connection to a node.
     pub connect_timeout_ms: u64,
-    /// Retries after the first attempt; a call makes at most `retries_max + 1` attempts.
+    /// Retries after the first attempt; a call makes at most `retries_max + 1` attempts. 20: a
+    /// call fails over without pausing and pauses only between rounds of the shard's replicas,
+    /// so riding out an election (about half a second) takes some 15 attempts; the retry
+    /// budget, not this, bounds what retries add to the cluster's load.
     pub retries_max: u32,
     /// First backoff after a retryable failure.
     pub backoff_ms_initial: u64,
-    /// Cap on the exponentially growing backoff.
+    /// Cap on the exponentially growing backoff. 100 ms: the pause a call may still be sleeping
+    /// when a new leader is elected is added to the failover a caller sees; at 500 ms (the old
+    /// default) it was up to half of it. A lower cap costs a few more "no leader yet" round
+    /// trips during an election, which the retry budget bounds.
     pub backoff_ms_max: u64,
+    /// Retries a call may take from the client's budget: each call adds this percent of one
+    /// retry to it, so retries are at most this share of calls (plus the reserve). 0 to 100.
+    pub retry_budget_percent: u32,
+    /// Retries the budget holds (and starts with): what a quiet client can spend riding out a
+    /// failover before its calls' own deposits count.
+    pub retry_budget_reserve: u32,
+    /// Attempts at one node in a row that get no answer (connection failed, attempt timed out)
+    /// before calls route around it; 0: never.
+    pub breaker_failures_max: u32,
+    /// How long calls route around a node whose breaker opened before one call probes it.
+    pub breaker_open_ms: u64,
     /// Concurrent reserve/confirm/cancel/purchase calls to one shard are sent together as one
     /// Batch RPC (one log entry) of at most this many operations; 0 or 1 sends each alone.
     pub coalesce_ops_max: usize,
@@ -47,9 +69,13 @@ impl Default for ClientOptions {
             request_timeout_ms: 5_000,
             attempt_timeout_ms: 1_000,
             connect_timeout_ms: 500,
-            retries_max: 10,
+            retries_max: 20,
             backoff_ms_initial: 10,
-            backoff_ms_max: 500,
+            backoff_ms_max: 100,
+            retry_budget_percent: 20,
+            retry_budget_reserve: 100,
+            breaker_failures_max: 3,
+            breaker_open_ms: 500,
             coalesce_ops_max: 0,
             coalesce_inflight_max: 2,
             credentials: crate::Credentials::default(),
@@ -77,6 +103,12 @@ impl ClientOptions {
         if self.backoff_ms_initial > self.backoff_ms_max {
             return fail("backoff_ms_initial must be <= backoff_ms_max");
         }
+        if self.retry_budget_percent > 100 {
+            return fail("retry_budget_percent must be at most 100");
+        }
+        if self.breaker_failures_max > 0 && self.breaker_open_ms == 0 {
+            return fail("breaker_open_ms must be > 0 when breaker_failures_max is");
+        }
         if let Some(id) = &self.client_id {
             let visible = id.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
             if id.len() > 128 || !visible {
@@ -98,11 +130,17 @@ impl ClientOptions {
         Duration::from_millis(self.connect_timeout_ms)
     }
 
-    /// The backoff before retry number `retry` (0-based): initial * 2^retry, capped.
-    pub(crate) fn backoff(&self, retry: u32) -> Duration {
-        let factor = 1u64.checked_shl(retry.min(32)).unwrap_or(u64::MAX);
-        let millis = self.backoff_ms_initial.saturating_mul(factor).min(self.backoff_ms_max);
-        Duration::from_millis(millis)
+    /// The backoff of one call's retries, its jitter seeded by `salt` (see [`crate::backoff`]).
+    pub(crate) fn backoff(&self, salt: u64) -> Backoff {
+        Backoff::new(
+            Duration::from_millis(self.backoff_ms_initial),
+            Duration::from_millis(self.backoff_ms_max),
+            jitter_seed(salt),
+        )
+    }
+
+    pub(crate) fn breaker_open(&self) -> Duration {
+        Duration::from_millis(self.breaker_open_ms)
     }
 }
 
@@ -111,15 +149,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_then_caps() {
+    fn the_calls_backoff_follows_the_options() {
         let options = ClientOptions {
             backoff_ms_initial: 10,
             backoff_ms_max: 100,
             ..ClientOptions::default()
         };
-        let millis: Vec<u128> = (0..6).map(|i| options.backoff(i).as_millis()).collect();
-        assert_eq!(millis, vec![10, 20, 40, 80, 100, 100]);
-        assert_eq!(options.backoff(u32::MAX).as_millis(), 100);
+        let backoff = options.backoff(1);
+        let ceilings: Vec<u128> = (0..6).map(|i| backoff.ceiling(i).as_millis()).collect();
+        assert_eq!(ceilings, vec![10, 20, 40, 80, 100, 100]);
+    }
+
+    #[test]
+    fn validate_rejects_a_budget_past_every_call_and_a_breaker_that_never_closes() {
+        let over = ClientOptions {
+            retry_budget_percent: 101,
+            ..ClientOptions::default()
+        };
+        assert!(matches!(over.validate(), Err(ClientError::Config(why)) if why.contains("retry_budget_percent")));
+        let stuck = ClientOptions {
+            breaker_open_ms: 0,
+            ..ClientOptions::default()
+        };
+        assert!(matches!(stuck.validate(), Err(ClientError::Config(why)) if why.contains("breaker_open_ms")));
     }
 
     #[test]

@@ -7,14 +7,22 @@
 //! | answer | action |
 //! |---|---|
 //! | `UNAVAILABLE` + `x-leader-addr` / `x-leader-id` | retry at that leader at once, remember it in the map |
-//! | `UNAVAILABLE` without hint, transport error, attempt timeout | next replica, after backoff |
+//! | `UNAVAILABLE` without hint, transport error, attempt timeout | next replica at once; backoff once every replica failed in a row |
 //! | `FAILED_PRECONDITION` (stale epoch), `NOT_FOUND` (no such shard here) | refresh the shard map, retry after backoff |
 //! | `DEADLINE_EXCEEDED` | same node, after backoff (ambiguous unless `x-not-applied`) |
 //! | `RESOURCE_EXHAUSTED` (the node shed it) | [`ClientError::Overloaded`] with the node's `x-retry-after-ms`, no retry |
 //! | `INVALID_ARGUMENT` | [`ClientError::InvalidArgument`], no retry |
 //!
-//! Every call is bounded three ways: at most `retries_max + 1` attempts, each at most
-//! `attempt_timeout_ms`, all within `request_timeout_ms`. Retries resend the same request
+//! Failing over is immediate: a node that does not answer (connection refused or lost, attempt
+//! timed out) is left for the next replica without a pause, a hint naming a node whose breaker
+//! is open is ignored for the next replica, and nodes whose breaker is open are not tried at
+//! all ([`crate::breaker`]). Only a full round of the shard's replicas failing in a row (an
+//! election under way: nobody leads yet) sleeps the jittered backoff ([`crate::Backoff`]), at
+//! least as long as a node's `x-retry-after-ms`.
+//!
+//! Every call is bounded four ways: at most `retries_max + 1` attempts, each at most
+//! `attempt_timeout_ms`, all within `request_timeout_ms`, and every retry after a failure (not
+//! a redirect to a named leader) paid from the client's [`RetryBudget`]. Retries resend the same request
 //! (same `order_id`), which the ledger deduplicates. A call marked not idempotent (a restock,
 //! which has no `order_id`) stops instead of retrying after an *ambiguous* failure (the node
 //! may have applied it: attempt timeout, `DEADLINE_EXCEEDED`). A call ends `Overloaded` (not
@@ -36,8 +44,11 @@ use flashledger_proto::v1::inventory_client::InventoryClient;
 use tokio::time::{Instant, sleep, timeout};
 use tonic::{Code, Status};
 
+use crate::backoff::Backoff;
+use crate::breaker::Breakers;
 use crate::channels::Channels;
 use crate::convert;
+use crate::retry_budget::RetryBudget;
 use crate::shard_map::{NodeId, Shard, ShardMap};
 use crate::{ClientError, ClientOptions};
 
@@ -116,6 +127,13 @@ pub(crate) struct Router {
     /// Replaced wholesale on refresh and on leader changes; never held across an await.
     map: RwLock<Arc<ShardMap>>,
     channels: Channels,
+    /// Per node address: whether calls should route around it.
+    breakers: Breakers,
+    /// Retries after failures, shared by every call of this client.
+    retry_budget: RetryBudget,
+    /// Calls made, the salt of each call's backoff jitter (so that concurrent calls that
+    /// failed together pause for different times).
+    calls: std::sync::atomic::AtomicU64,
     /// `options.client_id` as metadata, checked once.
     client_id: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
@@ -128,6 +146,9 @@ impl Router {
             .as_deref()
             .and_then(|id| tonic::metadata::MetadataValue::try_from(id).ok());
         Router {
+            breakers: Breakers::new(options.breaker_failures_max, options.breaker_open()),
+            retry_budget: RetryBudget::new(options.retry_budget_percent, options.retry_budget_reserve),
+            calls: std::sync::atomic::AtomicU64::new(0),
             options,
             seeds,
             map: RwLock::new(Arc::new(ShardMap::default())),
@@ -228,16 +249,29 @@ impl Router {
     }
 
     /// The node to try for `shard`: the leader first when known, then the other replicas in
-    /// map order; `cursor` counts the nodes already given up on in this call.
-    fn pick(&self, map: &ShardMap, shard: &Shard, cursor: usize) -> Option<Target> {
+    /// map order, passing over nodes whose breaker is open and, while another may be tried,
+    /// nodes that did not answer this call (`silent`); `cursor` counts the nodes already given
+    /// up on in this call and moves past the ones passed over. `None` when no replica may be
+    /// tried now.
+    fn pick(&self, map: &ShardMap, shard: &Shard, cursor: &mut usize, silent: &[String]) -> Option<Target> {
         let mut order: Vec<NodeId> = shard.leader.into_iter().collect();
         order.extend(shard.replicas.iter().filter(|id| Some(**id) != shard.leader));
-        if order.is_empty() {
-            return None;
+        for avoid_silent in [true, false] {
+            for _ in 0..order.len() {
+                let node = order[*cursor % order.len()];
+                if let Some(addr) = map.addr(node)
+                    && !(avoid_silent && silent.iter().any(|s| s == addr))
+                    && self.breakers.allow(addr)
+                {
+                    return Some(Target {
+                        node: Some(node),
+                        addr: addr.to_string(),
+                    });
+                }
+                *cursor += 1;
+            }
         }
-        let node = order[cursor % order.len()];
-        let addr = map.addr(node)?.to_string();
-        Some(Target { node: Some(node), addr })
+        None
     }
 
     /// Sends one request for `sku` until it gets an answer or a bound runs out. `send` builds
@@ -270,19 +304,42 @@ impl Router {
     {
         let deadline = Instant::now() + self.options.request_timeout();
         let attempts_max = self.options.retries_max.saturating_add(1);
+        self.retry_budget.on_call();
+        let call_number = self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut pauses = Pauses {
+            backoff: self.options.backoff(call_number),
+            taken: 0,
+            failed_in_a_row: 0,
+        };
         let mut attempts: u32 = 0;
-        let mut retries: u32 = 0;
         let mut cursor: usize = 0;
         let mut redirect: Option<Target> = None;
+        // The next attempt follows a node's not-leader hint: routing, free of the retry budget.
+        let mut following_hint = false;
         let mut last_error = String::from("no attempt made");
         let mut last_was_timeout = false;
         // Whether some attempt may have been applied: then no later refusal proves otherwise.
         let mut any_ambiguous = false;
+        // The last failed attempt's `x-retry-after-ms`: the next pause is at least that.
+        let mut retry_after: Option<std::time::Duration> = None;
+        // Nodes that did not answer this call: a follower that still names one of them as its
+        // leader (it has not noticed yet) is not followed there again.
+        let mut silent: Vec<String> = Vec::new();
 
         while attempts < attempts_max {
             let Some(budget) = self.attempt_budget(Some(deadline)) else {
                 return Err(ClientError::Timeout { attempts });
             };
+            // A redirect to the leader a node named is routing; any other attempt after the
+            // first is a retry, and the budget may refuse it.
+            let free = std::mem::take(&mut following_hint);
+            if attempts > 0 && !free && !self.retry_budget.try_retry() {
+                last_error = format!("{last_error}; the client's retry budget is spent");
+                // No resend, but not a fast failure either: a caller that loops on errors
+                // would otherwise spin against the cluster the budget is sparing.
+                pauses.pause(retry_after, deadline).await;
+                break;
+            }
             attempts += 1;
             let map = self.map();
             let Some(shard) = map.shard_for(sku).cloned() else {
@@ -291,17 +348,23 @@ impl Router {
                 if let Err(error) = self.refresh(Some(deadline)).await {
                     last_error = format!("{last_error}; refresh failed: {error}");
                 }
-                self.back_off(&mut retries, deadline).await;
+                pauses.pause(None, deadline).await;
                 continue;
             };
             let target = match redirect.take() {
                 Some(target) => target,
-                None => match self.pick(&map, &shard, cursor) {
+                None => match self.pick(&map, &shard, &mut cursor, &silent) {
                     Some(target) => target,
                     None => {
-                        last_error = format!("shard {} has no reachable replica", shard.shard_id);
+                        last_error = format!(
+                            "shard {}: every replica failed recently (circuit breakers open); {last_error}",
+                            shard.shard_id
+                        );
+                        // Nothing was sent: not an attempt. The call waits for a breaker's
+                        // probe (bounded by its deadline) or a map naming other replicas.
+                        attempts -= 1;
                         self.refresh(Some(deadline)).await.ok();
-                        self.back_off(&mut retries, deadline).await;
+                        pauses.pause(None, deadline).await;
                         continue;
                     }
                 },
@@ -321,6 +384,20 @@ impl Router {
                 client_id: self.client_id.clone(),
             };
             let answer = timeout(budget, send(InventoryClient::new(channel), stamp)).await;
+            let answered = match &answer {
+                Ok(Err(status)) => answered_by_node(status),
+                Err(_) => false,
+                Ok(Ok(_)) => true,
+            };
+            if answered {
+                self.breakers.on_answer(&target.addr);
+            } else {
+                self.breakers.on_failure(&target.addr);
+                if !silent.contains(&target.addr) {
+                    silent.push(target.addr.clone());
+                }
+            }
+            retry_after = None;
             let next = match answer {
                 Ok(Ok(reply)) => {
                     if let (true, Some(node)) = (kind.leader_only, target.node) {
@@ -334,6 +411,9 @@ impl Router {
                 }
                 Ok(Err(status)) => {
                     last_error = format!("{}: {:?}: {}", target.addr, status.code(), status.message());
+                    retry_after = metadata_str(&status, metadata::RETRY_AFTER_MS)
+                        .and_then(|ms| ms.parse::<u64>().ok())
+                        .map(std::time::Duration::from_millis);
                     classify(&status)
                 }
                 Err(_) => {
@@ -360,11 +440,20 @@ impl Router {
                 Next::Overloaded(error) => return Err(error),
                 Next::Redirect { leader_id, leader_addr } => {
                     last_was_timeout = false;
-                    match self.follow_hint(&shard, &target, leader_id, leader_addr) {
-                        Some(leader) => redirect = Some(leader),
+                    match self.follow_hint(&shard, &target, leader_id, leader_addr, &silent) {
+                        Some(leader) => {
+                            pauses.failed_in_a_row = 0;
+                            following_hint = true;
+                            redirect = Some(leader);
+                        }
+                        // The hint names the node itself, or a node calls route around (a
+                        // leader that just died, which its followers still name until they
+                        // elect another): ask the next replica.
                         None => {
                             cursor += 1;
-                            self.back_off(&mut retries, deadline).await;
+                            pauses
+                                .after_node_failed(shard.replicas.len(), retry_after, deadline)
+                                .await;
                         }
                     }
                 }
@@ -376,10 +465,13 @@ impl Router {
                     if matches!(next, Next::OtherReplica { .. }) {
                         self.forget_leader(&shard, &target);
                         cursor += 1;
+                        pauses
+                            .after_node_failed(shard.replicas.len(), retry_after, deadline)
+                            .await;
                     } else {
                         redirect = Some(target);
+                        pauses.pause(retry_after, deadline).await;
                     }
-                    self.back_off(&mut retries, deadline).await;
                 }
                 Next::Refresh => {
                     last_was_timeout = false;
@@ -387,7 +479,7 @@ impl Router {
                     if let Err(error) = self.refresh(Some(deadline)).await {
                         last_error = format!("{last_error}; refresh failed: {error}");
                     }
-                    self.back_off(&mut retries, deadline).await;
+                    pauses.pause(retry_after, deadline).await;
                 }
             }
         }
@@ -399,18 +491,24 @@ impl Router {
     }
 
     /// Turns a not-leader hint into the next target and remembers the leader. `None` when the
-    /// hint is unusable (points back at the node that sent it, or names nothing we can reach).
+    /// hint is unusable: it points back at the node that sent it, names nothing we can reach,
+    /// a node that did not answer this call (`silent`), or one whose breaker is open.
     fn follow_hint(
         &self,
         shard: &Shard,
         from: &Target,
         leader_id: Option<NodeId>,
         leader_addr: Option<String>,
+        silent: &[String],
     ) -> Option<Target> {
         let map = self.map();
         let addr = leader_addr.or_else(|| leader_id.and_then(|id| map.addr(id).map(str::to_string)))?;
         let node = leader_id.or_else(|| map.node_at(&addr));
-        if addr == from.addr || (node.is_some() && node == from.node) {
+        if addr == from.addr
+            || (node.is_some() && node == from.node)
+            || silent.contains(&addr)
+            || !self.breakers.allow(&addr)
+        {
             return None;
         }
         if let Some(node) = node {
@@ -425,14 +523,50 @@ impl Router {
             self.update_map(|map| map.clear_leader(shard.shard_id));
         }
     }
+}
 
-    /// Sleeps the next backoff step, never past `deadline`.
-    async fn back_off(&self, retries: &mut u32, deadline: Instant) {
-        let pause = self.options.backoff(*retries);
-        *retries = retries.saturating_add(1);
+/// The pauses of one call: a node that failed is left for the next replica at once; the call
+/// sleeps only once every replica of the shard has failed in a row, or when told to wait.
+struct Pauses {
+    backoff: Backoff,
+    /// Pauses slept so far: the backoff's exponent.
+    taken: u32,
+    /// Nodes that failed since the last pause or answer.
+    failed_in_a_row: usize,
+}
+
+impl Pauses {
+    /// A node failed (no answer, or no leader to name): pause only when it was the last of a
+    /// round of `replicas`.
+    async fn after_node_failed(
+        &mut self,
+        replicas: usize,
+        retry_after: Option<std::time::Duration>,
+        deadline: Instant,
+    ) {
+        self.failed_in_a_row += 1;
+        if self.failed_in_a_row >= replicas.max(1) || retry_after.is_some() {
+            self.pause(retry_after, deadline).await;
+        }
+    }
+
+    /// Sleeps the next backoff step (at least `retry_after`), never past `deadline`.
+    async fn pause(&mut self, retry_after: Option<std::time::Duration>, deadline: Instant) {
+        let pause = self.backoff.delay(self.taken, retry_after);
+        self.taken = self.taken.saturating_add(1);
+        self.failed_in_a_row = 0;
         let left = deadline.saturating_duration_since(Instant::now());
         sleep(pause.min(left)).await;
     }
+}
+
+/// Whether `status` came from the node (it is alive, whatever it said) rather than from the
+/// transport failing to reach it. Every refusal a node sends with these codes carries
+/// `x-not-applied` (see `ledger::server::status`); a connection refused, reset or lost
+/// surfaces as one of them without it.
+fn answered_by_node(status: &Status) -> bool {
+    let transport_code = matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled);
+    !transport_code || metadata_str(status, metadata::NOT_APPLIED).is_some()
 }
 
 /// The status-code contract of `flashledger.proto`, as client actions.

@@ -599,3 +599,111 @@ async fn every_call_carries_its_deadline_client_id_and_priority() -> anyhow::Res
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_node_that_stops_answering_is_routed_around_once_its_breaker_opens_then_probed() -> anyhow::Result<()> {
+    let cluster = FakeCluster::start(2).await?;
+    // The map keeps naming node 1 as the leader (each refresh below re-reads it).
+    cluster.set_shards(vec![shard(1, b"", b"", 1, &[1, 2], 1)]);
+    cluster.node(1).otherwise(Reply::Dropped);
+    let options = ClientOptions {
+        breaker_failures_max: 2,
+        breaker_open_ms: 300,
+        ..fast_options()
+    };
+    let client = Client::connect(cluster.addrs(), options).await?;
+    let call = |n: u32| {
+        let client = client.clone();
+        async move {
+            client.refresh_shard_map().await?;
+            client.confirm("sku-a", &format!("order-{n}")).await
+        }
+    };
+
+    // Closed: each call tries node 1 first, gets no answer, and moves on to node 2.
+    assert_eq!(call(1).await?, Outcome::Confirmed);
+    assert_eq!(call(2).await?, Outcome::Confirmed);
+    assert_eq!(cluster.node(1).seen().len(), 2);
+    // Open after two failures in a row: node 1 is not tried at all.
+    assert_eq!(call(3).await?, Outcome::Confirmed);
+    assert_eq!(cluster.node(1).seen().len(), 2, "the open breaker routes around node 1");
+    assert_eq!(cluster.node(2).seen().len(), 3);
+
+    // Half-open once the period is over: one call probes node 1, which answers now: closed.
+    cluster.node(1).otherwise(Reply::Normal);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(call(4).await?, Outcome::Confirmed);
+    assert_eq!(cluster.node(1).seen().len(), 3, "the probe went to node 1");
+    assert_eq!(call(5).await?, Outcome::Confirmed);
+    assert_eq!(cluster.node(1).seen().len(), 4, "closed again: node 1 serves");
+    assert_eq!(cluster.node(2).seen().len(), 3);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_follower_naming_a_leader_that_did_not_answer_is_not_followed_back_to_it() -> anyhow::Result<()> {
+    let cluster = FakeCluster::start(3).await?;
+    cluster.set_shards(vec![shard(1, b"", b"", 1, &[1, 2, 3], 1)]);
+    // Node 1 (the old leader) is gone; node 2 has not noticed and still names it.
+    cluster.node(1).otherwise(Reply::Dropped);
+    let old_leader = cluster.node(1).addr.clone();
+    cluster.node(2).otherwise(Reply::Fail {
+        code: Code::Unavailable,
+        message: "not leader".into(),
+        leader: Some((1, old_leader)),
+    });
+    let options = ClientOptions {
+        // Any pause would show: the call must not sleep between these three nodes.
+        backoff_ms_initial: 2_000,
+        backoff_ms_max: 2_000,
+        ..fast_options()
+    };
+    let client = Client::connect(cluster.addrs(), options).await?;
+
+    let started = std::time::Instant::now();
+    assert_eq!(
+        client.purchase("sku-a", 1, "erin", "order-5").await?,
+        Outcome::Confirmed
+    );
+
+    assert!(
+        started.elapsed() < Duration::from_millis(1_000),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(cluster.node(1).seen().len(), 1, "the silent node is asked once");
+    assert_eq!(cluster.node(2).seen().len(), 1);
+    assert_eq!(cluster.node(3).seen().len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_retry_budget_bounds_retries_across_calls() -> anyhow::Result<()> {
+    let cluster = FakeCluster::start(1).await?;
+    cluster.set_shards(vec![shard(1, b"", b"", 1, &[1], 1)]);
+    cluster
+        .node(1)
+        .otherwise(Reply::fail(Code::Unavailable, "no leader yet"));
+    let options = ClientOptions {
+        retries_max: 10,
+        // No share of calls: only the reserve of 3 retries, for every call of the client.
+        retry_budget_percent: 0,
+        retry_budget_reserve: 3,
+        ..fast_options()
+    };
+    let client = Client::connect(cluster.addrs(), options).await?;
+
+    let first = client.confirm("sku-a", "order-1").await.unwrap_err();
+    let ClientError::Unavailable { attempts, last_error } = first else {
+        panic!("expected unavailable, got {first:?}");
+    };
+    assert_eq!(attempts, 4, "the first attempt and the 3 retries the budget held");
+    assert!(last_error.contains("retry budget"), "{last_error}");
+    let second = client.confirm("sku-a", "order-2").await.unwrap_err();
+    assert!(
+        matches!(second, ClientError::Unavailable { attempts: 1, .. }),
+        "a spent budget leaves each call its first attempt: {second:?}"
+    );
+    assert_eq!(cluster.node(1).seen().len(), 5);
+    Ok(())
+}

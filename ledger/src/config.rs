@@ -188,8 +188,18 @@ pub const SNAPSHOT_CHUNK_BYTES_MAX: u64 = 64 * 1024 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RaftSection {
+    /// A follower that has heard no leader for the leader's lease (openraft sets it to
+    /// `election_timeout_ms_max`) plus a random timeout in `[min, max)` asks for votes (after a
+    /// pre-vote round), so a dead leader is replaced `max + [min, max)` after its last
+    /// heartbeat: 450–600 ms at the defaults (150, 300), 1.5–2 s at the old (500, 1000), which
+    /// made failover take 2.3 s (docs/benchmarks.md, "Failover"). Lower still would start
+    /// elections over a heartbeat delayed by a loaded 2-core machine: 150 ms is three
+    /// heartbeats, and the hot benchmark here saw no term change with it.
     pub election_timeout_ms_min: u64,
     pub election_timeout_ms_max: u64,
+    /// How often a leader tells followers it is alive (and renews its lease with them). 50 ms:
+    /// a third of the shortest election timeout, so one lost or late heartbeat never starts
+    /// an election; each costs one small RPC per follower per shard.
     pub heartbeat_interval_ms: u64,
     /// Deadline of every Raft RPC between nodes.
     pub rpc_timeout_ms: u64,
@@ -215,9 +225,9 @@ pub struct RaftSection {
 impl Default for RaftSection {
     fn default() -> Self {
         RaftSection {
-            election_timeout_ms_min: 500,
-            election_timeout_ms_max: 1000,
-            heartbeat_interval_ms: 100,
+            election_timeout_ms_min: 150,
+            election_timeout_ms_max: 300,
+            heartbeat_interval_ms: 50,
             rpc_timeout_ms: 1000,
             snapshot_ops_since_last: 200_000,
             snapshot_growth_percent: 10,
@@ -368,7 +378,8 @@ pub struct ShippingSection {
     pub batch_events_max: usize,
     /// Pause between rounds when there is nothing to ship, or this node is not the shipper.
     pub poll_interval_ms: u64,
-    /// First pause after a failed round; doubles per consecutive failure up to the max.
+    /// First pause after a failed round; doubles per consecutive failure up to the max. Each
+    /// pause is jittered into the upper half of its step (`flashledger_client::Backoff`).
     pub retry_backoff_ms_min: u64,
     pub retry_backoff_ms_max: u64,
     /// A replica ranked `r` in the shipping order takes over once the replicated mark has not

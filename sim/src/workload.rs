@@ -254,6 +254,12 @@ pub fn client_options(coalesce: bool, client_id: &str) -> ClientOptions {
         retries_max: 6,
         backoff_ms_initial: 20,
         backoff_ms_max: 300,
+        // The production defaults: the simulator's faults are what the budget and the
+        // breakers are for.
+        retry_budget_percent: 20,
+        retry_budget_reserve: 100,
+        breaker_failures_max: 3,
+        breaker_open_ms: 500,
         coalesce_ops_max: if coalesce { 8 } else { 0 },
         coalesce_inflight_max: 2,
         // The simulator's clusters are insecure (madsim has no TLS).

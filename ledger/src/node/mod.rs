@@ -327,6 +327,13 @@ fn raft_config(config: &ClusterConfig) -> Result<openraft::Config, NodeError> {
         // under the same log id, and the follower would keep the old one as "matching".
         // Found by the simulator (seeds 106 and 118): replicas diverged.
         enable_leader_restore: Some(false),
+        // A follower asks the others whether they would vote for it before it raises its term
+        // (`Raft.PreVote`). Without it a node back from a partition, or one that was paused
+        // (SIGSTOP, a long GC-like stall), comes back with a higher term and makes the healthy
+        // leader step down for nothing; and of two followers racing after a leader died, the
+        // one with the shorter log would raise its term and split the vote (a second round,
+        // +1 election timeout, measured in docs/benchmarks.md).
+        enable_pre_vote: Some(true),
         ..Default::default()
     }
     .validate()

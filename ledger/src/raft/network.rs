@@ -190,6 +190,7 @@ impl CallError {
 enum RaftRpc {
     AppendEntries,
     Vote,
+    PreVote,
     InstallSnapshot,
 }
 
@@ -223,6 +224,7 @@ impl ShardPeer {
             match rpc {
                 RaftRpc::AppendEntries => client.append_entries(request).await,
                 RaftRpc::Vote => client.vote(request).await,
+                RaftRpc::PreVote => client.pre_vote(request).await,
                 RaftRpc::InstallSnapshot => client.install_snapshot(request).await,
             }
         };
@@ -249,6 +251,20 @@ impl ShardPeer {
             bincode::deserialize(&reply.payload).map_err(|e| CallError::Network(format!("decode: {e}")))?;
         answer
             .map_err(|remote| CallError::Unreachable(format!("node {} shard {}: {remote}", self.target, self.shard_id)))
+    }
+}
+
+impl ShardPeer {
+    /// A vote or pre-vote request (`rpc`), under openraft's deadline for it.
+    async fn ask_for_vote(
+        &self,
+        rpc: RaftRpc,
+        request: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(rpc, &request, option.hard_ttl())
+            .await
+            .map_err(CallError::into_rpc)
     }
 }
 
@@ -281,9 +297,18 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(RaftRpc::Vote, &rpc, option.hard_ttl())
-            .await
-            .map_err(CallError::into_rpc)
+        self.ask_for_vote(RaftRpc::Vote, rpc, option).await
+    }
+
+    /// openraft's default grants every pre-vote without asking, which made pre-vote a no-op:
+    /// the peer is asked, and a peer that cannot be reached is an error (not a grant), so an
+    /// isolated node never gathers a quorum of pre-votes and never raises its term.
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.ask_for_vote(RaftRpc::PreVote, rpc, option).await
     }
 
     async fn full_snapshot(

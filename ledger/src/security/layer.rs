@@ -155,7 +155,9 @@ impl Policy {
 /// tonic's per-service limits (`server.message_bytes_max`).
 fn body_bytes_max(path: &str) -> usize {
     match path {
-        "/flashledger.v1.Raft/Vote" | "/flashledger.v1.Raft/ProposeShipped" => SMALL_RAFT_MESSAGE_BYTES_MAX,
+        "/flashledger.v1.Raft/Vote" | "/flashledger.v1.Raft/PreVote" | "/flashledger.v1.Raft/ProposeShipped" => {
+            SMALL_RAFT_MESSAGE_BYTES_MAX
+        }
         _ => usize::MAX,
     }
 }

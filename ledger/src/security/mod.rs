@@ -96,6 +96,7 @@ pub const RPC_ACCESS: &[(&str, Access)] = &[
     ("/flashledger.v1.Cluster/Backup", Access::Admin),
     ("/flashledger.v1.Raft/AppendEntries", Access::Peer),
     ("/flashledger.v1.Raft/Vote", Access::Peer),
+    ("/flashledger.v1.Raft/PreVote", Access::Peer),
     ("/flashledger.v1.Raft/InstallSnapshot", Access::Peer),
     ("/flashledger.v1.Raft/ProposeShipped", Access::Peer),
     ("/grpc.health.v1.Health/Check", Access::Public),
@@ -173,7 +174,7 @@ mod tests {
                 rpcs.push(format!("/flashledger.v1.{service}/{method}"));
             }
         }
-        assert_eq!(rpcs.len(), 16, "the proto's RPCs: {rpcs:?}");
+        assert_eq!(rpcs.len(), 17, "the proto's RPCs: {rpcs:?}");
         for rpc in &rpcs {
             assert!(access_of(rpc).is_some(), "{rpc} has no access rule");
         }

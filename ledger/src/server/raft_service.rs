@@ -145,6 +145,33 @@ impl RaftService {
     }
 }
 
+/// A vote request is answered for real (the receiver may change its term and vote) or as a
+/// pre-vote (it only says whether it would grant; see `Raft.PreVote` in the .proto).
+#[derive(Clone, Copy)]
+enum Ballot {
+    Vote,
+    PreVote,
+}
+
+impl RaftService {
+    async fn answer_vote(
+        &self,
+        request: Request<pb::RaftRequest>,
+        ballot: Ballot,
+    ) -> Result<Response<pb::RaftReply>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
+        let request = request.into_inner();
+        let raft = self.raft_of(request.shard_id)?;
+        let rpc: openraft::raft::VoteRequest<crate::types::TypeConfig> = decode(&request.payload)?;
+        self.check_sender(caller.as_ref(), request.shard_id, voter_of(&rpc.vote))?;
+        let answer = match ballot {
+            Ballot::Vote => raft.vote(rpc).await,
+            Ballot::PreVote => raft.pre_vote(rpc).await,
+        };
+        reply(answer.map_err(|e| e.to_string()))
+    }
+}
+
 /// Decodes a message exactly: bincode's plain encoding (as `bincode::serialize` writes it),
 /// no bytes left over, no allocation past the message's own size. Public for the fuzz target
 /// that feeds it every Raft message type (`fuzz/fuzz_targets/wire_requests.rs`).
@@ -183,12 +210,11 @@ impl RaftRpc for RaftService {
     }
 
     async fn vote(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
-        let caller = request.extensions().get::<Caller>().cloned();
-        let request = request.into_inner();
-        let raft = self.raft_of(request.shard_id)?;
-        let rpc: openraft::raft::VoteRequest<crate::types::TypeConfig> = decode(&request.payload)?;
-        self.check_sender(caller.as_ref(), request.shard_id, voter_of(&rpc.vote))?;
-        reply(raft.vote(rpc).await.map_err(|e| e.to_string()))
+        self.answer_vote(request, Ballot::Vote).await
+    }
+
+    async fn pre_vote(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+        self.answer_vote(request, Ballot::PreVote).await
     }
 
     async fn install_snapshot(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {

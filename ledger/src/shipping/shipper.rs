@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::sync::Weak;
 use std::time::Duration;
 
+use flashledger_client::backoff::Backoff;
+use flashledger_client::backoff::jitter_seed;
 use futures::future::join_all;
 use tokio::time::Instant;
 
@@ -93,13 +95,24 @@ pub async fn run<N: ShippingSource, S: ShippingSink>(
     let mut designation = Designation::new(Duration::from_millis(settings.takeover_after_ms), Instant::now());
     let mut cursor: Option<Vec<Watermark>> = None;
     let mut failures: u32 = 0;
+    // The project's one backoff (the client library's): replicas of a shard that lost the same
+    // Postgres together do not come back to it in the same millisecond.
+    let mut backoff = Backoff::new(
+        Duration::from_millis(settings.retry_backoff_ms_min),
+        Duration::from_millis(settings.retry_backoff_ms_max),
+        jitter_seed(shard_id),
+    );
     let mut more_waiting = false;
     // Each mark is a log entry on the leader: at most one per interval, however fast batches go.
     let mark_interval = Duration::from_millis(settings.mark_interval_ms);
     let mut last_mark_proposal: Option<Instant> = None;
     loop {
         if !more_waiting {
-            tokio::time::sleep(pause(&settings, failures)).await;
+            let pause = match failures {
+                0 => Duration::from_millis(settings.poll_interval_ms),
+                failures => backoff.delay(failures - 1, None),
+            };
+            tokio::time::sleep(pause).await;
         }
         more_waiting = false;
         let Some(node) = node.upgrade() else { return };
@@ -146,17 +159,6 @@ pub async fn run<N: ShippingSource, S: ShippingSink>(
             }
         }
     }
-}
-
-/// The pause before the next round: the poll interval, or exponential backoff after failures.
-fn pause(settings: &ShippingSection, failures: u32) -> Duration {
-    if failures == 0 {
-        return Duration::from_millis(settings.poll_interval_ms);
-    }
-    let doubled = settings
-        .retry_backoff_ms_min
-        .saturating_mul(1u64 << failures.saturating_sub(1).min(20));
-    Duration::from_millis(doubled.min(settings.retry_backoff_ms_max))
 }
 
 /// What a successful round achieved.
