@@ -107,6 +107,7 @@ pub struct PeerRpcLabels {
 pub enum RaftRpcKind {
     append,
     vote,
+    pre_vote,
     snapshot,
 }
 

@@ -199,6 +199,7 @@ impl RaftRpc {
         match self {
             RaftRpc::AppendEntries => RaftRpcKind::append,
             RaftRpc::Vote => RaftRpcKind::vote,
+            RaftRpc::PreVote => RaftRpcKind::pre_vote,
             RaftRpc::InstallSnapshot => RaftRpcKind::snapshot,
         }
     }
