@@ -24,10 +24,12 @@ pub struct ClientOptions {
     pub attempt_timeout_ms: u64,
     /// Deadline for opening a TCP connection to a node.
     pub connect_timeout_ms: u64,
-    /// Retries after the first attempt; a call makes at most `retries_max + 1` attempts. 20: a
-    /// call fails over without pausing and pauses only between rounds of the shard's replicas,
-    /// so riding out an election (about half a second) takes some 15 attempts; the retry
-    /// budget, not this, bounds what retries add to the cluster's load.
+    /// Retries after the first attempt; a call makes at most `retries_max + 1` attempts. 100: a
+    /// call fails over without pausing and pauses (at most `backoff_ms_max`) only between rounds
+    /// of the shard's replicas, whose "no leader yet" answers come back at once, so an election
+    /// costs some 15 attempts a half second; 100 rides out one that takes 3 s (a split vote on
+    /// a loaded host: 20 gave up after ~0.7 s), and `request_timeout_ms` stays the real bound.
+    /// The retry budget, not this, bounds what retries add to the cluster's load.
     pub retries_max: u32,
     /// First backoff after a retryable failure.
     pub backoff_ms_initial: u64,
@@ -69,7 +71,7 @@ impl Default for ClientOptions {
             request_timeout_ms: 5_000,
             attempt_timeout_ms: 1_000,
             connect_timeout_ms: 500,
-            retries_max: 20,
+            retries_max: 100,
             backoff_ms_initial: 10,
             backoff_ms_max: 100,
             retry_budget_percent: 20,

@@ -14,7 +14,8 @@ pub enum Readiness {
 }
 
 /// Judges `shards` (from `Node::status`). `quorum_ack_ms_max`: how long a leader may go without
-/// a quorum's acknowledgement before it no longer counts as a leader (it is cut off).
+/// a quorum's acknowledgement, or a follower without an append from its leader, before it no
+/// longer counts as having a leader (it is cut off).
 pub fn judge(shards: &[ShardStatus], apply_lag_entries_max: u64, quorum_ack_ms_max: u64) -> Readiness {
     let reasons: Vec<String> = shards
         .iter()
@@ -45,6 +46,17 @@ fn why_not_ready(shard: &ShardStatus, apply_lag_entries_max: u64, quorum_ack_ms_
                 ));
             }
             None => return Some(format!("shard {id}: this node leads but no quorum acknowledged it yet")),
+        }
+    }
+    // A follower names the leader it last heard of; with pre-vote it keeps naming it after being
+    // cut off (it never raises its term alone), so it must also have heard from it lately.
+    if shard.role != "leader" && shard.voters > 1 {
+        match shard.millis_since_leader_contact {
+            Some(ms) if ms <= quorum_ack_ms_max => {}
+            Some(ms) => {
+                return Some(format!("shard {id}: no append from leader {leader} for {ms} ms"));
+            }
+            None => return Some(format!("shard {id}: no append from leader {leader} yet")),
         }
     }
     let lag = shard.committed_index.saturating_sub(shard.applied_index);
@@ -80,6 +92,7 @@ mod tests {
             shipped_by: 0,
             voters: 3,
             millis_since_quorum_ack: (role == "leader").then_some(20),
+            millis_since_leader_contact: (role != "leader").then_some(30),
             matched_index: Default::default(),
         }
     }
@@ -122,5 +135,18 @@ mod tests {
         let mut alone = shard(6, Some(1), "leader");
         (alone.voters, alone.millis_since_quorum_ack) = (1, None);
         assert!(why_not_ready(&alone, 5, 1_000).is_none());
+    }
+
+    #[test]
+    fn a_follower_that_stopped_hearing_from_its_leader_is_not_ready() {
+        // With pre-vote it still names the leader it last knew.
+        let mut cut_off = shard(1, Some(2), "follower");
+        cut_off.millis_since_leader_contact = Some(4_000);
+        let reason = why_not_ready(&cut_off, 5, 1_000).expect("not ready");
+        assert_eq!(reason, "shard 1: no append from leader 2 for 4000 ms");
+        cut_off.millis_since_leader_contact = None;
+        assert!(why_not_ready(&cut_off, 5, 1_000).is_some());
+        cut_off.millis_since_leader_contact = Some(900);
+        assert!(why_not_ready(&cut_off, 5, 1_000).is_none());
     }
 }

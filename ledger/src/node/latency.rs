@@ -91,3 +91,43 @@ mod tests {
         });
     }
 }
+
+/// When this replica last accepted an append (entries or a heartbeat) from a leader: a
+/// follower's only evidence that the leader it names is alive. With pre-vote, a follower cut off
+/// from the others keeps naming its old leader (it never raises its term), so readiness asks how
+/// long ago it heard from it instead.
+#[derive(Debug)]
+pub struct LeaderContact {
+    /// µs since `since` of the last accepted append, plus one; 0 before the first.
+    last_at_us: AtomicU64,
+    since: Instant,
+}
+
+impl LeaderContact {
+    pub fn new() -> LeaderContact {
+        LeaderContact {
+            last_at_us: AtomicU64::new(0),
+            since: Instant::now(),
+        }
+    }
+
+    /// An append from the current leader was accepted just now.
+    pub fn heard(&self) {
+        let now = u64::try_from(self.since.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.last_at_us.fetch_max(now.saturating_add(1), Ordering::Relaxed);
+    }
+
+    /// How long ago the last accepted append was; `None` before the first.
+    pub fn elapsed(&self) -> Option<Duration> {
+        match self.last_at_us.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(self.since.elapsed().saturating_sub(Duration::from_micros(at - 1))),
+        }
+    }
+}
+
+impl Default for LeaderContact {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -58,6 +58,8 @@ pub struct ShardReplica {
     pub view: Arc<ShardView>,
     /// How long this replica's proposals have recently taken to commit (as leader).
     pub commit_latency: latency::CommitLatency,
+    /// When this replica last accepted an append from a leader (readiness of a follower).
+    pub leader_contact: latency::LeaderContact,
 }
 
 pub struct Node {
@@ -187,6 +189,7 @@ impl Node {
                     raft,
                     view,
                     commit_latency: latency::CommitLatency::new(),
+                    leader_contact: latency::LeaderContact::new(),
                 }),
             );
         }

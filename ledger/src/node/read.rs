@@ -64,6 +64,9 @@ pub struct ShardStatus {
     pub voters: u64,
     /// As leader: how long ago a quorum last acknowledged it (`None`: never, or not leader).
     pub millis_since_quorum_ack: Option<u64>,
+    /// As a follower: since this replica last accepted an append from a leader (`None`: never
+    /// since start). With pre-vote a follower cut off from the rest keeps naming its old leader.
+    pub millis_since_leader_contact: Option<u64>,
     /// As leader: each other replica's matched log index (0 when nothing matched yet); empty
     /// on a follower.
     pub matched_index: BTreeMap<NodeId, u64>,
@@ -169,6 +172,10 @@ impl Node {
                     millis_since_quorum_ack: metrics
                         .last_quorum_acked
                         .map(|at| u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX)),
+                    millis_since_leader_contact: shard
+                        .leader_contact
+                        .elapsed()
+                        .map(|ago| u64::try_from(ago.as_millis()).unwrap_or(u64::MAX)),
                     matched_index: metrics
                         .replication
                         .iter()

@@ -99,10 +99,14 @@ impl RaftService {
     }
 
     fn raft_of(&self, shard_id: u64) -> Result<&Raft, Status> {
+        self.replica_of(shard_id).map(|replica| &replica.raft)
+    }
+
+    fn replica_of(&self, shard_id: u64) -> Result<&crate::node::ShardReplica, Status> {
         self.node
             .shards
             .get(&shard_id)
-            .map(|shard| &shard.raft)
+            .map(|shard| shard.as_ref())
             .ok_or_else(|| Status::not_found(format!("this node does not host shard {shard_id}")))
     }
 
@@ -203,10 +207,15 @@ impl RaftRpc for RaftService {
     async fn append_entries(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
         let caller = request.extensions().get::<Caller>().cloned();
         let request = request.into_inner();
-        let raft = self.raft_of(request.shard_id)?;
+        let replica = self.replica_of(request.shard_id)?;
         let rpc: openraft::raft::AppendEntriesRequest<crate::types::TypeConfig> = decode(&request.payload)?;
         self.check_sender(caller.as_ref(), request.shard_id, voter_of(&rpc.vote))?;
-        reply(raft.append_entries(rpc).await.map_err(|e| e.to_string()))
+        let answer = replica.raft.append_entries(rpc).await;
+        // Any answer but "your term is over" means this replica follows the sender now.
+        if matches!(&answer, Ok(reply) if !matches!(reply, openraft::raft::AppendEntriesResponse::HigherVote(_))) {
+            replica.leader_contact.heard();
+        }
+        reply(answer.map_err(|e| e.to_string()))
     }
 
     async fn vote(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
