@@ -14,8 +14,9 @@
 //! that makes the entry applied: once `P` is read, every change up to `P` already waits in this
 //! watcher's queue, which is drained before the mark is sent. A cache that keeps, per SKU, the
 //! newest value it received is then exactly the state at `P` once the mark arrives. A replica
-//! that cannot tell its shard has a working leader (it knows none, or it leads but has heard
-//! from no quorum for an election timeout) sends no marks: the watcher's silence then grows,
+//! that cannot tell its shard has a working leader (it knows none, it leads but has heard
+//! from no quorum for an election timeout, or it follows but has had no append from its leader
+//! for as long) sends no marks: the watcher's silence then grows,
 //! which is how a cache learns its values may be falling behind a shard that lost its quorum.
 
 use std::collections::HashMap;
@@ -184,7 +185,8 @@ pub fn start(node: &Arc<Node>, range: SkuRange, options: WatchOptions, slot: Wat
 }
 
 /// Whether `shard`'s replica here may vouch for its applied index being recent: it knows a
-/// leader, and if it is that leader, a quorum acknowledged it within `quorum_silence_ms_max`.
+/// leader, and if it is that leader, a quorum acknowledged it within `quorum_silence_ms_max`;
+/// if another node leads, that leader's last append reached this replica within that time.
 fn in_touch_with_leader(shard: &ShardReplica, quorum_silence_ms_max: u64) -> bool {
     let metrics = shard.raft.metrics();
     let metrics = metrics.borrow_watched();
@@ -194,7 +196,13 @@ fn in_touch_with_leader(shard: &ShardReplica, quorum_silence_ms_max: u64) -> boo
             use openraft::Instant as _;
             acked.elapsed() <= Duration::from_millis(quorum_silence_ms_max)
         }),
-        Some(_) => true,
+        // A follower knows a leader until it hears of another; with pre-vote one cut off from
+        // the rest never raises its term, so it keeps naming its old leader: it vouches only
+        // while that leader's appends still reach it.
+        Some(_) => shard
+            .leader_contact
+            .elapsed()
+            .is_some_and(|ago| ago <= Duration::from_millis(quorum_silence_ms_max)),
     }
 }
 
