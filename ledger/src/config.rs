@@ -35,6 +35,8 @@ pub enum ConfigError {
     InvalidAddress { node: NodeId, addr: String },
     #[error("node {node} admin_addr: {reason}")]
     InvalidAdminAddress { node: NodeId, reason: String },
+    #[error("shard id 0 is the meta group's (it holds the shard map); number data shards from 1")]
+    MetaShardId,
     #[error("shard id {0} appears more than once")]
     DuplicateShardId(ShardId),
     #[error("shard {shard} names replica {node}, which is not a configured node")]
@@ -544,6 +546,9 @@ impl ClusterConfig {
         }
         let mut ids = BTreeSet::new();
         for shard in &self.shards {
+            if shard.id == crate::meta::map::META_SHARD {
+                return Err(ConfigError::MetaShardId);
+            }
             if !ids.insert(shard.id) {
                 return Err(ConfigError::DuplicateShardId(shard.id));
             }
@@ -605,7 +610,8 @@ impl ClusterConfig {
     /// Every numeric setting with the range it must be in: wide enough for any deployment we
     /// know of, narrow enough that no value breaks where it is used (a stream count is a `u32`,
     /// a semaphore holds at most 2^61 permits, a deadline is added to an `Instant`). Node and
-    /// shard ids are names, not amounts: any `u64` (but node id 0, see `validate_nodes`).
+    /// shard ids are names, not amounts: any `u64` (but node id 0, see `validate_nodes`, and shard
+    /// id 0, the meta group's).
     fn numeric_settings(&self) -> [NumericSetting; 39] {
         const KIB: u64 = 1024;
         const MIB: u64 = 1024 * KIB;
@@ -863,6 +869,56 @@ impl ClusterConfig {
 
     pub fn shards_on_node(&self, id: NodeId) -> impl Iterator<Item = &ShardConfig> {
         self.shards.iter().filter(move |s| s.replicas.contains(&id))
+    }
+
+    /// The nodes that bootstrap the cluster: every node a `[[shards]]` entry names. They form
+    /// the meta group (shard 0). A node listed only in `[[nodes]]` starts empty and is given
+    /// replicas through the shard map (`ledger node add`, `ledger shard add-replica`).
+    pub fn bootstrap_nodes(&self) -> Vec<NodeId> {
+        let nodes: BTreeSet<NodeId> = self.shards.iter().flat_map(|s| s.replicas.iter().copied()).collect();
+        nodes.into_iter().collect()
+    }
+
+    /// Shard 0 as the bootstrap nodes start it: no SKU range, every bootstrap node a voter.
+    pub fn meta_shard_config(&self) -> ShardConfig {
+        ShardConfig {
+            id: crate::meta::map::META_SHARD,
+            start: String::new(),
+            end: String::new(),
+            replicas: self.bootstrap_nodes(),
+        }
+    }
+
+    /// The shard map this file describes, as the first meta leader proposes it: the bootstrap
+    /// nodes and their shards (nodes listed but named by no shard join later, when added).
+    pub fn seed_command(&self) -> crate::meta::map::MetaCommand {
+        let bootstrap = self.bootstrap_nodes();
+        crate::meta::map::MetaCommand::Seed {
+            nodes: self
+                .nodes
+                .iter()
+                .filter(|n| bootstrap.contains(&n.id))
+                .map(|n| (n.id, n.addr.clone()))
+                .collect(),
+            meta_replicas: bootstrap,
+            shards: self
+                .shards
+                .iter()
+                .map(|s| {
+                    let mut replicas = s.replicas.clone();
+                    replicas.sort_unstable();
+                    let entry = crate::meta::map::ShardEntry {
+                        start: s.start.clone().into_bytes(),
+                        end: s.end.clone().into_bytes(),
+                        replicas,
+                        learners: Vec::new(),
+                        epoch: 1,
+                        conf_ver: 1,
+                    };
+                    (s.id, entry)
+                })
+                .collect(),
+        }
     }
 }
 

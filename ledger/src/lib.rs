@@ -5,6 +5,8 @@
 //! Read from the bottom (what every layer may use) up: a module uses what is listed before it,
 //! never what comes after.
 //!
+//! - [`meta`]: the shard map shard 0 replicates, and its reshaping commands (pure; the ledger's
+//!   log carries them, so it sits below [`state_machine`]).
 //! - [`state_machine`]: the ledger itself, a pure function of (state, command, log time).
 //! - [`metrics`]`::instruments`: the counters and histograms every layer records into (no
 //!   dependency on the rest of the crate); the rest of [`metrics`] (scrape, readiness, the admin
@@ -32,6 +34,7 @@ pub mod admission;
 pub mod applied;
 pub mod backup;
 pub mod config;
+pub mod meta;
 pub mod metrics;
 pub mod node;
 pub mod raft;

@@ -187,7 +187,7 @@ async fn a_full_budget_sheds_at_once_and_the_shed_write_is_never_applied() {
     let index = cluster.last_log_index(cluster.leader(SHARD).await, SHARD);
     for id in cluster.running_ids() {
         cluster.wait_applied(id, SHARD, index).await;
-        let shard = &cluster.node(id).shards[&SHARD];
+        let shard = &cluster.node(id).replica(SHARD).expect("hosted");
         let (held, shed) = shard.view.read(|image| {
             let held = (0..4)
                 .filter(|i| image.ledger.order(&format!("held-{i}")).is_some())
@@ -423,7 +423,10 @@ async fn rate_limits_per_buyer_and_per_client_and_a_skus_own_limit() {
             log_before,
             "a RATE_LIMITED write was logged"
         );
-        let order = cluster.node(leader).shards[&SHARD]
+        let order = cluster
+            .node(leader)
+            .replica(SHARD)
+            .expect("hosted")
             .view
             .read(|image| image.ledger.order("never-logged").is_some());
         assert!(!order, "a RATE_LIMITED write was applied");
@@ -608,7 +611,10 @@ async fn a_request_out_of_time_is_dropped_before_it_is_proposed() {
         );
     }
     for order in ["late-1", "late-2"] {
-        let kept = cluster.node(leader).shards[&SHARD]
+        let kept = cluster
+            .node(leader)
+            .replica(SHARD)
+            .expect("hosted")
             .view
             .read(|image| image.ledger.order(order).is_some());
         assert!(!kept, "{order} was applied");

@@ -74,7 +74,10 @@ async fn elects_leaders_and_replicates_writes() {
                 leader_addr,
                 ..
             }) if hint == leader => {
-                assert_eq!(leader_addr.as_deref(), cluster.node(follower).address_of(leader));
+                assert_eq!(
+                    leader_addr.as_deref(),
+                    cluster.node(follower).address_of(leader).as_deref()
+                );
                 break;
             }
             other => {
@@ -231,7 +234,10 @@ async fn a_follower_far_behind_catches_up_through_a_snapshot_streamed_in_chunks_
     assert_eq!(follower_shard.applied_index, leader_shard.applied_index);
     assert_eq!(follower_shard.state_digest, leader_shard.state_digest);
     let bytes_of = |id: u64| {
-        cluster.node(id).shards[&1]
+        cluster
+            .node(id)
+            .replica(1)
+            .expect("hosted")
             .view
             .read(|image| bincode::serialize(&image.ledger).expect("encodes"))
     };

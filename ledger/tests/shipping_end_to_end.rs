@@ -66,7 +66,10 @@ fn batch(first: u64, orders: u64) -> Vec<Operation> {
 /// The replica whose shipper last advanced `shard`'s mark, as the leader's state says.
 async fn current_shipper(cluster: &TestCluster, shard: ShardId) -> NodeId {
     let leader = cluster.leader(shard).await;
-    cluster.node(leader).shards[&shard]
+    cluster
+        .node(leader)
+        .replica(shard)
+        .expect("hosted")
         .view
         .read(|image| image.ledger.shipped_by)
 }
@@ -164,7 +167,7 @@ async fn every_confirmed_order_lands_in_postgres_exactly_once() {
         async move {
             cluster.running_ids().iter().all(|id| {
                 cluster.node(*id).status().iter().all(|s| s.shipping_lag_events == 0)
-                    && cluster.node(*id).shards.values().all(|shard| {
+                    && cluster.node(*id).shards().into_iter().all(|shard| {
                         shard
                             .view
                             .read(|image| image.ledger.order_events.is_empty() && image.ledger.next_event_seq > 0)
@@ -185,7 +188,7 @@ async fn every_confirmed_order_lands_in_postgres_exactly_once() {
         .collect();
     for shard in [1, 2] {
         let leader = cluster.leader(shard).await;
-        cluster.node(leader).shards[&shard].view.read(|image| {
+        cluster.node(leader).replica(shard).expect("hosted").view.read(|image| {
             next_seq.insert(shard, image.ledger.next_event_seq);
             for operation in &sent {
                 let Operation::Purchase {

@@ -83,7 +83,7 @@ async fn purchases_do_not_wait_for_a_down_sink_and_the_backlog_drains_once() {
     expected.sort();
     assert_eq!(shipped, expected, "every confirmed order exactly once");
     for id in cluster.running_ids() {
-        for shard in cluster.node(id).shards.values() {
+        for shard in cluster.node(id).shards().into_iter() {
             assert!(shard.view.read(|image| image.ledger.order_events.is_empty()));
         }
     }

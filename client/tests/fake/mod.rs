@@ -373,6 +373,10 @@ impl Cluster for FakeNode {
     async fn backup(&self, _: Request<BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
         Err(Status::unimplemented("fake"))
     }
+
+    async fn reshape(&self, _: Request<ReshapeRequest>) -> Result<Response<ReshapeReply>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 /// A set of fake nodes sharing one shard map. Node ids are 1..=n.
@@ -433,6 +437,8 @@ pub fn shard(shard_id: u64, start: &[u8], end: &[u8], epoch: u64, replicas: &[u6
         epoch,
         replicas: replicas.to_vec(),
         leader,
+        conf_ver: 1,
+        learners: Vec::new(),
     }
 }
 

@@ -29,6 +29,7 @@ pub use memory::MemorySnapshots;
 #[cfg(not(madsim))]
 pub use snapshot_file::FileSnapshots;
 
+use crate::meta::map::ShardMap;
 use crate::state_machine::orders::Chunk;
 use crate::state_machine::state::FrozenLedger;
 use crate::state_machine::state::LedgerState;
@@ -103,6 +104,8 @@ pub struct AppliedMeta {
 pub struct ShardImage {
     pub meta: AppliedMeta,
     pub ledger: LedgerState,
+    /// The shard map (shard 0, the meta group, only; empty on data shards).
+    pub map: ShardMap,
 }
 
 /// The latest snapshot: its metadata and the encoded [`ShardImage`].
@@ -165,12 +168,12 @@ impl AppliedStore {
             return Ok(ShardImage::default());
         };
         *lock(&self.written) = image.ledger.orders.chunks.iter().cloned().zip(refs).collect();
-        let FrozenImage { meta, ledger } = image;
+        let FrozenImage { meta, ledger, map } = image;
         let ledger = LedgerState::from_frozen(ledger).map_err(|message| AppliedStoreError::Decode {
             what: "snapshot".into(),
             message,
         })?;
-        Ok(ShardImage { meta, ledger })
+        Ok(ShardImage { meta, ledger, map })
     }
 
     /// Saves a snapshot received whole, as one encoded image. Blocking.
@@ -305,6 +308,7 @@ fn without_orders(image: &FrozenImage) -> FrozenImage {
     let mut bare = FrozenImage {
         meta: image.meta.clone(),
         ledger: image.ledger.clone(),
+        map: image.map.clone(),
     };
     bare.ledger.orders.chunks = Vec::new();
     bare
@@ -365,6 +369,7 @@ fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, A
 pub struct FrozenImage {
     pub meta: AppliedMeta,
     pub ledger: FrozenLedger,
+    pub map: ShardMap,
 }
 
 impl FrozenImage {
@@ -382,6 +387,7 @@ impl ShardImage {
         FrozenImage {
             meta: self.meta.clone(),
             ledger: self.ledger.frozen(),
+            map: self.map.clone(),
         }
     }
 }

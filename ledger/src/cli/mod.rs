@@ -5,6 +5,7 @@
 mod backup;
 mod flash_sale;
 mod orders;
+mod reshape;
 mod serve;
 mod shipping_report;
 mod status;
@@ -155,6 +156,12 @@ pub enum Action {
     Restore(backup::RestoreArgs),
     /// Run a flash sale against the cluster and check nothing was oversold.
     FlashSale(flash_sale::FlashSaleArgs),
+    /// The shard map (shard 0, the meta group) and changes of shards' replicas and leaders.
+    #[command(subcommand)]
+    Shard(reshape::ShardCommand),
+    /// Add, drain and remove nodes.
+    #[command(subcommand)]
+    Node(reshape::NodeCommand),
 }
 
 /// Runs `command`; the exit status is `SUCCESS` unless the command says otherwise (`status`).
@@ -167,5 +174,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Action::FlashSale(args) => flash_sale::run(args).await.map(done),
         Action::Backup(args) => backup::backup(&args).await,
         Action::Restore(args) => backup::restore(&args),
+        Action::Shard(command) => reshape::run_shard(command).await.map(done),
+        Action::Node(command) => reshape::run_node(command).await.map(done),
     }
 }

@@ -109,6 +109,7 @@ pub enum RaftRpcKind {
     vote,
     pre_vote,
     snapshot,
+    transfer_leader,
 }
 
 /// How long each Raft RPC to each peer took, answered or not (a timeout counts its deadline).

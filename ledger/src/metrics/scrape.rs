@@ -275,7 +275,8 @@ fn shard_instrument<M: EncodeMetric>(
     pick: impl Fn(&ShardInstruments) -> &M,
 ) -> std::fmt::Result {
     let mut metric = encoder.encode_descriptor(name, help, None, metric_type)?;
-    for (id, shard) in &node.shards {
+    for shard in node.shards() {
+        let id = &shard.config.id;
         pick(&shard.view.instruments).encode(metric.encode_family(&ShardLabels { shard: *id })?)?;
     }
     Ok(())

@@ -15,17 +15,14 @@ impl Node {
     /// Shard `shard_id`'s state as a backup shard file, at the index this leader has applied
     /// once every entry committed before the call is applied. A follower answers `NotLeader`.
     pub async fn backup_shard(&self, shard_id: ShardId) -> Result<ShardBackup, NodeError> {
-        let shard = self
-            .shards
-            .get(&shard_id)
-            .ok_or(NodeError::ShardNotHosted { shard_id })?;
+        let shard = self.shard(shard_id).ok_or(NodeError::ShardNotHosted { shard_id })?;
         if let Some(violation) = shard.view.halted() {
             return Err(NodeError::Unavailable {
                 shard_id,
                 reason: format!("this replica stopped applying: {violation}"),
             });
         }
-        self.ensure_linearizable(shard).await?;
+        self.ensure_linearizable(&shard).await?;
         let started = tokio::time::Instant::now();
         let frozen = shard.view.read(|image| image.frozen());
         let fork_us = started.elapsed().as_micros() as u64;

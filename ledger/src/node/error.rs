@@ -66,11 +66,14 @@ pub enum NodeError {
     /// from a node that does not replicate the shard).
     #[error("{0}")]
     Refused(String),
+    /// A change of the cluster's shape that does not fit the shard map (nothing changed).
+    #[error("reshape refused: {0}")]
+    Reshape(String),
 }
 
 impl Node {
     pub(super) fn not_leader(&self, shard_id: ShardId, leader_id: Option<NodeId>) -> NodeError {
-        let leader_addr = leader_id.and_then(|id| self.address_of(id).map(str::to_string));
+        let leader_addr = leader_id.and_then(|id| self.address_of(id));
         NodeError::NotLeader {
             shard_id,
             leader_id,

@@ -16,6 +16,8 @@ use openraft::SnapshotPolicy;
 use crate::applied::AppliedStore;
 use crate::config::ClusterConfig;
 use crate::config::ShardConfig;
+use crate::meta::map::META_SHARD;
+use crate::meta::map::ShardMap;
 use crate::raft::Raft;
 use crate::raft::network::PeerChannels;
 use crate::raft::network::ShardNetworkFactory;
@@ -27,8 +29,10 @@ use crate::types::ShardId;
 
 mod backup;
 mod error;
+mod hosting;
 pub mod latency;
 mod read;
+pub mod reshape;
 mod shipping_source;
 pub mod storage;
 mod tasks;
@@ -51,8 +55,10 @@ pub struct NodeOptions {
 
 /// One shard's replica on this node.
 pub struct ShardReplica {
+    /// The range and voters as of when this replica started (the cluster config's at
+    /// bootstrap, the shard map's for a replica added later).
     pub config: ShardConfig,
-    /// Bumped by splits, merges and replica moves (none exist yet: always 1).
+    /// The range's version, bumped by splits and merges (none exist yet: always 1).
     pub epoch: u64,
     pub raft: Raft,
     pub view: Arc<ShardView>,
@@ -60,15 +66,29 @@ pub struct ShardReplica {
     pub commit_latency: latency::CommitLatency,
     /// When this replica last accepted an append from a leader (readiness of a follower).
     pub leader_contact: latency::LeaderContact,
+    /// Set when the node stops hosting this replica (moved away): its background tasks end.
+    pub retired: std::sync::atomic::AtomicBool,
+}
+
+impl ShardReplica {
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 pub struct Node {
     pub id: NodeId,
     pub config: ClusterConfig,
-    pub shards: BTreeMap<ShardId, Arc<ShardReplica>>,
-    peer_addresses: BTreeMap<NodeId, String>,
+    /// The replicas this node runs, shard 0 (the meta group) included; changed by
+    /// `hosting.rs` as the shard map moves replicas.
+    replicas: std::sync::RwLock<BTreeMap<ShardId, Arc<ShardReplica>>>,
     /// The channels Raft uses, reused by a follower's shipper to reach the leader.
     peers: PeerChannels,
+    /// What a replica started later needs: the node's storage and Raft settings.
+    opened: storage::OpenedStorage,
+    raft_config: Arc<openraft::Config>,
+    /// The newest shard map this node has seen (its own meta replica's, or a peer's).
+    known_map: std::sync::Mutex<Arc<ShardMap>>,
     /// Whether this node runs a shipper (PostgreSQL configured, or a sink a test or the simulator
     /// gives it): as leader it then asks its shards to keep order events.
     ships_orders: std::sync::atomic::AtomicBool,
@@ -103,9 +123,12 @@ pub fn now_ms() -> u64 {
 }
 
 impl Node {
-    /// Opens storage, starts one Raft node per hosted shard, and bootstraps shards that have
-    /// never been initialized (every initial replica proposes the same membership, which Raft
-    /// allows; whichever wins the election commits it).
+    /// Opens storage and starts a Raft node for every shard this node hosts. On a node's very
+    /// first start (nothing in its log) a node named by the config's `[[shards]]` bootstraps
+    /// them: the meta group (shard 0) on every such node, and the data shards it replicates
+    /// (every initial replica proposes the same membership, which Raft allows; whichever wins
+    /// the election commits it). Later the shard map decides what a node hosts (`hosting.rs`):
+    /// at start, every shard its log holds; then whatever the map gives it.
     pub async fn start(options: NodeOptions) -> Result<Arc<Node>, NodeError> {
         let NodeOptions {
             node_id,
@@ -137,7 +160,7 @@ impl Node {
             );
         }
         let peers = PeerChannels::new(
-            peer_addresses.clone(),
+            peer_addresses,
             Duration::from_millis(config.raft.rpc_timeout_ms),
             config.raft.snapshot_chunk_bytes as usize,
         );
@@ -149,58 +172,45 @@ impl Node {
             .map_err(|e| NodeError::Storage(e.to_string()))?;
         let wal_instruments = opened.wal().instruments();
         let raft_config = Arc::new(raft_config(&config)?);
-        let mut shards = BTreeMap::new();
-        for shard in config.shards.iter().filter(|s| s.replicas.contains(&node_id)) {
-            let snapshots = opened
-                .snapshots(shard.id)
-                .map_err(|e| NodeError::Storage(e.to_string()))?;
-            let log_store = opened.log_store(shard.id);
-            let log = ShardLog { wal: opened.wal() };
-            let state_machine = ShardStateMachine::open(shard.id, AppliedStore::new(snapshots), log)
-                .map_err(|e| NodeError::Storage(format!("shard {}: {e}", shard.id)))?;
-            let view = state_machine.view();
-            check_log_follows_snapshot(shard.id, &view, &mut log_store.clone()).await?;
-            let network = ShardNetworkFactory {
-                shard_id: shard.id,
-                peers: peers.clone(),
-            };
-            let raft = Raft::new(node_id, raft_config.clone(), network, log_store, state_machine)
-                .await
-                .map_err(|e| NodeError::Raft(format!("shard {}: {e}", shard.id)))?;
-            if !raft
-                .is_initialized()
-                .await
-                .map_err(|e| NodeError::Raft(e.to_string()))?
-            {
-                let members: BTreeMap<NodeId, BasicNode> = shard
-                    .replicas
-                    .iter()
-                    .map(|id| (*id, BasicNode::new(peer_addresses.get(id).cloned().unwrap_or_default())))
-                    .collect();
-                if let Err(error) = raft.initialize(members).await {
-                    tracing::info!(shard = shard.id, %error, "shard already initialized elsewhere");
-                }
+        let in_log = opened.wal().shards();
+        let bootstrap = in_log.is_empty() && config.bootstrap_nodes().contains(&node_id);
+        let mut hosted: Vec<ShardConfig> = Vec::new();
+        if bootstrap {
+            hosted.push(config.meta_shard_config());
+            hosted.extend(config.shards_on_node(node_id).cloned());
+        } else {
+            // The range and voters are the config's when it names the shard; a replica added
+            // later learns its membership from its leader's first append.
+            for shard_id in in_log {
+                hosted.push(match shard_id {
+                    META_SHARD => config.meta_shard_config(),
+                    id => config
+                        .shards
+                        .iter()
+                        .find(|s| s.id == id)
+                        .cloned()
+                        .unwrap_or(ShardConfig {
+                            id,
+                            start: String::new(),
+                            end: String::new(),
+                            replicas: Vec::new(),
+                        }),
+                });
             }
-            shards.insert(
-                shard.id,
-                Arc::new(ShardReplica {
-                    config: shard.clone(),
-                    epoch: 1,
-                    raft,
-                    view,
-                    commit_latency: latency::CommitLatency::new(),
-                    leader_contact: latency::LeaderContact::new(),
-                }),
-            );
         }
         let (closing, _) = tokio::sync::watch::channel(false);
-        let admission = crate::admission::Admission::new(&config.admission, shards.keys().copied());
+        let admission = crate::admission::Admission::new(
+            &config.admission,
+            config.shards.iter().map(|s| s.id).chain(hosted.iter().map(|s| s.id)),
+        );
         let node = Arc::new(Node {
             id: node_id,
             config,
-            shards,
-            peer_addresses,
+            replicas: Default::default(),
             peers,
+            opened,
+            raft_config,
+            known_map: Default::default(),
             ships_orders: std::sync::atomic::AtomicBool::new(false),
             closing,
             #[cfg(not(madsim))]
@@ -211,10 +221,8 @@ impl Node {
             instruments: Default::default(),
             wal_instruments,
         });
-        for shard in node.shards.values() {
-            tokio::spawn(tasks::expire_reservations(Arc::downgrade(&node), shard.config.id));
-            tokio::spawn(tasks::trigger_snapshots(Arc::downgrade(&node), shard.config.id));
-            tokio::spawn(tasks::count_leader_changes(shard.clone()));
+        for shard in hosted {
+            node.host_replica(shard, bootstrap).await?;
         }
         #[cfg(not(madsim))]
         if !node.config.postgres.is_empty() {
@@ -225,8 +233,136 @@ impl Node {
                 Arc::new(crate::shipping::postgres::PostgresSink::new(urls.clone(), timeout))
             });
         }
-        tracing::info!(node = node_id, shards = node.shards.len(), "node started");
+        tokio::spawn(hosting::follow_shard_map(Arc::downgrade(&node)));
+        tracing::info!(node = node_id, replicas = node.replica_ids().len(), "node started");
         Ok(node)
+    }
+
+    /// Starts a Raft node for `shard` (its log and snapshot are this node's, possibly empty)
+    /// and its background tasks; with `initialize`, proposes the shard's first membership
+    /// (bootstrap only). A replica already running is left alone.
+    pub(crate) async fn host_replica(self: &Arc<Self>, shard: ShardConfig, initialize: bool) -> Result<(), NodeError> {
+        let shard_id = shard.id;
+        if self.replica(shard_id).is_some() {
+            return Ok(());
+        }
+        let snapshots = self
+            .opened
+            .snapshots(shard_id)
+            .map_err(|e| NodeError::Storage(e.to_string()))?;
+        let log_store = self.opened.log_store(shard_id);
+        let log = ShardLog { wal: self.opened.wal() };
+        let state_machine = ShardStateMachine::open(shard_id, AppliedStore::new(snapshots), log)
+            .map_err(|e| NodeError::Storage(format!("shard {shard_id}: {e}")))?;
+        let view = state_machine.view();
+        check_log_follows_snapshot(shard_id, &view, &mut log_store.clone()).await?;
+        let network = ShardNetworkFactory {
+            shard_id,
+            peers: self.peers.clone(),
+        };
+        let raft = Raft::new(self.id, self.raft_config.clone(), network, log_store, state_machine)
+            .await
+            .map_err(|e| NodeError::Raft(format!("shard {shard_id}: {e}")))?;
+        if initialize
+            && !raft
+                .is_initialized()
+                .await
+                .map_err(|e| NodeError::Raft(e.to_string()))?
+        {
+            let members: BTreeMap<NodeId, BasicNode> = shard
+                .replicas
+                .iter()
+                .map(|id| (*id, BasicNode::new(self.peers.address_of(*id).unwrap_or_default())))
+                .collect();
+            if let Err(error) = raft.initialize(members).await {
+                tracing::info!(shard = shard_id, %error, "shard already initialized elsewhere");
+            }
+        }
+        let replica = Arc::new(ShardReplica {
+            config: shard,
+            epoch: 1,
+            raft,
+            view,
+            commit_latency: latency::CommitLatency::new(),
+            leader_contact: latency::LeaderContact::new(),
+            retired: Default::default(),
+        });
+        lock_write(&self.replicas).insert(shard_id, replica.clone());
+        if shard_id != META_SHARD {
+            tokio::spawn(tasks::expire_reservations(Arc::downgrade(self), shard_id));
+        }
+        tokio::spawn(tasks::trigger_snapshots(Arc::downgrade(self), shard_id));
+        tokio::spawn(tasks::count_leader_changes(replica));
+        tracing::info!(node = self.id, shard = shard_id, initialize, "replica started");
+        Ok(())
+    }
+
+    /// Stops this node's replica of `shard_id` (the shard map moved it away). Its log and
+    /// snapshot stay on disk; a later start runs it again until the map says otherwise.
+    pub(crate) async fn retire_replica(&self, shard_id: ShardId) {
+        let Some(replica) = lock_write(&self.replicas).remove(&shard_id) else {
+            return;
+        };
+        replica.retired.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Err(error) = replica.raft.shutdown().await {
+            tracing::warn!(shard = shard_id, %error, "raft shutdown of a retired replica");
+        }
+        tracing::info!(node = self.id, shard = shard_id, "replica retired");
+    }
+
+    /// This node's replica of `shard_id`, shard 0 (the meta group) included.
+    pub fn replica(&self, shard_id: ShardId) -> Option<Arc<ShardReplica>> {
+        lock_read(&self.replicas).get(&shard_id).cloned()
+    }
+
+    /// This node's replica of data shard `shard_id` (never the meta group).
+    pub fn shard(&self, shard_id: ShardId) -> Option<Arc<ShardReplica>> {
+        (shard_id != META_SHARD).then(|| self.replica(shard_id)).flatten()
+    }
+
+    /// This node's data shard replicas, by shard id.
+    pub fn shards(&self) -> Vec<Arc<ShardReplica>> {
+        lock_read(&self.replicas)
+            .iter()
+            .filter(|(id, _)| **id != META_SHARD)
+            .map(|(_, replica)| replica.clone())
+            .collect()
+    }
+
+    /// Every shard this node runs a replica of, shard 0 included.
+    pub fn replica_ids(&self) -> Vec<ShardId> {
+        lock_read(&self.replicas).keys().copied().collect()
+    }
+
+    /// The meta group's replica on this node, if it hosts one.
+    pub fn meta(&self) -> Option<Arc<ShardReplica>> {
+        self.replica(META_SHARD)
+    }
+
+    /// The newest shard map this node knows of (empty before the meta group seeded it).
+    pub fn shard_map(&self) -> Arc<ShardMap> {
+        if let Some(meta) = self.meta() {
+            let version = meta.view.read(|image| image.map.version);
+            let known = lock(&self.known_map).clone();
+            if version >= known.version {
+                let map = Arc::new(meta.view.read(|image| image.map.clone()));
+                *lock(&self.known_map) = map.clone();
+                return map;
+            }
+            return known;
+        }
+        lock(&self.known_map).clone()
+    }
+
+    /// Keeps `map` if it is newer than the one this node knows.
+    pub(crate) fn learn_map(&self, map: ShardMap) {
+        let mut known = lock(&self.known_map);
+        if map.version > known.version {
+            for (id, entry) in &map.nodes {
+                self.peers.learn_address(*id, &entry.addr);
+            }
+            *known = Arc::new(map);
+        }
     }
 
     /// Tells long-lived streams to end: the first step of a graceful shutdown.
@@ -244,7 +380,8 @@ impl Node {
     /// Stops every shard's Raft node (graceful shutdown).
     pub async fn shutdown(&self) {
         self.begin_shutdown();
-        for shard in self.shards.values() {
+        let replicas: Vec<Arc<ShardReplica>> = lock_read(&self.replicas).values().cloned().collect();
+        for shard in replicas {
             if let Err(error) = shard.raft.shutdown().await {
                 tracing::warn!(shard = shard.config.id, %error, "raft shutdown");
             }
@@ -256,15 +393,20 @@ impl Node {
         self.peers.rpc_durations()
     }
 
-    pub fn address_of(&self, node: NodeId) -> Option<&str> {
-        self.peer_addresses.get(&node).map(String::as_str)
+    pub fn address_of(&self, node: NodeId) -> Option<String> {
+        self.peers.address_of(node)
     }
 
-    /// The shard this node hosts for `sku`.
-    pub fn shard_for_sku(&self, sku: &[u8]) -> Result<&Arc<ShardReplica>, NodeError> {
-        let shard_id = self.config.shard_for_sku(sku).map(|s| s.id);
+    /// The shard this node hosts for `sku`: by the shard map once seeded, else by the config.
+    pub fn shard_for_sku(&self, sku: &[u8]) -> Result<Arc<ShardReplica>, NodeError> {
+        let map = self.shard_map();
+        let shard_id = if map.is_seeded() {
+            map.shard_for_sku(sku).map(|(id, _)| id)
+        } else {
+            self.config.shard_for_sku(sku).map(|s| s.id)
+        };
         shard_id
-            .and_then(|id| self.shards.get(&id))
+            .and_then(|id| self.shard(id))
             .ok_or_else(|| NodeError::SkuNotHosted {
                 sku: String::from_utf8_lossy(sku).into_owned(),
             })
@@ -282,6 +424,18 @@ impl Node {
     pub fn ship_orders(&self) {
         self.ships_orders.store(true, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn lock_read<T>(lock: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn lock_write<T>(lock: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Refuses to start a shard whose log no longer holds every entry after the state it loaded (a

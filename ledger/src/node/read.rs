@@ -83,7 +83,7 @@ impl Node {
             ReadConsistency::Linearizable
                 if crate::simulation::planted(crate::simulation::PlantedBug::StaleLeaderRead)
                     && shard.raft.is_leader() => {}
-            ReadConsistency::Linearizable => self.ensure_linearizable(shard).await?,
+            ReadConsistency::Linearizable => self.ensure_linearizable(&shard).await?,
             ReadConsistency::Stale { max_lag_entries } => {
                 let last_log_index = shard.raft.metrics().borrow_watched().last_log_index.unwrap_or(0);
                 let lag = last_log_index.saturating_sub(shard.view.applied_index());
@@ -127,8 +127,8 @@ impl Node {
 
     /// Per-shard state, reading as much of each shard's state as `depth` says.
     pub fn status_at(&self, depth: StatusDepth) -> Vec<ShardStatus> {
-        self.shards
-            .values()
+        self.shards()
+            .iter()
             .map(|shard| {
                 let metrics = shard.raft.metrics().borrow_watched().clone();
                 let (sku_count, state_digest, invariant_ok, applied_index) = shard.view.read(|image| {

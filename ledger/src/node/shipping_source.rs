@@ -26,11 +26,11 @@ impl ShippingSource for Node {
     }
 
     fn shard_ids(&self) -> Vec<ShardId> {
-        self.shards.keys().copied().collect()
+        self.shards().iter().map(|shard| shard.config.id).collect()
     }
 
     fn shard(&self, shard_id: ShardId) -> Option<Arc<ShardReplica>> {
-        self.shards.get(&shard_id).cloned()
+        Node::shard(self, shard_id)
     }
 
     fn shipping_settings(&self) -> ShippingSection {

@@ -26,7 +26,7 @@ pub(super) async fn trigger_snapshots(node: Weak<Node>, shard_id: ShardId) {
     loop {
         tokio::time::sleep(Duration::from_millis(SNAPSHOT_CHECK_INTERVAL_MS)).await;
         let Some(node) = node.upgrade() else { return };
-        let Some(shard) = node.shards.get(&shard_id) else {
+        let Some(shard) = node.replica(shard_id).filter(|shard| !shard.is_retired()) else {
             return;
         };
         let (ops_since, records) = (shard.view.ops_since_snapshot(), shard.view.snapshot_records());
@@ -95,13 +95,13 @@ pub(super) async fn expire_reservations(node: Weak<Node>, shard_id: ShardId) {
         };
         tokio::time::sleep(Duration::from_millis(interval_ms)).await;
         let Some(node) = node.upgrade() else { return };
-        let Some(shard) = node.shards.get(&shard_id) else {
+        let Some(shard) = node.replica(shard_id).filter(|shard| !shard.is_retired()) else {
             return;
         };
         if !shard.raft.is_leader() {
             continue;
         }
-        if let Err(error) = node.configure_if_needed(shard).await {
+        if let Err(error) = node.configure_if_needed(&shard).await {
             tracing::debug!(shard = shard_id, %error, "settings proposal failed; retrying next tick");
         }
         let now = now_ms();
@@ -113,7 +113,7 @@ pub(super) async fn expire_reservations(node: Weak<Node>, shard_id: ShardId) {
                 timestamp_ms: now,
                 body: CommandBody::Expire,
             };
-            if let Err(error) = node.propose(shard, command).await {
+            if let Err(error) = node.propose(&shard, command).await {
                 tracing::debug!(shard = shard_id, %error, "expire proposal failed; retrying next tick");
             }
         }

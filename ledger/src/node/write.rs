@@ -54,11 +54,11 @@ impl Node {
         deadline: Deadline,
     ) -> Result<(Vec<Outcome>, u64), NodeError> {
         let shard = self.shard_for_operations(&operations)?;
-        self.check_route(shard, route_epochs)?;
-        if let Some(answered) = self.answer_sold_out_from_lease(shard, &operations).await {
+        self.check_route(&shard, route_epochs)?;
+        if let Some(answered) = self.answer_sold_out_from_lease(&shard, &operations).await {
             return Ok(answered);
         }
-        self.configure_if_needed(shard).await?;
+        self.configure_if_needed(&shard).await?;
         let needs = shard.commit_latency.estimate();
         let now = tokio::time::Instant::now();
         if deadline.cannot_meet(now, needs) {
@@ -74,7 +74,7 @@ impl Node {
             timestamp_ms: now_ms(),
             body: CommandBody::Batch(operations),
         };
-        let response = self.propose(shard, command).await?;
+        let response = self.propose(&shard, command).await?;
         Ok((response.0, response.1))
     }
 
@@ -168,11 +168,11 @@ impl Node {
     }
 
     /// The one shard hosted here that every operation routes to.
-    pub fn shard_for_operations(&self, operations: &[Operation]) -> Result<&Arc<ShardReplica>, NodeError> {
-        let mut chosen: Option<&Arc<ShardReplica>> = None;
+    pub fn shard_for_operations(&self, operations: &[Operation]) -> Result<Arc<ShardReplica>, NodeError> {
+        let mut chosen: Option<Arc<ShardReplica>> = None;
         for operation in operations {
             let shard = self.shard_for_sku(operation.sku())?;
-            match chosen {
+            match &chosen {
                 Some(first) if first.config.id != shard.config.id => {
                     return Err(NodeError::BatchSpansShards {
                         first: first.config.id,
@@ -223,10 +223,7 @@ impl Node {
     /// Has the shard's leader propose the replicated "shipped" mark: directly when this node
     /// leads, else through the leader's internal `ProposeShipped` RPC.
     pub async fn propose_shipped(&self, shard_id: ShardId, below_seq: u64) -> Result<u64, NodeError> {
-        let shard = self
-            .shards
-            .get(&shard_id)
-            .ok_or(NodeError::ShardNotHosted { shard_id })?;
+        let shard = self.shard(shard_id).ok_or(NodeError::ShardNotHosted { shard_id })?;
         let mark = ShippedMark {
             below_seq,
             shipper: self.id,
@@ -240,10 +237,7 @@ impl Node {
 
     /// Proposes `mark` on this node's replica (it must be the leader).
     pub async fn propose_shipped_locally(&self, shard_id: ShardId, mark: ShippedMark) -> Result<u64, NodeError> {
-        let shard = self
-            .shards
-            .get(&shard_id)
-            .ok_or(NodeError::ShardNotHosted { shard_id })?;
+        let shard = self.shard(shard_id).ok_or(NodeError::ShardNotHosted { shard_id })?;
         let command = LogCommand {
             timestamp_ms: now_ms(),
             body: CommandBody::Shipped {
@@ -251,7 +245,7 @@ impl Node {
                 shipper: mark.shipper,
             },
         };
-        self.propose(shard, command).await.map(|(_, index)| index)
+        self.propose(&shard, command).await.map(|(_, index)| index)
     }
 
     async fn forward_shipped(&self, shard_id: ShardId, leader: NodeId, mark: ShippedMark) -> Result<u64, NodeError> {

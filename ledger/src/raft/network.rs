@@ -24,6 +24,8 @@ use openraft::network::RPCOption;
 use openraft::raft::AppendEntriesRequest;
 use openraft::raft::AppendEntriesResponse;
 use openraft::raft::SnapshotResponse;
+use openraft::raft::TransferLeaderRequest;
+use openraft::raft::TransferLeaderResponse;
 use openraft::raft::VoteRequest;
 use openraft::raft::VoteResponse;
 use serde::Deserialize;
@@ -73,7 +75,8 @@ pub type RemoteResult<T> = Result<T, String>;
 /// One lazily-connected gRPC channel per peer node, shared by every shard's replication.
 #[derive(Clone)]
 pub struct PeerChannels {
-    addresses: Arc<BTreeMap<NodeId, String>>,
+    /// Peers' addresses: the config's, then the shard map's (nodes added later).
+    addresses: Arc<std::sync::RwLock<BTreeMap<NodeId, String>>>,
     channels: Arc<Mutex<BTreeMap<NodeId, Channel>>>,
     /// `raft.rpc_timeout_ms`: the connect timeout, and the deadline of an append that carries
     /// entries (see `ShardPeer::append_entries`) and of each snapshot chunk.
@@ -91,7 +94,7 @@ pub struct PeerChannels {
 impl PeerChannels {
     pub fn new(addresses: BTreeMap<NodeId, String>, rpc_timeout: Duration, snapshot_chunk_bytes: usize) -> Self {
         PeerChannels {
-            addresses: Arc::new(addresses),
+            addresses: Arc::new(std::sync::RwLock::new(addresses)),
             channels: Arc::default(),
             rpc_timeout,
             snapshot_chunk_bytes: snapshot_chunk_bytes.max(1),
@@ -113,6 +116,25 @@ impl PeerChannels {
         &self.rpc_durations
     }
 
+    /// Records `node`'s address as the shard map has it (a node added after bootstrap, or one
+    /// that moved); a changed address drops the channel to the old one.
+    pub fn learn_address(&self, node: NodeId, addr: &str) {
+        let mut addresses = self.addresses.write().unwrap_or_else(|p| p.into_inner());
+        if addresses.get(&node).map(String::as_str) != Some(addr) {
+            addresses.insert(node, addr.to_string());
+            self.channels.lock().unwrap_or_else(|p| p.into_inner()).remove(&node);
+        }
+    }
+
+    /// `node`'s address, if known.
+    pub fn address_of(&self, node: NodeId) -> Option<String> {
+        self.addresses
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&node)
+            .cloned()
+    }
+
     /// The shared channel to `node`, created on first use.
     pub fn channel(&self, node: NodeId) -> Result<Channel, String> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
@@ -120,9 +142,8 @@ impl PeerChannels {
             return Ok(channel.clone());
         }
         let addr = self
-            .addresses
-            .get(&node)
-            .ok_or_else(|| format!("node {node} is not in the cluster config"))?;
+            .address_of(node)
+            .ok_or_else(|| format!("node {node} is not in the cluster config nor the shard map"))?;
         #[cfg(not(madsim))]
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         #[cfg(madsim)]
@@ -192,6 +213,7 @@ enum RaftRpc {
     Vote,
     PreVote,
     InstallSnapshot,
+    TransferLeader,
 }
 
 impl RaftRpc {
@@ -201,6 +223,7 @@ impl RaftRpc {
             RaftRpc::Vote => RaftRpcKind::vote,
             RaftRpc::PreVote => RaftRpcKind::pre_vote,
             RaftRpc::InstallSnapshot => RaftRpcKind::snapshot,
+            RaftRpc::TransferLeader => RaftRpcKind::transfer_leader,
         }
     }
 }
@@ -227,6 +250,7 @@ impl ShardPeer {
                 RaftRpc::Vote => client.vote(request).await,
                 RaftRpc::PreVote => client.pre_vote(request).await,
                 RaftRpc::InstallSnapshot => client.install_snapshot(request).await,
+                RaftRpc::TransferLeader => client.transfer_leader(request).await,
             }
         };
         let started = tokio::time::Instant::now();
@@ -299,6 +323,22 @@ impl RaftNetworkV2<TypeConfig> for ShardPeer {
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.ask_for_vote(RaftRpc::Vote, rpc, option).await
+    }
+
+    /// openraft's default refuses to hand leadership over ("not implemented"): the target is
+    /// asked over `Raft.TransferLeader` (`ledger shard transfer-leader`, a replica's removal).
+    async fn transfer_leader(
+        &mut self,
+        rpc: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(
+            RaftRpc::TransferLeader,
+            &rpc,
+            option.hard_ttl().max(self.peers.rpc_timeout),
+        )
+        .await
+        .map_err(CallError::into_rpc)
     }
 
     /// openraft's default grants every pre-vote without asking, which made pre-vote a no-op:

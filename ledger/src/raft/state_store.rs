@@ -34,6 +34,7 @@ use crate::metrics::instruments::ShardInstruments;
 use crate::state_machine::command::CommandBody;
 use crate::state_machine::command::CommandReply;
 use crate::state_machine::command::LogCommand;
+use crate::state_machine::command::Outcome;
 use crate::state_machine::command::Sku;
 use crate::state_machine::state::Changes;
 use crate::state_machine::state::InvariantViolation;
@@ -342,6 +343,19 @@ fn apply_entry(image: &mut ShardImage, entry: &Entry) -> Result<(CommandReply, C
     let log_id = entry.log_id();
     let applied = match &entry.payload {
         EntryPayload::Blank => (CommandReply::default(), Changes::default()),
+        EntryPayload::Normal(LogCommand {
+            body: CommandBody::Meta(command),
+            ..
+        }) => {
+            let outcome = match image.map.apply(command) {
+                Ok(()) => Outcome::Ok,
+                Err(reason) => Outcome::Rejected { reason },
+            };
+            let reply = CommandReply {
+                outcomes: vec![outcome],
+            };
+            (reply, Changes::default())
+        }
         EntryPayload::Normal(command) => {
             let (outcomes, changes) = image.ledger.apply(log_id.index, command)?;
             (CommandReply { outcomes }, changes)

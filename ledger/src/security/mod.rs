@@ -94,11 +94,15 @@ pub const RPC_ACCESS: &[(&str, Access)] = &[
     ("/flashledger.v1.Cluster/ShardMap", Access::Read),
     ("/flashledger.v1.Cluster/Status", Access::Admin),
     ("/flashledger.v1.Cluster/Backup", Access::Admin),
+    ("/flashledger.v1.Cluster/Reshape", Access::Admin),
     ("/flashledger.v1.Raft/AppendEntries", Access::Peer),
     ("/flashledger.v1.Raft/Vote", Access::Peer),
     ("/flashledger.v1.Raft/PreVote", Access::Peer),
     ("/flashledger.v1.Raft/InstallSnapshot", Access::Peer),
+    ("/flashledger.v1.Raft/TransferLeader", Access::Peer),
     ("/flashledger.v1.Raft/ProposeShipped", Access::Peer),
+    ("/flashledger.v1.Raft/Reconfigure", Access::Peer),
+    ("/flashledger.v1.Raft/MetaMap", Access::Peer),
     ("/grpc.health.v1.Health/Check", Access::Public),
     ("/grpc.health.v1.Health/Watch", Access::Public),
     (
@@ -174,7 +178,7 @@ mod tests {
                 rpcs.push(format!("/flashledger.v1.{service}/{method}"));
             }
         }
-        assert_eq!(rpcs.len(), 17, "the proto's RPCs: {rpcs:?}");
+        assert_eq!(rpcs.len(), 21, "the proto's RPCs: {rpcs:?}");
         for rpc in &rpcs {
             assert!(access_of(rpc).is_some(), "{rpc} has no access rule");
         }

@@ -14,7 +14,12 @@ use tonic::Response;
 use tonic::Status;
 
 use crate::admission::Priority;
+use crate::meta::map::META_SHARD;
+use crate::meta::map::NodeState;
+use crate::meta::map::ReplicaChange;
+use crate::meta::map::Step;
 use crate::node::Node;
+use crate::node::reshape::ReshapeRequest;
 use crate::server::status;
 
 pub struct ClusterService {
@@ -88,33 +93,16 @@ impl Cluster for ClusterService {
     }
 
     async fn shard_map(&self, _request: Request<pb::ShardMapRequest>) -> Result<Response<pb::ShardMapReply>, Status> {
-        let config = &self.node.config;
-        let nodes = config
-            .nodes
-            .iter()
-            .map(|n| pb::NodeInfo {
-                id: n.id,
-                addr: n.addr.clone(),
-            })
-            .collect();
-        let shards = config
-            .shards
-            .iter()
-            .map(|shard| {
-                let hosted = self.node.shards.get(&shard.id);
-                pb::ShardInfo {
-                    shard_id: shard.id,
-                    start: shard.start.clone().into_bytes().into(),
-                    end: shard.end.clone().into_bytes().into(),
-                    epoch: hosted.map(|s| s.epoch).unwrap_or(1),
-                    replicas: shard.replicas.clone(),
-                    leader: hosted
-                        .and_then(|s| s.raft.metrics().borrow_watched().current_leader)
-                        .unwrap_or(0),
-                }
-            })
-            .collect();
-        Ok(Response::new(pb::ShardMapReply { nodes, shards }))
+        Ok(Response::new(shard_map_reply(&self.node)))
+    }
+
+    async fn reshape(&self, request: Request<pb::ReshapeRequest>) -> Result<Response<pb::ReshapeReply>, Status> {
+        let request = reshape_request(request.into_inner())?;
+        let (version, queued) = self.node.reshape(request).await.map_err(status::from_node_error)?;
+        Ok(Response::new(pb::ReshapeReply {
+            version,
+            queued: queued.iter().map(step_info).collect(),
+        }))
     }
 
     async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
@@ -156,3 +144,163 @@ impl Cluster for ClusterService {
         }))
     }
 }
+
+/// The shard map as this node knows it (the meta group's, once seeded; before that the
+/// config's), with the leaders this node sees.
+pub fn shard_map_reply(node: &Node) -> pb::ShardMapReply {
+    let map = node.shard_map();
+    let leader_of = |shard_id: u64| {
+        node.replica(shard_id)
+            .and_then(|replica| replica.raft.metrics().borrow_watched().current_leader)
+            .unwrap_or(0)
+    };
+    if !map.is_seeded() {
+        let config = &node.config;
+        return pb::ShardMapReply {
+            nodes: config
+                .nodes
+                .iter()
+                .map(|n| pb::NodeInfo {
+                    id: n.id,
+                    addr: n.addr.clone(),
+                })
+                .collect(),
+            shards: config
+                .shards
+                .iter()
+                .map(|shard| pb::ShardInfo {
+                    shard_id: shard.id,
+                    start: shard.start.clone().into_bytes().into(),
+                    end: shard.end.clone().into_bytes().into(),
+                    epoch: 1,
+                    replicas: shard.replicas.clone(),
+                    leader: leader_of(shard.id),
+                    conf_ver: 1,
+                    learners: Vec::new(),
+                })
+                .collect(),
+            ..Default::default()
+        };
+    }
+    let mut shards: Vec<pb::ShardInfo> = map
+        .shards
+        .iter()
+        .map(|(id, shard)| pb::ShardInfo {
+            shard_id: *id,
+            start: shard.start.clone().into(),
+            end: shard.end.clone().into(),
+            epoch: shard.epoch,
+            replicas: shard.replicas.clone(),
+            leader: leader_of(*id),
+            conf_ver: shard.conf_ver,
+            learners: shard.learners.clone(),
+        })
+        .collect();
+    shards.sort_by(|a, b| a.start.cmp(&b.start));
+    pb::ShardMapReply {
+        nodes: map
+            .nodes
+            .iter()
+            .map(|(id, entry)| pb::NodeInfo {
+                id: *id,
+                addr: entry.addr.clone(),
+            })
+            .collect(),
+        shards,
+        version: map.version,
+        meta: Some(pb::ShardInfo {
+            shard_id: META_SHARD,
+            epoch: 1,
+            replicas: map.meta_replicas.clone(),
+            leader: leader_of(META_SHARD),
+            conf_ver: map.meta_conf_ver,
+            learners: map.meta_learners.clone(),
+            ..Default::default()
+        }),
+        steps: map.steps.iter().map(step_info).collect(),
+        draining: map
+            .nodes
+            .iter()
+            .filter(|(_, entry)| entry.state == NodeState::Draining)
+            .map(|(id, _)| *id)
+            .collect(),
+    }
+}
+
+fn step_info(step: &Step) -> pb::ReshapeStep {
+    let (change, node_id) = match step.change {
+        ReplicaChange::Add(node) => ("add", node),
+        ReplicaChange::Remove(node) => ("remove", node),
+    };
+    pb::ReshapeStep {
+        id: step.id,
+        shard_id: step.shard_id,
+        change: change.into(),
+        node_id,
+    }
+}
+
+/// Decodes a `Reshape` request; a missing change or a zero id is INVALID_ARGUMENT.
+fn reshape_request(request: pb::ReshapeRequest) -> Result<ReshapeRequest, Status> {
+    use pb::reshape_request::Change;
+    let node = |field: &str, id: u64| {
+        if id == 0 {
+            Err(Status::invalid_argument(format!("{field}: node id 0 is not a node")))
+        } else {
+            Ok(id)
+        }
+    };
+    let change = request
+        .change
+        .ok_or_else(|| Status::invalid_argument("change: missing (add_node, drain_node, move_replica, ...)"))?;
+    Ok(match change {
+        Change::AddNode(add) => {
+            let addr = std::str::from_utf8(&add.addr)
+                .ok()
+                .filter(|addr| !addr.is_empty() && addr.len() <= ADDRESS_BYTES_MAX && addr.rsplit_once(':').is_some())
+                .ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "add_node.addr: host:port (UTF-8, at most {ADDRESS_BYTES_MAX} bytes)"
+                    ))
+                })?;
+            ReshapeRequest::AddNode {
+                node_id: node("add_node.node_id", add.node_id)?,
+                addr: addr.to_string(),
+            }
+        }
+        Change::RemoveNode(id) => ReshapeRequest::RemoveNode {
+            node_id: node("remove_node", id)?,
+        },
+        Change::DrainNode(id) => ReshapeRequest::DrainNode {
+            node_id: node("drain_node", id)?,
+        },
+        Change::AddReplica(change) => ReshapeRequest::AddReplica {
+            shard_id: change.shard_id,
+            node_id: node("add_replica.node_id", change.node_id)?,
+        },
+        Change::RemoveReplica(change) => ReshapeRequest::RemoveReplica {
+            shard_id: change.shard_id,
+            node_id: node("remove_replica.node_id", change.node_id)?,
+        },
+        Change::MoveReplica(change) => {
+            if change.from_node == change.to_node {
+                return Err(Status::invalid_argument(
+                    "move_replica: from_node and to_node are the same",
+                ));
+            }
+            ReshapeRequest::MoveReplica {
+                shard_id: change.shard_id,
+                from: node("move_replica.from_node", change.from_node)?,
+                to: node("move_replica.to_node", change.to_node)?,
+            }
+        }
+        Change::TransferLeader(change) => ReshapeRequest::TransferLeader {
+            shard_id: change.shard_id,
+            to: node("transfer_leader.to_node", change.to_node)?,
+        },
+        Change::CancelStep(step_id) => ReshapeRequest::CancelStep { step_id },
+    })
+}
+
+/// The longest node address a map takes (a DNS name and a port).
+const ADDRESS_BYTES_MAX: usize = 300;

@@ -19,6 +19,7 @@ use tonic::Response;
 use tonic::Status;
 
 use crate::node::Node;
+use crate::node::reshape::Reconfigure;
 use crate::raft::Raft;
 use crate::raft::network::RemoteResult;
 use crate::raft::network::ShippedMark;
@@ -98,16 +99,23 @@ impl RaftService {
         Ok(None)
     }
 
-    fn raft_of(&self, shard_id: u64) -> Result<&Raft, Status> {
-        self.replica_of(shard_id).map(|replica| &replica.raft)
+    fn raft_of(&self, shard_id: u64) -> Result<Raft, Status> {
+        self.replica_of(shard_id).map(|replica| replica.raft.clone())
     }
 
-    fn replica_of(&self, shard_id: u64) -> Result<&crate::node::ShardReplica, Status> {
+    fn replica_of(&self, shard_id: u64) -> Result<Arc<crate::node::ShardReplica>, Status> {
         self.node
-            .shards
-            .get(&shard_id)
-            .map(|shard| shard.as_ref())
+            .replica(shard_id)
             .ok_or_else(|| Status::not_found(format!("this node does not host shard {shard_id}")))
+    }
+
+    /// Refuses a caller that is not a node (the layer already let only nodes through; an
+    /// insecure cluster's callers are unchecked).
+    fn check_node(caller: Option<&Caller>) -> Result<(), Status> {
+        match caller {
+            None | Some(Caller::Unchecked) | Some(Caller::Node(_)) => Ok(()),
+            Some(Caller::Client { name, .. }) => Err(Status::permission_denied(format!("{name} is not a node"))),
+        }
     }
 
     /// Refuses a message for `shard_id` that says it comes from `sender` unless `sender` is a
@@ -127,11 +135,7 @@ impl RaftService {
                 return Err(Status::permission_denied(format!("{name} is not a node")));
             }
         }
-        let shard = self
-            .node
-            .shards
-            .get(&shard_id)
-            .ok_or_else(|| Status::not_found(format!("this node does not host shard {shard_id}")))?;
+        let shard = self.replica_of(shard_id)?;
         let membership = shard.raft.metrics().borrow_watched().membership_config.clone();
         let mut voters = membership.voter_ids().peekable();
         // Before the shard's membership is known, the config's replicas are its voters.
@@ -260,5 +264,37 @@ impl RaftRpc for RaftService {
         self.check_sender(caller.as_ref(), request.shard_id, mark.shipper)?;
         let proposed = self.node.propose_shipped_locally(request.shard_id, mark).await;
         reply(proposed.map_err(|e| e.to_string()))
+    }
+
+    async fn transfer_leader(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
+        let request = request.into_inner();
+        let raft = self.raft_of(request.shard_id)?;
+        let rpc: openraft::raft::TransferLeaderRequest<crate::types::TypeConfig> = decode(&request.payload)?;
+        self.check_sender(caller.as_ref(), request.shard_id, voter_of(rpc.from_leader()))?;
+        reply(raft.handle_transfer_leader(rpc).await.map_err(|e| e.to_string()))
+    }
+
+    async fn reconfigure(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+        Self::check_node(request.extensions().get::<Caller>())?;
+        let request = request.into_inner();
+        let change: Reconfigure = decode(&request.payload)?;
+        let answer = self.node.reconfigure_locally(request.shard_id, change).await;
+        let payload = bincode::serialize(&answer).map_err(|e| Status::internal(format!("encode reply: {e}")))?;
+        Ok(Response::new(pb::RaftReply {
+            payload: payload.into(),
+        }))
+    }
+
+    async fn meta_map(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+        Self::check_node(request.extensions().get::<Caller>())?;
+        let map = self.node.shard_map();
+        if !map.is_seeded() {
+            return Err(Status::unavailable("this node knows no shard map yet"));
+        }
+        let payload = bincode::serialize(map.as_ref()).map_err(|e| Status::internal(format!("encode reply: {e}")))?;
+        Ok(Response::new(pb::RaftReply {
+            payload: payload.into(),
+        }))
     }
 }

@@ -46,6 +46,7 @@ pub fn from_node_error(error: NodeError) -> Status {
         NodeError::TooStale { .. } | NodeError::Unavailable { .. } => not_applied(Status::unavailable(message)),
         NodeError::Storage(_) | NodeError::Raft(_) | NodeError::Security(_) => Status::internal(message),
         NodeError::Refused(_) => Status::permission_denied(message),
+        NodeError::Reshape(_) => Status::failed_precondition(message),
     }
 }
 

@@ -162,7 +162,7 @@ impl WatchOptions {
 /// Starts a watch of `range` on every shard of `node`; the stream holds `slot` until it ends.
 pub fn start(node: &Arc<Node>, range: SkuRange, options: WatchOptions, slot: WatchSlot) -> WatchStream {
     let (sender, receiver) = tokio::sync::mpsc::channel(WATCH_QUEUE_CHANGES_MAX);
-    for shard in node.shards.values() {
+    for shard in node.shards() {
         // Subscribe before reading the current state so no change falls in between.
         let live = shard.view.subscribe();
         let sender = sender.clone();

@@ -132,6 +132,9 @@ pub enum CommandBody {
     /// (and before its first write, to choose the hash key). The hash key is taken only while
     /// the shard has none: it is chosen once and never changes.
     Configure(LedgerSettings),
+    /// A change of the shard map; only shard 0 (the meta group) carries these, and a data
+    /// shard's ledger ignores one (`crate::meta::map`).
+    Meta(crate::meta::map::MetaCommand),
 }
 
 /// Settings every replica of a shard must apply identically, so they travel through the log
@@ -186,6 +189,7 @@ impl std::fmt::Display for LogCommand {
                 settings.keep_order_events,
                 self.timestamp_ms
             ),
+            CommandBody::Meta(command) => write!(f, "meta({command:?} @{})", self.timestamp_ms),
         }
     }
 }

@@ -383,6 +383,8 @@ impl LedgerState {
                 self.configure(*settings);
                 Vec::new()
             }
+            // The shard map's commands are applied to the map (`raft::state_store`), not here.
+            CommandBody::Meta(_) => Vec::new(),
         };
         for sku in &changes.skus {
             if let Some(record) = self.skus.get_mut(sku) {

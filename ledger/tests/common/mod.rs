@@ -144,7 +144,9 @@ impl TestCluster {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             for running in self.running.values() {
-                let replica = &running.node.shards[&shard];
+                let Some(replica) = running.node.replica(shard) else {
+                    continue;
+                };
                 if replica.raft.is_leader() {
                     return running.node.id;
                 }
@@ -153,8 +155,12 @@ impl TestCluster {
                 tokio::time::Instant::now() < deadline,
                 "no leader for shard {shard} within {WAIT:?}"
             );
-            let any = self.running.values().next().expect("a running node");
-            let _ = any.node.shards[&shard]
+            let any = self
+                .running
+                .values()
+                .find_map(|running| running.node.replica(shard))
+                .expect("a running node hosts the shard");
+            let _ = any
                 .raft
                 .wait(Some(Duration::from_millis(100)))
                 .metrics(|m| m.current_leader.is_some(), "leader known")
@@ -237,7 +243,7 @@ impl TestCluster {
 
     /// Waits until node `id` has applied `shard` up to `index`.
     pub async fn wait_applied(&self, id: NodeId, shard: ShardId, index: u64) {
-        let raft = &self.node(id).shards[&shard].raft;
+        let raft = &self.node(id).replica(shard).expect("hosted").raft;
         raft.wait(Some(WAIT))
             .applied_index_at_least(Some(index), "caught up")
             .await
@@ -265,7 +271,7 @@ impl TestCluster {
         what: &str,
         reached: impl Fn(&openraft::RaftMetrics<ledger::types::TypeConfig>) -> bool + Send + 'static,
     ) {
-        let raft = &self.node(id).shards[&shard].raft;
+        let raft = &self.node(id).replica(shard).expect("hosted").raft;
         raft.wait(Some(WAIT))
             .metrics(reached, what)
             .await

@@ -1,0 +1,373 @@
+//! Reshaping the cluster: the operator's changes become shard-map commands on the meta leader
+//! ([`Node::reshape`]), and the meta leader carries each queued step out on the shard's own
+//! Raft group ([`carry_out`]) before it records it done.
+//!
+//! Each step is idempotent on the shard's side, so a meta leader that crashes between the
+//! shard's change and `StepDone` (or a new one that finds the step still queued) just does it
+//! again: adding a node that is already a voter, or removing one that is gone, changes nothing.
+//! - add: the shard's leader adds the node as a learner and waits until it has caught up
+//!   (`add_learner(blocking)`), then makes it a voter; until then the node votes in nothing.
+//! - remove: if the node leads the shard, leadership moves to another voter first (the step is
+//!   retried once it has); then the voter is removed.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::BasicNode;
+use openraft::ChangeMembers;
+use openraft::async_runtime::WatchReceiver;
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::meta::map::META_SHARD;
+use crate::meta::map::MetaCommand;
+use crate::meta::map::ReplicaChange;
+use crate::meta::map::ShardMap;
+use crate::meta::map::Step;
+use crate::node::Node;
+use crate::node::NodeError;
+use crate::node::now_ms;
+use crate::raft::network::RAFT_MESSAGE_BYTES_MAX;
+use crate::state_machine::command::CommandBody;
+use crate::state_machine::command::LogCommand;
+use crate::state_machine::command::Outcome;
+use crate::types::NodeId;
+use crate::types::ShardId;
+
+/// What the meta leader asks of a shard's leader (the internal `Raft.Reconfigure` RPC).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Reconfigure {
+    /// Make `node` (at `addr`) a voter, through a learner that catches up first.
+    AddVoter { node: NodeId, addr: String },
+    /// Take `node` out of the group.
+    RemoveVoter { node: NodeId },
+    /// Hand leadership to `to`.
+    TransferLeader { to: NodeId },
+}
+
+/// A shard replica's answer to [`Reconfigure`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ReconfigureRefused {
+    /// Not the shard's leader; the leader it knows of, if any.
+    NotLeader(Option<NodeId>),
+    /// Not done (yet): why.
+    Failed(String),
+}
+
+/// How long a learner may take to catch up before the step is retried.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a leadership transfer may take before it is reported as not done.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An operator's change, as the `Cluster/Reshape` RPC carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReshapeRequest {
+    AddNode {
+        node_id: NodeId,
+        addr: String,
+    },
+    RemoveNode {
+        node_id: NodeId,
+    },
+    DrainNode {
+        node_id: NodeId,
+    },
+    AddReplica {
+        shard_id: ShardId,
+        node_id: NodeId,
+    },
+    RemoveReplica {
+        shard_id: ShardId,
+        node_id: NodeId,
+    },
+    MoveReplica {
+        shard_id: ShardId,
+        from: NodeId,
+        to: NodeId,
+    },
+    TransferLeader {
+        shard_id: ShardId,
+        to: NodeId,
+    },
+    CancelStep {
+        step_id: u64,
+    },
+}
+
+impl Node {
+    /// Carries out an operator's change on the meta leader (elsewhere: `NotLeader`). Returns
+    /// the map's version afterwards and the steps the change queued.
+    pub async fn reshape(&self, request: ReshapeRequest) -> Result<(u64, Vec<Step>), NodeError> {
+        let meta = self.meta().ok_or(NodeError::ShardNotHosted { shard_id: META_SHARD })?;
+        if !meta.raft.is_leader() {
+            let leader = meta.raft.metrics().borrow_watched().current_leader;
+            return Err(self.not_leader(META_SHARD, leader));
+        }
+        let steps_before = meta.view.read(|image| image.map.next_step_id);
+        let command = match request {
+            ReshapeRequest::AddNode { node_id, addr } => MetaCommand::AddNode { node_id, addr },
+            ReshapeRequest::RemoveNode { node_id } => MetaCommand::RemoveNode { node_id },
+            ReshapeRequest::DrainNode { node_id } => MetaCommand::Drain { node_id },
+            ReshapeRequest::AddReplica { shard_id, node_id } => {
+                MetaCommand::Enqueue(vec![step(shard_id, ReplicaChange::Add(node_id))])
+            }
+            ReshapeRequest::RemoveReplica { shard_id, node_id } => {
+                MetaCommand::Enqueue(vec![step(shard_id, ReplicaChange::Remove(node_id))])
+            }
+            ReshapeRequest::MoveReplica { shard_id, from, to } => MetaCommand::Enqueue(vec![
+                step(shard_id, ReplicaChange::Add(to)),
+                step(shard_id, ReplicaChange::Remove(from)),
+            ]),
+            ReshapeRequest::CancelStep { step_id } => MetaCommand::StepCancelled { step_id },
+            ReshapeRequest::TransferLeader { shard_id, to } => {
+                let map = self.shard_map();
+                let (voters, _) = map
+                    .hosts_of(shard_id)
+                    .ok_or_else(|| NodeError::Reshape(format!("shard {shard_id} is not in the map")))?;
+                if !voters.contains(&to) {
+                    return Err(NodeError::Reshape(format!(
+                        "node {to} is not a voter of shard {shard_id} (voters: {voters:?})"
+                    )));
+                }
+                self.ask_shard_leader(&map, shard_id, Reconfigure::TransferLeader { to })
+                    .await
+                    .map_err(NodeError::Reshape)?;
+                return Ok((map.version, Vec::new()));
+            }
+        };
+        self.propose_meta(command).await?;
+        let map = meta.view.read(|image| image.map.clone());
+        let queued = map.steps.iter().filter(|s| s.id >= steps_before).cloned().collect();
+        Ok((map.version, queued))
+    }
+
+    /// Proposes `command` to the meta group (this node must lead it); a command the map refuses
+    /// is [`NodeError::Reshape`].
+    pub(crate) async fn propose_meta(&self, command: MetaCommand) -> Result<u64, NodeError> {
+        let meta = self.meta().ok_or(NodeError::ShardNotHosted { shard_id: META_SHARD })?;
+        let entry = LogCommand {
+            timestamp_ms: now_ms(),
+            body: CommandBody::Meta(command),
+        };
+        let (outcomes, index) = self.propose(&meta, entry).await?;
+        match outcomes.into_iter().next() {
+            Some(Outcome::Rejected { reason }) => Err(NodeError::Reshape(reason)),
+            _ => Ok(index),
+        }
+    }
+
+    /// Carries out `change` on this node's replica of `shard_id`, which must lead the shard.
+    pub async fn reconfigure_locally(&self, shard_id: ShardId, change: Reconfigure) -> Result<(), ReconfigureRefused> {
+        let failed = |message: String| ReconfigureRefused::Failed(message);
+        let replica = self
+            .replica(shard_id)
+            .ok_or_else(|| failed(format!("node {} does not host shard {shard_id}", self.id)))?;
+        let raft = &replica.raft;
+        if !raft.is_leader() {
+            return Err(ReconfigureRefused::NotLeader(
+                raft.metrics().borrow_watched().current_leader,
+            ));
+        }
+        let membership = raft.metrics().borrow_watched().membership_config.clone();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        match change {
+            Reconfigure::AddVoter { node, addr } => {
+                if voters.contains(&node) {
+                    return Ok(());
+                }
+                // Not openraft's blocking add: it calls a learner "up to date" while it lags by
+                // less than `replication_lag_threshold` (5000) entries, even one that is down.
+                // The learner must hold everything the leader had when it was added.
+                raft.add_learner(node, BasicNode::new(addr), false)
+                    .await
+                    .map_err(|error| failed(format!("adding node {node} as a learner: {error}")))?;
+                let target = raft.metrics().borrow_watched().last_log_index;
+                let caught_up = raft
+                    .wait(Some(CATCH_UP_TIMEOUT))
+                    .metrics(
+                        |metrics| {
+                            let matched = metrics
+                                .replication
+                                .as_ref()
+                                .and_then(|replication| replication.get(&node).cloned().flatten())
+                                .map(|log_id| log_id.index);
+                            metrics.replication.is_none() || matched >= target
+                        },
+                        "the learner caught up",
+                    )
+                    .await
+                    .map_err(|_| failed(format!("node {node} did not catch up within {CATCH_UP_TIMEOUT:?}")))?;
+                if caught_up.replication.is_none() {
+                    return Err(failed(format!(
+                        "lost the leadership of shard {shard_id} while node {node} caught up"
+                    )));
+                }
+                raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node])), false)
+                    .await
+                    .map_err(|error| failed(format!("making node {node} a voter: {error}")))?;
+                Ok(())
+            }
+            Reconfigure::RemoveVoter { node } => {
+                let is_member = membership.nodes().any(|(id, _)| *id == node);
+                if !is_member {
+                    return Ok(());
+                }
+                if node == self.id && voters.contains(&node) {
+                    let to = voters
+                        .iter()
+                        .copied()
+                        .find(|id| *id != node)
+                        .ok_or_else(|| failed(format!("node {node} is shard {shard_id}'s only voter")))?;
+                    let _ = raft.trigger().transfer_leader(to).await;
+                    return Err(failed(format!(
+                        "node {node} leads shard {shard_id}: handing leadership to node {to} first"
+                    )));
+                }
+                raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([node])), false)
+                    .await
+                    .map_err(|error| failed(format!("removing node {node}: {error}")))?;
+                // A node removed as a voter may stay a learner (a joint change); drop it too.
+                let membership = raft.metrics().borrow_watched().membership_config.clone();
+                if membership.nodes().any(|(id, _)| *id == node) {
+                    raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([node])), false)
+                        .await
+                        .map_err(|error| failed(format!("removing learner {node}: {error}")))?;
+                }
+                Ok(())
+            }
+            Reconfigure::TransferLeader { to } => {
+                if to == self.id {
+                    return Ok(());
+                }
+                if !voters.contains(&to) {
+                    return Err(failed(format!("node {to} is not a voter of shard {shard_id}")));
+                }
+                raft.trigger()
+                    .transfer_leader(to)
+                    .await
+                    .map_err(|error| failed(error.to_string()))?;
+                let mut metrics = raft.metrics();
+                let moved = tokio::time::timeout(TRANSFER_TIMEOUT, async {
+                    loop {
+                        if metrics.borrow_watched().current_leader == Some(to) {
+                            return;
+                        }
+                        if metrics.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                })
+                .await;
+                match moved {
+                    Ok(()) => Ok(()),
+                    Err(_) => Err(failed(format!(
+                        "node {to} did not take over within {TRANSFER_TIMEOUT:?}"
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// Has `shard_id`'s leader carry out `change`: this node's replica if it leads, else the
+    /// leader it or the map's voters name (over `Raft.Reconfigure`).
+    async fn ask_shard_leader(&self, map: &ShardMap, shard_id: ShardId, change: Reconfigure) -> Result<(), String> {
+        let mut candidates: Vec<NodeId> = Vec::new();
+        if let Some(replica) = self.replica(shard_id) {
+            candidates.extend(replica.raft.metrics().borrow_watched().current_leader);
+        }
+        if let Some((voters, _)) = map.hosts_of(shard_id) {
+            candidates.extend(voters);
+        }
+        let mut asked = BTreeSet::new();
+        let mut last_error = format!("shard {shard_id} has no voter to ask");
+        while let Some(candidate) = candidates.first().copied() {
+            candidates.remove(0);
+            if !asked.insert(candidate) {
+                continue;
+            }
+            let answer = if candidate == self.id {
+                self.reconfigure_locally(shard_id, change.clone()).await
+            } else {
+                self.reconfigure_remote(candidate, shard_id, &change).await
+            };
+            match answer {
+                Ok(()) => return Ok(()),
+                Err(ReconfigureRefused::NotLeader(hint)) => {
+                    last_error = format!("node {candidate} does not lead shard {shard_id}");
+                    if let Some(leader) = hint {
+                        candidates.insert(0, leader);
+                    }
+                }
+                Err(ReconfigureRefused::Failed(message)) => return Err(message),
+            }
+        }
+        Err(last_error)
+    }
+
+    async fn reconfigure_remote(
+        &self,
+        target: NodeId,
+        shard_id: ShardId,
+        change: &Reconfigure,
+    ) -> Result<(), ReconfigureRefused> {
+        let failed = |message: String| ReconfigureRefused::Failed(message);
+        let payload = bincode::serialize(change).map_err(|e| failed(e.to_string()))?;
+        let request = flashledger_proto::v1::RaftRequest {
+            shard_id,
+            payload: payload.into(),
+        };
+        let channel = self.peers.channel(target).map_err(failed)?;
+        let mut client = flashledger_proto::v1::raft_client::RaftClient::new(channel)
+            .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX);
+        // Adding a learner waits for it to catch up.
+        let reply = tokio::time::timeout(CATCH_UP_TIMEOUT + TRANSFER_TIMEOUT, client.reconfigure(request))
+            .await
+            .map_err(|_| failed(format!("node {target} did not answer")))?
+            .map_err(|status| failed(format!("node {target}: {}", status.message())))?;
+        bincode::deserialize::<Result<(), ReconfigureRefused>>(&reply.into_inner().payload)
+            .map_err(|e| failed(format!("node {target}: undecodable answer: {e}")))?
+    }
+
+    /// The shard map as `peer` knows it (the internal `Raft.MetaMap` RPC).
+    pub(crate) async fn fetch_map(&self, peer: NodeId) -> Result<ShardMap, String> {
+        let channel = self.peers.channel(peer)?;
+        let mut client = flashledger_proto::v1::raft_client::RaftClient::new(channel)
+            .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX);
+        let request = flashledger_proto::v1::RaftRequest {
+            shard_id: META_SHARD,
+            payload: Default::default(),
+        };
+        let timeout = Duration::from_millis(self.config.raft.rpc_timeout_ms);
+        let reply = tokio::time::timeout(timeout, client.meta_map(request))
+            .await
+            .map_err(|_| format!("node {peer} did not answer"))?
+            .map_err(|status| format!("node {peer}: {}", status.message()))?;
+        bincode::deserialize(&reply.into_inner().payload).map_err(|e| format!("node {peer}: {e}"))
+    }
+}
+
+/// On the meta leader: makes `step`'s change in its shard's Raft group, then records it done.
+pub(super) async fn carry_out(node: &Arc<Node>, map: &ShardMap, step: &Step) -> Result<(), String> {
+    let change = match step.change {
+        ReplicaChange::Add(added) => {
+            let addr = map
+                .nodes
+                .get(&added)
+                .map(|entry| entry.addr.clone())
+                .ok_or_else(|| format!("node {added} has no address in the map"))?;
+            Reconfigure::AddVoter { node: added, addr }
+        }
+        ReplicaChange::Remove(removed) => Reconfigure::RemoveVoter { node: removed },
+    };
+    node.ask_shard_leader(map, step.shard_id, change).await?;
+    node.propose_meta(MetaCommand::StepDone { step_id: step.id })
+        .await
+        .map_err(|error| error.to_string())?;
+    tracing::info!(node = node.id, %step, "reshaping step done");
+    Ok(())
+}
+
+fn step(shard_id: ShardId, change: ReplicaChange) -> crate::meta::map::StepRequest {
+    crate::meta::map::StepRequest { shard_id, change }
+}

@@ -1,0 +1,368 @@
+//! Reshaping a live cluster (issue 15): the meta group (shard 0) seeds the shard map from the
+//! config and serves it; nodes are added, replicas moved, a node drained and removed, and a
+//! shard's leadership handed over, while a client keeps buying. Nothing a caller does fails
+//! because of it, every replica ends identical, and a move cut short by a crash of the meta
+//! leader completes under the next one.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::TestCluster;
+use common::WAIT;
+use flashledger_client::Client;
+use flashledger_client::ClientOptions;
+use flashledger_client::Outcome as ClientOutcome;
+use ledger::meta::map::META_SHARD;
+use ledger::meta::map::ShardMap;
+use ledger::node::NodeError;
+use ledger::node::reshape::ReshapeRequest;
+use ledger::types::NodeId;
+use ledger::types::ShardId;
+use openraft::async_runtime::WatchReceiver;
+
+/// A cluster of `nodes` nodes whose shards (below "m", and the rest) live on nodes 1-3 only:
+/// nodes 4 and up start empty, as machines added to a running cluster do.
+async fn cluster_of(nodes: u64) -> TestCluster {
+    let cluster = TestCluster::start(nodes, |config| {
+        for shard in &mut config.shards {
+            shard.replicas = vec![1, 2, 3];
+        }
+    })
+    .await;
+    wait_for(&cluster, "the map is seeded on every node", |cluster| {
+        cluster
+            .running_ids()
+            .iter()
+            .all(|id| cluster.node(*id).shard_map().is_seeded())
+    })
+    .await;
+    cluster
+}
+
+async fn wait_for(cluster: &TestCluster, what: &str, done: impl Fn(&TestCluster) -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT * 3;
+    while !done(cluster) {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Asks the meta leader for `request`, following leader changes.
+async fn reshape(cluster: &TestCluster, request: ReshapeRequest) -> Result<(u64, Vec<u64>), NodeError> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let leader = cluster.leader(META_SHARD).await;
+        match cluster.node(leader).reshape(request.clone()).await {
+            Ok((version, steps)) => return Ok((version, steps.iter().map(|s| s.id).collect())),
+            Err(NodeError::NotLeader { .. } | NodeError::Timeout { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// The map as the meta leader has it.
+async fn meta_map(cluster: &TestCluster) -> Arc<ShardMap> {
+    let leader = cluster.leader(META_SHARD).await;
+    cluster.node(leader).shard_map()
+}
+
+async fn wait_steps_done(cluster: &TestCluster) {
+    let deadline = tokio::time::Instant::now() + WAIT * 3;
+    loop {
+        let map = meta_map(cluster).await;
+        if map.steps.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "steps not done: {:?}",
+            map.steps
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The voters of `shard` as its leader's Raft membership has them.
+async fn raft_voters(cluster: &TestCluster, shard: ShardId) -> BTreeSet<NodeId> {
+    let leader = cluster.leader(shard).await;
+    let replica = cluster.node(leader).replica(shard).expect("the leader hosts it");
+    let membership = replica.raft.metrics().borrow_watched().membership_config.clone();
+    membership.voter_ids().collect()
+}
+
+/// Buys one unit at a time of `sku` through the client until told to stop; counts the
+/// successes, and fails the test on any error a caller would see.
+fn buy_in_background(
+    client: Client,
+    sku: &'static str,
+    stop: Arc<AtomicBool>,
+    bought: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            n += 1;
+            let order = format!("{sku}-order-{n}");
+            match client.purchase(sku, 1, &format!("buyer-{n}"), &order).await {
+                Ok(ClientOutcome::Confirmed) => {
+                    bought.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(ClientOutcome::SoldOut { .. }) => {}
+                Ok(other) => panic!("purchase {order}: unexpected outcome {other:?}"),
+                Err(error) => panic!("purchase {order} failed during reshaping: {error}"),
+            }
+        }
+    })
+}
+
+async fn client_of(cluster: &TestCluster) -> Client {
+    let seeds: Vec<String> = cluster.config.nodes.iter().map(|n| n.addr.clone()).collect();
+    Client::connect(seeds, ClientOptions::default()).await.expect("connect")
+}
+
+/// Every running replica of `shard` reaches the same applied index and state digest.
+async fn replicas_identical(cluster: &TestCluster, shard: ShardId) {
+    let leader = cluster.leader(shard).await;
+    let index = cluster.last_log_index(leader, shard);
+    let hosts: Vec<NodeId> = cluster
+        .running_ids()
+        .into_iter()
+        .filter(|id| cluster.node(*id).replica(shard).is_some())
+        .collect();
+    for id in &hosts {
+        cluster.wait_applied(*id, shard, index).await;
+    }
+    let digests: BTreeSet<u64> = hosts
+        .iter()
+        .map(|id| {
+            let replica = cluster.node(*id).replica(shard).expect("hosted");
+            replica.view.read(|image| image.ledger.digest())
+        })
+        .collect();
+    assert_eq!(digests.len(), 1, "replicas of shard {shard} on {hosts:?} differ");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_meta_group_seeds_the_map_from_the_config_and_every_node_serves_it() {
+    let cluster = cluster_of(4).await;
+    let map = meta_map(&cluster).await;
+    assert_eq!(map.meta_replicas, vec![1, 2, 3]);
+    assert_eq!(
+        map.nodes.keys().copied().collect::<Vec<_>>(),
+        vec![1, 2, 3],
+        "node 4 joins when added"
+    );
+    assert_eq!(map.shards.len(), 2);
+    for (id, shard) in &map.shards {
+        assert_eq!(shard.replicas, vec![1, 2, 3], "shard {id}");
+        assert_eq!((shard.epoch, shard.conf_ver), (1, 1));
+    }
+    // Node 4 hosts nothing, yet knows the map (from a peer) and routes by it.
+    assert!(cluster.node(4).replica_ids().is_empty());
+    assert_eq!(cluster.node(4).shard_map().version, map.version);
+    let client = client_of(&cluster).await;
+    let served = client.refresh_shard_map().await.expect("shard map");
+    assert_eq!(served.shards().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_moves_to_an_added_node_while_buyers_buy_and_a_bad_change_changes_nothing() {
+    let cluster = cluster_of(4).await;
+    cluster.put_sku("apple", 1_000_000).await;
+    let client = client_of(&cluster).await;
+    let (stop, bought) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let buyer = buy_in_background(client.clone(), "apple", stop.clone(), bought.clone());
+
+    let before = meta_map(&cluster).await;
+    let refused = reshape(
+        &cluster,
+        ReshapeRequest::AddReplica {
+            shard_id: 1,
+            node_id: 4,
+        },
+    )
+    .await;
+    assert!(
+        matches!(&refused, Err(NodeError::Reshape(reason)) if reason.contains("not in the cluster")),
+        "{refused:?}"
+    );
+    let refused = reshape(
+        &cluster,
+        ReshapeRequest::MoveReplica {
+            shard_id: 9,
+            from: 1,
+            to: 2,
+        },
+    )
+    .await;
+    assert!(matches!(refused, Err(NodeError::Reshape(_))), "{refused:?}");
+    assert_eq!(
+        meta_map(&cluster).await.version,
+        before.version,
+        "refused changes change nothing"
+    );
+
+    let addr = cluster.config.node(4).expect("node 4").addr.clone();
+    reshape(&cluster, ReshapeRequest::AddNode { node_id: 4, addr })
+        .await
+        .expect("add node 4");
+    let (_, queued) = reshape(
+        &cluster,
+        ReshapeRequest::MoveReplica {
+            shard_id: 1,
+            from: 1,
+            to: 4,
+        },
+    )
+    .await
+    .expect("move");
+    assert_eq!(queued.len(), 2, "an add and a remove");
+    wait_steps_done(&cluster).await;
+    let map = meta_map(&cluster).await;
+    assert_eq!(map.shards[&1].replicas, vec![2, 3, 4]);
+    assert_eq!(map.shards[&1].conf_ver, 4, "learner in, voter in, voter out");
+    assert_eq!(raft_voters(&cluster, 1).await, BTreeSet::from([2, 3, 4]));
+    wait_for(&cluster, "node 1 retires its replica of shard 1", |cluster| {
+        cluster.node(1).replica(1).is_none() && cluster.node(4).replica(1).is_some()
+    })
+    .await;
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    buyer.await.expect("no purchase failed");
+    assert!(bought.load(Ordering::Relaxed) > 0);
+    replicas_identical(&cluster, 1).await;
+    let stock = cluster.linearizable_stock("apple").await;
+    assert_eq!(
+        stock.sold,
+        bought.load(Ordering::Relaxed),
+        "every confirmed purchase counted once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leadership_moves_where_it_is_asked_and_not_to_a_non_voter() {
+    let cluster = cluster_of(3).await;
+    let leader = cluster.leader(2).await;
+    let to = if leader == 3 { 2 } else { 3 };
+    reshape(&cluster, ReshapeRequest::TransferLeader { shard_id: 2, to })
+        .await
+        .expect("transfer");
+    assert_eq!(cluster.leader(2).await, to);
+    let refused = reshape(&cluster, ReshapeRequest::TransferLeader { shard_id: 2, to: 7 }).await;
+    assert!(matches!(refused, Err(NodeError::Reshape(_))), "{refused:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drained_node_hands_everything_over_and_leaves_while_buyers_buy() {
+    let mut cluster = cluster_of(5).await;
+    cluster.put_sku("apple", 1_000_000).await;
+    cluster.put_sku("zebra", 1_000_000).await;
+    let client = client_of(&cluster).await;
+    let (stop, bought) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let buyers = [
+        buy_in_background(client.clone(), "apple", stop.clone(), bought.clone()),
+        buy_in_background(client.clone(), "zebra", stop.clone(), bought.clone()),
+    ];
+    for id in [4, 5] {
+        let addr = cluster.config.node(id).expect("node").addr.clone();
+        reshape(&cluster, ReshapeRequest::AddNode { node_id: id, addr })
+            .await
+            .expect("add node");
+    }
+    let refused = reshape(&cluster, ReshapeRequest::RemoveNode { node_id: 1 }).await;
+    assert!(
+        matches!(refused, Err(NodeError::Reshape(_))),
+        "a node with replicas cannot leave"
+    );
+    reshape(&cluster, ReshapeRequest::DrainNode { node_id: 1 })
+        .await
+        .expect("drain");
+    wait_steps_done(&cluster).await;
+    let map = meta_map(&cluster).await;
+    assert!(map.shards_on(1).is_empty(), "node 1 still hosts {:?}", map.shards_on(1));
+    reshape(&cluster, ReshapeRequest::RemoveNode { node_id: 1 })
+        .await
+        .expect("remove node 1");
+    wait_for(&cluster, "node 1 runs no replica", |cluster| {
+        cluster.node(1).replica_ids().is_empty()
+    })
+    .await;
+    cluster.kill(1).await;
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for buyer in buyers {
+        buyer.await.expect("no purchase failed");
+    }
+    for shard in [META_SHARD, 1, 2] {
+        assert!(!raft_voters(&cluster, shard).await.contains(&1), "shard {shard}");
+    }
+    replicas_identical(&cluster, 1).await;
+    replicas_identical(&cluster, 2).await;
+    let sold = cluster.linearizable_stock("apple").await.sold + cluster.linearizable_stock("zebra").await.sold;
+    assert_eq!(sold, bought.load(Ordering::Relaxed));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_move_cut_short_by_a_crash_of_the_meta_leader_completes_under_the_next_one() {
+    let mut cluster = cluster_of(4).await;
+    cluster.put_sku("zebra", 1_000).await;
+    let addr = cluster.config.node(4).expect("node 4").addr.clone();
+    reshape(&cluster, ReshapeRequest::AddNode { node_id: 4, addr })
+        .await
+        .expect("add node 4");
+    // Node 4 is down: the step cannot finish (its learner never catches up).
+    cluster.kill(4).await;
+    let meta_leader = cluster.leader(META_SHARD).await;
+    let data_leader = cluster.leader(2).await;
+    let from = [1, 2, 3]
+        .into_iter()
+        .find(|id| *id != meta_leader && *id != data_leader)
+        .expect("a node leading neither");
+    reshape(
+        &cluster,
+        ReshapeRequest::MoveReplica {
+            shard_id: 2,
+            from,
+            to: 4,
+        },
+    )
+    .await
+    .expect("move queued");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(meta_map(&cluster).await.steps.len(), 2, "the move waits for node 4");
+    cluster.kill(meta_leader).await;
+    cluster.restart(4).await;
+    wait_steps_done(&cluster).await;
+    cluster.restart(meta_leader).await;
+    wait_for(&cluster, "the moved replica retires", |cluster| {
+        cluster.node(from).replica(2).is_none()
+    })
+    .await;
+    let map = meta_map(&cluster).await;
+    let mut expected: Vec<NodeId> = [1, 2, 3, 4].into_iter().filter(|id| *id != from).collect();
+    expected.sort_unstable();
+    assert_eq!(map.shards[&2].replicas, expected);
+    assert_eq!(raft_voters(&cluster, 2).await, expected.iter().copied().collect());
+    cluster
+        .write(vec![common::purchase("zebra", "u", "after-the-move")])
+        .await;
+    replicas_identical(&cluster, 2).await;
+    // A node restarted after the move learns the map from the meta group and keeps its replica.
+    cluster.kill(4).await;
+    cluster.restart(4).await;
+    wait_for(&cluster, "node 4 hosts shard 2 again", |cluster| {
+        cluster.node(4).replica(2).is_some()
+    })
+    .await;
+    replicas_identical(&cluster, 2).await;
+}
