@@ -8,7 +8,10 @@ pub mod holders;
 pub mod keys;
 pub mod limits;
 pub mod orders;
+mod split;
 pub mod state;
 
 #[cfg(test)]
 mod model_test;
+#[cfg(test)]
+mod split_test;

@@ -472,7 +472,7 @@ fn attempt_age() -> impl Strategy<Value = u64> {
     .prop_map(|age| age as u64)
 }
 
-fn operation() -> impl Strategy<Value = Operation> {
+pub(super) fn operation() -> impl Strategy<Value = Operation> {
     prop_oneof![
         4 => (sku(), 0..4u64, user(), order_id(), prop::option::of(1..30_000u64), attempt_age()).prop_map(
             |(sku, qty, user, order_id, ttl, age)| Operation::Reserve { sku, qty, user, order_id, ttl_ms: ttl.unwrap_or(0), first_attempt_ms: age }
@@ -486,7 +486,7 @@ fn operation() -> impl Strategy<Value = Operation> {
     ]
 }
 
-fn settings(keep_order_events: bool) -> LedgerSettings {
+pub(super) fn settings(keep_order_events: bool) -> LedgerSettings {
     LedgerSettings {
         hash_key: HashKey([0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210]),
         idempotency_window_ms: WINDOW_MS,
@@ -495,7 +495,7 @@ fn settings(keep_order_events: bool) -> LedgerSettings {
     }
 }
 
-fn command() -> impl Strategy<Value = (i64, CommandBody)> {
+pub(super) fn command() -> impl Strategy<Value = (i64, CommandBody)> {
     // Clock steps: mostly forwards, sometimes backwards (an older leader's clock), sometimes
     // past the whole window.
     let step = prop_oneof![8 => 0..3_000i64, 1 => -3_000..0i64, 1 => 30_000..40_000i64];
@@ -510,7 +510,7 @@ fn command() -> impl Strategy<Value = (i64, CommandBody)> {
 }
 
 /// Turns the strategies' attempt ages into first-attempt times at log time `now`.
-fn stamped(body: CommandBody, now: u64) -> CommandBody {
+pub(super) fn stamped(body: CommandBody, now: u64) -> CommandBody {
     let CommandBody::Batch(mut operations) = body else {
         return body;
     };
@@ -648,7 +648,7 @@ proptest! {
 }
 
 /// The order id a write names ("" for admin writes).
-fn op_order_id(op: &Operation) -> &str {
+pub(super) fn op_order_id(op: &Operation) -> &str {
     match op {
         Operation::Reserve { order_id, .. }
         | Operation::Purchase { order_id, .. }

@@ -150,7 +150,10 @@ pub struct LedgerState {
     pub holdings: BTreeMap<SkuId, Holders>,
     /// Live reservations by (expiry, order sequence number).
     pub reservations: BTreeMap<(u64, u64), Reservation>,
-    /// Confirmed orders not yet shipped, by sequence number (dense: `shipped_below_seq..next_event_seq`).
+    /// Confirmed orders not yet shipped, by sequence number, within `shipped_below_seq..next_event_seq`:
+    /// every number of that range, except in the lower half of a split shard, which keeps the
+    /// numbers its shipper's watermarks use and has none for the events that went to the other
+    /// half (`state_machine::split`).
     pub order_events: BTreeMap<u64, OrderEvent>,
     pub next_event_seq: u64,
     /// Every event below this sequence number is in PostgreSQL (or was dropped when shipping was
