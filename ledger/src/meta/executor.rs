@@ -41,15 +41,16 @@ pub enum ReshapeError {
 
 /// A plan stopped at a step.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("step {} of {steps} ({step}) failed: {source}; {}", applied_steps + 1, applied_text(*applied_steps))]
+#[error("step {} of {steps} ({step}) failed: {cause}; {}", applied_steps + 1, applied_text(*applied_steps))]
 pub struct ExecuteError {
     /// Steps carried out before the failed one.
     pub applied_steps: usize,
     pub steps: usize,
     /// The failed step, as the plan prints it.
     pub step: String,
-    #[source]
-    pub source: ReshapeError,
+    /// Why (in the message itself, not as a chained source: the CLI prints it once, followed
+    /// by what was applied).
+    pub cause: ReshapeError,
 }
 
 fn applied_text(applied_steps: usize) -> String {
@@ -69,11 +70,11 @@ pub async fn execute<E: PlanExecutor>(plan: &SalePlan, executor: &E) -> Result<u
         .filter_map(|range| range.shard_id.map(|id| (range.start.clone(), id)))
         .collect();
     for (index, step) in plan.steps.iter().enumerate() {
-        let failed = |source| ExecuteError {
+        let failed = |cause| ExecuteError {
             applied_steps: index,
             steps: plan.steps.len(),
             step: step.to_string(),
-            source,
+            cause,
         };
         match step {
             PlanStep::Split { shard_id, at } => {
@@ -101,7 +102,11 @@ impl PlanExecutor for ReshapingUnsupported {
         std::future::ready(Err(ReshapeError::Unsupported))
     }
 
-    fn transfer_leader(&self, _shard_id: ShardId, _to: NodeId) -> impl Future<Output = Result<(), ReshapeError>> + Send {
+    fn transfer_leader(
+        &self,
+        _shard_id: ShardId,
+        _to: NodeId,
+    ) -> impl Future<Output = Result<(), ReshapeError>> + Send {
         std::future::ready(Err(ReshapeError::Unsupported))
     }
 }
@@ -127,18 +132,14 @@ mod tests {
     }
 
     struct ModelState {
-        /// shard id -> (start, end, replicas, leader)
-        shards: BTreeMap<ShardId, (Vec<u8>, Vec<u8>, Vec<NodeId>, Option<NodeId>)>,
+        shards: BTreeMap<ShardId, CurrentRange>,
         next_id: ShardId,
         calls: usize,
     }
 
     impl ModelCluster {
         fn new(ranges: &[CurrentRange], fail_at: Option<usize>) -> Self {
-            let shards = ranges
-                .iter()
-                .map(|r| (r.shard_id, (r.start.clone(), r.end.clone(), r.replicas.clone(), r.leader)))
-                .collect();
+            let shards = ranges.iter().map(|range| (range.shard_id, range.clone())).collect();
             ModelCluster {
                 state: Mutex::new(ModelState {
                     shards,
@@ -149,7 +150,10 @@ mod tests {
             }
         }
 
-        fn call(&self, change: impl FnOnce(&mut ModelState) -> Result<ShardId, ReshapeError>) -> Result<ShardId, ReshapeError> {
+        fn call(
+            &self,
+            change: impl FnOnce(&mut ModelState) -> Result<ShardId, ReshapeError>,
+        ) -> Result<ShardId, ReshapeError> {
             let mut state = self.state.lock().expect("the model's lock");
             let call = state.calls;
             state.calls += 1;
@@ -165,7 +169,7 @@ mod tests {
             let mut ranges: Vec<_> = state
                 .shards
                 .values()
-                .map(|(start, end, _, leader)| (start.clone(), end.clone(), *leader))
+                .map(|range| (range.start.clone(), range.end.clone(), range.leader))
                 .collect();
             ranges.sort();
             ranges
@@ -176,29 +180,38 @@ mod tests {
         fn split(&self, shard_id: ShardId, at: &[u8]) -> impl Future<Output = Result<ShardId, ReshapeError>> + Send {
             std::future::ready(self.call(|state| {
                 let refused = || ReshapeError::Refused(format!("no shard {shard_id} holds {at:?} inside"));
-                let (start, end, replicas, leader) = state.shards.get(&shard_id).cloned().ok_or_else(refused)?;
-                if at <= start.as_slice() || (!end.is_empty() && at >= end.as_slice()) {
+                let new_id = state.next_id;
+                let shard = state.shards.get_mut(&shard_id).ok_or_else(refused)?;
+                if !shard.contains(at) || at == shard.start.as_slice() {
                     return Err(refused());
                 }
-                let new_id = state.next_id;
+                let upper = CurrentRange {
+                    shard_id: new_id,
+                    start: at.to_vec(),
+                    ..shard.clone()
+                };
+                shard.end = at.to_vec();
+                state.shards.insert(new_id, upper);
                 state.next_id += 1;
-                state.shards.insert(shard_id, (start, at.to_vec(), replicas.clone(), leader));
-                state.shards.insert(new_id, (at.to_vec(), end, replicas, leader));
                 Ok(new_id)
             }))
         }
 
-        fn transfer_leader(&self, shard_id: ShardId, to: NodeId) -> impl Future<Output = Result<(), ReshapeError>> + Send {
+        fn transfer_leader(
+            &self,
+            shard_id: ShardId,
+            to: NodeId,
+        ) -> impl Future<Output = Result<(), ReshapeError>> + Send {
             std::future::ready(
                 self.call(|state| {
                     let shard = state
                         .shards
                         .get_mut(&shard_id)
                         .ok_or_else(|| ReshapeError::Refused(format!("no shard {shard_id}")))?;
-                    if !shard.2.contains(&to) {
+                    if !shard.replicas.contains(&to) {
                         return Err(ReshapeError::Refused(format!("node {to} is not a replica")));
                     }
-                    shard.3 = Some(to);
+                    shard.leader = Some(to);
                     Ok(shard_id)
                 })
                 .map(|_| ()),
@@ -235,7 +248,11 @@ mod tests {
     #[test]
     fn executing_a_plan_leaves_the_cluster_as_planned() {
         let (ranges, plan) = skewed_plan();
-        assert!(plan.splits() >= 2 && plan.steps.len() > plan.splits(), "{:?}", plan.steps);
+        assert!(
+            plan.splits() >= 2 && plan.steps.len() > plan.splits(),
+            "{:?}",
+            plan.steps
+        );
         let cluster = ModelCluster::new(&ranges, None);
         assert_eq!(block_on(execute(&plan, &cluster)), Ok(plan.steps.len()));
         let planned: Vec<_> = plan
@@ -250,7 +267,10 @@ mod tests {
     fn a_cluster_that_cannot_reshape_fails_the_first_step_and_nothing_is_applied() {
         let (_, plan) = skewed_plan();
         let error = block_on(execute(&plan, &ReshapingUnsupported)).expect_err("no reshaping");
-        assert_eq!((error.applied_steps, error.source.clone()), (0, ReshapeError::Unsupported));
+        assert_eq!(
+            (error.applied_steps, error.cause.clone()),
+            (0, ReshapeError::Unsupported)
+        );
         let message = error.to_string();
         assert!(message.contains("does not support reshaping yet"), "{message}");
         assert!(message.contains("nothing was applied"), "{message}");
@@ -263,7 +283,12 @@ mod tests {
         let before = cluster.ranges();
         let error = block_on(execute(&plan, &cluster)).expect_err("the second call fails");
         assert_eq!(error.applied_steps, 1);
-        assert!(error.to_string().starts_with(&format!("step 2 of {}", plan.steps.len())), "{error}");
+        assert!(
+            error
+                .to_string()
+                .starts_with(&format!("step 2 of {}", plan.steps.len())),
+            "{error}"
+        );
         assert!(error.to_string().contains("step 1 was applied"), "{error}");
         // Only the first step happened: one more range than before, no leader moved.
         let after = cluster.ranges();

@@ -90,8 +90,11 @@ impl History {
     pub fn add_csv(&mut self, source_name: &str, text: &str) -> Result<(), ForecastError> {
         let table = Table::parse(source_name, text, &["sale", "sku", "units"])?;
         let mut sales = self.sales.clone();
-        let mut sale_index: BTreeMap<String, usize> =
-            sales.iter().enumerate().map(|(index, sale)| (sale.clone(), index)).collect();
+        let mut sale_index: BTreeMap<String, usize> = sales
+            .iter()
+            .enumerate()
+            .map(|(index, sale)| (sale.clone(), index))
+            .collect();
         // (sale index, sku) -> (units, line): catches a repeat within this file.
         let mut rows: BTreeMap<(usize, String), (u64, usize)> = BTreeMap::new();
         for row in &table.rows {
@@ -274,9 +277,7 @@ impl PeakModel {
             return Err(ForecastError::PeakModel("peak_seconds must be at least 1".into()));
         }
         if !(1..=100).contains(&self.peak_share_percent) {
-            return Err(ForecastError::PeakModel(
-                "peak_share_percent must be 1 to 100".into(),
-            ));
+            return Err(ForecastError::PeakModel("peak_share_percent must be 1 to 100".into()));
         }
         if !(self.ops_per_unit > 0.0 && self.ops_per_unit <= 1_000_000.0) {
             return Err(ForecastError::PeakModel(
@@ -481,7 +482,6 @@ fn csv_field(value: &str) -> String {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -539,7 +539,10 @@ mod tests {
     fn alpha_outside_zero_to_one_is_refused() {
         let history = history(HISTORY);
         for alpha in [0.0, -0.1, 1.5, f64::NAN] {
-            assert!(matches!(history.forecast(alpha), Err(ForecastError::Alpha(_))), "{alpha}");
+            assert!(
+                matches!(history.forecast(alpha), Err(ForecastError::Alpha(_))),
+                "{alpha}"
+            );
         }
     }
 
@@ -596,7 +599,10 @@ mod tests {
     fn empty_files_are_refused() {
         for (history, forecast) in [("", ""), ("\n\n", "\r\n"), ("sale,sku,units\n", "sku,units\n")] {
             assert!(
-                matches!(History::new().add_csv("h.csv", history), Err(ForecastError::Empty { .. })),
+                matches!(
+                    History::new().add_csv("h.csv", history),
+                    Err(ForecastError::Empty { .. })
+                ),
                 "{history:?}"
             );
             assert!(
@@ -612,7 +618,10 @@ mod tests {
             .forecast(ALPHA_DEFAULT)
             .expect("forecast");
         let text = forecast.to_csv();
-        assert_eq!(text, "sku,units\n\"a,b\",3.000\nplain,1.000\n\"say \"\"hi\"\"\",4.000\n");
+        assert_eq!(
+            text,
+            "sku,units\n\"a,b\",3.000\nplain,1.000\n\"say \"\"hi\"\"\",4.000\n"
+        );
         assert_eq!(Forecast::parse_csv("f.csv", &text), Ok(forecast));
 
         let (line, reason) = line_error(Forecast::parse_csv("f.csv", "sku,units\nx,1\ny,2\nx,3\n"));
@@ -629,11 +638,26 @@ mod tests {
         // 600 units * 2 ops * 50 % / 60 s = 10 ops/s.
         assert_eq!(peak.ops_per_second(600.0), 10.0);
         for invalid in [
-            PeakModel { peak_seconds: 0, ..peak },
-            PeakModel { peak_share_percent: 0, ..peak },
-            PeakModel { peak_share_percent: 101, ..peak },
-            PeakModel { ops_per_unit: 0.0, ..peak },
-            PeakModel { ops_per_unit: f64::NAN, ..peak },
+            PeakModel {
+                peak_seconds: 0,
+                ..peak
+            },
+            PeakModel {
+                peak_share_percent: 0,
+                ..peak
+            },
+            PeakModel {
+                peak_share_percent: 101,
+                ..peak
+            },
+            PeakModel {
+                ops_per_unit: 0.0,
+                ..peak
+            },
+            PeakModel {
+                ops_per_unit: f64::NAN,
+                ..peak
+            },
         ] {
             assert!(invalid.validate().is_err(), "{invalid:?}");
         }

@@ -51,7 +51,8 @@ pub struct CurrentRange {
 }
 
 impl CurrentRange {
-    fn contains(&self, sku: &[u8]) -> bool {
+    /// True when `sku` falls in `[start, end)`.
+    pub fn contains(&self, sku: &[u8]) -> bool {
         sku >= self.start.as_slice() && (self.end.is_empty() || sku < self.end.as_slice())
     }
 }
@@ -427,7 +428,10 @@ mod tests {
     }
 
     fn demand(loads: &[(&str, f64)]) -> BTreeMap<Vec<u8>, f64> {
-        loads.iter().map(|(sku, load)| (sku.as_bytes().to_vec(), *load)).collect()
+        loads
+            .iter()
+            .map(|(sku, load)| (sku.as_bytes().to_vec(), *load))
+            .collect()
     }
 
     /// Two shards, both led by node 1, on three nodes: the map of a fresh 3-node cluster.
@@ -442,7 +446,8 @@ mod tests {
         plan.ranges
             .iter()
             .find(|range| {
-                sku.as_bytes() >= range.start.as_slice() && (range.end.is_empty() || sku.as_bytes() < range.end.as_slice())
+                sku.as_bytes() >= range.start.as_slice()
+                    && (range.end.is_empty() || sku.as_bytes() < range.end.as_slice())
             })
             .expect("every SKU is in a planned range")
     }
@@ -467,8 +472,13 @@ mod tests {
             ("q", 8.0),
             ("r", 10.0),
         ]);
-        let plan = plan_sale(&demand, &two_shards_led_by_node_1(), &nodes(&[1, 2, 3]), &PlanOptions::default())
-            .expect("a plan");
+        let plan = plan_sale(
+            &demand,
+            &two_shards_led_by_node_1(),
+            &nodes(&[1, 2, 3]),
+            &PlanOptions::default(),
+        )
+        .expect("a plan");
 
         let hot_leaders: BTreeSet<Option<NodeId>> = ["a-hot", "n-hot", "c-warm"]
             .iter()
@@ -489,17 +499,28 @@ mod tests {
             .iter()
             .position(|step| matches!(step, PlanStep::TransferLeader { .. }))
             .expect("leaders move");
-        assert!(plan.steps[first_transfer..].iter().all(|step| matches!(step, PlanStep::TransferLeader { .. })));
-        assert!(plan.steps[..first_transfer]
-            .iter()
-            .all(|step| matches!(step, PlanStep::Split { shard_id: 1 | 2, .. })));
+        assert!(
+            plan.steps[first_transfer..]
+                .iter()
+                .all(|step| matches!(step, PlanStep::TransferLeader { .. }))
+        );
+        assert!(
+            plan.steps[..first_transfer]
+                .iter()
+                .all(|step| matches!(step, PlanStep::Split { shard_id: 1 | 2, .. }))
+        );
     }
 
     #[test]
     fn a_single_hot_sku_is_reported_and_kept_whole_in_a_range_of_its_own() {
         let demand = demand(&[("a", 10.0), ("b", 5.0), ("hot", 900.0), ("i", 0.0), ("j", 10.0)]);
-        let plan = plan_sale(&demand, &[range(7, "", "", &[1, 2, 3], Some(2))], &nodes(&[1, 2, 3]), &PlanOptions::default())
-            .expect("a plan");
+        let plan = plan_sale(
+            &demand,
+            &[range(7, "", "", &[1, 2, 3], Some(2))],
+            &nodes(&[1, 2, 3]),
+            &PlanOptions::default(),
+        )
+        .expect("a plan");
         assert_eq!(plan.target_ops_per_s, 925.0 / 6.0);
         assert_eq!(
             plan.hot_skus,
@@ -516,8 +537,14 @@ mod tests {
         assert_eq!(
             plan.steps[..2],
             [
-                PlanStep::Split { shard_id: 7, at: b"j".to_vec() },
-                PlanStep::Split { shard_id: 7, at: b"hot".to_vec() },
+                PlanStep::Split {
+                    shard_id: 7,
+                    at: b"j".to_vec()
+                },
+                PlanStep::Split {
+                    shard_id: 7,
+                    at: b"hot".to_vec()
+                },
             ]
         );
         // The hot range keeps its leader (node 2, already the least loaded at the start); the
@@ -545,8 +572,13 @@ mod tests {
 
     #[test]
     fn no_demand_means_no_steps() {
-        let plan = plan_sale(&BTreeMap::new(), &two_shards_led_by_node_1(), &nodes(&[1, 2, 3]), &PlanOptions::default())
-            .expect("a plan");
+        let plan = plan_sale(
+            &BTreeMap::new(),
+            &two_shards_led_by_node_1(),
+            &nodes(&[1, 2, 3]),
+            &PlanOptions::default(),
+        )
+        .expect("a plan");
         assert_eq!((plan.steps.len(), plan.total_ops_per_s, plan.ranges.len()), (0, 0.0, 2));
     }
 
@@ -558,7 +590,10 @@ mod tests {
         let demand = demand(&[("a", 1.0), ("n", 100.0), ("o", 100.0), ("p", 100.0)]);
         let plan = plan_sale(&demand, &ranges, &nodes(&[1, 2, 3]), &PlanOptions::default()).expect("a plan");
         for range in &plan.ranges {
-            assert!(range.leader_after.is_none_or(|leader| range.replicas.contains(&leader)), "{range:?}");
+            assert!(
+                range.leader_after.is_none_or(|leader| range.replicas.contains(&leader)),
+                "{range:?}"
+            );
         }
         assert_eq!(plan.load_after[&1], 1.0);
     }
@@ -618,7 +653,12 @@ mod tests {
             splits_max: 10,
         };
         assert_eq!(
-            plan_sale(&demand, &[range(1, "", "", &[1, 2, 3], Some(1))], &nodes(&[1, 2, 3]), &options),
+            plan_sale(
+                &demand,
+                &[range(1, "", "", &[1, 2, 3], Some(1))],
+                &nodes(&[1, 2, 3]),
+                &options
+            ),
             Err(PlanError::TooManySplits { needed: 19, max: 10 })
         );
     }
@@ -635,37 +675,53 @@ mod tests {
     /// A shard map as a list of (start, end, shard id, leader), split and led the way
     /// [`crate::meta::executor::PlanExecutor`] says: the model the plan's steps are replayed on.
     fn replay(ranges: &[CurrentRange], steps: &[PlanStep]) -> Vec<(Vec<u8>, Vec<u8>, Option<NodeId>)> {
-        let mut map: Vec<(Vec<u8>, Vec<u8>, ShardId, Option<NodeId>)> = ranges
-            .iter()
-            .map(|range| (range.start.clone(), range.end.clone(), range.shard_id, range.leader))
-            .collect();
+        let mut map: Vec<CurrentRange> = ranges.to_vec();
         let mut next_id = 1_000;
         for step in steps {
             match step {
                 PlanStep::Split { shard_id, at } => {
-                    let index = map.iter().position(|entry| entry.2 == *shard_id).expect("the shard exists");
-                    let (start, end, _, leader) = map[index].clone();
-                    assert!(at > &start && (end.is_empty() || at < &end), "split inside the range");
-                    map[index].1 = at.clone();
+                    let shard = map
+                        .iter_mut()
+                        .find(|range| range.shard_id == *shard_id)
+                        .expect("the shard exists");
+                    assert!(shard.contains(at) && at != &shard.start, "split inside the range");
+                    let upper = CurrentRange {
+                        shard_id: next_id,
+                        start: at.clone(),
+                        ..shard.clone()
+                    };
+                    shard.end = at.clone();
                     next_id += 1;
-                    map.push((at.clone(), end, next_id, leader));
+                    map.push(upper);
                 }
                 PlanStep::TransferLeader { range_start, to_node } => {
-                    let entry = map.iter_mut().find(|entry| &entry.0 == range_start).expect("a range starts there");
-                    entry.3 = Some(*to_node);
+                    let range = map
+                        .iter_mut()
+                        .find(|range| &range.start == range_start)
+                        .expect("a range starts there");
+                    range.leader = Some(*to_node);
                 }
             }
         }
-        map.sort();
-        map.into_iter().map(|(start, end, _, leader)| (start, end, leader)).collect()
+        map.sort_by(|left, right| left.start.cmp(&right.start));
+        map.into_iter()
+            .map(|range| (range.start, range.end, range.leader))
+            .collect()
     }
 
     /// A map of 1..=4 ranges over SKUs of a small alphabet, on nodes 1..=4, and a forecast.
     fn map_and_demand() -> impl Strategy<Value = (Vec<CurrentRange>, BTreeSet<NodeId>, BTreeMap<Vec<u8>, f64>, bool)> {
         let sku = proptest::collection::vec(b'a'..=b'f', 1..4);
         let boundaries = proptest::collection::btree_set(sku.clone(), 0..4);
-        let demand = proptest::collection::btree_map(sku, prop_oneof![Just(0.0), 0.1f64..100.0, 100.0f64..5_000.0], 0..30);
-        let placement = proptest::collection::vec((proptest::collection::btree_set(1u64..=4, 1..=4), any::<prop::sample::Index>()), 5);
+        let demand =
+            proptest::collection::btree_map(sku, prop_oneof![Just(0.0), 0.1f64..100.0, 100.0f64..5_000.0], 0..30);
+        let placement = proptest::collection::vec(
+            (
+                proptest::collection::btree_set(1u64..=4, 1..=4),
+                any::<prop::sample::Index>(),
+            ),
+            5,
+        );
         let leaderless = proptest::collection::vec(any::<bool>(), 5);
         (boundaries, demand, placement, leaderless, any::<bool>(), any::<bool>()).prop_map(
             |(boundaries, demand, placement, leaderless, everywhere, gap)| {
@@ -675,9 +731,19 @@ mod tests {
                 for (index, start) in starts.iter().enumerate() {
                     let end = starts.get(index + 1).cloned().unwrap_or_default();
                     let (replicas, pick) = &placement[index];
-                    let replicas: Vec<NodeId> = if everywhere { vec![1, 2, 3, 4] } else { replicas.iter().copied().collect() };
+                    let replicas: Vec<NodeId> = if everywhere {
+                        vec![1, 2, 3, 4]
+                    } else {
+                        replicas.iter().copied().collect()
+                    };
                     let leader = (!leaderless[index]).then(|| replicas[pick.index(replicas.len())]);
-                    ranges.push(CurrentRange { shard_id: 10 + index as u64, start: start.clone(), end, replicas, leader });
+                    ranges.push(CurrentRange {
+                        shard_id: 10 + index as u64,
+                        start: start.clone(),
+                        end,
+                        replicas,
+                        leader,
+                    });
                 }
                 // Sometimes drop a middle range: the map then has a gap.
                 if gap && ranges.len() > 2 {
