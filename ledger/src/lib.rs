@@ -24,6 +24,8 @@
 //!   priority shares, rate limits per client and buyer), decided before anything is proposed;
 //!   the node holds one, the server asks it.
 //! - [`raft`]: openraft glue: state-machine adapter, network.
+//! - [`meta`]: the shard map's reshaping and placement; today the pre-sale planner (a demand
+//!   forecast, a plan of splits and leader moves, the trait that carries a plan out).
 //! - [`shipping`]: ships every confirmed order to sharded PostgreSQL, exactly once; it reads a
 //!   node through the narrow [`shipping::source::ShippingSource`] trait, not [`node`] itself.
 //! - [`node`]: one node's shard replicas and the operations clients call on them.

@@ -1,11 +1,12 @@
 //! Command-line interface of the `ledger` binary: `serve` runs a node; the rest is the
-//! operator CLI (status, SKU admin, orders) and the flash-sale demo driver. Output is
-//! human-readable by default and JSON with `--json`.
+//! operator CLI (status, SKU admin, orders, backups, the pre-sale plan) and the flash-sale demo
+//! driver. Output is human-readable by default and JSON with `--json`.
 
 mod backup;
 mod flash_sale;
 mod orders;
 mod reshape;
+mod sale_plan;
 mod serve;
 mod shipping_report;
 mod status;
@@ -162,6 +163,12 @@ pub enum Action {
     /// Add, drain and remove nodes.
     #[command(subcommand)]
     Node(reshape::NodeCommand),
+    /// Forecast each SKU's units in the next sale from earlier sales (exponential smoothing);
+    /// writes the CSV `sku,units` that `plan-sale` reads (docs/operations.md, "Before a sale").
+    Forecast(sale_plan::ForecastArgs),
+    /// Plan the splits and leader moves that balance a sale's expected load per node, from a
+    /// forecast and the cluster's shard map; print it, and carry it out with --apply.
+    PlanSale(sale_plan::PlanSaleArgs),
 }
 
 /// Runs `command`; the exit status is `SUCCESS` unless the command says otherwise (`status`).
@@ -176,5 +183,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Action::Restore(args) => backup::restore(&args),
         Action::Shard(command) => reshape::run_shard(command).await.map(done),
         Action::Node(command) => reshape::run_node(command).await.map(done),
+        Action::Forecast(args) => sale_plan::forecast(&args).map(done),
+        Action::PlanSale(args) => sale_plan::plan(&args).await.map(done),
     }
 }

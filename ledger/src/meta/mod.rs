@@ -1,6 +1,11 @@
-//! Shard 0, the meta group: the shard map as a replicated state ([`map`]) and the commands
-//! that reshape the cluster (add or remove a node, add, remove or move a replica, drain a
-//! node). Pure, like the ledger: the node carries the map's queued steps out
-//! (`node/reshape.rs`) and starts or stops replicas to match it (`node/hosting.rs`).
+//! Shard 0, the meta group, and placement. [`map`]: the shard map as a replicated state and
+//! the commands that reshape the cluster (add or remove a node, add, remove or move a replica,
+//! drain a node); the node carries the map's queued steps out (`node/reshape.rs`) and starts or
+//! stops replicas to match it (`node/hosting.rs`). Before a sale: a demand [`forecast`], a
+//! [`plan`] of splits and leader moves that balances the forecast load, and the [`executor`]
+//! trait a plan is carried out through. Pure, like the ledger.
 
+pub mod executor;
+pub mod forecast;
 pub mod map;
+pub mod plan;
