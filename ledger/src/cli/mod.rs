@@ -5,7 +5,7 @@
 mod backup;
 mod flash_sale;
 mod orders;
-mod reshape;
+pub(crate) mod reshape;
 mod sale_plan;
 mod serve;
 mod shipping_report;

@@ -212,11 +212,13 @@ async fn ask_map(addr: &str, credentials: &Credentials) -> Result<pb::ShardMapRe
     Ok(reply.into_inner())
 }
 
-/// Sends `change` to the meta leader (following `x-leader-addr`, riding out an election), then
-/// with `--wait` follows the steps it queued until they are done.
-async fn change_and_wait(target: &Target, change: pb::reshape_request::Change, wait: &Wait) -> anyhow::Result<()> {
-    let credentials = target.credentials()?;
-    let map = fetch_map(target, &credentials).await?;
+/// Sends `change` to the meta leader, following `x-leader-addr` and riding out an election.
+pub async fn send_change(
+    target: &Target,
+    credentials: &Credentials,
+    change: pb::reshape_request::Change,
+) -> anyhow::Result<pb::ReshapeReply> {
+    let map = fetch_map(target, credentials).await?;
     let address_of = |id: u64| map.nodes.iter().find(|n| n.id == id).map(|n| n.addr.clone());
     let mut addr = map
         .meta
@@ -226,12 +228,12 @@ async fn change_and_wait(target: &Target, change: pb::reshape_request::Change, w
         .context("the shard map names no node")?;
     let request = pb::ReshapeRequest { change: Some(change) };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let reply = loop {
-        let channel = flashledger_client::node_channel(&addr, Duration::from_secs(2), &credentials)
+    loop {
+        let channel = flashledger_client::node_channel(&addr, Duration::from_secs(2), credentials)
             .map_err(|e| anyhow::anyhow!("{addr}: {e}"))?;
         let mut client = ClusterClient::new(channel);
         match client.reshape(request.clone()).await {
-            Ok(reply) => break reply.into_inner(),
+            Ok(reply) => return Ok(reply.into_inner()),
             Err(status) if status.code() == tonic::Code::Unavailable && tokio::time::Instant::now() < deadline => {
                 if let Some(leader) = status
                     .metadata()
@@ -245,7 +247,14 @@ async fn change_and_wait(target: &Target, change: pb::reshape_request::Change, w
             }
             Err(status) => bail!("{:?}: {}", status.code(), status.message()),
         }
-    };
+    }
+}
+
+/// Sends `change` to the meta leader, then with `--wait` follows the steps it queued until
+/// they are done.
+async fn change_and_wait(target: &Target, change: pb::reshape_request::Change, wait: &Wait) -> anyhow::Result<()> {
+    let credentials = target.credentials()?;
+    let reply = send_change(target, &credentials, change).await?;
     let queued: Vec<u64> = reply.queued.iter().map(|step| step.id).collect();
     if target.json && !wait.wait {
         println!(

@@ -12,7 +12,8 @@ use anyhow::Context;
 use anyhow::bail;
 use clap::Args;
 use flashledger_client::Client;
-use ledger::meta::executor::ReshapingUnsupported;
+use ledger::meta::executor::PlanExecutor;
+use ledger::meta::executor::ReshapeError;
 use ledger::meta::executor::execute;
 use ledger::meta::forecast::ALPHA_DEFAULT;
 use ledger::meta::forecast::Forecast;
@@ -25,6 +26,8 @@ use ledger::meta::plan::SPLITS_MAX_DEFAULT;
 use ledger::meta::plan::SalePlan;
 use ledger::meta::plan::plan_sale;
 use ledger::meta::plan::sku_text;
+use ledger::types::NodeId;
+use ledger::types::ShardId;
 use serde_json::json;
 
 use crate::cli::Target;
@@ -155,9 +158,11 @@ pub async fn plan(args: &PlanSaleArgs) -> anyhow::Result<()> {
         print_plan(&plan, &peak, nodes.len(), args.target_ops_per_s.is_some());
     }
     if args.apply {
-        let applied = execute(&plan, &ReshapingUnsupported)
-            .await
-            .context("cannot apply the plan")?;
+        let executor = ClusterExecutor {
+            target: &args.target,
+            credentials: args.target.credentials()?,
+        };
+        let applied = execute(&plan, &executor).await.context("cannot apply the plan")?;
         if !args.target.json {
             match applied {
                 0 => println!("nothing to apply: the plan has no steps"),
@@ -296,4 +301,28 @@ fn plan_json(plan: &SalePlan, peak: &PeakModel, nodes: usize) -> serde_json::Val
         "load_per_node": load_per_node,
         "load_without_leader_before": plan.load_without_leader_before,
     })
+}
+
+/// Carries a plan out on the live cluster through the meta leader (`Cluster/Reshape`).
+struct ClusterExecutor<'a> {
+    target: &'a crate::cli::Target,
+    credentials: flashledger_client::Credentials,
+}
+
+impl PlanExecutor for ClusterExecutor<'_> {
+    async fn split(&self, _shard_id: ShardId, _at: &[u8]) -> Result<ShardId, ReshapeError> {
+        Err(ReshapeError::Unsupported)
+    }
+
+    async fn transfer_leader(&self, shard_id: ShardId, to: NodeId) -> Result<(), ReshapeError> {
+        let change =
+            flashledger_proto::v1::reshape_request::Change::TransferLeader(flashledger_proto::v1::TransferLeader {
+                shard_id,
+                to_node: to,
+            });
+        crate::cli::reshape::send_change(self.target, &self.credentials, change)
+            .await
+            .map(|_| ())
+            .map_err(|error| ReshapeError::Refused(format!("{error:#}")))
+    }
 }

@@ -1,8 +1,9 @@
 //! Carrying out a [`SalePlan`]: its steps, in order, through a [`PlanExecutor`] that performs
 //! one split or one leader transfer on the cluster. The trait keeps the plan independent of how
-//! the cluster is reshaped (the meta group's proposals, a test's model); until the cluster can
-//! reshape itself, [`ReshapingUnsupported`] refuses every step, so `--apply` fails loudly
-//! instead of pretending.
+//! the cluster is reshaped (the meta group's proposals, a test's model). The CLI's executor
+//! (`cli/sale_plan.rs`) hands leaderships over through the meta leader and refuses splits,
+//! which the cluster cannot do yet, loudly (`ReshapeError::Unsupported`) instead of pretending;
+//! [`ReshapingUnsupported`] refuses every step.
 //!
 //! A failed step stops the run: the error says how many steps were done before it, because a
 //! plan is computed for one shard map and the next step may not make sense on another. Plan
@@ -31,8 +32,8 @@ pub trait PlanExecutor {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReshapeError {
     #[error(
-        "the cluster does not support reshaping yet: splits and leader transfers need the meta group \
-         (issue 15), which this build does not have"
+        "splitting a shard is not supported yet (the meta group moves replicas and leaders, but \
+         has no split; issue 15): nothing of this step was applied"
     )]
     Unsupported,
     #[error("{0}")]

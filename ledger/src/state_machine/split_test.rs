@@ -202,7 +202,9 @@ impl Run {
                     })
                     .collect()
             }
-            CommandBody::Expire | CommandBody::Configure(_) => self.parts.iter().map(|_| command.clone()).collect(),
+            CommandBody::Expire | CommandBody::Configure(_) | CommandBody::Meta(_) => {
+                self.parts.iter().map(|_| command.clone()).collect()
+            }
         };
         self.whole.apply(index, &command).expect("the invariant holds");
         for (part, part_command) in self.parts.iter_mut().zip(part_commands) {
