@@ -17,6 +17,7 @@ use rand::seq::SliceRandom;
 use tokio::time::Instant;
 
 use crate::harness::SimCluster;
+use ledger::node::reshape::ReshapeRequest;
 
 /// One fault, with how long it lasts.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,6 +44,17 @@ pub enum Fault {
     ClockSkew { node: NodeId, skew_ms: i64 },
     /// Make one node's disk take `latency_ms` per sync.
     SlowDisk { node: NodeId, latency_ms: u64, ms: u64 },
+    /// Ask the meta leader to move a replica of `shard` (the `from_pick`-th of its voters, mod
+    /// their count) to the `to_pick`-th node without one; a leader transfer when every node has
+    /// one. It is queued and carried out while later faults strike.
+    MoveReplica {
+        shard: ShardId,
+        from_pick: usize,
+        to_pick: usize,
+    },
+    /// Ask the meta leader to hand `shard`'s leadership (0: the meta group's own) to its
+    /// `to_pick`-th voter.
+    TransferLeader { shard: ShardId, to_pick: usize },
 }
 
 /// When each fault fires, in ms after the safety phase starts.
@@ -128,6 +140,27 @@ impl FaultPlan {
             faults.push((at, fault));
             at += rng.gen_range(300..2_500);
         }
+        // Reshaping from a stream of its own, so the faults above stay what they were per seed.
+        let mut reshape_rng = SmallRng::seed_from_u64(seed ^ 0x7265_7368_6170_65);
+        let mut at = reshape_rng.gen_range(500..2_000);
+        while at < phase_ms {
+            let shard = reshape_rng.gen_range(1..=shards as ShardId);
+            let fault = if reshape_rng.gen_bool(0.6) {
+                Fault::MoveReplica {
+                    shard,
+                    from_pick: reshape_rng.gen_range(0..5),
+                    to_pick: reshape_rng.gen_range(0..5),
+                }
+            } else {
+                Fault::TransferLeader {
+                    shard: if reshape_rng.gen_bool(0.2) { 0 } else { shard },
+                    to_pick: reshape_rng.gen_range(0..5),
+                }
+            };
+            faults.push((at, fault));
+            at += reshape_rng.gen_range(1_000..4_000);
+        }
+        faults.sort_by_key(|(at, _)| *at);
         FaultPlan {
             faults,
             disk_latency_us,
@@ -361,5 +394,74 @@ fn fire(sim: &mut SimCluster, fault: &Fault, start: Instant, fault_log: &FaultLo
             );
             Some((*ms, Undo::DiskNormal(*node)))
         }
+        Fault::MoveReplica {
+            shard,
+            from_pick,
+            to_pick,
+        } => {
+            reshape(sim, start, fault_log, |map| {
+                let (voters, learners) = map.hosts_of(*shard)?;
+                let without: Vec<NodeId> = (map.nodes.keys())
+                    .copied()
+                    .filter(|id| !voters.contains(id) && !learners.contains(id))
+                    .collect();
+                if without.is_empty() {
+                    let to = voters[to_pick % voters.len()];
+                    return Some(ReshapeRequest::TransferLeader { shard_id: *shard, to });
+                }
+                Some(ReshapeRequest::MoveReplica {
+                    shard_id: *shard,
+                    from: voters[from_pick % voters.len()],
+                    to: without[to_pick % without.len()],
+                })
+            });
+            None
+        }
+        Fault::TransferLeader { shard, to_pick } => {
+            reshape(sim, start, fault_log, |map| {
+                let (voters, _) = map.hosts_of(*shard)?;
+                let to = *voters.get(to_pick % voters.len().max(1))?;
+                Some(ReshapeRequest::TransferLeader { shard_id: *shard, to })
+            });
+            None
+        }
     }
+}
+
+/// Asks the meta leader, on its own simulated node, for the change `choose` picks from its map;
+/// logs what it answered (a change that does not fit the map is refused, which is fine).
+fn reshape(
+    sim: &SimCluster,
+    start: Instant,
+    fault_log: &FaultLog,
+    choose: impl FnOnce(&ledger::meta::map::ShardMap) -> Option<ReshapeRequest>,
+) {
+    let Some(leader) = sim.leader_of(ledger::meta::map::META_SHARD) else {
+        log(fault_log, start, "skip reshape: the meta group has no leader".into());
+        return;
+    };
+    let Some(node) = sim.live_nodes().get(&leader).cloned() else {
+        return;
+    };
+    let Some(request) = choose(&node.shard_map()) else {
+        log(fault_log, start, "skip reshape: nothing to change".into());
+        return;
+    };
+    log(
+        fault_log,
+        start,
+        format!("reshape: {request:?} (asked of node {leader})"),
+    );
+    let fault_log = fault_log.clone();
+    sim.spawn_on(leader, async move {
+        let answer = node.reshape(request.clone()).await;
+        let line = match answer {
+            Ok((version, steps)) => format!(
+                "reshape {request:?}: map version {version}, {} steps queued",
+                steps.len()
+            ),
+            Err(error) => format!("reshape {request:?}: {error}"),
+        };
+        log(&fault_log, start, line);
+    });
 }

@@ -270,14 +270,24 @@ impl SimCluster {
         }
     }
 
-    /// The node `id` believes leads `shard`, as seen by any live replica.
+    /// The node that leads `shard` (0: the meta group), as seen by any live replica.
     pub fn leader_of(&self, shard: ShardId) -> Option<NodeId> {
         let observed = lock(&self.observed);
         observed.live.values().find_map(|node| {
-            let status = node.status();
-            let shard = status.iter().find(|s| s.shard_id == shard)?;
-            (shard.role == "leader").then_some(node.id)
+            node.replica(shard)
+                .filter(|replica| replica.raft.is_leader())
+                .map(|_| node.id)
         })
+    }
+
+    /// Runs `task` on simulated node `id` (its network is that node's), if it is up.
+    pub fn spawn_on<F>(&self, id: NodeId, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        if let Some(node) = self.nodes.get(&id).filter(|node| node.up) {
+            node.handle.spawn(task);
+        }
     }
 
     pub fn live_nodes(&self) -> BTreeMap<NodeId, Arc<Node>> {
@@ -315,7 +325,8 @@ impl SimCluster {
     pub fn replica_states(&self) -> BTreeMap<ShardId, Vec<ReplicaState>> {
         let mut shards: BTreeMap<ShardId, Vec<ReplicaState>> = BTreeMap::new();
         for (id, node) in self.live_nodes() {
-            for (shard_id, replica) in &node.shards {
+            for replica in node.shards() {
+                let shard_id = &replica.config.id;
                 let (applied_index, ledger) = replica.view.read(|image| {
                     (
                         image.meta.applied.map_or(0, |log_id| log_id.index),

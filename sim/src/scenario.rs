@@ -504,6 +504,14 @@ fn pending_convergence(sim: &SimCluster) -> Option<String> {
     if live.len() < sim.shape.nodes {
         return Some(format!("{} of {} nodes running", live.len(), sim.shape.nodes));
     }
+    // Every reshaping step asked for during the faults completes once the cluster is whole.
+    let Some(meta_leader) = sim.leader_of(ledger::meta::map::META_SHARD) else {
+        return Some("the meta group has no leader".into());
+    };
+    let map = live.get(&meta_leader).map(|node| node.shard_map()).unwrap_or_default();
+    if let Some(step) = map.steps.front() {
+        return Some(format!("reshaping not done: {step} (and {} more)", map.steps.len() - 1));
+    }
     for shard in &sim.config.shards {
         let statuses: Vec<_> = live
             .values()

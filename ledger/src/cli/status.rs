@@ -48,7 +48,9 @@ async fn fetch(addr: &str, credentials: &Credentials) -> Result<StatusReply, Str
 /// Prints every node's answer; the exit status says whether they all answered (see the
 /// `status` command's help): a health check must not read an unreachable cluster as success.
 pub async fn run(target: &Target) -> anyhow::Result<ExitCode> {
-    let statuses = fetch_all(&target.addresses()?, &target.credentials()?).await;
+    let credentials = target.credentials()?;
+    let addresses = with_map_nodes(target.addresses()?, &credentials).await;
+    let statuses = fetch_all(&addresses, &credentials).await;
     if target.json {
         let nodes: Vec<_> = statuses.iter().map(status_json).collect();
         println!("{}", serde_json::to_string_pretty(&json!({ "nodes": nodes }))?);
@@ -65,6 +67,27 @@ pub async fn run(target: &Target) -> anyhow::Result<ExitCode> {
     }
     eprintln!("warning: {silent} of {} nodes did not answer", statuses.len());
     Ok(ExitCode::from(EXIT_SOME_SILENT))
+}
+
+/// `addresses` and every node the shard map (the meta group's) names: nodes added after
+/// bootstrap are in the map, not in the config file.
+pub async fn with_map_nodes(mut addresses: Vec<String>, credentials: &Credentials) -> Vec<String> {
+    for addr in addresses.clone() {
+        let Ok(channel) = flashledger_client::node_channel(&addr, Duration::from_secs(2), credentials) else {
+            continue;
+        };
+        let mut client = ClusterClient::new(channel);
+        let request = client.shard_map(flashledger_proto::v1::ShardMapRequest {});
+        if let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(5), request).await {
+            for node in reply.into_inner().nodes {
+                if !addresses.contains(&node.addr) {
+                    addresses.push(node.addr);
+                }
+            }
+            break;
+        }
+    }
+    addresses
 }
 
 /// Exit status when no node answered (the same as any other error of the CLI).

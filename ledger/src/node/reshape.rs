@@ -55,8 +55,9 @@ pub enum ReconfigureRefused {
     Failed(String),
 }
 
-/// How long a learner may take to catch up before the step is retried.
-const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one attempt waits for a learner to catch up; the learner stays in the group and goes
+/// on catching up, and the next attempt (the step is retried) waits again.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a leadership transfer may take before it is reported as not done.
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(5);
 
