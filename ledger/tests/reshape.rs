@@ -4,6 +4,8 @@
 //! because of it, every replica ends identical, and a move cut short by a crash of the meta
 //! leader completes under the next one.
 
+#![cfg(not(madsim))]
+
 mod common;
 
 use std::collections::BTreeSet;

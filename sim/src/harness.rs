@@ -393,7 +393,8 @@ async fn watch_for_halts(observed: Arc<Mutex<Observed>>) {
 fn collect_halts(observed: &mut Observed) {
     let mut found = Vec::new();
     for (id, node) in &observed.live {
-        for (shard_id, replica) in &node.shards {
+        for replica in node.shards() {
+            let shard_id = replica.config.id;
             if let Some(violation) = replica.view.halted() {
                 found.push(format!("node {id} shard {shard_id}: {violation}"));
             }

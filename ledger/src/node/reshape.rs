@@ -51,6 +51,8 @@ pub enum Reconfigure {
 pub enum ReconfigureRefused {
     /// Not the shard's leader; the leader it knows of, if any.
     NotLeader(Option<NodeId>),
+    /// The node could not be asked (down, cut off): ask another.
+    Unreachable(String),
     /// Not done (yet): why.
     Failed(String),
 }
@@ -300,6 +302,7 @@ impl Node {
                         candidates.insert(0, leader);
                     }
                 }
+                Err(ReconfigureRefused::Unreachable(message)) => last_error = message,
                 Err(ReconfigureRefused::Failed(message)) => return Err(message),
             }
         }
@@ -313,19 +316,20 @@ impl Node {
         change: &Reconfigure,
     ) -> Result<(), ReconfigureRefused> {
         let failed = |message: String| ReconfigureRefused::Failed(message);
+        let unreachable = |message: String| ReconfigureRefused::Unreachable(message);
         let payload = bincode::serialize(change).map_err(|e| failed(e.to_string()))?;
         let request = flashledger_proto::v1::RaftRequest {
             shard_id,
             payload: payload.into(),
         };
-        let channel = self.peers.channel(target).map_err(failed)?;
+        let channel = self.peers.channel(target).map_err(unreachable)?;
         let mut client = flashledger_proto::v1::raft_client::RaftClient::new(channel)
             .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX);
         // Adding a learner waits for it to catch up.
         let reply = tokio::time::timeout(CATCH_UP_TIMEOUT + TRANSFER_TIMEOUT, client.reconfigure(request))
             .await
-            .map_err(|_| failed(format!("node {target} did not answer")))?
-            .map_err(|status| failed(format!("node {target}: {}", status.message())))?;
+            .map_err(|_| unreachable(format!("node {target} did not answer")))?
+            .map_err(|status| unreachable(format!("node {target}: {}", status.message())))?;
         bincode::deserialize::<Result<(), ReconfigureRefused>>(&reply.into_inner().payload)
             .map_err(|e| failed(format!("node {target}: undecodable answer: {e}")))?
     }

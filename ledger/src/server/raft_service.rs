@@ -138,11 +138,20 @@ impl RaftService {
         let shard = self.replica_of(shard_id)?;
         let membership = shard.raft.metrics().borrow_watched().membership_config.clone();
         let mut voters = membership.voter_ids().peekable();
-        // Before the shard's membership is known, the config's replicas are its voters.
+        // Before the shard's membership is known, the config's replicas are its voters. A
+        // replica that lags (restarted, cut off) may not have applied the change that made the
+        // sender a voter yet: the shard map, which records the change once it is made, vouches
+        // for it then (otherwise the new leader could never bring it up to date).
+        let in_map = || {
+            self.node
+                .shard_map()
+                .hosts_of(shard_id)
+                .is_some_and(|(map_voters, _)| map_voters.contains(&sender))
+        };
         let is_voter = if voters.peek().is_some() {
-            voters.any(|id| id == sender)
+            voters.any(|id| id == sender) || in_map()
         } else {
-            shard.config.replicas.contains(&sender)
+            shard.config.replicas.contains(&sender) || in_map()
         };
         if !is_voter {
             return Err(Status::permission_denied(format!(
