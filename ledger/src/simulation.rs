@@ -34,16 +34,21 @@ pub enum PlantedBug {
     /// Admission sheds a write after proposing it: the caller hears RESOURCE_EXHAUSTED with
     /// `x-not-applied` for a write that was applied.
     ShedAfterPropose,
+    /// A replica the shard map gives a node later bootstraps a group of its own (itself the
+    /// only voter) instead of waiting for its leader's first append: it elects itself and takes
+    /// writes apart from the shard's real group.
+    JoinerBootstraps,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 6] = [
+    pub const ALL: [PlantedBug; 7] = [
         PlantedBug::ConfirmWithoutReservation,
         PlantedBug::AckBeforeDurable,
         PlantedBug::StaleLeaderRead,
         PlantedBug::PruneUnshipped,
         PlantedBug::PruneInsideWindow,
         PlantedBug::ShedAfterPropose,
+        PlantedBug::JoinerBootstraps,
     ];
 
     /// The name the simulator's command line uses.
@@ -55,6 +60,7 @@ impl PlantedBug {
             PlantedBug::PruneUnshipped => "prune-unshipped",
             PlantedBug::PruneInsideWindow => "prune-inside-window",
             PlantedBug::ShedAfterPropose => "shed-after-propose",
+            PlantedBug::JoinerBootstraps => "joiner-bootstraps",
         }
     }
 
@@ -70,6 +76,7 @@ impl PlantedBug {
             PlantedBug::PruneUnshipped => 4,
             PlantedBug::PruneInsideWindow => 5,
             PlantedBug::ShedAfterPropose => 6,
+            PlantedBug::JoinerBootstraps => 7,
         }
     }
 }

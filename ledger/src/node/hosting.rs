@@ -101,8 +101,17 @@ async fn match_replicas_to(node: &Arc<Node>, map: &ShardMap) {
     let wanted = map.shards_on(node.id);
     for shard_id in &wanted {
         if node.replica(*shard_id).is_none() {
-            let shard = shard_config(map, *shard_id);
-            if let Err(error) = node.host_replica(shard, false).await {
+            #[cfg_attr(not(madsim), allow(unused_mut))]
+            let mut shard = shard_config(map, *shard_id);
+            #[cfg(madsim)]
+            let initialize = crate::simulation::planted(crate::simulation::PlantedBug::JoinerBootstraps);
+            #[cfg(not(madsim))]
+            let initialize = false;
+            #[cfg(madsim)]
+            if initialize {
+                shard.replicas = vec![node.id];
+            }
+            if let Err(error) = node.host_replica(shard, initialize).await {
                 tracing::warn!(node = node.id, shard = shard_id, %error, "could not start a replica the map gives");
             }
         }
