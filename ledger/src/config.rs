@@ -88,6 +88,9 @@ pub struct ClusterConfig {
     pub postgres: Vec<PostgresConfig>,
     #[serde(default)]
     pub shipping: ShippingSection,
+    /// What the meta leader balances across nodes on its own (crate::meta::scheduler).
+    #[serde(default)]
+    pub placement: PlacementSection,
     /// TLS material and callers' credentials (crate::security). Required: a cluster without
     /// TLS must say `insecure = true`.
     #[serde(default)]
@@ -407,6 +410,42 @@ impl Default for ShippingSection {
     }
 }
 
+/// The placement scheduler on the meta leader (crate::meta::scheduler, docs/architecture.md,
+/// "Placement"): it moves a leadership or a replica only when one node carries 2 more than
+/// another, one change per round.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlacementSection {
+    /// Hand leaderships from a node that leads 2 more shards than a voter of one of them.
+    pub balance_leaders: bool,
+    /// Move a replica from the active node holding the most to the one holding the fewest
+    /// when they differ by 2 or more.
+    pub balance_replicas: bool,
+    /// Time between two rounds; a round asks every shard's leader it does not host, and
+    /// makes at most one change.
+    pub interval_ms: u64,
+}
+
+impl Default for PlacementSection {
+    fn default() -> Self {
+        PlacementSection {
+            balance_leaders: true,
+            balance_replicas: true,
+            interval_ms: 5000,
+        }
+    }
+}
+
+impl PlacementSection {
+    /// The scheduler's policy these settings ask for.
+    pub fn policy(&self) -> crate::meta::scheduler::PlacementPolicy {
+        crate::meta::scheduler::PlacementPolicy {
+            balance_leaders: self.balance_leaders,
+            balance_replicas: self.balance_replicas,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresConfig {
@@ -612,7 +651,7 @@ impl ClusterConfig {
     /// a semaphore holds at most 2^61 permits, a deadline is added to an `Instant`). Node and
     /// shard ids are names, not amounts: any `u64` (but node id 0, see `validate_nodes`, and shard
     /// id 0, the meta group's).
-    fn numeric_settings(&self) -> [NumericSetting; 39] {
+    fn numeric_settings(&self) -> [NumericSetting; 40] {
         const KIB: u64 = 1024;
         const MIB: u64 = 1024 * KIB;
         const MINUTE_MS: u64 = 60_000;
@@ -775,6 +814,9 @@ impl ClusterConfig {
                 admission.rate_limit_keys_max,
                 1..=10_000_000,
             ),
+            // A round costs an RPC per shard the meta leader does not host: not faster than
+            // 10 a second; at most an hour, beyond which balance is not being kept.
+            setting("placement.interval_ms", self.placement.interval_ms, 100..=HOUR_MS),
             setting(
                 "security.tls_handshake_timeout_ms",
                 self.security.tls_handshake_timeout_ms,
@@ -1018,6 +1060,56 @@ mod tests {
         assert_eq!(config.shard_for_sku(b"m").map(|s| s.id), Some(2));
         assert_eq!(config.shard_for_sku(&[0xff; 4]).map(|s| s.id), Some(2));
         assert_eq!(config.shards_on_node(2).count(), 2);
+    }
+
+    #[test]
+    fn placement_balances_both_every_5_s_unless_told_otherwise() {
+        let defaults = parse(VALID).expect("valid").placement;
+        assert_eq!(
+            (
+                defaults.balance_leaders,
+                defaults.balance_replicas,
+                defaults.interval_ms
+            ),
+            (true, true, 5000)
+        );
+        let text = format!("{VALID}\n[placement]\nbalance_leaders = false\ninterval_ms = 250\n");
+        let placement = parse(&text).expect("valid").placement;
+        assert_eq!(
+            placement.policy(),
+            crate::meta::scheduler::PlacementPolicy {
+                balance_leaders: false,
+                balance_replicas: true
+            }
+        );
+        assert_eq!(placement.interval_ms, 250);
+        let unknown = parse(&format!("{VALID}\n[placement]\nbalance_hot_ranges = true\n"));
+        assert!(matches!(unknown, Err(ConfigError::Parse { .. })), "{unknown:?}");
+    }
+
+    /// cluster.toml documents `[placement]` commented out; uncommented, it must be the defaults.
+    #[test]
+    fn the_commented_placement_block_in_cluster_toml_is_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cluster.toml");
+        let text = std::fs::read_to_string(path).expect("cluster.toml");
+        let block: String = text
+            .lines()
+            .skip_while(|line| *line != "# [placement]")
+            .take_while(|line| line.starts_with("# "))
+            .map(|line| format!("{}\n", &line[2..]))
+            .collect();
+        assert!(
+            block.contains("interval_ms"),
+            "no commented [placement] block: {block:?}"
+        );
+        let section: PlacementSection = toml::from_str::<toml::Table>(&block)
+            .expect("toml")
+            .get("placement")
+            .cloned()
+            .expect("[placement]")
+            .try_into()
+            .expect("a placement section");
+        assert_eq!(section, PlacementSection::default());
     }
 
     #[test]

@@ -3,9 +3,12 @@
 //! drain a node); the node carries the map's queued steps out (`node/reshape.rs`) and starts or
 //! stops replicas to match it (`node/hosting.rs`). Before a sale: a demand [`forecast`], a
 //! [`plan`] of splits and leader moves that balances the forecast load, and the [`executor`]
-//! trait a plan is carried out through. Pure, like the ledger.
+//! trait a plan is carried out through. While it serves: the placement [`scheduler`], which
+//! balances leaderships and replica counts across nodes (run by `node/placement.rs`). Pure,
+//! like the ledger.
 
 pub mod executor;
 pub mod forecast;
 pub mod map;
 pub mod plan;
+pub mod scheduler;

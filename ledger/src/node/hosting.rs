@@ -1,6 +1,7 @@
 //! Keeps what a node runs in step with the shard map: every node starts the replicas the map
 //! gives it and retires the ones it took away; the meta group's leader also seeds the map from
-//! cluster.toml once and carries out the queued reshaping steps (`reshape.rs`).
+//! cluster.toml once, carries out the queued reshaping steps (`reshape.rs`) and, every
+//! `placement.interval_ms` while none is queued, runs a placement round (`placement.rs`).
 //!
 //! The map only ever moves forward here: a node acts on a map no older than the last one it
 //! acted on, so a lagging peer's answer cannot bring back a replica that was moved away.
@@ -18,6 +19,7 @@ use crate::config::ShardConfig;
 use crate::meta::map::META_SHARD;
 use crate::meta::map::ShardMap;
 use crate::node::Node;
+use crate::node::placement;
 use crate::node::reshape;
 use crate::types::NodeId;
 use crate::types::ShardId;
@@ -30,6 +32,13 @@ const PEER_FETCH_EVERY_ROUNDS: u64 = 5;
 /// Follows the shard map until the node is dropped or shuts down.
 pub(super) async fn follow_shard_map(node: Weak<Node>) {
     let mut acted_on_version = 0;
+    let Some(placement_interval) = node
+        .upgrade()
+        .map(|node| Duration::from_millis(node.config.placement.interval_ms))
+    else {
+        return;
+    };
+    let mut next_placement_round = tokio::time::Instant::now() + placement_interval;
     for round in 0u64.. {
         tokio::time::sleep(Duration::from_millis(FOLLOW_INTERVAL_MS)).await;
         let Some(node) = node.upgrade() else { return };
@@ -38,7 +47,10 @@ pub(super) async fn follow_shard_map(node: Weak<Node>) {
         }
         let meta = node.meta();
         if let Some(meta) = meta.as_ref().filter(|meta| meta.raft.is_leader()) {
-            lead_meta_group(&node, meta).await;
+            let placement_due = tokio::time::Instant::now() >= next_placement_round;
+            if lead_meta_group(&node, meta, placement_due).await {
+                next_placement_round = tokio::time::Instant::now() + placement_interval;
+            }
         } else if meta.is_none() || round % PEER_FETCH_EVERY_ROUNDS == 0 {
             // A node outside the meta group asks a peer each round. A member asks now and then
             // too: one taken out of the meta group hears of no change after its removal.
@@ -53,21 +65,28 @@ pub(super) async fn follow_shard_map(node: Weak<Node>) {
 }
 
 /// On the meta leader: seeds an empty map from the config, else carries out the first queued
-/// step (one at a time: each waits for a shard's membership change).
-async fn lead_meta_group(node: &Arc<Node>, meta: &crate::node::ShardReplica) {
+/// step (one at a time: each waits for a shard's membership change), else, if `placement_due`,
+/// runs a placement round. Returns whether it ran one (the next is then an interval away).
+async fn lead_meta_group(node: &Arc<Node>, meta: &crate::node::ShardReplica, placement_due: bool) -> bool {
     let map = meta.view.read(|image| image.map.clone());
     if !map.is_seeded() {
         match node.propose_meta(node.config.seed_command()).await {
             Ok(_) => tracing::info!(node = node.id, "seeded the shard map from the config"),
             Err(error) => tracing::debug!(node = node.id, %error, "seeding the shard map"),
         }
-        return;
+        return false;
     }
-    if let Some(step) = map.steps.front()
-        && let Err(error) = reshape::carry_out(node, &map, step).await
-    {
-        tracing::info!(node = node.id, %step, %error, "reshaping step not done yet; will retry");
+    if let Some(step) = map.steps.front() {
+        if let Err(error) = reshape::carry_out(node, &map, step).await {
+            tracing::info!(node = node.id, %step, %error, "reshaping step not done yet; will retry");
+        }
+        return false;
     }
+    if !placement_due {
+        return false;
+    }
+    placement::run_round(node, &map).await;
+    true
 }
 
 /// A node without a meta replica asks its peers for the map (the newest answer wins).

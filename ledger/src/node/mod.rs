@@ -31,6 +31,7 @@ mod backup;
 mod error;
 mod hosting;
 pub mod latency;
+mod placement;
 mod read;
 pub mod reshape;
 mod shipping_source;

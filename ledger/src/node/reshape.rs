@@ -44,6 +44,10 @@ pub enum Reconfigure {
     RemoveVoter { node: NodeId },
     /// Hand leadership to `to`.
     TransferLeader { to: NodeId },
+    /// Changes nothing: the replica answers `Ok` if it leads the shard, else `NotLeader` with
+    /// the leader it knows of. How the placement scheduler learns who leads a shard the meta
+    /// leader does not host.
+    ReportLeader,
 }
 
 /// A shard replica's answer to [`Reconfigure`].
@@ -239,6 +243,7 @@ impl Node {
                 }
                 Ok(())
             }
+            Reconfigure::ReportLeader => Ok(()),
             Reconfigure::TransferLeader { to } => {
                 if to == self.id {
                     return Ok(());
@@ -292,7 +297,9 @@ impl Node {
             let answer = if candidate == self.id {
                 self.reconfigure_locally(shard_id, change.clone()).await
             } else {
-                self.reconfigure_remote(candidate, shard_id, &change).await
+                // Adding a learner waits for it to catch up.
+                let deadline = CATCH_UP_TIMEOUT + TRANSFER_TIMEOUT;
+                self.reconfigure_remote(candidate, shard_id, &change, deadline).await
             };
             match answer {
                 Ok(()) => return Ok(()),
@@ -314,6 +321,7 @@ impl Node {
         target: NodeId,
         shard_id: ShardId,
         change: &Reconfigure,
+        deadline: Duration,
     ) -> Result<(), ReconfigureRefused> {
         let failed = |message: String| ReconfigureRefused::Failed(message);
         let unreachable = |message: String| ReconfigureRefused::Unreachable(message);
@@ -325,13 +333,27 @@ impl Node {
         let channel = self.peers.channel(target).map_err(unreachable)?;
         let mut client = flashledger_proto::v1::raft_client::RaftClient::new(channel)
             .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX);
-        // Adding a learner waits for it to catch up.
-        let reply = tokio::time::timeout(CATCH_UP_TIMEOUT + TRANSFER_TIMEOUT, client.reconfigure(request))
+        let reply = tokio::time::timeout(deadline, client.reconfigure(request))
             .await
             .map_err(|_| unreachable(format!("node {target} did not answer")))?
             .map_err(|status| unreachable(format!("node {target}: {}", status.message())))?;
         bincode::deserialize::<Result<(), ReconfigureRefused>>(&reply.into_inner().payload)
             .map_err(|e| failed(format!("node {target}: undecodable answer: {e}")))?
+    }
+
+    /// The leader of `shard_id` as `peer` (a replica of it) sees it: `peer` itself if it leads,
+    /// else the leader it names (`None`: it knows of none). Asked with
+    /// [`Reconfigure::ReportLeader`], within one Raft RPC deadline.
+    pub(crate) async fn leader_seen_by(&self, peer: NodeId, shard_id: ShardId) -> Result<Option<NodeId>, String> {
+        let deadline = Duration::from_millis(self.config.raft.rpc_timeout_ms);
+        match self
+            .reconfigure_remote(peer, shard_id, &Reconfigure::ReportLeader, deadline)
+            .await
+        {
+            Ok(()) => Ok(Some(peer)),
+            Err(ReconfigureRefused::NotLeader(leader)) => Ok(leader),
+            Err(ReconfigureRefused::Failed(message)) => Err(message),
+        }
     }
 
     /// The shard map as `peer` knows it (the internal `Raft.MetaMap` RPC).
