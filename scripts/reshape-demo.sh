@@ -374,8 +374,8 @@ def rate(run, lo, hi, whole):
         picked = [ops for start, ops in seconds(run) if start < hi and start + 1000 > lo]
     return (sum(picked) / len(picked), min(picked)) if picked else (None, None)
 
-print("| step | took | hot ops/s before -> during (worst second) | zipf ops/s before -> during (worst second) | both: change |")
-print("|---|---|---|---|---|")
+print("| step | orders confirmed before it | took | hot ops/s before -> during (worst second) | zipf ops/s before -> during (worst second) | both: change |")
+print("|---|---|---|---|---|---|")
 for step in steps:
     reply = step["reply"] or {}
     took = reply.get("done_after_s")
@@ -383,6 +383,8 @@ for step in steps:
         took = f"{took:.1f} s (--wait)"
     else:
         took = f"{step['ended_ms'] - step['started_ms']} ms (command)"
+    # What the moved replicas carry, roughly: the purchases confirmed before the step began.
+    orders = sum(ops for run in runs.values() for start, ops in seconds(run) if start + 1000 <= step["started_ms"])
     cells, before_total, during_total = [], 0, 0
     for name, run in runs.items():
         before, _ = rate(run, step["started_ms"] - settle * 1000, step["started_ms"], True)
@@ -393,7 +395,7 @@ for step in steps:
         before_total, during_total = before_total + before, during_total + during
         cells.append(f"{before:.0f} -> {during:.0f} ({worst})")
     change = f"{100 * (during_total / before_total - 1):+.0f} %" if before_total else "n/a"
-    print(f"| {step['step']} | {took} | {cells[0]} | {cells[1]} | {change} |")
+    print(f"| {step['step']} | {orders:,} | {took} | {cells[0]} | {cells[1]} | {change} |")
 for name, run in runs.items():
     print(f"\n{name}: {run['ok_total']} purchases in {run['secs']:.0f} s ({run['purchases_per_s']:.0f}/s), "
           f"p50 {run['p50_us'] / 1000:.1f} ms, p99 {run['p99_us'] / 1000:.1f} ms, max {run['max_us'] / 1000:.0f} ms, "
