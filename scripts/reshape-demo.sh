@@ -20,7 +20,8 @@
 #      PostgreSQL holds exactly the orders flashbench saw confirmed, and per busiest SKU exactly
 #      the ledger's `sold`; node 1 is out of the map and no step is left queued;
 #   5. prints, per step: how long it took (the CLI's --json `done_after_s` for moves and the
-#      drain) and the throughput of the seconds it ran against the SETTLE_SECS before it.
+#      drain) and the throughput of the seconds it ran against the SETTLE_SECS before it; then
+#      when each queued step (learner added, old replica removed) completed, from the node logs.
 # Splitting and merging shards do not exist yet: this script does neither.
 # Exits non-zero on any failed check; every process it started is stopped on exit (trap).
 #
@@ -356,7 +357,7 @@ PY
 
 echo "==> figures"
 python3 - "$results" "$SETTLE_SECS" <<'PY' | tee "$summary"
-import json, sys
+import datetime, glob, json, re, sys
 results, settle = sys.argv[1], int(sys.argv[2])
 runs = {w: json.load(open(f"{results}/reshape-{w}-c{json.loads(open(f'{results}/{w}.line.json').read().strip().splitlines()[-1])['clients']}.json")) for w in ("hot", "zipf")}
 steps = [json.loads(l) for l in open(f"{results}/steps.jsonl") if l.strip()]
@@ -396,6 +397,20 @@ for step in steps:
         cells.append(f"{before:.0f} -> {during:.0f} ({worst})")
     change = f"{100 * (during_total / before_total - 1):+.0f} %" if before_total else "n/a"
     print(f"| {step['step']} | {orders:,} | {took} | {cells[0]} | {cells[1]} | {change} |")
+# Each queued step as the meta leader logged its completion, timed from its command's start.
+done_lines = []
+for log in sorted(glob.glob(f"{results}/cluster/node*.log")):
+    for line in open(log, errors="replace"):
+        line = re.sub(r"\x1b\[[0-9;]*m", "", line)
+        found = re.match(r"(\S+Z) .*reshaping step done .*step=(step \d+: .*)$", line)
+        if found:
+            when = datetime.datetime.fromisoformat(found[1].replace("Z", "+00:00")).timestamp() * 1000
+            done_lines.append((when, found[2].strip()))
+print("\nSteps as the meta leader completed them (from the start of the command that queued them):")
+for step in steps:
+    for when, text in sorted(done_lines):
+        if step["started_ms"] <= when <= step["ended_ms"] + 1000:
+            print(f"- {step['step']}: {text} done after {(when - step['started_ms']) / 1000:.1f} s")
 for name, run in runs.items():
     print(f"\n{name}: {run['ok_total']} purchases in {run['secs']:.0f} s ({run['purchases_per_s']:.0f}/s), "
           f"p50 {run['p50_us'] / 1000:.1f} ms, p99 {run['p99_us'] / 1000:.1f} ms, max {run['max_us'] / 1000:.0f} ms, "
