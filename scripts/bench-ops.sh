@@ -20,7 +20,11 @@
 #      benchmark at full load (CLIENTS callers, independent then service mode, STABILITY_SECS s
 #      each, every append fdatasynced) on a fresh cluster, and every shard's term before and
 #      after: a term that moved is an election no node failure called for.
-# PARTS="black-friday orders failover snapshots cache-lag degradation stability" selects parts
+#   8. reshape: scripts/reshape-demo.sh on its own 5-node cluster (other ports, real PostgreSQL):
+#      nodes 4 and 5 added, a replica of each shard moved onto them, a leadership handed over,
+#      node 1 drained and removed, under the hot and zipf load; how long each step took and the
+#      throughput dip during it, with the end-state checks (docs/benchmarks.md).
+# PARTS="black-friday orders failover snapshots cache-lag degradation stability reshape" selects parts
 # (default: the first three).
 # Results (JSON lines, Markdown, PNG, summary.md) go to target/bench-ops/<time>/.
 set -euo pipefail
@@ -48,6 +52,17 @@ echo "==> 6. degradation: a shard loses its quorum (5 node processes, ledger/tes
 cargo test -p flashledger-ledger --test degradation -- --nocapture --test-threads 1 2>&1 \
   | grep -E "^(write to the shard|purchase on the healthy|test |test result)" | tee -a "$summary"
 if [[ "$PARTS" == "degradation" ]]; then exit 0; fi
+fi
+
+if [[ " $PARTS " == *" reshape "* ]]; then
+echo "==> 8. reshape: add, move, transfer, drain and remove under load (scripts/reshape-demo.sh)"
+RESULTS="$results/reshape" scripts/reshape-demo.sh
+{
+  echo
+  echo "Reshaping under load (scripts/reshape-demo.sh; $results/reshape):"
+  cat "$results/reshape/summary.md"
+} >>"$summary"
+if [[ "$PARTS" == "reshape" ]]; then cat "$summary"; exit 0; fi
 fi
 
 echo "==> building flashledger and flashbench (release)"

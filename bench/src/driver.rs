@@ -144,6 +144,10 @@ pub struct Measured {
     pub premium: ClassMeasured,
     pub standard: ClassMeasured,
     pub timeline: Vec<Second>,
+    /// Wall-clock time (ms since the Unix epoch) at which the measurement window, and so
+    /// `timeline[0]`, began: second `t` of the timeline covers `[this + 1000 t, this + 1000 (t + 1))`.
+    /// Lets a script line the timeline up with what it did to the cluster meanwhile.
+    pub measure_from_unix_ms: u64,
     /// Black Friday: the plan and how long it took.
     pub plan: Option<BlackFridayPlan>,
     /// With `cache`: the caches' lag and how many reads they answered.
@@ -313,6 +317,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Measured> {
     let is_premium = move |sequence: u64| sequence.wrapping_mul(0x9e37_79b9_7f4a_7c15) % 100 < premium_percent;
 
     let start = Instant::now();
+    let start_unix_ms = unix_ms();
     // A finite plan (Black Friday, an operation count) is measured whole, from its first operation.
     let warmup = if plan.is_some() || config.ops_max.is_some() {
         Duration::ZERO
@@ -487,6 +492,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Measured> {
         mean_us: recorder.all.mean(),
         // A timed run's last partial second (answers to operations sent before the deadline)
         // would show as a dip; it is left out of the timeline (not of the totals).
+        measure_from_unix_ms: start_unix_ms + warmup.as_millis() as u64,
         timeline: recorder
             .per_second
             .iter()

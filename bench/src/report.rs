@@ -12,7 +12,8 @@ use serde_json::json;
 use crate::driver::Measured;
 use crate::driver::RunConfig;
 
-/// The result as one JSON object (`detail` adds the timeline).
+/// The result as one JSON object (`detail` adds the per-second timeline and the wall-clock time
+/// its first second began, `measure_from_unix_ms`).
 pub fn result_json(label: &str, config: &RunConfig, measured: &Measured, detail: bool) -> Value {
     let per_second = |count: u64| count as f64 / measured.secs.max(1e-9);
     let mut value = json!({
@@ -61,6 +62,7 @@ pub fn result_json(label: &str, config: &RunConfig, measured: &Measured, detail:
         value["cache"] = json!(cache);
     }
     if detail {
+        value["measure_from_unix_ms"] = json!(measured.measure_from_unix_ms);
         value["timeline"] = json!(measured.timeline);
     }
     value
@@ -245,4 +247,102 @@ pub fn write_all(dir: &Path, name: &str, label: &str, result: &Value) -> anyhow:
     std::fs::write(&md_path, markdown(label, result, png_written))
         .with_context(|| format!("writing {}", md_path.display()))?;
     Ok(md_path)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::driver::ClassMeasured;
+    use crate::driver::Mode;
+    use crate::driver::Second;
+    use crate::workload::WorkloadKind;
+
+    fn config() -> RunConfig {
+        RunConfig {
+            seeds: vec!["127.0.0.1:7101".into()],
+            credentials: flashledger_client::Credentials::default(),
+            workload: WorkloadKind::Hot,
+            mode: Mode::Service,
+            clients: 8,
+            services: 2,
+            rate: None,
+            duration: Duration::from_secs(2),
+            warmup: Duration::ZERO,
+            skus: 1,
+            zipf_s: 1.0,
+            stock: None,
+            linearizable_reads: false,
+            scale: 100,
+            coalesce_ops_max: 64,
+            coalesce_inflight_max: 4,
+            progress: false,
+            log_successes: false,
+            ops_max: None,
+            premium_percent: 0,
+            honor_retry_after: false,
+            cache: false,
+        }
+    }
+
+    fn measured(measure_from_unix_ms: u64, ops: &[u64]) -> Measured {
+        Measured {
+            secs: ops.len() as f64,
+            ok_total: ops.iter().sum(),
+            soldout_total: 0,
+            other_total: 0,
+            errors: 0,
+            attempts_total: ops.iter().sum(),
+            late_total: 0,
+            p50_us: 1.0,
+            p99_us: 1.0,
+            p999_us: 1.0,
+            max_us: 1.0,
+            mean_us: 1.0,
+            shed_total: 0,
+            rate_limited_total: 0,
+            admitted_p50_us: 1.0,
+            admitted_p99_us: 1.0,
+            shed_p50_us: 0.0,
+            shed_p99_us: 0.0,
+            premium: ClassMeasured::default(),
+            standard: ClassMeasured::default(),
+            timeline: ops
+                .iter()
+                .enumerate()
+                .map(|(t, ops)| Second {
+                    t: t as u64,
+                    ops: *ops,
+                    p50_us: 1.0,
+                    p99_us: 1.0,
+                })
+                .collect(),
+            measure_from_unix_ms,
+            plan: None,
+            cache: None,
+            successes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_detailed_result_anchors_its_timeline_to_the_wall_clock() {
+        let result = result_json("hot", &config(), &measured(1_700_000_000_123, &[900, 450]), true);
+        assert_eq!(result["measure_from_unix_ms"], 1_700_000_000_123u64);
+        let ops: Vec<u64> = result["timeline"]
+            .as_array()
+            .expect("a timeline")
+            .iter()
+            .map(|second| second["ops"].as_u64().expect("ops"))
+            .collect();
+        assert_eq!(ops, vec![900, 450]);
+    }
+
+    #[test]
+    fn the_one_line_result_carries_neither_timeline_nor_anchor() {
+        let result = result_json("hot", &config(), &measured(1_700_000_000_123, &[900, 450]), false);
+        assert!(result.get("timeline").is_none());
+        assert!(result.get("measure_from_unix_ms").is_none());
+        assert_eq!(result["ok_total"], 1_350u64);
+    }
 }
