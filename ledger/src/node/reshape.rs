@@ -352,7 +352,7 @@ impl Node {
         {
             Ok(()) => Ok(Some(peer)),
             Err(ReconfigureRefused::NotLeader(leader)) => Ok(leader),
-            Err(ReconfigureRefused::Failed(message)) => Err(message),
+            Err(ReconfigureRefused::Failed(message) | ReconfigureRefused::Unreachable(message)) => Err(message),
         }
     }
 
