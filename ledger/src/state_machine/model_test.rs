@@ -658,14 +658,14 @@ pub(super) fn op_order_id(op: &Operation) -> &str {
     }
 }
 
-fn batch(timestamp_ms: u64, ops: Vec<Operation>) -> LogCommand {
+pub(super) fn batch(timestamp_ms: u64, ops: Vec<Operation>) -> LogCommand {
     LogCommand {
         timestamp_ms,
         body: CommandBody::Batch(ops),
     }
 }
 
-fn put(sku: &[u8], total: u64, per_user_limit: u64) -> Operation {
+pub(super) fn put(sku: &[u8], total: u64, per_user_limit: u64) -> Operation {
     Operation::PutSku {
         sku: sku.to_vec(),
         total,

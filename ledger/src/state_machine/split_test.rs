@@ -27,12 +27,13 @@ use crate::state_machine::command::LedgerSettings;
 use crate::state_machine::command::LogCommand;
 use crate::state_machine::command::Operation;
 use crate::state_machine::command::Outcome;
-use crate::state_machine::command::SaleRules;
 use crate::state_machine::keys::HashKey;
 use crate::state_machine::keys::OrderKey;
+use crate::state_machine::model_test::batch;
 use crate::state_machine::model_test::command;
 use crate::state_machine::model_test::op_order_id;
 use crate::state_machine::model_test::operation;
+use crate::state_machine::model_test::put;
 use crate::state_machine::model_test::settings;
 use crate::state_machine::model_test::stamped;
 use crate::state_machine::orders::CHUNK_RECORDS;
@@ -438,24 +439,6 @@ proptest! {
                 break;
             }
         }
-    }
-}
-
-fn batch(timestamp_ms: u64, operations: Vec<Operation>) -> LogCommand {
-    LogCommand {
-        timestamp_ms,
-        body: CommandBody::Batch(operations),
-    }
-}
-
-fn put(sku: &[u8], total: u64, per_user_limit: u64) -> Operation {
-    Operation::PutSku {
-        sku: sku.to_vec(),
-        total,
-        rules: SaleRules {
-            per_user_limit,
-            ..SaleRules::default()
-        },
     }
 }
 

@@ -1,0 +1,118 @@
+//! The reshaping CLI against real `ledger serve` processes with TLS and tokens: `ledger shard
+//! list`, `ledger node add`, `ledger shard move --wait`, `ledger shard transfer-leader`, and
+//! bad input, which is refused with a clear message and changes nothing. (The long run under
+//! load, with drains and measurements, is `scripts/reshape-demo.sh`.)
+
+#![cfg(not(madsim))]
+
+mod process_support;
+
+use std::time::Duration;
+use std::time::Instant;
+
+use process_support::ProcessCluster;
+use process_support::stderr;
+use process_support::stdout;
+use serde_json::Value;
+
+/// Shards on nodes 1-3; node 4 is listed but starts empty. The scheduler is off so the test
+/// decides where replicas and leaders go.
+const SHARDS: &str = "[[shards]]\nid = 1\nend = \"m\"\nreplicas = [1, 2, 3]\n\
+                      [[shards]]\nid = 2\nstart = \"m\"\nreplicas = [1, 2, 3]\n";
+const NO_PLACEMENT: &str = "[placement]\nbalance_leaders = false\nbalance_replicas = false\n";
+
+fn shard_list(cluster: &ProcessCluster) -> Value {
+    let output = cluster.cli(&["shard", "list", "--json"]);
+    assert!(output.status.success(), "shard list: {}", stderr(&output));
+    serde_json::from_slice(&output.stdout).expect("shard list --json is JSON")
+}
+
+fn shard(map: &Value, id: u64) -> &Value {
+    map["shards"]
+        .as_array()
+        .and_then(|shards| shards.iter().find(|s| s["shard_id"] == id))
+        .unwrap_or_else(|| panic!("shard {id} in {map}"))
+}
+
+fn ids(value: &Value) -> Vec<u64> {
+    value
+        .as_array()
+        .map(|ids| ids.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn an_operator_adds_a_node_moves_a_replica_and_hands_a_leadership_over_from_the_cli() {
+    let cluster = ProcessCluster::start_placed(4, true, NO_PLACEMENT, Some(SHARDS));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let map = loop {
+        let map = shard_list(&cluster);
+        if map["version"].as_u64().unwrap_or(0) > 0 || Instant::now() > deadline {
+            break map;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(map["version"].as_u64().unwrap_or(0) >= 1, "the map is seeded: {map}");
+    assert_eq!(ids(&map["meta"]["replicas"]), vec![1, 2, 3]);
+    assert_eq!(
+        map["nodes"].as_array().map(Vec::len),
+        Some(3),
+        "node 4 is not in the map yet"
+    );
+    assert_eq!(ids(&shard(&map, 1)["replicas"]), vec![1, 2, 3]);
+    let version = map["version"].as_u64().unwrap_or(0);
+
+    // Bad input: a clear error, a failing exit status, nothing changed.
+    let zero = cluster.cli(&["node", "add", "--id", "0", "--addr", "127.0.0.1:1"]);
+    assert!(!zero.status.success());
+    assert!(stderr(&zero).contains("node id 0"), "{}", stderr(&zero));
+    let unknown = cluster.cli(&["shard", "move", "--shard", "1", "--from", "1", "--to", "9"]);
+    assert!(!unknown.status.success());
+    assert!(stderr(&unknown).contains("not in the cluster"), "{}", stderr(&unknown));
+    let no_shard = cluster.cli(&["shard", "add-replica", "--shard", "42", "--node", "2"]);
+    assert!(!no_shard.status.success());
+    assert!(stderr(&no_shard).contains("shard 42"), "{}", stderr(&no_shard));
+    let same = cluster.cli(&["shard", "move", "--shard", "1", "--from", "2", "--to", "2"]);
+    assert!(!same.status.success());
+    assert_eq!(
+        shard_list(&cluster)["version"].as_u64(),
+        Some(version),
+        "refused changes change nothing"
+    );
+
+    cluster.cli(&["put-sku", "apple", "--total", "100"]);
+    let added = cluster.cli(&["node", "add", "--id", "4", "--addr", &cluster.addrs[3]]);
+    assert!(added.status.success(), "node add: {}", stderr(&added));
+    let moved = cluster.cli(&[
+        "shard", "move", "--shard", "1", "--from", "1", "--to", "4", "--wait", "--json",
+    ]);
+    assert!(moved.status.success(), "shard move: {}", stderr(&moved));
+    let moved: Value = serde_json::from_str(&stdout(&moved)).expect("move --json is JSON");
+    assert_eq!(moved["queued"].as_array().map(Vec::len), Some(2), "{moved}");
+    assert!(moved["done_after_s"].as_f64().is_some(), "{moved}");
+
+    let map = shard_list(&cluster);
+    assert_eq!(ids(&shard(&map, 1)["replicas"]), vec![2, 3, 4], "{map}");
+    assert!(map["steps"].as_array().is_some_and(Vec::is_empty), "{map}");
+    let bought = cluster.cli(&["purchase", "apple", "1", "--user", "u", "--order", "after-move"]);
+    assert!(
+        bought.status.success(),
+        "a purchase after the move: {}",
+        stderr(&bought)
+    );
+
+    let transferred = cluster.cli(&["shard", "transfer-leader", "--shard", "2", "--to", "3"]);
+    assert!(
+        transferred.status.success(),
+        "transfer-leader: {}",
+        stderr(&transferred)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while shard(&shard_list(&cluster), 2)["leader"] != 3 {
+        assert!(Instant::now() < deadline, "node 3 does not lead shard 2");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let not_voter = cluster.cli(&["shard", "transfer-leader", "--shard", "1", "--to", "1"]);
+    assert!(!not_voter.status.success(), "node 1 no longer replicates shard 1");
+    cluster.wait_converged();
+}
