@@ -3,6 +3,8 @@
 //! it does not host; it moves replicas onto a node added empty until replica counts differ by at
 //! most 1; and with `balance_leaders = false` a pile of leaderships stays where it is.
 
+#![cfg(not(madsim))]
+
 mod common;
 
 use std::collections::BTreeMap;
