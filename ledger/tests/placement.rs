@@ -42,6 +42,8 @@ fn overlapping_shards(config: &mut ClusterConfig) {
         shard(3, "p", "", [1, 3, 4]),
     ];
     config.placement.interval_ms = PLACEMENT_INTERVAL_MS;
+    config.placement.balance_leaders = true;
+    config.placement.balance_replicas = true;
 }
 
 /// `RUST_LOG=info` shows the phases and every placement decision.
@@ -156,6 +158,8 @@ async fn replicas_move_onto_an_added_empty_node_until_counts_differ_by_at_most_o
             shard.replicas = vec![1, 2, 3];
         }
         config.placement.interval_ms = 300;
+        config.placement.balance_leaders = true;
+        config.placement.balance_replicas = true;
     })
     .await;
     seeded(&cluster).await;

@@ -42,6 +42,8 @@ pub struct ClusterShape {
     /// Budgets and rate limits small enough for the buyers to overload (`None`: the defaults,
     /// which they never reach).
     pub admission: Option<TightAdmission>,
+    /// Whether the placement scheduler balances leaderships and replicas (`--placement`).
+    pub placement: bool,
 }
 
 /// An `[admission]` section the buyers overload: shard budgets of a few operations (a
@@ -125,7 +127,9 @@ impl ClusterShape {
                  [server]\nrequest_timeout_ms = 2000\n\n[ledger]\nexpire_interval_ms = 100\n\
                  idempotency_window_ms = {SIM_WINDOW_MS}\nclock_skew_margin_ms = {SIM_SKEW_MARGIN_MS}\n\n\
                  [shipping]\npoll_interval_ms = 50\nmark_interval_ms = 100\ntakeover_after_ms = 1000\n\
-                 retry_backoff_ms_min = 50\nretry_backoff_ms_max = 500\n\n"
+                 retry_backoff_ms_min = 50\nretry_backoff_ms_max = 500\n\n\
+                 [placement]\nbalance_leaders = {placement}\nbalance_replicas = {placement}\n\n",
+            placement = self.placement,
         );
         if let Some(admission) = &self.admission {
             toml += &admission.toml();

@@ -47,6 +47,8 @@ pub struct SimOptions {
     pub linearizability_steps_max: u64,
     /// Whether the cluster's admission budgets and rate limits are tight enough to shed.
     pub admission: AdmissionPlan,
+    /// Whether the placement scheduler runs (off by default, as in cluster.toml).
+    pub placement: bool,
 }
 
 /// How a run sets the cluster's `[admission]`.
@@ -93,6 +95,7 @@ impl Default for SimOptions {
             liveness_bound: Duration::from_secs(20),
             linearizability_steps_max: 4_000_000,
             admission: AdmissionPlan::Drawn,
+            placement: false,
         }
     }
 }
@@ -158,6 +161,9 @@ pub fn replay_command(seed: u64, options: &SimOptions) -> String {
         AdmissionPlan::Tight => command += " --admission tight",
         AdmissionPlan::Defaults => command += " --admission defaults",
     }
+    if options.placement {
+        command += " --placement";
+    }
     command
 }
 
@@ -196,6 +202,7 @@ async fn simulate(seed: u64, options: SimOptions) -> SeedReport {
         shards: rng.gen_range(2..=3),
         replicas: if nodes == 5 && rng.gen_bool(0.5) { 5 } else { 3 },
         admission: options.admission.draw(seed),
+        placement: options.placement,
     };
     let mut report = SeedReport::new(
         seed,
