@@ -428,13 +428,9 @@ pub struct PlacementSection {
 
 impl Default for PlacementSection {
     fn default() -> Self {
-        // Off until an operator asks for it: with leader balancing on, the simulator found a
-        // linearizability violation (`flashledger-sim --seed 7 --placement`) not explained yet;
-        // the extra leadership changes may only expose a rarer existing fault, but until that is
-        // known the scheduler does not move anything by itself.
         PlacementSection {
-            balance_leaders: false,
-            balance_replicas: false,
+            balance_leaders: true,
+            balance_replicas: true,
             interval_ms: 5000,
         }
     }
@@ -1067,7 +1063,7 @@ mod tests {
     }
 
     #[test]
-    fn placement_is_off_unless_asked_for_and_runs_every_5_s() {
+    fn placement_balances_both_every_5_s_unless_told_otherwise() {
         let defaults = parse(VALID).expect("valid").placement;
         assert_eq!(
             (
@@ -1075,9 +1071,9 @@ mod tests {
                 defaults.balance_replicas,
                 defaults.interval_ms
             ),
-            (false, false, 5000)
+            (true, true, 5000)
         );
-        let text = format!("{VALID}\n[placement]\nbalance_replicas = true\ninterval_ms = 250\n");
+        let text = format!("{VALID}\n[placement]\nbalance_leaders = false\ninterval_ms = 250\n");
         let placement = parse(&text).expect("valid").placement;
         assert_eq!(
             placement.policy(),

@@ -19,7 +19,7 @@ fn main() {
     use flashledger_sim::scenario;
     use ledger::simulation::PlantedBug;
 
-    let usage = "usage: flashledger-sim --seed N [--count N] [--nodes 3|5] [--plant BUG] [--admission drawn|tight|defaults] [--safety-ms N] [--verbose] [--history SKU] [--check-determinism] [--placement]";
+    let usage = "usage: flashledger-sim --seed N [--count N] [--nodes 3|5] [--plant BUG] [--admission drawn|tight|defaults] [--safety-ms N] [--verbose] [--history SKU] [--check-determinism] [--no-placement]";
     let mut args = std::env::args().skip(1);
     let mut seed = 1u64;
     let mut count = 1u64;
@@ -61,7 +61,7 @@ fn main() {
                 options.safety_phase = std::time::Duration::from_millis(number("--safety-ms", value("--safety-ms")))
             }
             "--verbose" => verbose = true,
-            "--placement" => options.placement = true,
+            "--no-placement" => options.placement = false,
             "--history" => history_sku = Some(value("--history")),
             "--check-determinism" => check_determinism = true,
             "--help" | "-h" => {

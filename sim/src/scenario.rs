@@ -47,7 +47,7 @@ pub struct SimOptions {
     pub linearizability_steps_max: u64,
     /// Whether the cluster's admission budgets and rate limits are tight enough to shed.
     pub admission: AdmissionPlan,
-    /// Whether the placement scheduler runs (off by default, as in cluster.toml).
+    /// Whether the placement scheduler runs (on by default, as in cluster.toml).
     pub placement: bool,
 }
 
@@ -95,7 +95,7 @@ impl Default for SimOptions {
             liveness_bound: Duration::from_secs(20),
             linearizability_steps_max: 4_000_000,
             admission: AdmissionPlan::Drawn,
-            placement: false,
+            placement: true,
         }
     }
 }
@@ -161,8 +161,8 @@ pub fn replay_command(seed: u64, options: &SimOptions) -> String {
         AdmissionPlan::Tight => command += " --admission tight",
         AdmissionPlan::Defaults => command += " --admission defaults",
     }
-    if options.placement {
-        command += " --placement";
+    if !options.placement {
+        command += " --no-placement";
     }
     command
 }
