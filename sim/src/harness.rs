@@ -42,7 +42,7 @@ pub struct ClusterShape {
     /// Budgets and rate limits small enough for the buyers to overload (`None`: the defaults,
     /// which they never reach).
     pub admission: Option<TightAdmission>,
-    /// Whether the placement scheduler balances leaderships and replicas (`--placement`).
+    /// Whether the placement scheduler balances leaderships and replicas (on unless `--no-placement`).
     pub placement: bool,
 }
 
