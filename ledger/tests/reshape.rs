@@ -373,3 +373,29 @@ async fn a_move_cut_short_by_a_crash_of_the_meta_leader_completes_under_the_next
     .await;
     replicas_identical(&cluster, 2).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_no_other_config_file_lists_joins_through_the_map_and_takes_a_replica() {
+    let mut cluster = cluster_of(3).await;
+    cluster.put_sku("apple", 1_000).await;
+    let addr = cluster.join(4).await;
+    reshape(&cluster, ReshapeRequest::AddNode { node_id: 4, addr })
+        .await
+        .expect("add node 4");
+    reshape(
+        &cluster,
+        ReshapeRequest::MoveReplica {
+            shard_id: 1,
+            from: 2,
+            to: 4,
+        },
+    )
+    .await
+    .expect("move");
+    wait_steps_done(&cluster).await;
+    assert_eq!(raft_voters(&cluster, 1).await, BTreeSet::from([1, 3, 4]));
+    cluster
+        .write(vec![common::purchase("apple", "u", "after-the-join")])
+        .await;
+    replicas_identical(&cluster, 1).await;
+}

@@ -186,8 +186,7 @@ impl Wait {
     }
 }
 
-/// Every node address the map or the target names (the map's first: nodes added later are
-/// only there).
+/// The shard map from the first node of the target (`--seeds` or the config) that answers.
 async fn fetch_map(target: &Target, credentials: &Credentials) -> anyhow::Result<pb::ShardMapReply> {
     let mut last_error = None;
     for addr in target.addresses()? {

@@ -343,19 +343,17 @@ impl Node {
     /// The newest shard map this node knows of (empty before the meta group seeded it).
     pub fn shard_map(&self) -> Arc<ShardMap> {
         if let Some(meta) = self.meta() {
+            // Called per request (routing): the map is copied only when it changed.
             let version = meta.view.read(|image| image.map.version);
-            let known = lock(&self.known_map).clone();
-            if version >= known.version {
-                let map = Arc::new(meta.view.read(|image| image.map.clone()));
-                *lock(&self.known_map) = map.clone();
-                return map;
+            if version > lock(&self.known_map).version {
+                self.learn_map(meta.view.read(|image| image.map.clone()));
             }
-            return known;
         }
         lock(&self.known_map).clone()
     }
 
-    /// Keeps `map` if it is newer than the one this node knows.
+    /// Keeps `map` if it is newer than the one this node knows, and the addresses of its nodes
+    /// (a node added later is in no other node's config file).
     pub(crate) fn learn_map(&self, map: ShardMap) {
         let mut known = lock(&self.known_map);
         if map.version > known.version {

@@ -120,6 +120,26 @@ impl TestCluster {
         self.running.insert(id, RunningNode { node, stop, server });
     }
 
+    /// Starts a new node `id` that the running nodes' config files do not list (a machine added
+    /// to a live cluster): only its own config names it; the others learn it from the shard map.
+    pub async fn join(&mut self, id: NodeId) -> String {
+        assert!(self.config.node(id).is_none(), "node {id} is already configured");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        drop(listener);
+        self.config.nodes.push(NodeConfig {
+            id,
+            addr: addr.clone(),
+            admin_addr: None,
+            data_dir: self._dir.path().join(format!("node{id}")),
+            cert_file: None,
+            key_file: None,
+        });
+        self.config.validate().expect("config with the joining node is valid");
+        self.restart(id).await;
+        addr
+    }
+
     /// Stops node `id` the way a crash looks to its peers: it stops answering, and its Raft
     /// nodes and storage are closed (what is on disk is all a restart gets back).
     pub async fn kill(&mut self, id: NodeId) {
