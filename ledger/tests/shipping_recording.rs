@@ -40,7 +40,8 @@ async fn purchases_do_not_wait_for_a_down_sink_and_the_backlog_drains_once() {
     .await;
     let sink = Arc::new(RecordingSink::new(POSTGRES_SHARDS));
     for id in cluster.running_ids() {
-        shipper::spawn(cluster.node(id), |_| sink.clone());
+        let sink = sink.clone();
+        shipper::spawn(cluster.node(id), move |_| sink.clone());
     }
     cluster.put_sku("apple", 1000).await;
     cluster.put_sku("zebra", 1000).await;

@@ -368,7 +368,7 @@ async fn run_node(
             return;
         }
     };
-    ledger::shipping::shipper::spawn(&node, |_| sink.clone());
+    ledger::shipping::shipper::spawn(&node, move |_| sink.clone());
     lock(&observed).live.insert(id, node.clone());
     let addr: SocketAddr = match node_addr(id).parse() {
         Ok(addr) => addr,

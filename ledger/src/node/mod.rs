@@ -93,6 +93,9 @@ pub struct Node {
     /// Whether this node runs a shipper (PostgreSQL configured, or a sink a test or the simulator
     /// gives it): as leader it then asks its shards to keep order events.
     ships_orders: std::sync::atomic::AtomicBool,
+    /// Starts a shard's shipper, for replicas hosted after the node started (set by
+    /// `crate::shipping::shipper::spawn` when this node ships).
+    shipper_starter: std::sync::Mutex<Option<crate::shipping::source::ShipperStarter>>,
     /// Flips to true when the node starts shutting down, so long-lived streams (Watch) end and
     /// a graceful shutdown can drain its connections.
     closing: tokio::sync::watch::Sender<bool>,
@@ -213,6 +216,7 @@ impl Node {
             raft_config,
             known_map: Default::default(),
             ships_orders: std::sync::atomic::AtomicBool::new(false),
+            shipper_starter: Default::default(),
             closing,
             #[cfg(not(madsim))]
             tls,
@@ -230,7 +234,7 @@ impl Node {
             let urls: Vec<String> = node.config.postgres.iter().map(|p| p.url.clone()).collect();
             let timeout = Duration::from_millis(node.config.shipping.statement_timeout_ms);
             // One sink (one connection per Postgres shard) per ledger shard: shards ship in parallel.
-            crate::shipping::shipper::spawn(&node, |_| {
+            crate::shipping::shipper::spawn(&node, move |_| {
                 Arc::new(crate::shipping::postgres::PostgresSink::new(urls.clone(), timeout))
             });
         }
@@ -291,6 +295,10 @@ impl Node {
         lock_write(&self.replicas).insert(shard_id, replica.clone());
         if shard_id != META_SHARD {
             tokio::spawn(tasks::expire_reservations(Arc::downgrade(self), shard_id));
+            // Replicas hosted at start get theirs from `shipper::spawn`; later ones here.
+            if let Some(start) = lock(&self.shipper_starter).as_ref() {
+                start(shard_id);
+            }
         }
         tokio::spawn(tasks::trigger_snapshots(Arc::downgrade(self), shard_id));
         tokio::spawn(tasks::count_leader_changes(replica));

@@ -41,6 +41,10 @@ impl ShippingSource for Node {
         Node::ship_orders(self);
     }
 
+    fn ship_new_shards_with(&self, start: crate::shipping::source::ShipperStarter) {
+        *self.shipper_starter.lock().unwrap_or_else(|p| p.into_inner()) = Some(start);
+    }
+
     async fn propose_shipped(&self, shard_id: ShardId, below_seq: u64) -> Result<u64, NodeError> {
         Node::propose_shipped(self, shard_id, below_seq).await
     }

@@ -76,13 +76,22 @@ pub enum ShipError {
 /// Starts a shipper for every ledger shard `node` hosts, each with the sink `sink_for` makes.
 /// The production node does this with [`crate::shipping::postgres::PostgresSink`]; the
 /// simulator can pass a recording sink.
-pub fn spawn<N: ShippingSource, S: ShippingSink>(node: &Arc<N>, mut sink_for: impl FnMut(ShardId) -> Arc<S>) {
+pub fn spawn<N: ShippingSource, S: ShippingSink>(
+    node: &Arc<N>,
+    mut sink_for: impl FnMut(ShardId) -> Arc<S> + Send + 'static,
+) {
     // A node that ships asks its shards to keep order events (they are kept only while a sink is).
     node.ship_orders();
     for shard_id in node.shard_ids() {
         let sink = sink_for(shard_id);
         tokio::spawn(run(Arc::downgrade(node), shard_id, sink, node.shipping_settings()));
     }
+    let (weak, settings) = (Arc::downgrade(node), node.shipping_settings());
+    let sink_for = std::sync::Mutex::new(sink_for);
+    node.ship_new_shards_with(Box::new(move |shard_id| {
+        let sink = (sink_for.lock().unwrap_or_else(|p| p.into_inner()))(shard_id);
+        tokio::spawn(run(weak.clone(), shard_id, sink, settings.clone()));
+    }));
 }
 
 /// One ledger shard's shipper; ends when the node is dropped or its Raft node shut down.

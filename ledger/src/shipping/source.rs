@@ -14,6 +14,9 @@ use crate::types::NodeId;
 use crate::types::ShardId;
 
 /// A node, as its shippers see it.
+/// Starts the shipper of one shard (see [`ShippingSource::ship_new_shards_with`]).
+pub type ShipperStarter = Box<dyn Fn(ShardId) + Send + Sync>;
+
 pub trait ShippingSource: Send + Sync + 'static {
     /// One ledger shard this node hosts.
     type Shard: ShippingShard;
@@ -30,6 +33,9 @@ pub trait ShippingSource: Send + Sync + 'static {
     fn shipping_settings(&self) -> ShippingSection;
     /// Marks the node as one that ships, so as leader it asks its shards to keep order events.
     fn ship_orders(&self);
+    /// Keeps `start`, to run a shipper for each shard the node starts hosting later (a replica
+    /// the shard map moves to it).
+    fn ship_new_shards_with(&self, start: ShipperStarter);
     /// Has the shard's leader propose the replicated mark "every event below `below_seq` is in
     /// every Postgres shard": directly when this node leads, else through the leader. Answers
     /// the log index of the mark's entry.
