@@ -402,3 +402,111 @@ async fn a_node_no_other_config_file_lists_joins_through_the_map_and_takes_a_rep
         .await;
     replicas_identical(&cluster, 1).await;
 }
+
+/// A shard's voters, each hosting a replica with a leader elected among them.
+async fn wait_hosted_everywhere(cluster: &TestCluster, shard: ShardId) {
+    wait_for(cluster, &format!("every node hosts shard {shard}"), |cluster| {
+        cluster
+            .running_ids()
+            .iter()
+            .all(|id| cluster.node(*id).replica(shard).is_some())
+    })
+    .await;
+    cluster.leader(shard).await;
+}
+
+async fn sold_through_client(client: &Client, sku: &str) -> i64 {
+    client
+        .get_stock(sku, flashledger_client::Consistency::Linearizable)
+        .await
+        .expect("linearizable read")
+        .expect("on sale")
+        .sold
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shard_splits_while_buyers_buy_and_each_half_sells_only_its_own_skus() {
+    let mut cluster = cluster_of(3).await;
+    // Both below "m": shard 1 until the split, then "apple" stays and "banana" leaves.
+    cluster.put_sku("apple", 1_000_000).await;
+    cluster.put_sku("banana", 1_000_000).await;
+    let client = client_of(&cluster).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (apples, bananas) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let apple_buyer = buy_in_background(client.clone(), "apple", stop.clone(), apples.clone());
+    let banana_buyer = buy_in_background(client.clone(), "banana", stop.clone(), bananas.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let before = meta_map(&cluster).await;
+    for (at, why) in [("zebra", "outside shard 1's range"), ("", "an empty SKU")] {
+        let refused = reshape(
+            &cluster,
+            ReshapeRequest::SplitShard {
+                shard_id: 1,
+                at: at.as_bytes().to_vec(),
+            },
+        )
+        .await;
+        assert!(matches!(refused, Err(NodeError::Reshape(_))), "{why}: {refused:?}");
+    }
+    assert_eq!(meta_map(&cluster).await.version, before.version, "refused splits change nothing");
+
+    let (_, queued) = reshape(
+        &cluster,
+        ReshapeRequest::SplitShard {
+            shard_id: 1,
+            at: b"b".to_vec(),
+        },
+    )
+    .await
+    .expect("split");
+    assert_eq!(queued.len(), 1);
+    // A split cannot be cancelled: the shard may already have split.
+    let cancel = reshape(&cluster, ReshapeRequest::CancelStep { step_id: queued[0] }).await;
+    assert!(
+        matches!(&cancel, Err(NodeError::Reshape(reason)) if reason.contains("cannot be cancelled")),
+        "{cancel:?}"
+    );
+    wait_steps_done(&cluster).await;
+    let map = meta_map(&cluster).await;
+    let new_shard = before.next_shard_id;
+    assert_eq!(map.shards[&1].end, b"b".to_vec());
+    assert_eq!(map.shards[&1].epoch, before.shards[&1].epoch + 1, "the split bumps the range's epoch");
+    let right = &map.shards[&new_shard];
+    assert_eq!((right.start.as_slice(), right.end.as_slice()), (&b"b"[..], before.shards[&1].end.as_slice()));
+    assert_eq!(right.replicas, vec![1, 2, 3]);
+    wait_hosted_everywhere(&cluster, new_shard).await;
+
+    // Buying goes on through the split.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    apple_buyer.await.expect("no apple purchase failed");
+    banana_buyer.await.expect("no banana purchase failed");
+    assert!(bananas.load(Ordering::Relaxed) > 0 && apples.load(Ordering::Relaxed) > 0);
+    // A node killed and restarted after the split comes back with both halves (the new one
+    // from the snapshot the split wrote, or its own later one).
+    cluster.kill(2).await;
+    cluster.restart(2).await;
+    wait_hosted_everywhere(&cluster, new_shard).await;
+
+    assert_eq!(sold_through_client(&client, "apple").await as u64, apples.load(Ordering::Relaxed));
+    assert_eq!(sold_through_client(&client, "banana").await as u64, bananas.load(Ordering::Relaxed));
+    // Each half holds its own SKUs only.
+    let leader = cluster.leader(new_shard).await;
+    let right_skus = cluster.node(leader).replica(new_shard).expect("hosted").view.read(|image| {
+        image.ledger.skus.keys().map(|sku| sku.to_vec()).collect::<Vec<_>>()
+    });
+    assert_eq!(right_skus, vec![b"banana".to_vec()]);
+    let leader = cluster.leader(1).await;
+    let left_skus = cluster.node(leader).replica(1).expect("hosted").view.read(|image| {
+        image.ledger.skus.keys().map(|sku| sku.to_vec()).collect::<Vec<_>>()
+    });
+    assert_eq!(left_skus, vec![b"apple".to_vec()]);
+    // A retried order that bought before the split answers its first answer from the half
+    // that owns its SKU now.
+    let replay = client.purchase("banana", 1, "buyer-1", "banana-order-1").await.expect("retry");
+    assert_eq!(replay, ClientOutcome::Confirmed);
+    assert_eq!(sold_through_client(&client, "banana").await as u64, bananas.load(Ordering::Relaxed));
+    replicas_identical(&cluster, 1).await;
+    replicas_identical(&cluster, new_shard).await;
+}

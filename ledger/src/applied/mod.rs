@@ -106,6 +106,48 @@ pub struct ShardImage {
     pub ledger: LedgerState,
     /// The shard map (shard 0, the meta group, only; empty on data shards).
     pub map: ShardMap,
+    /// The SKUs this replica may apply operations for, and the range's epoch.
+    pub bounds: ShardBounds,
+}
+
+/// The SKU range a data shard's log may still change, as its own log says: a `Split` entry
+/// narrows it (and bumps the epoch) at one log index on every replica, so an operation routed
+/// by an older map and applied after the split is refused by every replica alike
+/// ([`crate::state_machine::command::Outcome::WrongShard`]) instead of selling units that now
+/// belong to the other half. A shard never split is unbounded: the shard map routes to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardBounds {
+    /// Lowest SKU (inclusive); empty: no lower bound.
+    pub start: Vec<u8>,
+    /// First SKU above the range; `None`: no upper bound.
+    pub end: Option<Vec<u8>>,
+    /// Bumped by every split, as the shard map bumps the range's epoch when it records it.
+    pub epoch: u64,
+    /// The shards split off this one, oldest first: a split proposed again (a meta leader that
+    /// crashed before recording it retries) is recognised and answered as done.
+    pub split_off: Vec<(crate::types::ShardId, Vec<u8>)>,
+}
+
+impl Default for ShardBounds {
+    fn default() -> Self {
+        ShardBounds {
+            start: Vec::new(),
+            end: None,
+            epoch: 1,
+            split_off: Vec::new(),
+        }
+    }
+}
+
+impl ShardBounds {
+    pub fn contains(&self, sku: &[u8]) -> bool {
+        sku >= self.start.as_slice() && self.end.as_deref().is_none_or(|end| sku < end)
+    }
+
+    /// Whether `at` splits the range into two non-empty halves.
+    pub fn splits_at(&self, at: &[u8]) -> bool {
+        at > self.start.as_slice() && self.end.as_deref().is_none_or(|end| at < end)
+    }
 }
 
 /// The latest snapshot: its metadata and the encoded [`ShardImage`].
@@ -168,12 +210,22 @@ impl AppliedStore {
             return Ok(ShardImage::default());
         };
         *lock(&self.written) = image.ledger.orders.chunks.iter().cloned().zip(refs).collect();
-        let FrozenImage { meta, ledger, map } = image;
+        let FrozenImage {
+            meta,
+            ledger,
+            map,
+            bounds,
+        } = image;
         let ledger = LedgerState::from_frozen(ledger).map_err(|message| AppliedStoreError::Decode {
             what: "snapshot".into(),
             message,
         })?;
-        Ok(ShardImage { meta, ledger, map })
+        Ok(ShardImage {
+            meta,
+            ledger,
+            map,
+            bounds,
+        })
     }
 
     /// Saves a snapshot received whole, as one encoded image. Blocking.
@@ -309,6 +361,7 @@ fn without_orders(image: &FrozenImage) -> FrozenImage {
         meta: image.meta.clone(),
         ledger: image.ledger.clone(),
         map: image.map.clone(),
+        bounds: image.bounds.clone(),
     };
     bare.ledger.orders.chunks = Vec::new();
     bare
@@ -370,6 +423,7 @@ pub struct FrozenImage {
     pub meta: AppliedMeta,
     pub ledger: FrozenLedger,
     pub map: ShardMap,
+    pub bounds: ShardBounds,
 }
 
 impl FrozenImage {
@@ -388,6 +442,7 @@ impl ShardImage {
             meta: self.meta.clone(),
             ledger: self.ledger.frozen(),
             map: self.map.clone(),
+            bounds: self.bounds.clone(),
         }
     }
 }

@@ -34,6 +34,9 @@ pub enum ShardCommand {
     Move(MoveArgs),
     /// Hand a shard's leadership to another of its voters.
     TransferLeader(TransferArgs),
+    /// Split a shard at a SKU: a new shard on the same replicas takes the SKUs from it up
+    /// (their stock, orders, holdings and unshipped order events go with them).
+    Split(SplitArgs),
     /// Drop a queued step without its change (one that cannot finish, say its node is gone).
     CancelStep {
         #[arg(long)]
@@ -87,6 +90,19 @@ pub struct MoveArgs {
     from: u64,
     #[arg(long)]
     to: u64,
+    #[command(flatten)]
+    wait: Wait,
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(Debug, Args)]
+pub struct SplitArgs {
+    #[arg(long)]
+    shard: u64,
+    /// The new shard's first SKU; it must lie strictly inside the shard's range.
+    #[arg(long)]
+    at: String,
     #[command(flatten)]
     wait: Wait,
     #[command(flatten)]
@@ -155,6 +171,13 @@ pub async fn run_shard(command: ShardCommand) -> anyhow::Result<()> {
                 to_node: args.to,
             });
             change_and_wait(&args.target, change, &Wait::none()).await
+        }
+        ShardCommand::Split(args) => {
+            let change = Change::SplitShard(pb::SplitShard {
+                shard_id: args.shard,
+                at: args.at.into_bytes().into(),
+            });
+            change_and_wait(&args.target, change, &args.wait).await
         }
         ShardCommand::CancelStep { step, target } => {
             change_and_wait(&target, Change::CancelStep(step), &Wait::none()).await
@@ -372,6 +395,13 @@ async fn list(target: &Target) -> anyhow::Result<()> {
 fn step_text(step: &pb::ReshapeStep) -> String {
     match step.change.as_str() {
         "add" => format!("step {}: add node {} to shard {}", step.id, step.node_id, step.shard_id),
+        "split" => format!(
+            "step {}: split shard {} at {:?} into shard {}",
+            step.id,
+            step.shard_id,
+            String::from_utf8_lossy(&step.split_at),
+            step.new_shard_id
+        ),
         _ => format!(
             "step {}: remove node {} from shard {}",
             step.id, step.node_id, step.shard_id
@@ -380,7 +410,13 @@ fn step_text(step: &pb::ReshapeStep) -> String {
 }
 
 fn step_json(step: &pb::ReshapeStep) -> serde_json::Value {
-    json!({ "id": step.id, "shard_id": step.shard_id, "change": step.change, "node_id": step.node_id })
+    let mut json =
+        json!({ "id": step.id, "shard_id": step.shard_id, "change": step.change, "node_id": step.node_id });
+    if step.change == "split" {
+        json["split_at"] = json!(String::from_utf8_lossy(&step.split_at));
+        json["new_shard_id"] = json!(step.new_shard_id);
+    }
+    json
 }
 
 fn shard_json(shard: &pb::ShardInfo) -> serde_json::Value {

@@ -80,16 +80,23 @@ pub struct Step {
     pub change: ReplicaChange,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReplicaChange {
     /// `node` hosts a learner that catches up, then becomes a voter.
     Add(NodeId),
     /// `node` stops being a voter (leadership moves off it first) and stops hosting the shard.
     Remove(NodeId),
+    /// The shard keeps the SKUs below `at`; `new_shard` (its id given when the step is queued)
+    /// takes the rest, on the same replicas. Carried out by the shard's own log (a `Split`
+    /// entry); once done the map narrows the shard, bumps its epoch and adds `new_shard`. An
+    /// operator cannot cancel it (the shard may already have split, `node/reshape.rs`); it is
+    /// cancelled only when the shard's log refused it (nothing split).
+    Split { at: Vec<u8>, new_shard: ShardId },
 }
 
 /// A change asked for by an operator or the scheduler (what [`MetaCommand::Enqueue`] carries).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// For a split, the `new_shard` it names is ignored: the map gives the next free id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepRequest {
     pub shard_id: ShardId,
     pub change: ReplicaChange,
@@ -230,7 +237,7 @@ impl ShardMap {
                         "node {node_id} still hosts shards {hosted:?}: drain it first (ledger node drain)"
                     ));
                 }
-                if self.steps.iter().any(|step| step.change.node() == *node_id) {
+                if self.steps.iter().any(|step| step.change.node() == Some(*node_id)) {
                     return Err(format!("node {node_id} has queued steps; wait for them"));
                 }
                 self.nodes.remove(node_id);
@@ -241,15 +248,19 @@ impl ShardMap {
                     return Err("no step to queue".into());
                 }
                 for request in requests {
-                    self.enqueue(*request)?;
+                    self.enqueue(request.clone())?;
                 }
                 Ok(())
             }
             MetaCommand::Drain { node_id } => self.drain(*node_id),
             MetaCommand::StepDone { step_id } => {
                 let step = self.take_step(*step_id)?;
+                if let ReplicaChange::Split { at, new_shard } = step.change {
+                    return self.record_split(step.shard_id, at, new_shard);
+                }
                 let (voters, learners, conf_ver) = self.replica_sets_mut(step.shard_id)?;
                 match step.change {
+                    ReplicaChange::Split { .. } => unreachable!("handled above"),
                     ReplicaChange::Add(node) => {
                         learners.retain(|id| *id != node);
                         if !voters.contains(&node) {
@@ -339,6 +350,7 @@ impl ShardMap {
             match step.change {
                 ReplicaChange::Add(node) => voters.push(node),
                 ReplicaChange::Remove(node) => voters.retain(|id| *id != node),
+                ReplicaChange::Split { .. } => {}
             }
         }
         let voters = sorted(&voters);
@@ -348,8 +360,35 @@ impl ShardMap {
     fn enqueue(&mut self, request: StepRequest) -> Result<(), String> {
         let shard_id = request.shard_id;
         let (planned, _) = self.planned_hosts(shard_id)?;
-        match request.change {
+        let mut change = request.change;
+        match &mut change {
+            ReplicaChange::Split { at, new_shard } => {
+                if shard_id == META_SHARD {
+                    return Err("the meta group (shard 0) holds no SKUs to split".into());
+                }
+                crate::state_machine::limits::check_sku(at).map_err(|invalid| format!("split point: {invalid}"))?;
+                if self.steps.iter().any(|step| step.shard_id == shard_id) {
+                    return Err(format!(
+                        "shard {shard_id} has queued steps: split it once they are done"
+                    ));
+                }
+                let shard = &self.shards[&shard_id];
+                let inside = at.as_slice() > shard.start.as_slice()
+                    && (shard.end.is_empty() || at.as_slice() < shard.end.as_slice());
+                if !inside {
+                    return Err(format!(
+                        "{:?} does not split shard {shard_id} (its range is [{:?}, {:?})): the split \
+                         point must lie strictly inside it",
+                        String::from_utf8_lossy(at),
+                        String::from_utf8_lossy(&shard.start),
+                        String::from_utf8_lossy(&shard.end),
+                    ));
+                }
+                *new_shard = self.next_shard_id;
+                self.next_shard_id += 1;
+            }
             ReplicaChange::Add(node) => {
+                let node = *node;
                 let entry = self.known_node(node)?;
                 if entry.state != NodeState::Active {
                     return Err(format!("node {node} is draining: it takes no new replica"));
@@ -364,7 +403,7 @@ impl ShardMap {
                 *conf_ver += 1;
             }
             ReplicaChange::Remove(node) => {
-                if !planned.contains(&node) {
+                if !planned.contains(node) {
                     return Err(format!("node {node} has no replica of shard {shard_id} to remove"));
                 }
                 if planned.len() <= REPLICAS_MIN {
@@ -374,11 +413,27 @@ impl ShardMap {
         }
         let id = self.next_step_id;
         self.next_step_id += 1;
-        self.steps.push_back(Step {
-            id,
-            shard_id,
-            change: request.change,
-        });
+        self.steps.push_back(Step { id, shard_id, change });
+        Ok(())
+    }
+
+    /// A done split: `shard_id` keeps `[start, at)` at the next epoch, `new_shard` takes
+    /// `[at, end)` on the same replicas.
+    fn record_split(&mut self, shard_id: ShardId, at: Vec<u8>, new_shard: ShardId) -> Result<(), String> {
+        let shard = self
+            .shards
+            .get_mut(&shard_id)
+            .ok_or_else(|| format!("shard {shard_id} is not in the map"))?;
+        let right = ShardEntry {
+            start: at.clone(),
+            end: std::mem::replace(&mut shard.end, at),
+            replicas: shard.replicas.clone(),
+            learners: Vec::new(),
+            epoch: 1,
+            conf_ver: 1,
+        };
+        shard.epoch += 1;
+        self.shards.insert(new_shard, right);
         Ok(())
     }
 
@@ -457,20 +512,29 @@ impl ShardMap {
 }
 
 impl ReplicaChange {
-    pub fn node(&self) -> NodeId {
+    /// The node the change adds or removes (a split names none).
+    pub fn node(&self) -> Option<NodeId> {
         match self {
-            ReplicaChange::Add(node) | ReplicaChange::Remove(node) => *node,
+            ReplicaChange::Add(node) | ReplicaChange::Remove(node) => Some(*node),
+            ReplicaChange::Split { .. } => None,
         }
     }
 }
 
 impl std::fmt::Display for Step {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.change {
+        match &self.change {
             ReplicaChange::Add(node) => write!(f, "step {}: add node {node} to shard {}", self.id, self.shard_id),
             ReplicaChange::Remove(node) => {
                 write!(f, "step {}: remove node {node} from shard {}", self.id, self.shard_id)
             }
+            ReplicaChange::Split { at, new_shard } => write!(
+                f,
+                "step {}: split shard {} at {:?} into shard {new_shard}",
+                self.id,
+                self.shard_id,
+                String::from_utf8_lossy(at)
+            ),
         }
     }
 }
@@ -625,7 +689,7 @@ mod tests {
             .iter()
             .filter_map(|step| match step.change {
                 ReplicaChange::Add(node) => Some((step.shard_id, node)),
-                ReplicaChange::Remove(_) => None,
+                ReplicaChange::Remove(_) | ReplicaChange::Split { .. } => None,
             })
             .collect();
         assert_eq!(adds, vec![(0, 4), (1, 5), (2, 4)]);
@@ -684,5 +748,69 @@ mod tests {
             })
             .is_err()
         );
+    }
+
+    fn split(shard_id: ShardId, at: &str) -> MetaCommand {
+        MetaCommand::Enqueue(vec![StepRequest {
+            shard_id,
+            change: ReplicaChange::Split {
+                at: at.as_bytes().to_vec(),
+                new_shard: 99,
+            },
+        }])
+    }
+
+    #[test]
+    fn a_split_gets_the_next_shard_id_and_once_done_narrows_the_range_and_bumps_its_epoch() {
+        let mut map = seeded(3);
+        map.apply(&split(1, "f")).expect("split queued");
+        let step = map.steps.front().cloned().expect("queued");
+        assert_eq!(
+            step.change,
+            ReplicaChange::Split {
+                at: b"f".to_vec(),
+                new_shard: 3
+            },
+            "the id the request named is ignored"
+        );
+        assert_eq!(map.next_shard_id, 4);
+        assert_eq!(map.shard_for_sku(b"g").map(|(id, _)| id), Some(1), "not split until done");
+        map.apply(&MetaCommand::StepDone { step_id: step.id }).expect("done");
+        assert_eq!(map.shards[&1].end, b"f".to_vec());
+        assert_eq!(map.shards[&1].epoch, 2);
+        assert_eq!(map.shards[&3], entry("f", "m", &[1, 2, 3]));
+        assert_eq!(map.shard_for_sku(b"apple").map(|(id, _)| id), Some(1));
+        assert_eq!(map.shard_for_sku(b"grape").map(|(id, _)| id), Some(3));
+        assert_eq!(map.shard_for_sku(b"melon").map(|(id, _)| id), Some(2));
+        // The last shard (no end) splits too.
+        map.apply(&split(2, "t")).expect("split the unbounded shard");
+        let step = map.steps.front().cloned().expect("queued");
+        map.apply(&MetaCommand::StepDone { step_id: step.id }).expect("done");
+        assert_eq!(map.shards[&4], entry("t", "", &[1, 2, 3]));
+        assert_eq!(map.shards[&2].end, b"t".to_vec());
+    }
+
+    #[test]
+    fn a_split_outside_the_range_at_its_edge_of_the_meta_group_or_behind_other_steps_is_refused() {
+        let mut map = seeded(4);
+        let before = map.clone();
+        for (shard, at, why) in [
+            (1, "x", "strictly inside"),
+            (1, "m", "strictly inside"),
+            (2, "m", "strictly inside"),
+            (1, "", "must not be empty"),
+            (0, "c", "meta group"),
+            (7, "c", "not in the map"),
+        ] {
+            let refused = map.apply(&split(shard, at)).expect_err(why);
+            assert!(refused.contains(why), "{refused}");
+        }
+        assert_eq!(map, before);
+        map.apply(&MetaCommand::Enqueue(vec![StepRequest {
+            shard_id: 1,
+            change: ReplicaChange::Add(4),
+        }]))
+        .expect("add");
+        assert!(map.apply(&split(1, "c")).unwrap_err().contains("queued steps"));
     }
 }

@@ -59,8 +59,6 @@ pub struct ShardReplica {
     /// The range and voters as of when this replica started (the cluster config's at
     /// bootstrap, the shard map's for a replica added later).
     pub config: ShardConfig,
-    /// The range's version, bumped by splits and merges (none exist yet: always 1).
-    pub epoch: u64,
     pub raft: Raft,
     pub view: Arc<ShardView>,
     /// How long this replica's proposals have recently taken to commit (as leader).
@@ -72,6 +70,11 @@ pub struct ShardReplica {
 }
 
 impl ShardReplica {
+    /// The range's version as this replica applied it: bumped by every split of it.
+    pub fn epoch(&self) -> u64 {
+        self.view.read(|image| image.bounds.epoch)
+    }
+
     pub fn is_retired(&self) -> bool {
         self.retired.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -251,6 +254,7 @@ impl Node {
         if self.replica(shard_id).is_some() {
             return Ok(());
         }
+        self.opened.claim(shard_id);
         let snapshots = self
             .opened
             .snapshots(shard_id)
@@ -258,7 +262,8 @@ impl Node {
         let log_store = self.opened.log_store(shard_id);
         let log = ShardLog { wal: self.opened.wal() };
         let state_machine = ShardStateMachine::open(shard_id, AppliedStore::new(snapshots), log)
-            .map_err(|e| NodeError::Storage(format!("shard {shard_id}: {e}")))?;
+            .map_err(|e| NodeError::Storage(format!("shard {shard_id}: {e}")))?
+            .with_split_seeder(Arc::new(self.opened.clone()));
         let view = state_machine.view();
         check_log_follows_snapshot(shard_id, &view, &mut log_store.clone()).await?;
         let network = ShardNetworkFactory {
@@ -285,7 +290,6 @@ impl Node {
         }
         let replica = Arc::new(ShardReplica {
             config: shard,
-            epoch: 1,
             raft,
             view,
             commit_latency: latency::CommitLatency::new(),

@@ -96,11 +96,21 @@ impl Node {
                 }
             }
         }
-        shard.view.read(|image| match image.ledger.stock(sku) {
-            Some(counts) => Ok((counts, image.meta.applied.map(|id| id.index).unwrap_or(0))),
-            None => Err(NodeError::UnknownSku {
-                sku: String::from_utf8_lossy(sku).into_owned(),
-            }),
+        shard.view.read(|image| {
+            // A split moved the SKU to another shard: its counts here are gone, not zero.
+            if !image.bounds.contains(sku) {
+                return Err(NodeError::StaleEpoch {
+                    shard_id,
+                    current: image.bounds.epoch,
+                    requested: 0,
+                });
+            }
+            match image.ledger.stock(sku) {
+                Some(counts) => Ok((counts, image.meta.applied.map(|id| id.index).unwrap_or(0))),
+                None => Err(NodeError::UnknownSku {
+                    sku: String::from_utf8_lossy(sku).into_owned(),
+                }),
+            }
         })
     }
 

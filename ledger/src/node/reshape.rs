@@ -48,6 +48,10 @@ pub enum Reconfigure {
     /// the leader it knows of. How the placement scheduler learns who leads a shard the meta
     /// leader does not host.
     ReportLeader,
+    /// Propose a `Split` entry: the shard keeps the SKUs below `at`, `new_shard` takes the rest.
+    /// Done again for a split already made, it answers `Ok`; a split the shard's log refused
+    /// (nothing changed) is `Refused`.
+    Split { at: Vec<u8>, new_shard: ShardId },
 }
 
 /// A shard replica's answer to [`Reconfigure`].
@@ -59,6 +63,8 @@ pub enum ReconfigureRefused {
     Unreachable(String),
     /// Not done (yet): why.
     Failed(String),
+    /// The shard's log refused the change (it changed nothing, and never will): why.
+    Refused(String),
 }
 
 /// How long one attempt waits for a learner to catch up; the learner stays in the group and goes
@@ -100,6 +106,11 @@ pub enum ReshapeRequest {
     CancelStep {
         step_id: u64,
     },
+    /// Split `shard_id` at the SKU `at` (a new shard on the same replicas takes `[at, end)`).
+    SplitShard {
+        shard_id: ShardId,
+        at: Vec<u8>,
+    },
 }
 
 impl Node {
@@ -126,7 +137,25 @@ impl Node {
                 step(shard_id, ReplicaChange::Add(to)),
                 step(shard_id, ReplicaChange::Remove(from)),
             ]),
-            ReshapeRequest::CancelStep { step_id } => MetaCommand::StepCancelled { step_id },
+            ReshapeRequest::CancelStep { step_id } => {
+                let splits = meta.view.read(|image| {
+                    image
+                        .map
+                        .steps
+                        .iter()
+                        .any(|step| step.id == step_id && matches!(step.change, ReplicaChange::Split { .. }))
+                });
+                if splits {
+                    return Err(NodeError::Reshape(format!(
+                        "step {step_id} is a split: it cannot be cancelled (the shard may already have \
+                         split; the step completes once the shard's leader is reachable)"
+                    )));
+                }
+                MetaCommand::StepCancelled { step_id }
+            }
+            ReshapeRequest::SplitShard { shard_id, at } => {
+                MetaCommand::Enqueue(vec![step(shard_id, ReplicaChange::Split { at, new_shard: 0 })])
+            }
             ReshapeRequest::TransferLeader { shard_id, to } => {
                 let map = self.shard_map();
                 let (voters, _) = map
@@ -244,6 +273,21 @@ impl Node {
                 Ok(())
             }
             Reconfigure::ReportLeader => Ok(()),
+            Reconfigure::Split { at, new_shard } => {
+                let entry = LogCommand {
+                    timestamp_ms: now_ms(),
+                    body: CommandBody::Split { at, new_shard },
+                };
+                let (outcomes, _) = self
+                    .propose(&replica, entry)
+                    .await
+                    .map_err(|error| failed(format!("proposing the split: {error}")))?;
+                match outcomes.into_iter().next() {
+                    Some(Outcome::Ok) => Ok(()),
+                    Some(Outcome::Rejected { reason }) => Err(ReconfigureRefused::Refused(reason)),
+                    other => Err(failed(format!("the split was answered {other:?}"))),
+                }
+            }
             Reconfigure::TransferLeader { to } => {
                 if to == self.id {
                     return Ok(());
@@ -280,6 +324,21 @@ impl Node {
     /// Has `shard_id`'s leader carry out `change`: this node's replica if it leads, else the
     /// leader it or the map's voters name (over `Raft.Reconfigure`).
     async fn ask_shard_leader(&self, map: &ShardMap, shard_id: ShardId, change: Reconfigure) -> Result<(), String> {
+        self.ask_shard_leader_for(map, shard_id, change).await.map_err(|refused| match refused {
+            ReconfigureRefused::Refused(message)
+            | ReconfigureRefused::Failed(message)
+            | ReconfigureRefused::Unreachable(message) => message,
+            ReconfigureRefused::NotLeader(_) => format!("no node leads shard {shard_id}"),
+        })
+    }
+
+    /// [`Node::ask_shard_leader`], telling a change the shard refused from one not done yet.
+    async fn ask_shard_leader_for(
+        &self,
+        map: &ShardMap,
+        shard_id: ShardId,
+        change: Reconfigure,
+    ) -> Result<(), ReconfigureRefused> {
         let mut candidates: Vec<NodeId> = Vec::new();
         if let Some(replica) = self.replica(shard_id) {
             candidates.extend(replica.raft.metrics().borrow_watched().current_leader);
@@ -288,7 +347,7 @@ impl Node {
             candidates.extend(voters);
         }
         let mut asked = BTreeSet::new();
-        let mut last_error = format!("shard {shard_id} has no voter to ask");
+        let mut last_error = ReconfigureRefused::Unreachable(format!("shard {shard_id} has no voter to ask"));
         while let Some(candidate) = candidates.first().copied() {
             candidates.remove(0);
             if !asked.insert(candidate) {
@@ -304,13 +363,14 @@ impl Node {
             match answer {
                 Ok(()) => return Ok(()),
                 Err(ReconfigureRefused::NotLeader(hint)) => {
-                    last_error = format!("node {candidate} does not lead shard {shard_id}");
+                    last_error =
+                        ReconfigureRefused::Unreachable(format!("node {candidate} does not lead shard {shard_id}"));
                     if let Some(leader) = hint {
                         candidates.insert(0, leader);
                     }
                 }
-                Err(ReconfigureRefused::Unreachable(message)) => last_error = message,
-                Err(ReconfigureRefused::Failed(message)) => return Err(message),
+                Err(unreachable @ ReconfigureRefused::Unreachable(_)) => last_error = unreachable,
+                Err(refused) => return Err(refused),
             }
         }
         Err(last_error)
@@ -352,7 +412,11 @@ impl Node {
         {
             Ok(()) => Ok(Some(peer)),
             Err(ReconfigureRefused::NotLeader(leader)) => Ok(leader),
-            Err(ReconfigureRefused::Failed(message) | ReconfigureRefused::Unreachable(message)) => Err(message),
+            Err(
+                ReconfigureRefused::Failed(message)
+                | ReconfigureRefused::Unreachable(message)
+                | ReconfigureRefused::Refused(message),
+            ) => Err(message),
         }
     }
 
@@ -376,7 +440,8 @@ impl Node {
 
 /// On the meta leader: makes `step`'s change in its shard's Raft group, then records it done.
 pub(super) async fn carry_out(node: &Arc<Node>, map: &ShardMap, step: &Step) -> Result<(), String> {
-    let change = match step.change {
+    let change = match step.change.clone() {
+        ReplicaChange::Split { at, new_shard } => Reconfigure::Split { at, new_shard },
         ReplicaChange::Add(added) => {
             let addr = map
                 .nodes
@@ -387,10 +452,18 @@ pub(super) async fn carry_out(node: &Arc<Node>, map: &ShardMap, step: &Step) -> 
         }
         ReplicaChange::Remove(removed) => Reconfigure::RemoveVoter { node: removed },
     };
-    node.ask_shard_leader(map, step.shard_id, change).await?;
-    node.propose_meta(MetaCommand::StepDone { step_id: step.id })
-        .await
-        .map_err(|error| error.to_string())?;
+    let done = match node.ask_shard_leader_for(map, step.shard_id, change).await {
+        Ok(()) => MetaCommand::StepDone { step_id: step.id },
+        // The shard's log refused it, on every replica alike: nothing changed, and retrying
+        // would be refused again. Dropped, so the steps behind it go on.
+        Err(ReconfigureRefused::Refused(reason)) => {
+            tracing::warn!(node = node.id, %step, %reason, "the shard refused a reshaping step: dropped");
+            MetaCommand::StepCancelled { step_id: step.id }
+        }
+        Err(ReconfigureRefused::Failed(message) | ReconfigureRefused::Unreachable(message)) => return Err(message),
+        Err(ReconfigureRefused::NotLeader(_)) => return Err(format!("no node leads shard {}", step.shard_id)),
+    };
+    node.propose_meta(done).await.map_err(|error| error.to_string())?;
     tracing::info!(node = node.id, %step, "reshaping step done");
     Ok(())
 }

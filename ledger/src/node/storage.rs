@@ -7,13 +7,17 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::Mutex;
 
+use crate::applied::AppliedStore;
+use crate::applied::FrozenImage;
 use crate::applied::MemorySnapshots;
 use crate::applied::SnapshotBackend;
 use crate::storage::backend::MemoryBackend;
 use crate::storage::log_store::ShardLogStore;
 use crate::storage::wal::Wal;
 use crate::storage::wal::WalOptions;
+use crate::raft::state_store::SplitSeeder;
 use crate::types::ShardId;
+use crate::types::SnapshotMeta;
 
 /// How a node stores its data.
 #[derive(Clone)]
@@ -50,12 +54,17 @@ pub enum StorageError {
     Applied(String),
 }
 
-/// Storage opened for one node.
+/// Storage opened for one node. Clones share everything.
+#[derive(Clone)]
 pub struct OpenedStorage {
     wal: Arc<Wal>,
     snapshots: SnapshotBackends,
+    /// Shards whose storage a replica opened since the node started: a split's new half is
+    /// seeded only into storage no replica has opened (see [`OpenedStorage::claim`]).
+    claimed: Arc<Mutex<std::collections::BTreeSet<ShardId>>>,
 }
 
+#[derive(Clone)]
 enum SnapshotBackends {
     #[cfg(not(madsim))]
     Files(std::path::PathBuf),
@@ -71,6 +80,7 @@ impl Storage {
                 Ok(OpenedStorage {
                     wal,
                     snapshots: SnapshotBackends::Memory(disk.clone()),
+                    claimed: Arc::default(),
                 })
             }
             Storage::Disk => open_disk(data_dir),
@@ -104,6 +114,7 @@ fn open_disk(data_dir: &Path) -> Result<OpenedStorage, StorageError> {
     Ok(OpenedStorage {
         wal,
         snapshots: SnapshotBackends::Files(crate::applied::snapshot_dir(data_dir)),
+        claimed: Arc::default(),
     })
 }
 
@@ -137,4 +148,36 @@ impl OpenedStorage {
             SnapshotBackends::Memory(disk) => Ok(disk.snapshots(shard_id)),
         }
     }
+}
+
+impl OpenedStorage {
+    /// Marks `shard_id`'s storage as opened by a replica of this node, before the replica loads
+    /// it: from then on a split never seeds it (the replica's state comes from its own log and
+    /// leader), and a split that seeded it first is what the replica loads.
+    pub fn claim(&self, shard_id: ShardId) {
+        lock(&self.claimed).insert(shard_id);
+    }
+}
+
+impl SplitSeeder for OpenedStorage {
+    fn seed(&self, new_shard: ShardId, meta: &SnapshotMeta, image: &FrozenImage) -> Result<bool, String> {
+        // Held while saving, so that a replica cannot open the storage half-seeded.
+        let claimed = lock(&self.claimed);
+        if claimed.contains(&new_shard) {
+            return Ok(false);
+        }
+        let backend = self.snapshots(new_shard).map_err(|e| e.to_string())?;
+        // Seeded before a restart (this split is being replayed), or state from the new group.
+        if backend.load().map_err(|e| e.to_string())?.is_some() {
+            return Ok(false);
+        }
+        AppliedStore::new(backend)
+            .save_image(meta, image)
+            .map_err(|e| e.to_string())?;
+        Ok(true)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

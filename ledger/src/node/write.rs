@@ -93,6 +93,10 @@ impl Node {
             return None;
         }
         let answer = |image: &crate::applied::ShardImage| {
+            // A SKU a split moved away: the log refuses it, for every replica alike.
+            if operations.iter().any(|operation| !image.bounds.contains(operation.sku())) {
+                return None;
+            }
             let outcomes = operations
                 .iter()
                 .map(|operation| image.ledger.sold_out_answer(operation))
@@ -167,10 +171,11 @@ impl Node {
     /// Refuses a request routed by a stale epoch of `shard` (0 = unchecked): any one of
     /// `route_epochs` refuses it all.
     pub fn check_route(&self, shard: &ShardReplica, route_epochs: &[u64]) -> Result<(), NodeError> {
-        match route_epochs.iter().find(|&&epoch| epoch != 0 && epoch != shard.epoch) {
+        let current = shard.epoch();
+        match route_epochs.iter().find(|&&epoch| epoch != 0 && epoch != current) {
             Some(&stale) => Err(NodeError::StaleEpoch {
                 shard_id: shard.config.id,
-                current: shard.epoch,
+                current,
                 requested: stale,
             }),
             None => Ok(()),
@@ -214,6 +219,14 @@ impl Node {
             Err(_) => Err(NodeError::Timeout { shard_id, timeout_ms }),
             Ok(Ok(response)) => {
                 shard.commit_latency.record(proposed.elapsed());
+                // Refused whole by the state machine: the SKUs left this shard in a split.
+                if let Some(Outcome::WrongShard { epoch }) = response.data.outcomes.first() {
+                    return Err(NodeError::StaleEpoch {
+                        shard_id,
+                        current: *epoch,
+                        requested: 0,
+                    });
+                }
                 Ok((response.data.outcomes, response.log_id.index))
             }
             // Refused before it was appended: certainly not applied, the client may go elsewhere.

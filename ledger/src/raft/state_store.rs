@@ -28,6 +28,7 @@ use tokio::sync::broadcast;
 
 use crate::applied::AppliedStore;
 use crate::applied::AppliedStoreError;
+use crate::applied::FrozenImage;
 use crate::applied::ShardImage;
 use crate::applied::decode_image;
 use crate::metrics::instruments::ShardInstruments;
@@ -161,6 +162,15 @@ pub struct ShardLog {
     pub wal: Arc<Wal>,
 }
 
+/// Where a `Split` entry puts the half that leaves: the new shard's first snapshot on this node.
+pub trait SplitSeeder: Send + Sync + 'static {
+    /// Saves `image` as `new_shard`'s snapshot, durably, unless this node already has state for
+    /// `new_shard` (it runs or ran a replica of it, or a replay of the same split seeded it
+    /// before a restart): that state is newer, or comes from the new group's own leader.
+    /// Returns whether it saved.
+    fn seed(&self, new_shard: ShardId, meta: &SnapshotMeta, image: &FrozenImage) -> Result<bool, String>;
+}
+
 /// openraft's handle on one shard's state machine. Cheap to clone (it is also the snapshot
 /// builder).
 #[derive(Clone)]
@@ -168,6 +178,9 @@ pub struct ShardStateMachine {
     view: Arc<ShardView>,
     store: AppliedStore,
     log: ShardLog,
+    /// Where split-off halves go; without one, a `Split` entry stops the shard (it would lose
+    /// the half that leaves).
+    seeder: Option<Arc<dyn SplitSeeder>>,
 }
 
 impl ShardStateMachine {
@@ -179,7 +192,14 @@ impl ShardStateMachine {
             view: Arc::new(ShardView::new(shard_id, image)),
             store,
             log,
+            seeder: None,
         })
+    }
+
+    /// This state machine, seeding the new shards its `Split` entries create through `seeder`.
+    pub fn with_split_seeder(mut self, seeder: Arc<dyn SplitSeeder>) -> Self {
+        self.seeder = Some(seeder);
+        self
     }
 
     pub fn view(&self) -> Arc<ShardView> {
@@ -225,7 +245,10 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
             for (entry, responder) in batch {
                 let ops = operations_in(&entry);
                 applied_ops += ops;
-                let (reply, changes) = apply_entry(&mut image, &entry).map_err(|violation| self.halt(violation))?;
+                let (reply, changes) = match split_in(&entry) {
+                    Some((at, new_shard)) => (self.split(&mut image, &entry, at, new_shard)?, Changes::default()),
+                    None => apply_entry(&mut image, &entry).map_err(|violation| self.halt(violation))?,
+                };
                 self.view.instruments.applied_entry(ops);
                 all_changes.merge(changes);
                 last_index = entry.log_id().index;
@@ -338,6 +361,102 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
     }
 }
 
+impl ShardStateMachine {
+    /// Applies a `Split` entry: `image` keeps the SKUs below `at`, and the rest becomes
+    /// `new_shard`'s first snapshot on this node (through the seeder, before the split is
+    /// visible: a snapshot of the narrowed image, after which the log no longer holds this
+    /// entry, can only be built once the other half is durable). The new group's first log id
+    /// is this entry's index at term 0 under the lowest voter, the same on every replica;
+    /// its members are this shard's voters. A split proposed again for a shard already split
+    /// off answers `Ok` and changes nothing; a split point outside the range is `Rejected`.
+    fn split(
+        &self,
+        image: &mut ShardImage,
+        entry: &Entry,
+        at: &[u8],
+        new_shard: ShardId,
+    ) -> Result<CommandReply, io::Error> {
+        use openraft::vote::RaftLeaderIdExt;
+        let log_id = entry.log_id();
+        let answer = |outcome: Outcome| CommandReply { outcomes: vec![outcome] };
+        let reply = if image.bounds.split_off.iter().any(|(id, _)| *id == new_shard) {
+            answer(Outcome::Ok)
+        } else if !image.bounds.splits_at(at) {
+            answer(Outcome::Rejected {
+                reason: format!(
+                    "{:?} does not split this shard's range (it must lie strictly inside it)",
+                    String::from_utf8_lossy(at)
+                ),
+            })
+        } else {
+            let Some(seeder) = &self.seeder else {
+                return Err(io::Error::other("a split entry on a replica that cannot seed the new shard"));
+            };
+            let mut left = image.ledger.clone();
+            match left.split_off(at) {
+                Err(reason) => answer(Outcome::Rejected { reason }),
+                Ok(right) => {
+                    let membership = image.meta.membership.membership();
+                    let voters: std::collections::BTreeSet<_> = membership.voter_ids().collect();
+                    let nodes: std::collections::BTreeMap<_, _> = membership
+                        .nodes()
+                        .filter(|(id, _)| voters.contains(id))
+                        .map(|(id, node)| (*id, node.clone()))
+                        .collect();
+                    let first_voter = voters.iter().copied().min().unwrap_or_default();
+                    let first = LogId::new(
+                        <TypeConfig as openraft::RaftTypeConfig>::LeaderId::new_committed(0, first_voter),
+                        log_id.index,
+                    );
+                    let new_membership = openraft::Membership::new(vec![voters], nodes)
+                        .map_err(|e| io::Error::other(format!("split membership: {e}")))?;
+                    let half = ShardImage {
+                        meta: crate::applied::AppliedMeta {
+                            applied: Some(first),
+                            membership: StoredMembership::new(Some(first), new_membership),
+                        },
+                        ledger: right,
+                        map: Default::default(),
+                        bounds: crate::applied::ShardBounds {
+                            start: at.to_vec(),
+                            end: image.bounds.end.clone(),
+                            epoch: 1,
+                            split_off: Vec::new(),
+                        },
+                    };
+                    let meta = SnapshotMeta {
+                        last_log_id: half.meta.applied,
+                        last_membership: half.meta.membership.clone(),
+                    };
+                    let seeded = seeder
+                        .seed(new_shard, &meta, &half.frozen())
+                        .map_err(|e| io::Error::other(format!("seeding shard {new_shard}: {e}")))?;
+                    tracing::info!(shard = self.view.shard_id, new_shard, at = %String::from_utf8_lossy(at),
+                        index = log_id.index, seeded, "split the shard");
+                    image.ledger = left;
+                    image.bounds.end = Some(at.to_vec());
+                    image.bounds.epoch += 1;
+                    image.bounds.split_off.push((new_shard, at.to_vec()));
+                    answer(Outcome::Ok)
+                }
+            }
+        };
+        image.meta.applied = Some(log_id);
+        Ok(reply)
+    }
+}
+
+/// The split point and new shard of a `Split` entry.
+fn split_in(entry: &Entry) -> Option<(&[u8], ShardId)> {
+    match &entry.payload {
+        EntryPayload::Normal(LogCommand {
+            body: CommandBody::Split { at, new_shard },
+            ..
+        }) => Some((at, *new_shard)),
+        _ => None,
+    }
+}
+
 /// Applies one committed entry to `image`.
 fn apply_entry(image: &mut ShardImage, entry: &Entry) -> Result<(CommandReply, Changes), InvariantViolation> {
     let log_id = entry.log_id();
@@ -353,6 +472,18 @@ fn apply_entry(image: &mut ShardImage, entry: &Entry) -> Result<(CommandReply, C
             };
             let reply = CommandReply {
                 outcomes: vec![outcome],
+            };
+            (reply, Changes::default())
+        }
+        // Operations for SKUs a split moved away are refused, the whole batch alike, before
+        // anything changes: the other half sells those units now.
+        EntryPayload::Normal(LogCommand {
+            body: CommandBody::Batch(operations),
+            ..
+        }) if operations.iter().any(|operation| !image.bounds.contains(operation.sku())) => {
+            let epoch = image.bounds.epoch;
+            let reply = CommandReply {
+                outcomes: vec![Outcome::WrongShard { epoch }; operations.len()],
             };
             (reply, Changes::default())
         }

@@ -228,16 +228,21 @@ pub fn shard_map_reply(node: &Node) -> pb::ShardMapReply {
 }
 
 fn step_info(step: &Step) -> pb::ReshapeStep {
-    let (change, node_id) = match step.change {
-        ReplicaChange::Add(node) => ("add", node),
-        ReplicaChange::Remove(node) => ("remove", node),
-    };
-    pb::ReshapeStep {
+    let mut info = pb::ReshapeStep {
         id: step.id,
         shard_id: step.shard_id,
-        change: change.into(),
-        node_id,
+        ..Default::default()
+    };
+    match &step.change {
+        ReplicaChange::Add(node) => (info.change, info.node_id) = ("add".into(), *node),
+        ReplicaChange::Remove(node) => (info.change, info.node_id) = ("remove".into(), *node),
+        ReplicaChange::Split { at, new_shard } => {
+            info.change = "split".into();
+            info.split_at = at.clone().into();
+            info.new_shard_id = *new_shard;
+        }
     }
+    info
 }
 
 /// Decodes a `Reshape` request; a missing change or a zero id is INVALID_ARGUMENT.
@@ -299,6 +304,14 @@ fn reshape_request(request: pb::ReshapeRequest) -> Result<ReshapeRequest, Status
             to: node("transfer_leader.to_node", change.to_node)?,
         },
         Change::CancelStep(step_id) => ReshapeRequest::CancelStep { step_id },
+        Change::SplitShard(split) => {
+            crate::state_machine::limits::check_sku(&split.at)
+                .map_err(|invalid| Status::invalid_argument(format!("split_shard.at: {invalid}")))?;
+            ReshapeRequest::SplitShard {
+                shard_id: split.shard_id,
+                at: split.at.to_vec(),
+            }
+        }
     })
 }
 

@@ -325,6 +325,12 @@ pub fn outcome(outcome: &Outcome) -> pb::Outcome {
             wire.detail = reason.clone();
             Code::Rejected
         }
+        // The node turns this into a stale-epoch error before answering (`node::write`); should
+        // one ever get here, it still says nothing was done.
+        Outcome::WrongShard { epoch } => {
+            wire.detail = format!("the SKU left this shard (now at epoch {epoch}): refresh the shard map");
+            Code::Rejected
+        }
     };
     wire.code = code as i32;
     wire

@@ -37,7 +37,8 @@ pub fn from_node_error(error: NodeError) -> Status {
             if let Ok(epoch) = MetadataValue::try_from(current.to_string().as_str()) {
                 status.metadata_mut().insert(metadata::SHARD_EPOCH, epoch);
             }
-            status
+            // Refused by the route check or by the state machine: nothing was applied.
+            not_applied(status)
         }
         NodeError::Timeout { .. } => Status::deadline_exceeded(message),
         NodeError::DeadlineUnmet { .. } => not_applied(Status::deadline_exceeded(message)),

@@ -159,9 +159,36 @@ impl WatchOptions {
     }
 }
 
+/// How often a watch checks whether this node's shards were reshaped under it.
+const RESHAPE_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
 /// Starts a watch of `range` on every shard of `node`; the stream holds `slot` until it ends.
+/// It ends with `UNAVAILABLE` once the shards this node hosts change (a split narrowed one, or a
+/// replica arrived or left): the watcher resubscribes and gets the shards as they are now,
+/// instead of silently missing the changes of SKUs that moved.
 pub fn start(node: &Arc<Node>, range: SkuRange, options: WatchOptions, slot: WatchSlot) -> WatchStream {
     let (sender, receiver) = tokio::sync::mpsc::channel(WATCH_QUEUE_CHANGES_MAX);
+    let shape = hosted_shape(node);
+    let (reshaped_node, reshaped_sender) = (node.clone(), sender.clone());
+    tokio::spawn(async move {
+        // Like the forwarding tasks, it ends when the node closes: the stream ends once every
+        // sender is gone, and a graceful shutdown waits for that.
+        loop {
+            tokio::select! {
+                () = reshaped_node.closing() => return,
+                () = reshaped_sender.closed() => return,
+                () = tokio::time::sleep(RESHAPE_CHECK_INTERVAL) => {}
+            }
+            if hosted_shape(&reshaped_node) != shape {
+                let status = Status::unavailable(
+                    "this node's shards were reshaped (split, or a replica moved): watch again to \
+                     follow the SKUs where they are now",
+                );
+                let _ = reshaped_sender.send(Err(status)).await;
+                return;
+            }
+        }
+    });
     for shard in node.shards() {
         // Subscribe before reading the current state so no change falls in between.
         let live = shard.view.subscribe();
@@ -182,6 +209,11 @@ pub fn start(node: &Arc<Node>, range: SkuRange, options: WatchOptions, slot: Wat
         receiver.recv().await.map(|item| (item, (receiver, slot)))
     });
     Box::pin(stream)
+}
+
+/// The data shards this node hosts, with their epochs.
+fn hosted_shape(node: &Node) -> Vec<(crate::types::ShardId, u64)> {
+    node.shards().iter().map(|shard| (shard.config.id, shard.epoch())).collect()
 }
 
 /// Whether `shard`'s replica here may vouch for its applied index being recent: it knows a

@@ -10,6 +10,10 @@
 //! A batch is one transaction: ensure the watermark row exists, move it by compare-and-set
 //! (`UPDATE .. WHERE next_seq = expected`; the row lock also serializes racing shippers, and
 //! the loser's re-checked condition fails), then insert the rows with one `UNNEST` statement.
+//! An order already in the table is skipped (`ON CONFLICT (order_id) DO NOTHING`): a split
+//! hands the unshipped events of the SKUs that leave to the new shard, whose shipper starts
+//! from its own watermark, and some of them may have shipped from the old shard just before
+//! (in Postgres, not yet marked shipped in its log). The row exists once either way.
 //! Every call has a deadline; a timed-out connection is dropped, which rolls its transaction
 //! back on the server.
 
@@ -323,7 +327,8 @@ async fn commit_batch(
                     (order_id, sku, qty, user_id, ledger_shard, log_index, event_seq, confirmed_at)
                  SELECT o, s, q, u, l, i, e, to_timestamp(c / 1000.0)
                  FROM UNNEST($1::text[], $2::bytea[], $3::int8[], $4::text[], $5::int8[],
-                             $6::int8[], $7::int8[], $8::int8[]) AS t(o, s, q, u, l, i, e, c)",
+                             $6::int8[], $7::int8[], $8::int8[]) AS t(o, s, q, u, l, i, e, c)
+                 ON CONFLICT (order_id) DO NOTHING",
                 &[
                     &columns.order_ids,
                     &columns.skus,

@@ -311,6 +311,13 @@ fn verify_watermarks(watermarks: &[Watermark], ledger: &LedgerState) -> Result<(
         }
         let seq = watermark.next_seq - 1;
         let local = ledger.order_events.get(&seq);
+        // Events below `next_event_seq` and not marked shipped leave only with their SKUs in a
+        // split: a watermark just past one names an event of the other half, which cannot be
+        // checked here. (Without splits every such event is present.)
+        if local.is_none() {
+            tracing::debug!(postgres_shard, seq, "watermark just past an event a split moved away");
+            continue;
+        }
         if local
             .is_none_or(|event| event.order_id != watermark.last_order_id || event.log_index != watermark.last_index)
         {

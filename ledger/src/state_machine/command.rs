@@ -135,6 +135,12 @@ pub enum CommandBody {
     /// A change of the shard map; only shard 0 (the meta group) carries these, and a data
     /// shard's ledger ignores one (`crate::meta::map`).
     Meta(crate::meta::map::MetaCommand),
+    /// Splits a data shard at `at`: from this entry on the shard keeps the SKUs below `at`, and
+    /// `new_shard`, a new Raft group on the same replicas, starts from everything at or above
+    /// it (`LedgerState::split_off`; the node writes that half as the new group's first
+    /// snapshot, `crate::raft::state_store`). Proposed by the meta leader carrying out a
+    /// `Split` step; proposed again for a `new_shard` already split off, it changes nothing.
+    Split { at: Sku, new_shard: crate::types::ShardId },
 }
 
 /// Settings every replica of a shard must apply identically, so they travel through the log
@@ -190,6 +196,12 @@ impl std::fmt::Display for LogCommand {
                 self.timestamp_ms
             ),
             CommandBody::Meta(command) => write!(f, "meta({command:?} @{})", self.timestamp_ms),
+            CommandBody::Split { at, new_shard } => write!(
+                f,
+                "split(at {:?} into shard {new_shard} @{})",
+                String::from_utf8_lossy(at),
+                self.timestamp_ms
+            ),
         }
     }
 }
@@ -224,6 +236,12 @@ pub enum Outcome {
     /// could have been forgotten, so it is not decided afresh (a retry never buys twice).
     /// Nothing changed.
     RequestTooOld,
+    /// The operation's SKU left this shard (a split applied before it): nothing changed, and
+    /// the node answers the request as routed by a stale epoch, so the caller refreshes its
+    /// map and retries at the shard that owns the SKU now. Never reaches a client as an outcome.
+    WrongShard {
+        epoch: u64,
+    },
     /// A well-formed request the ledger refuses (restock below what is held, ...).
     Rejected {
         reason: String,

@@ -181,7 +181,7 @@ impl Model {
                 self.settings = LedgerSettings { hash_key, ..*settings };
                 vec![]
             }
-            CommandBody::Meta(_) => vec![],
+            CommandBody::Meta(_) | CommandBody::Split { .. } => vec![],
         };
         // Batches prune when the log's second changes; every other entry always.
         if self.clock / PRUNE_INTERVAL_MS != previous_clock / PRUNE_INTERVAL_MS

@@ -203,7 +203,7 @@ impl Run {
                     })
                     .collect()
             }
-            CommandBody::Expire | CommandBody::Configure(_) | CommandBody::Meta(_) => {
+            CommandBody::Expire | CommandBody::Configure(_) | CommandBody::Meta(_) | CommandBody::Split { .. } => {
                 self.parts.iter().map(|_| command.clone()).collect()
             }
         };

@@ -388,6 +388,9 @@ impl LedgerState {
             }
             // The shard map's commands are applied to the map (`raft::state_store`), not here.
             CommandBody::Meta(_) => Vec::new(),
+            // A split cuts the whole image, bounds included (`raft::state_store`), not only the
+            // ledger.
+            CommandBody::Split { .. } => Vec::new(),
         };
         for sku in &changes.skus {
             if let Some(record) = self.skus.get_mut(sku) {
