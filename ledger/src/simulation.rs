@@ -38,10 +38,14 @@ pub enum PlantedBug {
     /// only voter) instead of waiting for its leader's first append: it elects itself and takes
     /// writes apart from the shard's real group.
     JoinerBootstraps,
+    /// A split leaves the old shard's range and epoch as they were (its state still loses the
+    /// SKUs that moved): an operation routed by an older map is applied there, against a state
+    /// that no longer holds its SKU, instead of being sent on to the new shard.
+    SplitKeepsRange,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 7] = [
+    pub const ALL: [PlantedBug; 8] = [
         PlantedBug::ConfirmWithoutReservation,
         PlantedBug::AckBeforeDurable,
         PlantedBug::StaleLeaderRead,
@@ -49,6 +53,7 @@ impl PlantedBug {
         PlantedBug::PruneInsideWindow,
         PlantedBug::ShedAfterPropose,
         PlantedBug::JoinerBootstraps,
+        PlantedBug::SplitKeepsRange,
     ];
 
     /// The name the simulator's command line uses.
@@ -61,6 +66,7 @@ impl PlantedBug {
             PlantedBug::PruneInsideWindow => "prune-inside-window",
             PlantedBug::ShedAfterPropose => "shed-after-propose",
             PlantedBug::JoinerBootstraps => "joiner-bootstraps",
+            PlantedBug::SplitKeepsRange => "split-keeps-range",
         }
     }
 
@@ -77,6 +83,7 @@ impl PlantedBug {
             PlantedBug::PruneInsideWindow => 5,
             PlantedBug::ShedAfterPropose => 6,
             PlantedBug::JoinerBootstraps => 7,
+            PlantedBug::SplitKeepsRange => 8,
         }
     }
 }

@@ -116,6 +116,60 @@ async fn a_replayed_batch_is_refused_and_writes_nothing() {
 }
 
 #[tokio::test]
+async fn an_order_a_split_hands_to_another_shard_lands_once_and_a_reused_id_is_refused() {
+    let Some(server) = pg_support::server_url("split_handover") else {
+        return;
+    };
+    let databases = Databases::create(&server, "handover", 1).await;
+    let url = databases.urls()[0].clone();
+    let sink = PostgresSink::new(vec![url.clone()], TIMEOUT);
+    let batch: Vec<ShippedOrder> = (0..10).map(order).collect();
+    sink.commit(0, 1, Watermark::default(), watermark_after(9), &batch)
+        .await
+        .expect("commit");
+    // Shard 7, split off shard 1, got orders 5-9 as unshipped events (shipped, not yet marked
+    // shipped in shard 1's log): its shipper sends them again, numbered from 0, with more.
+    let handed_over: Vec<ShippedOrder> = (5..12)
+        .enumerate()
+        .map(|(seq, n)| ShippedOrder {
+            ledger_shard: 7,
+            event_seq: seq as u64,
+            ..order(n)
+        })
+        .collect();
+    let new = Watermark {
+        next_seq: 7,
+        last_index: handed_over[6].log_index,
+        last_order_id: handed_over[6].order_id.clone(),
+    };
+    let committed = sink
+        .commit(0, 7, Watermark::default(), new.clone(), &handed_over)
+        .await
+        .expect("commit");
+    assert_eq!(committed, CommitOutcome::Committed);
+    assert_eq!(count(&url, "SELECT count(*) FROM orders").await, 12, "orders 5-9 once");
+    assert_eq!(sink.watermark(0, 7).await.expect("watermark"), new);
+    // Another order under a shipped id is not silently dropped: the batch is refused whole.
+    let reused = ShippedOrder {
+        ledger_shard: 7,
+        event_seq: 7,
+        user: "someone-else".into(),
+        ..order(12)
+    };
+    let reused = vec![order(13), ShippedOrder { order_id: "order-3".into(), ..reused }];
+    let refused = sink
+        .commit(0, 7, new.clone(), watermark_after(20), &reused)
+        .await;
+    assert!(
+        matches!(&refused, Err(ledger::shipping::sink::SinkError::Misconfigured { message, .. }) if message.contains("order-3")),
+        "{refused:?}"
+    );
+    assert_eq!(count(&url, "SELECT count(*) FROM orders").await, 12, "nothing of it written");
+    assert_eq!(sink.watermark(0, 7).await.expect("watermark"), new, "the watermark did not move");
+    databases.drop_all().await;
+}
+
+#[tokio::test]
 async fn two_shippers_racing_over_the_same_events_ship_each_once() {
     let Some(server) = pg_support::server_url("two_shippers_racing") else {
         return;

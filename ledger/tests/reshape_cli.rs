@@ -1,6 +1,6 @@
 //! The reshaping CLI against real `ledger serve` processes with TLS and tokens: `ledger shard
-//! list`, `ledger node add`, `ledger shard move --wait`, `ledger shard transfer-leader`, and
-//! bad input, which is refused with a clear message and changes nothing. (The long run under
+//! list`, `ledger node add`, `ledger shard move --wait`, `ledger shard transfer-leader`,
+//! `ledger shard split --wait`, and bad input, which is refused with a clear message and changes nothing. (The long run under
 //! load, with drains and measurements, is `scripts/reshape-demo.sh`.)
 
 #![cfg(not(madsim))]
@@ -114,5 +114,33 @@ fn an_operator_adds_a_node_moves_a_replica_and_hands_a_leadership_over_from_the_
     }
     let not_voter = cluster.cli(&["shard", "transfer-leader", "--shard", "1", "--to", "1"]);
     assert!(!not_voter.status.success(), "node 1 no longer replicates shard 1");
+
+    // Split shard 1 at "b": apple stays, banana leaves for a new shard on the same nodes.
+    cluster.cli(&["put-sku", "banana", "--total", "100"]);
+    let bought = cluster.cli(&["purchase", "banana", "2", "--user", "u", "--order", "before-split"]);
+    assert!(bought.status.success(), "{}", stderr(&bought));
+    let outside = cluster.cli(&["shard", "split", "--shard", "1", "--at", "zebra"]);
+    assert!(!outside.status.success());
+    assert!(stderr(&outside).contains("strictly inside"), "{}", stderr(&outside));
+    let split = cluster.cli(&["shard", "split", "--shard", "1", "--at", "b", "--wait", "--json"]);
+    assert!(split.status.success(), "shard split: {}", stderr(&split));
+    let split: Value = serde_json::from_str(&stdout(&split)).expect("split --json is JSON");
+    let step = &split["queued"][0];
+    assert_eq!(step["change"], "split", "{split}");
+    let new_shard = step["new_shard_id"].as_u64().expect("the new shard's id");
+    let map = shard_list(&cluster);
+    assert_eq!(shard(&map, 1)["end"], "b", "{map}");
+    assert_eq!(shard(&map, 1)["epoch"], 2, "{map}");
+    assert_eq!(shard(&map, new_shard)["start"], "b", "{map}");
+    assert_eq!(shard(&map, new_shard)["end"], "m", "{map}");
+    assert_eq!(ids(&shard(&map, new_shard)["replicas"]), vec![2, 3, 4], "{map}");
+    for (sku, order) in [("apple", "after-split-a"), ("banana", "after-split-b")] {
+        let bought = cluster.cli(&["purchase", sku, "1", "--user", "u", "--order", order]);
+        assert!(bought.status.success(), "{sku} after the split: {}", stderr(&bought));
+    }
+    let stock = cluster.cli(&["get", "banana", "--json"]);
+    assert!(stock.status.success(), "{}", stderr(&stock));
+    let stock: Value = serde_json::from_str(&stdout(&stock)).expect("get --json is JSON");
+    assert_eq!(stock["sold"], 3, "the order before the split went with banana: {stock}");
     cluster.wait_converged();
 }

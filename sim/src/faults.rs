@@ -55,6 +55,9 @@ pub enum Fault {
     /// Ask the meta leader to hand `shard`'s leadership (0: the meta group's own) to its
     /// `to_pick`-th voter.
     TransferLeader { shard: ShardId, to_pick: usize },
+    /// Ask the meta leader to split the `shard_pick`-th data shard of its map (mod their count)
+    /// at the `at_pick`-th single-letter SKU strictly inside its range (none left: skipped).
+    Split { shard_pick: usize, at_pick: usize },
 }
 
 /// When each fault fires, in ms after the safety phase starts.
@@ -159,6 +162,20 @@ impl FaultPlan {
             };
             faults.push((at, fault));
             at += reshape_rng.gen_range(1_000..4_000);
+        }
+        // Splits from a third stream, so the plans above stay what they were per seed. Every
+        // letter is a split point; the workload's SKUs begin with a letter and a dash.
+        let mut split_rng = SmallRng::seed_from_u64(seed ^ 0x7370_6c69_74);
+        let mut at = split_rng.gen_range(1_000..3_000);
+        while at < phase_ms {
+            faults.push((
+                at,
+                Fault::Split {
+                    shard_pick: split_rng.gen_range(0..8),
+                    at_pick: split_rng.gen_range(0..26),
+                },
+            ));
+            at += split_rng.gen_range(2_000..6_000);
         }
         faults.sort_by_key(|(at, _)| *at);
         FaultPlan {
@@ -413,6 +430,25 @@ fn fire(sim: &mut SimCluster, fault: &Fault, start: Instant, fault_log: &FaultLo
                     shard_id: *shard,
                     from: voters[from_pick % voters.len()],
                     to: without[to_pick % without.len()],
+                })
+            });
+            None
+        }
+        Fault::Split { shard_pick, at_pick } => {
+            reshape(sim, start, fault_log, |map| {
+                let shards: Vec<_> = map.shards.iter().collect();
+                let (shard_id, entry) = shards.get(shard_pick % shards.len().max(1))?;
+                let inside: Vec<Vec<u8>> = (b'a'..=b'z')
+                    .map(|letter| vec![letter])
+                    .filter(|at| {
+                        at.as_slice() > entry.start.as_slice()
+                            && (entry.end.is_empty() || at.as_slice() < entry.end.as_slice())
+                    })
+                    .collect();
+                let at = inside.get(at_pick % inside.len().max(1))?.clone();
+                Some(ReshapeRequest::SplitShard {
+                    shard_id: **shard_id,
+                    at,
                 })
             });
             None

@@ -380,6 +380,12 @@ async fn simulate(seed: u64, options: SimOptions) -> SeedReport {
         .values()
         .filter_map(|states| states.first().map(|r| &r.ledger))
         .collect();
+    // Splits add shards: count those of the final map.
+    let map_shards = sim
+        .leader_of(ledger::meta::map::META_SHARD)
+        .and_then(|leader| sim.live_nodes().get(&leader).map(|node| node.shard_map().shards.len()))
+        .filter(|shards| *shards > 0)
+        .unwrap_or(shape.shards);
     let mut fail = |checker: &str, result: Result<String, String>| match result {
         Ok(note) => report.notes.push(format!("{checker}: {note}")),
         Err(error) => report.failures.push((checker.to_string(), error)),
@@ -392,7 +398,7 @@ async fn simulate(seed: u64, options: SimOptions) -> SeedReport {
         "replicas",
         check::replicas::check(&replicas).map(|n| format!("{n} replica pairs identical")),
     );
-    if finals.len() == shape.shards {
+    if finals.len() == map_shards {
         fail(
             "lost-writes",
             check::lost_writes::check(&history, &finals)
@@ -409,11 +415,11 @@ async fn simulate(seed: u64, options: SimOptions) -> SeedReport {
             Err(format!(
                 "only {} of {} shards have a live replica",
                 finals.len(),
-                shape.shards
+                map_shards
             )),
         );
     }
-    if finals.len() == shape.shards {
+    if finals.len() == map_shards {
         fail(
             "not-applied",
             check::not_applied::check(&history, &finals, &sim.sink.recorded()).map(|n| {
@@ -519,25 +525,26 @@ fn pending_convergence(sim: &SimCluster) -> Option<String> {
     if let Some(step) = map.steps.front() {
         return Some(format!("reshaping not done: {step} (and {} more)", map.steps.len() - 1));
     }
-    for shard in &sim.config.shards {
+    // The map's shards: a split added some.
+    for shard_id in map.shards.keys() {
         let statuses: Vec<_> = live
             .values()
-            .filter_map(|node| node.status().into_iter().find(|s| s.shard_id == shard.id))
+            .filter_map(|node| node.status().into_iter().find(|s| s.shard_id == *shard_id))
             .collect();
         let Some(leader) = statuses.iter().find(|s| s.role == "leader") else {
-            return Some(format!("shard {} has no leader", shard.id));
+            return Some(format!("shard {shard_id} has no leader"));
         };
         for status in &statuses {
             if status.applied_index != leader.last_log_index {
                 return Some(format!(
                     "shard {}: a replica applied {} of the leader's {}",
-                    shard.id, status.applied_index, leader.last_log_index
+                    shard_id, status.applied_index, leader.last_log_index
                 ));
             }
             if status.shipping_lag_events > 0 {
                 return Some(format!(
                     "shard {}: {} events not shipped",
-                    shard.id, status.shipping_lag_events
+                    shard_id, status.shipping_lag_events
                 ));
             }
         }

@@ -210,7 +210,7 @@ impl Wait {
 }
 
 /// The shard map from the first node of the target (`--seeds` or the config) that answers.
-async fn fetch_map(target: &Target, credentials: &Credentials) -> anyhow::Result<pb::ShardMapReply> {
+pub(crate) async fn fetch_map(target: &Target, credentials: &Credentials) -> anyhow::Result<pb::ShardMapReply> {
     let mut last_error = None;
     for addr in target.addresses()? {
         match ask_map(&addr, credentials).await {

@@ -303,6 +303,9 @@ fn plan_json(plan: &SalePlan, peak: &PeakModel, nodes: usize) -> serde_json::Val
     })
 }
 
+/// How long `--apply` waits for one split to be done and its new shard led.
+const SPLIT_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Carries a plan out on the live cluster through the meta leader (`Cluster/Reshape`).
 struct ClusterExecutor<'a> {
     target: &'a crate::cli::Target,
@@ -310,8 +313,45 @@ struct ClusterExecutor<'a> {
 }
 
 impl PlanExecutor for ClusterExecutor<'_> {
-    async fn split(&self, _shard_id: ShardId, _at: &[u8]) -> Result<ShardId, ReshapeError> {
-        Err(ReshapeError::Unsupported)
+    /// Queues the split with the meta leader, then waits until the map records it and the new
+    /// shard has a leader (the plan's next steps may move that leadership).
+    async fn split(&self, shard_id: ShardId, at: &[u8]) -> Result<ShardId, ReshapeError> {
+        use flashledger_proto::v1 as pb;
+        let refused = |error: anyhow::Error| ReshapeError::Refused(format!("{error:#}"));
+        let change = pb::reshape_request::Change::SplitShard(pb::SplitShard {
+            shard_id,
+            at: at.to_vec().into(),
+        });
+        let reply = crate::cli::reshape::send_change(self.target, &self.credentials, change)
+            .await
+            .map_err(refused)?;
+        let step = reply
+            .queued
+            .first()
+            .cloned()
+            .ok_or_else(|| ReshapeError::Refused("the meta leader queued no split step".into()))?;
+        let deadline = tokio::time::Instant::now() + SPLIT_WAIT;
+        loop {
+            let map = crate::cli::reshape::fetch_map(self.target, &self.credentials)
+                .await
+                .map_err(refused)?;
+            let queued = map.steps.iter().any(|queued| queued.id == step.id);
+            let led = map
+                .shards
+                .iter()
+                .any(|shard| shard.shard_id == step.new_shard_id && shard.leader != 0);
+            if !queued && led {
+                return Ok(step.new_shard_id);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ReshapeError::Refused(format!(
+                    "the split of shard {shard_id} (step {}) did not finish within {SPLIT_WAIT:?}; it stays \
+                     queued and completes on its own",
+                    step.id
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
     }
 
     async fn transfer_leader(&self, shard_id: ShardId, to: NodeId) -> Result<(), ReshapeError> {

@@ -1,9 +1,8 @@
 //! Carrying out a [`SalePlan`]: its steps, in order, through a [`PlanExecutor`] that performs
 //! one split or one leader transfer on the cluster. The trait keeps the plan independent of how
 //! the cluster is reshaped (the meta group's proposals, a test's model). The CLI's executor
-//! (`cli/sale_plan.rs`) hands leaderships over through the meta leader and refuses splits,
-//! which the cluster cannot do yet, loudly (`ReshapeError::Unsupported`) instead of pretending;
-//! [`ReshapingUnsupported`] refuses every step.
+//! (`cli/sale_plan.rs`) queues splits and hands leaderships over through the meta leader;
+//! [`ReshapingUnsupported`] refuses every step (`ReshapeError::Unsupported`).
 //!
 //! A failed step stops the run: the error says how many steps were done before it, because a
 //! plan is computed for one shard map and the next step may not make sense on another. Plan
@@ -31,10 +30,7 @@ pub trait PlanExecutor {
 /// Why one reshaping step did not happen.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReshapeError {
-    #[error(
-        "splitting a shard is not supported yet (the meta group moves replicas and leaders, but \
-         has no split; issue 15): nothing of this step was applied"
-    )]
+    #[error("this executor cannot reshape the cluster: nothing of this step was applied")]
     Unsupported,
     #[error("{0}")]
     Refused(String),
@@ -273,7 +269,7 @@ mod tests {
             (0, ReshapeError::Unsupported)
         );
         let message = error.to_string();
-        assert!(message.contains("not supported yet"), "{message}");
+        assert!(message.contains("cannot reshape"), "{message}");
         assert!(message.contains("nothing was applied"), "{message}");
     }
 

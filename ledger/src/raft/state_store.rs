@@ -434,8 +434,14 @@ impl ShardStateMachine {
                     tracing::info!(shard = self.view.shard_id, new_shard, at = %String::from_utf8_lossy(at),
                         index = log_id.index, seeded, "split the shard");
                     image.ledger = left;
-                    image.bounds.end = Some(at.to_vec());
-                    image.bounds.epoch += 1;
+                    #[cfg(madsim)]
+                    let keep_range = crate::simulation::planted(crate::simulation::PlantedBug::SplitKeepsRange);
+                    #[cfg(not(madsim))]
+                    let keep_range = false;
+                    if !keep_range {
+                        image.bounds.end = Some(at.to_vec());
+                        image.bounds.epoch += 1;
+                    }
                     image.bounds.split_off.push((new_shard, at.to_vec()));
                     answer(Outcome::Ok)
                 }

@@ -10,10 +10,10 @@
 //! A batch is one transaction: ensure the watermark row exists, move it by compare-and-set
 //! (`UPDATE .. WHERE next_seq = expected`; the row lock also serializes racing shippers, and
 //! the loser's re-checked condition fails), then insert the rows with one `UNNEST` statement.
-//! An order already in the table is skipped (`ON CONFLICT (order_id) DO NOTHING`): a split
-//! hands the unshipped events of the SKUs that leave to the new shard, whose shipper starts
-//! from its own watermark, and some of them may have shipped from the old shard just before
-//! (in Postgres, not yet marked shipped in its log). The row exists once either way.
+//! An order already in the table with the same fields is skipped (`ON CONFLICT (order_id) DO
+//! NOTHING`): a split hands the unshipped events of the SKUs that leave to the new shard, whose
+//! shipper starts from its own watermark, and some of them may have shipped from the old shard
+//! just before (in Postgres, not yet marked shipped in its log). The row exists once either way.
 //! Every call has a deadline; a timed-out connection is dropped, which rolls its transaction
 //! back on the server.
 
@@ -321,14 +321,23 @@ async fn commit_batch(
         });
     }
     if !columns.order_ids.is_empty() {
-        transaction
-            .execute(
-                "INSERT INTO orders
-                    (order_id, sku, qty, user_id, ledger_shard, log_index, event_seq, confirmed_at)
-                 SELECT o, s, q, u, l, i, e, to_timestamp(c / 1000.0)
-                 FROM UNNEST($1::text[], $2::bytea[], $3::int8[], $4::text[], $5::int8[],
-                             $6::int8[], $7::int8[], $8::int8[]) AS t(o, s, q, u, l, i, e, c)
-                 ON CONFLICT (order_id) DO NOTHING",
+        // An order already in the table is skipped if it is the same order (see the module
+        // docs); one with other fields is another order under a reused id, and stops shipping
+        // with that said, as the primary key did before. The main query reads the table as it
+        // was before the insert, so it sees exactly the rows the insert skipped.
+        let different = transaction
+            .query(
+                "WITH input AS (
+                     SELECT * FROM UNNEST($1::text[], $2::bytea[], $3::int8[], $4::text[], $5::int8[],
+                                          $6::int8[], $7::int8[], $8::int8[]) AS t(o, s, q, u, l, i, e, c)
+                 ), inserted AS (
+                     INSERT INTO orders
+                         (order_id, sku, qty, user_id, ledger_shard, log_index, event_seq, confirmed_at)
+                     SELECT o, s, q, u, l, i, e, to_timestamp(c / 1000.0) FROM input
+                     ON CONFLICT (order_id) DO NOTHING
+                 )
+                 SELECT input.o FROM input JOIN orders ON orders.order_id = input.o
+                 WHERE orders.sku <> input.s OR orders.qty <> input.q OR orders.user_id <> input.u",
                 &[
                     &columns.order_ids,
                     &columns.skus,
@@ -342,6 +351,16 @@ async fn commit_batch(
             )
             .await
             .map_err(fail)?;
+        if let Some(row) = different.first() {
+            let order_id: String = row.get(0);
+            return Err(SinkError::Misconfigured {
+                shard: postgres_shard,
+                message: format!(
+                    "order {order_id:?} is already in the orders table with another SKU, quantity or \
+                     user: an order id reused for another order (nothing of this batch was written)"
+                ),
+            });
+        }
     }
     transaction.commit().await.map_err(fail)?;
     Ok(CommitOutcome::Committed)

@@ -96,8 +96,12 @@ pub struct RecordingSink {
 #[derive(Debug, Default, Clone)]
 pub struct Recorded {
     /// Per Postgres shard, every order ever committed in commit order (duplicates included, so
-    /// tests can see them).
+    /// tests can see them), except an order already recorded with the same fields: skipped as
+    /// Postgres skips it (`crate::shipping::postgres`), into `skipped`.
     pub orders: BTreeMap<usize, Vec<ShippedOrder>>,
+    /// Orders a commit carried that were already recorded, the same order (a split handed its
+    /// unshipped event to the new shard after it shipped from the old one).
+    pub skipped: Vec<ShippedOrder>,
     pub watermarks: BTreeMap<(usize, ShardId), Watermark>,
     pub down: bool,
 }
@@ -167,12 +171,27 @@ impl ShippingSink for RecordingSink {
         if current != expected {
             return Ok(CommitOutcome::WatermarkMoved { current });
         }
+        let kept = recorded.orders.get(&postgres_shard).map(Vec::as_slice).unwrap_or_default();
+        let mut skipped = Vec::new();
+        for order in orders {
+            if let Some(first) = kept.iter().find(|kept| kept.order_id == order.order_id) {
+                if (&first.sku, first.qty, &first.user) != (&order.sku, order.qty, &order.user) {
+                    return Err(SinkError::Misconfigured {
+                        shard: postgres_shard,
+                        message: format!("order {:?} is already recorded as another order", order.order_id),
+                    });
+                }
+                skipped.push(order.clone());
+            }
+        }
         recorded.watermarks.insert((postgres_shard, ledger_shard), new);
-        recorded
-            .orders
-            .entry(postgres_shard)
-            .or_default()
-            .extend_from_slice(orders);
+        let fresh: Vec<ShippedOrder> = orders
+            .iter()
+            .filter(|order| !skipped.iter().any(|s| s.order_id == order.order_id))
+            .cloned()
+            .collect();
+        recorded.orders.entry(postgres_shard).or_default().extend(fresh);
+        recorded.skipped.extend(skipped);
         Ok(CommitOutcome::Committed)
     }
 }
