@@ -735,4 +735,114 @@ mod tests {
             assert_eq!(saved.meta.applied.map(|id| id.index), Some(301));
         });
     }
+
+    /// Seeds split halves into in-memory stores, remembering which shards it seeded.
+    #[derive(Default)]
+    struct MemorySeeder {
+        stores: Mutex<std::collections::BTreeMap<ShardId, AppliedStore>>,
+    }
+
+    impl SplitSeeder for MemorySeeder {
+        fn seed(&self, new_shard: ShardId, meta: &SnapshotMeta, image: &FrozenImage) -> Result<bool, String> {
+            let mut stores = self.stores.lock().expect("lock");
+            if stores.contains_key(&new_shard) {
+                return Ok(false);
+            }
+            let store = AppliedStore::new(Arc::new(MemorySnapshots::default()));
+            store.save_image(meta, image).map_err(|e| e.to_string())?;
+            stores.insert(new_shard, store);
+            Ok(true)
+        }
+    }
+
+    #[test]
+    fn a_split_entry_cuts_the_state_seeds_the_new_shard_once_and_refuses_what_left() {
+        TypeConfig::run(async {
+            let seeder = Arc::new(MemorySeeder::default());
+            let (machine, mut log, _) = replica();
+            let mut machine = machine.with_split_seeder(seeder.clone());
+            let nodes: std::collections::BTreeMap<u64, openraft::BasicNode> =
+                (1..=3).map(|id| (id, openraft::BasicNode::new(format!("127.0.0.1:{id}")))).collect();
+            let membership = openraft::Membership::new(vec![std::collections::BTreeSet::from([1, 2, 3])], nodes)
+                .expect("a membership");
+            let put = |sku: &[u8]| Operation::PutSku {
+                sku: sku.to_vec(),
+                total: 1_000,
+                rules: SaleRules::default(),
+            };
+            let mut entries = vec![
+                Entry {
+                    log_id: openraft::testing::log_id::<TypeConfig>(1, 1, 0),
+                    payload: EntryPayload::Membership(membership),
+                },
+                entry(1, CommandBody::Configure(LedgerSettings {
+                    hash_key: HashKey([3, 4]),
+                    ..LedgerSettings::default()
+                })),
+                entry(2, CommandBody::Batch(vec![put(b"apple"), put(b"pear")])),
+            ];
+            entries.extend(traffic(3, 60));
+            let split = |index| {
+                entry(index, CommandBody::Split {
+                    at: b"b".to_vec(),
+                    new_shard: 7,
+                })
+            };
+            entries.push(split(63));
+            // Routed by an old map: pear is no longer this shard's.
+            let late = |index, sku: &[u8]| {
+                entry(index, CommandBody::Batch(vec![Operation::Purchase {
+                    sku: sku.to_vec(),
+                    qty: 1,
+                    user: "u".into(),
+                    order_id: format!("late{index}"),
+                    first_attempt_ms: 1_000 + index,
+                }]))
+            };
+            entries.push(late(64, b"pear"));
+            entries.push(split(65));
+            entries.push(entry(66, CommandBody::Split {
+                at: b"zebra".to_vec(),
+                new_shard: 8,
+            }));
+            append(&mut log, entries.clone()).await;
+            let whole = {
+                let mut image = ShardImage::default();
+                for entry in &entries[..63] {
+                    apply_entry(&mut image, entry).expect("applies");
+                }
+                image.ledger
+            };
+            let stream = stream::iter(entries.clone().into_iter().map(|entry| Ok((entry, None))));
+            machine.apply(stream).await.expect("applies");
+            // What each of the later entries answered, replayed on a copy of the split state.
+            let mut image = machine.view().read(|image| image.clone());
+            let (late_reply, _) = apply_entry(&mut image, &entries[64]).expect("applies");
+            assert_eq!(late_reply.outcomes, vec![Outcome::WrongShard { epoch: 2 }]);
+            let again = machine.split(&mut image, &entries[65], b"b", 7).expect("applies");
+            assert_eq!(again.outcomes, vec![Outcome::Ok], "a split already made answers done");
+            let outside = machine.split(&mut image, &entries[66], b"zebra", 8).expect("applies");
+            assert!(matches!(outside.outcomes[..], [Outcome::Rejected { .. }]), "{outside:?}");
+
+            let (bounds, left) = machine.view().read(|image| (image.bounds.clone(), image.ledger.clone()));
+            assert_eq!(bounds.end, Some(b"b".to_vec()), "the range ends at the split");
+            assert_eq!(bounds.epoch, 2, "one split, one bump: the second split of 7 changed nothing");
+            assert_eq!(bounds.split_off, vec![(7, b"b".to_vec())]);
+            let stores = seeder.stores.lock().expect("lock");
+            assert_eq!(stores.keys().copied().collect::<Vec<_>>(), vec![7], "seeded once, and not 8");
+            let right = stores[&7].load().expect("the half loads");
+            assert_eq!(right.bounds.start, b"b".to_vec());
+            assert_eq!(right.bounds.end, None);
+            assert_eq!(right.meta.applied.map(|id| id.index), Some(63));
+            assert_eq!(
+                right.meta.membership.membership().voter_ids().collect::<Vec<_>>(),
+                vec![1, 2, 3]
+            );
+            let mut expected_left = whole.clone();
+            let expected_right = expected_left.split_off(b"b").expect("splits");
+            assert_eq!(left.digest(), expected_left.digest(), "the left half, and the late pear changed nothing");
+            assert_eq!(right.ledger.digest(), expected_right.digest());
+            assert!(left.stock(b"pear").is_none() && right.ledger.stock(b"pear").is_some());
+        });
+    }
 }
