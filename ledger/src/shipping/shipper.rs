@@ -197,7 +197,7 @@ async fn ship_round<S: ShippingSink>(
         }
     };
     let low = watermarks.iter().map(|w| w.next_seq).min().unwrap_or(0);
-    let (events, shipped_below) = shard.read_ledger(|ledger| {
+    let (events, shipped_below, next_event_seq) = shard.read_ledger(|ledger| {
         let events: Vec<ShippedOrder> = ledger
             .order_events
             .range(low..)
@@ -213,7 +213,7 @@ async fn ship_round<S: ShippingSink>(
                 confirmed_at_ms: event.confirmed_at_ms,
             })
             .collect();
-        (events, ledger.shipped_below_seq)
+        (events, ledger.shipped_below_seq, ledger.next_event_seq)
     });
     if low < shipped_below {
         let (postgres_shard, watermark) = watermarks
@@ -229,14 +229,28 @@ async fn ship_round<S: ShippingSink>(
         });
     }
     let full_batch = events.len() == batch_events_max;
-    if let Some(last) = events.last() {
-        let new = Watermark {
-            next_seq: last.event_seq + 1,
-            last_index: last.log_index,
-            last_order_id: last.order_id.clone(),
+    // Where this round's watermarks end: past the last event read, or, when it read everything
+    // there is, at the end of the sequence. The two differ only after a split, whose events
+    // left holes in this shard's numbering: a hole at the end would otherwise hold every
+    // watermark (and the shipped mark, and the lag) below it until the next order.
+    let end = match events.last() {
+        Some(last) if full_batch => last.event_seq + 1,
+        _ => next_event_seq,
+    };
+    if end > low {
+        let new_for = |expected: &Watermark| match events.last() {
+            Some(last) => Watermark {
+                next_seq: end,
+                last_index: last.log_index,
+                last_order_id: last.order_id.clone(),
+            },
+            None => Watermark {
+                next_seq: end,
+                ..expected.clone()
+            },
         };
         let commits = watermarks.iter().enumerate().map(|(postgres_shard, expected)| {
-            let (expected, new) = (expected.clone(), new.clone());
+            let (expected, new) = (expected.clone(), new_for(expected));
             let rows: Vec<ShippedOrder> = events
                 .iter()
                 .filter(|e| e.event_seq >= expected.next_seq)

@@ -483,6 +483,10 @@ pub(crate) fn client_outcome(outcome: &ledger::state_machine::command::Outcome) 
         Ledger::OrderIdReused => Outcome::OrderIdReused { detail: String::new() },
         Ledger::RequestTooOld => Outcome::RequestTooOld,
         Ledger::Rejected { reason } => Outcome::Rejected { detail: reason.clone() },
+        // Never answered to a client (the node turns it into a stale epoch); as the wire says it.
+        Ledger::WrongShard { epoch } => Outcome::Rejected {
+            detail: format!("the SKU left this shard (now at epoch {epoch})"),
+        },
     }
 }
 
