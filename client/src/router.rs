@@ -430,6 +430,14 @@ impl Router {
                 any_ambiguous = true;
             }
             match next {
+                // An earlier attempt may have been applied: this refusal speaks only for itself
+                // (a batch a split cut in two by the node's newer map, say).
+                Next::Fail(error) if any_ambiguous => {
+                    return Err(ClientError::Indeterminate {
+                        attempts,
+                        refusal: error.to_string(),
+                    });
+                }
                 Next::Fail(error) => return Err(error),
                 Next::Overloaded(refusal) if any_ambiguous => {
                     return Err(ClientError::Indeterminate {

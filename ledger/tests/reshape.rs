@@ -510,3 +510,66 @@ async fn a_shard_splits_while_buyers_buy_and_each_half_sells_only_its_own_skus()
     replicas_identical(&cluster, 1).await;
     replicas_identical(&cluster, new_shard).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_split_cut_short_by_the_crash_of_the_node_leading_the_shard_and_the_meta_group_completes() {
+    let mut cluster = cluster_of(3).await;
+    cluster.put_sku("apple", 1_000).await;
+    cluster.put_sku("banana", 1_000).await;
+    let client = client_of(&cluster).await;
+    for n in 0..20 {
+        for sku in ["apple", "banana"] {
+            let bought = client
+                .purchase(sku, 1, "u", &format!("{sku}-before-{n}"))
+                .await
+                .expect("purchase");
+            assert_eq!(bought, ClientOutcome::Confirmed);
+        }
+    }
+    // One node leads both the meta group and shard 1, and dies right after the split is queued:
+    // the split entry may be committed, half-replicated or lost, and the step is still queued.
+    let doomed = cluster.leader(META_SHARD).await;
+    reshape(&cluster, ReshapeRequest::TransferLeader { shard_id: 1, to: doomed })
+        .await
+        .expect("transfer");
+    wait_for(&cluster, "the doomed node leads shard 1", |cluster| {
+        cluster.node(doomed).replica(1).is_some_and(|replica| replica.raft.is_leader())
+    })
+    .await;
+    let new_shard = meta_map(&cluster).await.next_shard_id;
+    reshape(
+        &cluster,
+        ReshapeRequest::SplitShard {
+            shard_id: 1,
+            at: b"b".to_vec(),
+        },
+    )
+    .await
+    .expect("split queued");
+    cluster.kill(doomed).await;
+    wait_steps_done(&cluster).await;
+    let map = meta_map(&cluster).await;
+    assert_eq!(map.shards[&1].end, b"b".to_vec());
+    assert!(map.shards.contains_key(&new_shard), "{map:?}");
+    cluster.restart(doomed).await;
+    wait_hosted_everywhere(&cluster, new_shard).await;
+
+    // Every order bought before the split answers its first answer from the half that owns it,
+    // and each half sells on.
+    for n in 0..20 {
+        for sku in ["apple", "banana"] {
+            let replay = client
+                .purchase(sku, 1, "u", &format!("{sku}-before-{n}"))
+                .await
+                .expect("retry");
+            assert_eq!(replay, ClientOutcome::Confirmed, "{sku}-before-{n}");
+        }
+    }
+    for sku in ["apple", "banana"] {
+        let bought = client.purchase(sku, 1, "u", &format!("{sku}-after")).await.expect("purchase");
+        assert_eq!(bought, ClientOutcome::Confirmed);
+        assert_eq!(sold_through_client(&client, sku).await, 21, "{sku}: 20 before, 1 after, none twice");
+    }
+    replicas_identical(&cluster, 1).await;
+    replicas_identical(&cluster, new_shard).await;
+}

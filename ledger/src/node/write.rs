@@ -53,8 +53,7 @@ impl Node {
         route_epochs: &[u64],
         deadline: Deadline,
     ) -> Result<(Vec<Outcome>, u64), NodeError> {
-        let shard = self.shard_for_operations(&operations)?;
-        self.check_route(&shard, route_epochs)?;
+        let shard = self.route(&operations, route_epochs)?;
         if let Some(answered) = self.answer_sold_out_from_lease(&shard, &operations).await {
             return Ok(answered);
         }
@@ -180,6 +179,27 @@ impl Node {
             }),
             None => Ok(()),
         }
+    }
+
+    /// The one shard hosted here that every operation routes to, checked against the epochs
+    /// the caller routed them by. A batch the caller routed to one shard (it names an epoch)
+    /// that spans two by this node's map was cut by a split the caller has not seen: a stale
+    /// epoch (refresh and resend), not a malformed request.
+    pub fn route(&self, operations: &[Operation], route_epochs: &[u64]) -> Result<Arc<ShardReplica>, NodeError> {
+        let routed = route_epochs.iter().copied().find(|epoch| *epoch != 0);
+        let shard = match (self.shard_for_operations(operations), routed) {
+            (Err(NodeError::BatchSpansShards { first, .. }), Some(requested)) => {
+                let current = self.shard(first).map_or(0, |shard| shard.epoch());
+                return Err(NodeError::StaleEpoch {
+                    shard_id: first,
+                    current,
+                    requested,
+                });
+            }
+            (routed, _) => routed?,
+        };
+        self.check_route(&shard, route_epochs)?;
+        Ok(shard)
     }
 
     /// The one shard hosted here that every operation routes to.

@@ -103,8 +103,7 @@ impl InventoryService {
         epochs: &[u64],
     ) -> Result<(Vec<pb::Outcome>, u64), Status> {
         let node = &self.node;
-        let shard = node.shard_for_operations(&operations).map_err(from_node_error)?;
-        node.check_route(&shard, epochs).map_err(from_node_error)?;
+        let shard = node.route(&operations, epochs).map_err(from_node_error)?;
         let _permit = node
             .admission
             .admit(shard.config.id, priority, operations.len(), envelope.deadline)
