@@ -325,6 +325,10 @@ impl Router {
         // Nodes that did not answer this call: a follower that still names one of them as its
         // leader (it has not noticed yet) is not followed there again.
         let mut silent: Vec<String> = Vec::new();
+        // Nodes a hint sent this call to since its last pause: hints that lead in a circle (two
+        // followers each naming the other, during an election or a leadership hand-over) are
+        // not followed round again without a pause, or they would spend every attempt at once.
+        let mut hinted: Vec<String> = Vec::new();
 
         while attempts < attempts_max {
             let Some(budget) = self.attempt_budget(Some(deadline)) else {
@@ -429,6 +433,7 @@ impl Router {
             ) {
                 any_ambiguous = true;
             }
+            let pauses_before = pauses.taken;
             match next {
                 // An earlier attempt may have been applied: this refusal speaks only for itself
                 // (a batch a split cut in two by the node's newer map, say).
@@ -448,9 +453,15 @@ impl Router {
                 Next::Overloaded(error) => return Err(error),
                 Next::Redirect { leader_id, leader_addr } => {
                     last_was_timeout = false;
-                    match self.follow_hint(&shard, &target, leader_id, leader_addr, &silent) {
+                    let hint = self
+                        .follow_hint(&shard, &target, leader_id, leader_addr, &silent)
+                        .filter(|leader| !hinted.contains(&leader.addr));
+                    match hint {
+                        // Following a hint does not reset the count of failures in a row: two
+                        // followers naming a leader that does not answer as one would otherwise
+                        // keep the call from ever pausing.
                         Some(leader) => {
-                            pauses.failed_in_a_row = 0;
+                            hinted.push(leader.addr.clone());
                             following_hint = true;
                             redirect = Some(leader);
                         }
@@ -489,6 +500,9 @@ impl Router {
                     }
                     pauses.pause(retry_after, deadline).await;
                 }
+            }
+            if pauses.taken != pauses_before {
+                hinted.clear();
             }
         }
         if last_was_timeout {

@@ -410,6 +410,10 @@ impl Default for ShippingSection {
     }
 }
 
+/// The share of a hot shard's load the lighter half of a split must carry: a shard that one SKU
+/// carries nearly alone is not split (it would only move that SKU).
+const HOT_RANGE_LIGHTER_HALF_MIN: f64 = 0.2;
+
 /// The placement scheduler on the meta leader (crate::meta::scheduler, docs/architecture.md,
 /// "Placement"): it moves a leadership or a replica only when one node carries 2 more than
 /// another, one change per round.
@@ -424,6 +428,12 @@ pub struct PlacementSection {
     /// Time between two rounds; a round asks every shard's leader it does not host, and
     /// makes at most one change.
     pub interval_ms: u64,
+    /// Split a shard applying at least `hot_range_ops_per_s` whose load several SKUs share,
+    /// between them, and lead the new half from another node (crate::meta::hot_ranges).
+    pub split_hot_ranges: bool,
+    /// Operations per second (every replica applies them; measured over a round) from which a
+    /// shard counts as hot.
+    pub hot_range_ops_per_s: u64,
 }
 
 impl Default for PlacementSection {
@@ -432,11 +442,21 @@ impl Default for PlacementSection {
             balance_leaders: true,
             balance_replicas: true,
             interval_ms: 5000,
+            split_hot_ranges: true,
+            hot_range_ops_per_s: 5000,
         }
     }
 }
 
 impl PlacementSection {
+    /// When hot ranges are split, if they are.
+    pub fn hot_range_policy(&self) -> Option<crate::meta::hot_ranges::HotRangePolicy> {
+        self.split_hot_ranges.then_some(crate::meta::hot_ranges::HotRangePolicy {
+            ops_per_s_min: self.hot_range_ops_per_s as f64,
+            lighter_half_min: HOT_RANGE_LIGHTER_HALF_MIN,
+        })
+    }
+
     /// The scheduler's policy these settings ask for.
     pub fn policy(&self) -> crate::meta::scheduler::PlacementPolicy {
         crate::meta::scheduler::PlacementPolicy {
@@ -651,7 +671,7 @@ impl ClusterConfig {
     /// a semaphore holds at most 2^61 permits, a deadline is added to an `Instant`). Node and
     /// shard ids are names, not amounts: any `u64` (but node id 0, see `validate_nodes`, and shard
     /// id 0, the meta group's).
-    fn numeric_settings(&self) -> [NumericSetting; 40] {
+    fn numeric_settings(&self) -> [NumericSetting; 41] {
         const KIB: u64 = 1024;
         const MIB: u64 = 1024 * KIB;
         const MINUTE_MS: u64 = 60_000;
@@ -817,6 +837,7 @@ impl ClusterConfig {
             // A round costs an RPC per shard the meta leader does not host: not faster than
             // 10 a second; at most an hour, beyond which balance is not being kept.
             setting("placement.interval_ms", self.placement.interval_ms, 100..=HOUR_MS),
+            setting("placement.hot_range_ops_per_s", self.placement.hot_range_ops_per_s, 1..=RATE_OPS_MAX),
             setting(
                 "security.tls_handshake_timeout_ms",
                 self.security.tls_handshake_timeout_ms,
@@ -1073,6 +1094,9 @@ mod tests {
             ),
             (true, true, 5000)
         );
+        assert_eq!((defaults.split_hot_ranges, defaults.hot_range_ops_per_s), (true, 5000));
+        let zero = parse(&format!("{VALID}\n[placement]\nhot_range_ops_per_s = 0\n"));
+        assert!(zero.is_err(), "{zero:?}");
         let text = format!("{VALID}\n[placement]\nbalance_leaders = false\ninterval_ms = 250\n");
         let placement = parse(&text).expect("valid").placement;
         assert_eq!(

@@ -229,3 +229,87 @@ async fn with_balance_leaders_off_a_pile_of_leaderships_stays() {
     assert_eq!(counts[&1], 4, "{counts:?}");
     assert_eq!(meta_map(&cluster).await.version, version, "no replica moved either");
 }
+
+/// Two SKUs bought hard in one range that one node leads: the scheduler splits the range
+/// between them, and the new half is led from another node. Buyers see no error, and every
+/// confirmed purchase is counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hot_range_of_two_busy_skus_is_split_between_them_and_its_halves_are_led_apart() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::AtomicU64;
+    use std::sync::atomic::Ordering;
+
+    show_logs();
+    let cluster = TestCluster::start(3, |config| {
+        config.placement.interval_ms = 500;
+        // Only the split moves anything: leaders and replicas stay where the test puts them.
+        config.placement.balance_leaders = false;
+        config.placement.balance_replicas = false;
+        config.placement.split_hot_ranges = true;
+        config.placement.hot_range_ops_per_s = 20;
+    })
+    .await;
+    seeded(&cluster).await;
+    for sku in ["apple", "banana"] {
+        cluster.put_sku(sku, 10_000_000).await;
+    }
+    let seeds: Vec<String> = cluster.config.nodes.iter().map(|n| n.addr.clone()).collect();
+    let client = flashledger_client::Client::connect(seeds, flashledger_client::ClientOptions::default())
+        .await
+        .expect("connect");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut buyers = Vec::new();
+    for sku in ["apple", "banana"] {
+        let bought = Arc::new(AtomicU64::new(0));
+        for buyer in 0..4 {
+            let (client, stop, bought) = (client.clone(), stop.clone(), bought.clone());
+            buyers.push((
+                sku,
+                bought.clone(),
+                tokio::spawn(async move {
+                    let mut n = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        let order = format!("{sku}-{buyer}-{n}");
+                        match client.purchase(sku, 1, "u", &order).await {
+                            Ok(flashledger_client::Outcome::Confirmed) => {
+                                bought.fetch_add(1, Ordering::Relaxed);
+                            }
+                            other => panic!("purchase {order}: {other:?}"),
+                        }
+                    }
+                }),
+            ));
+        }
+    }
+
+    wait_for("the scheduler splits shard 1 between the two SKUs", || async {
+        meta_map(&cluster).await.shards.get(&1).is_some_and(|shard| shard.end == b"banana")
+    })
+    .await;
+    let map = meta_map(&cluster).await;
+    let (new_shard, _) = map.shard_for_sku(b"banana").expect("a shard holds banana");
+    assert_ne!(new_shard, 1);
+    wait_for("the halves are led by different nodes", || async {
+        cluster.leader(1).await != cluster.leader(new_shard).await
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut bought_of: BTreeMap<&str, u64> = BTreeMap::new();
+    for (sku, bought, buyer) in buyers {
+        buyer.await.unwrap_or_else(|e| panic!("a buyer of {sku} failed: {e}"));
+        bought_of.insert(sku, bought.load(Ordering::Relaxed));
+    }
+    for (sku, bought) in bought_of {
+        let stock = client
+            .get_stock(sku, flashledger_client::Consistency::Linearizable)
+            .await
+            .expect("read")
+            .expect("on sale");
+        assert_eq!(stock.sold as u64, bought, "{sku}: every confirmed purchase counted once");
+    }
+    let map = meta_map(&cluster).await;
+    assert_eq!(map.shards.len(), 3, "one split, not more: {:?}", map.shards);
+}

@@ -463,9 +463,59 @@ pub(super) async fn carry_out(node: &Arc<Node>, map: &ShardMap, step: &Step) -> 
         Err(ReconfigureRefused::Failed(message) | ReconfigureRefused::Unreachable(message)) => return Err(message),
         Err(ReconfigureRefused::NotLeader(_)) => return Err(format!("no node leads shard {}", step.shard_id)),
     };
+    let split_off = match (&done, &step.change) {
+        (MetaCommand::StepDone { .. }, ReplicaChange::Split { new_shard, .. }) => Some(*new_shard),
+        _ => None,
+    };
     node.propose_meta(done).await.map_err(|error| error.to_string())?;
+    if let Some(new_shard) = split_off {
+        // Off the hosting loop: the new group must first be hosted and elect.
+        tokio::spawn(lead_halves_apart(node.clone(), step.shard_id, new_shard));
+    }
     tracing::info!(node = node.id, %step, "reshaping step done");
     Ok(())
+}
+
+/// How long the meta leader waits for both halves of a split to have leaders.
+const SPLIT_LEADERS_WAIT: Duration = Duration::from_secs(10);
+
+/// After a split: once both halves have leaders, if one node leads both, hands the new half's
+/// leadership to another of its voters (the active one with the lowest id), so that the load
+/// the split cut in two is carried by two nodes. Best effort: logged, never retried (the
+/// placement scheduler balances leaderships from then on).
+async fn lead_halves_apart(node: Arc<Node>, left: ShardId, right: ShardId) {
+    let deadline = tokio::time::Instant::now() + SPLIT_LEADERS_WAIT;
+    loop {
+        let map = node.shard_map();
+        let leaders = (
+            crate::node::placement::leader_of(&node, &map, left).await,
+            crate::node::placement::leader_of(&node, &map, right).await,
+        );
+        match leaders {
+            (Some(left_leader), Some(right_leader)) if left_leader != right_leader => return,
+            (Some(leader), Some(_)) => {
+                let voters = map.hosts_of(right).map(|(voters, _)| voters).unwrap_or_default();
+                let Some(to) = voters.into_iter().find(|voter| {
+                    *voter != leader
+                        && map
+                            .nodes
+                            .get(voter)
+                            .is_some_and(|entry| entry.state == crate::meta::map::NodeState::Active)
+                }) else {
+                    return;
+                };
+                let moved = node.reshape(ReshapeRequest::TransferLeader { shard_id: right, to }).await;
+                tracing::info!(node = node.id, left, right, from = leader, to, ok = moved.is_ok(),
+                    "split: the new half is led apart from the old one");
+                return;
+            }
+            _ if tokio::time::Instant::now() >= deadline => {
+                tracing::info!(node = node.id, left, right, "split: a half has no leader yet; leaders left as they are");
+                return;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
 }
 
 fn step(shard_id: ShardId, change: ReplicaChange) -> crate::meta::map::StepRequest {

@@ -79,6 +79,30 @@ pub struct ShardView {
     snapshot_lock: tokio::sync::Mutex<()>,
     /// What this replica applied and snapshotted, for /metrics.
     pub instruments: ShardInstruments,
+    /// Operations applied per SKU since the placement scheduler last took them (see
+    /// [`ShardView::take_load`]); counted only once it asked, on the meta leader.
+    load: Mutex<Option<AppliedLoad>>,
+}
+
+/// How long a replica counts its load per SKU without the scheduler taking it.
+const LOAD_UNCLAIMED: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Operations a replica applied, per SKU, since a moment.
+#[derive(Debug)]
+pub struct AppliedLoad {
+    pub since: tokio::time::Instant,
+    pub ops: u64,
+    pub by_sku: std::collections::HashMap<Sku, u64>,
+}
+
+impl AppliedLoad {
+    fn new() -> Self {
+        AppliedLoad {
+            since: tokio::time::Instant::now(),
+            ops: 0,
+            by_sku: std::collections::HashMap::new(),
+        }
+    }
 }
 
 impl ShardView {
@@ -95,6 +119,45 @@ impl ShardView {
             changes,
             ops_since_snapshot: AtomicU64::new(0),
             instruments: ShardInstruments::default(),
+            load: Mutex::new(None),
+        }
+    }
+
+    /// What this replica applied since the last call (per SKU, and in all), and starts counting
+    /// again; the first call starts the counting and returns `None`. Every replica applies the
+    /// same operations, so any replica's count is the shard's load. Only the placement
+    /// scheduler calls it, so replicas elsewhere never pay for the counting.
+    pub fn take_load(&self) -> Option<AppliedLoad> {
+        let mut load = self.load.lock().unwrap_or_else(|p| p.into_inner());
+        load.replace(AppliedLoad::new())
+    }
+
+    /// Counts `entries`' operations per SKU, if the scheduler asked for counts.
+    fn count_load<'a>(&self, entries: impl Iterator<Item = &'a Entry>) {
+        let mut counting = self.load.lock().unwrap_or_else(|p| p.into_inner());
+        // Nobody took the counts for a minute (this node no longer leads the meta group, or
+        // the scheduler was switched off): stop paying for them.
+        if counting.as_ref().is_some_and(|load| load.since.elapsed() > LOAD_UNCLAIMED) {
+            *counting = None;
+        }
+        let Some(load) = counting.as_mut() else { return };
+        for entry in entries {
+            let EntryPayload::Normal(LogCommand {
+                body: CommandBody::Batch(operations),
+                ..
+            }) = &entry.payload
+            else {
+                continue;
+            };
+            load.ops += operations.len() as u64;
+            for operation in operations {
+                match load.by_sku.get_mut(operation.sku()) {
+                    Some(count) => *count += 1,
+                    None => {
+                        load.by_sku.insert(operation.sku().to_vec(), 1);
+                    }
+                }
+            }
         }
     }
 
@@ -240,6 +303,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         while let Some(entry_and_responder) = entries.try_next().await? {
             batch.push(entry_and_responder);
         }
+        self.view.count_load(batch.iter().map(|(entry, _)| entry));
         {
             let mut image = self.view.state.write().unwrap_or_else(|p| p.into_inner());
             for (entry, responder) in batch {
