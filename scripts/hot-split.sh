@@ -4,20 +4,23 @@
 # before and after a split"). One run, before and after measured in it:
 #
 #   1. builds the release binaries; starts 3 nodes on 127.0.0.1 (ports BASE_PORT+id, TLS and
-#      tokens) with two shards, [.., m) and [m, ..), on all three; the placement scheduler is
-#      off, so only this script moves anything;
+#      tokens) with two shards, [.., m) and [m, ..), on all three; the placement scheduler only
+#      splits hot ranges (`[placement] split_hot_ranges`, over HOT_OPS_PER_S; no leader or
+#      replica balancing, so nothing else moves), its rounds SPLIT_AT_S / 2 apart: the first
+#      round that sees load starts the count, the next one splits;
 #   2. runs flashbench's zipf workload over 2 SKUs with equal popularity (`--skus 2 --zipf-s 0`:
 #      "a<run>-0000" and "b<run>-0001", both in shard 1) for LOAD_SECS, closed loop, CLIENTS
 #      callers in 2 service processes;
-#   3. after SPLIT_AT_S seconds: `ledger shard split --shard 1 --at b --wait`, then hands the new
-#      shard's leadership to a node other than shard 1's leader;
+#   3. MODE=scheduler (default): waits for the scheduler to split shard 1 between the two SKUs
+#      and to lead the new half from another node. MODE=operator: the scheduler is off; after
+#      SPLIT_AT_S seconds the script runs `ledger shard split --shard 1 --at b --wait` and
+#      hands the new shard's leadership to a node other than shard 1's leader if needed;
 #   4. prints the pair's purchases per second before the split (seconds 5 .. split) and after it
 #      (from SETTLE_SECS after the transfer to 2 s before the end), the change, how long the
 #      split took, and the worst second during it; checks flashbench saw no error.
 #
-# The scheduler does not split hot ranges by itself yet: the operator's split stands in for it.
-#
-#   scripts/hot-split.sh                        # LOAD_SECS=60 SPLIT_AT_S=25 CLIENTS=64
+#   scripts/hot-split.sh                        # LOAD_SECS=60 SPLIT_AT_S=25 CLIENTS=64 HOT_OPS_PER_S=1000
+#   MODE=operator scripts/hot-split.sh
 #   LOAD_SECS=90 BASE_PORT=7700 scripts/hot-split.sh
 #
 # Results (config, node logs, flashbench JSON, summary.md) go to RESULTS (default
@@ -26,6 +29,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BASE_PORT="${BASE_PORT:-7600}"
+MODE="${MODE:-scheduler}"
+HOT_OPS_PER_S="${HOT_OPS_PER_S:-1000}"
+case "$MODE" in scheduler|operator) ;; *) echo "MODE must be scheduler or operator" >&2; exit 2 ;; esac
 LOAD_SECS="${LOAD_SECS:-60}"
 SPLIT_AT_S="${SPLIT_AT_S:-25}"
 SETTLE_SECS="${SETTLE_SECS:-5}"
@@ -76,7 +82,12 @@ mkdir -p "$data_root"
   done
   printf '\n[[shards]]\nid = 1\nstart = ""\nend = "m"\nreplicas = [1, 2, 3]\n'
   printf '\n[[shards]]\nid = 2\nstart = "m"\nend = ""\nreplicas = [1, 2, 3]\n'
-  printf '\n[placement]\nbalance_leaders = false\nbalance_replicas = false\n'
+  if [ "$MODE" = scheduler ]; then
+    printf '\n[placement]\nbalance_leaders = false\nbalance_replicas = false\nsplit_hot_ranges = true\nhot_range_ops_per_s = %d\ninterval_ms = %d\n' \
+      "$HOT_OPS_PER_S" $((SPLIT_AT_S * 500))
+  else
+    printf '\n[placement]\nbalance_leaders = false\nbalance_replicas = false\nsplit_hot_ranges = false\n'
+  fi
   printf '\n[security]\nca_file = "%s"\ntokens_file = "%s"\n' "$data_root/certs/ca.pem" "$data_root/certs/tokens.toml"
 } >"$config"
 cluster_start "$config" "$data_root"
@@ -94,23 +105,45 @@ echo "==> load: 2 equally hot SKUs in shard 1, $CLIENTS callers, $LOAD_SECS s"
   --label "hot pair" --no-progress --out-dir "$results" \
   >"$results/load.line.json" 2>"$results/load.stderr" &
 load_pid=$!
-sleep "$SPLIT_AT_S"
-kill -0 "$load_pid" 2>/dev/null || fail "the load ended early (see $results/load.stderr)"
+shard_count() {
+  "$LEDGER" shard list --config "$config" --seeds "$seeds" --json | python3 -c "
+import json, sys
+print(len(json.load(sys.stdin)['shards']))"
+}
 
-echo "==> split shard 1 at \"b\" (shard 1 led by node $(leader_of 1))"
-split_started=$(now_ms)
-"$LEDGER" shard split --shard 1 --at b --wait --config "$config" --seeds "$seeds" --json >"$results/split.json" \
-  || fail "the split failed"
-split_ended=$(now_ms)
-new_shard=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["queued"][0]["new_shard_id"])' "$results/split.json")
+if [ "$MODE" = operator ]; then
+  sleep "$SPLIT_AT_S"
+  kill -0 "$load_pid" 2>/dev/null || fail "the load ended early (see $results/load.stderr)"
+  echo "==> split shard 1 at \"b\" (shard 1 led by node $(leader_of 1))"
+  split_started=$(now_ms)
+  "$LEDGER" shard split --shard 1 --at b --wait --config "$config" --seeds "$seeds" --json >"$results/split.json" \
+    || fail "the split failed"
+  split_ended=$(now_ms)
+  new_shard=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["queued"][0]["new_shard_id"])' "$results/split.json")
+else
+  echo "==> waiting for the scheduler to split shard 1 (led by node $(leader_of 1))"
+  split_started=""
+  for attempt in $(seq 1 $((LOAD_SECS * 10))); do
+    kill -0 "$load_pid" 2>/dev/null || fail "the load ended and the scheduler split nothing (see the node logs)"
+    if [ "$(shard_count)" -gt 2 ]; then split_started=$(now_ms); break; fi
+    sleep 0.1
+  done
+  [ -n "$split_started" ] || fail "the scheduler split nothing"
+  split_ended=$split_started
+  grep -h "split a hot range" "$data_root"/node*.log | tail -n 1 || true
+  new_shard=$("$LEDGER" shard list --config "$config" --seeds "$seeds" --json | python3 -c "
+import json, sys
+print(max(s['shard_id'] for s in json.load(sys.stdin)['shards']))")
+fi
 for attempt in $(seq 1 100); do
   new_leader=$(leader_of "$new_shard")
-  [ "$new_leader" != 0 ] && break
+  [ "$new_leader" != 0 ] && [ "$MODE" = operator -o "$new_leader" != "$(leader_of 1)" ] && break
   sleep 0.1
 done
 old_leader=$(leader_of 1)
 to=$new_leader
 if [ "$new_leader" = "$old_leader" ]; then
+  [ "$MODE" = scheduler ] && fail "node $old_leader still leads both halves 10 s after the scheduler's split"
   to=$(( old_leader % 3 + 1 ))
   echo "==> hand shard $new_shard's leadership from node $new_leader to node $to"
   "$LEDGER" shard transfer-leader --shard "$new_shard" --to "$to" --config "$config" --seeds "$seeds" \
@@ -140,7 +173,7 @@ def mean(lo, hi):
 
 before, n_before = mean(anchor + 5000, split_started)
 after, n_after = mean(spread_ms + settle * 1000, end - 2000)
-during = [ops for start, ops in seconds if start < split_ended and start + 1000 > split_started]
+during = [ops for start, ops in seconds if start < max(split_ended, split_started + 1000) and start + 1000 > split_started - 1000]
 failures = []
 if line["errors"]:
     failures.append(f"flashbench callers saw {line['errors']} errors")
@@ -149,7 +182,7 @@ print("|---|---|---|")
 print(f"| before: both SKUs in shard 1, one leader | {before:.0f} | {n_before} |")
 print(f"| after: split at \"b\", the halves led by different nodes | {after:.0f} | {n_after} |")
 print(f"\nchange: {100 * (after / before - 1):+.0f} %; the split took {(split_ended - split_started) / 1000:.1f} s "
-      f"(--wait), worst second during it {min(during) if during else 'n/a'} ops; "
+      f"(--wait; 0 when the scheduler split: seen once done), worst second around it {min(during) if during else 'n/a'} ops; "
       f"{line['ok_total']} purchases, {line['errors']} errors")
 for failure in failures:
     print(f"FAILED  {failure}")

@@ -128,7 +128,8 @@ impl ClusterShape {
                  idempotency_window_ms = {SIM_WINDOW_MS}\nclock_skew_margin_ms = {SIM_SKEW_MARGIN_MS}\n\n\
                  [shipping]\npoll_interval_ms = 50\nmark_interval_ms = 100\ntakeover_after_ms = 1000\n\
                  retry_backoff_ms_min = 50\nretry_backoff_ms_max = 500\n\n\
-                 [placement]\nbalance_leaders = {placement}\nbalance_replicas = {placement}\n\n",
+                 [placement]\nbalance_leaders = {placement}\nbalance_replicas = {placement}\n\
+                 split_hot_ranges = {placement}\nhot_range_ops_per_s = {SIM_HOT_RANGE_OPS_PER_S}\n\n",
             placement = self.placement,
         );
         if let Some(admission) = &self.admission {
@@ -142,6 +143,12 @@ impl ClusterShape {
 /// the safety phase are pruned by the end of a run while later ones must still be kept (the
 /// lost-writes checker tells the two apart), and retries that take long get `REQUEST_TOO_OLD`.
 pub const SIM_WINDOW_MS: u64 = 8_000;
+
+/// The hot-range threshold of the simulated clusters: low enough that a placement round (every
+/// 5 s) after the load began splits the busiest multi-SKU shard, as a real cluster would split
+/// a range over `placement.hot_range_ops_per_s`.
+pub const SIM_HOT_RANGE_OPS_PER_S: u64 = 10;
+
 /// Larger than the largest clock skew the faults inject (2 s), as an operator would set it.
 pub const SIM_SKEW_MARGIN_MS: u64 = 2_500;
 

@@ -273,6 +273,14 @@ impl Node {
         let raft = Raft::new(self.id, self.raft_config.clone(), network, log_store, state_machine)
             .await
             .map_err(|e| NodeError::Raft(format!("shard {shard_id}: {e}")))?;
+        // A half this node's split just wrote: the node that led the shard it came from asks
+        // for the new group's leadership at once rather than after an election timeout (the
+        // SKUs that moved are unavailable until the new group has a leader).
+        if self.opened.take_seeded(shard_id) && self.leads_the_shard_split_into(shard_id) {
+            if let Err(error) = raft.trigger().elect(true).await {
+                tracing::info!(shard = shard_id, %error, "could not start an election for a split-off shard");
+            }
+        }
         if initialize
             && !raft
                 .is_initialized()
@@ -421,6 +429,16 @@ impl Node {
             .ok_or_else(|| NodeError::SkuNotHosted {
                 sku: String::from_utf8_lossy(sku).into_owned(),
             })
+    }
+
+    /// Whether this node leads the shard that `new_shard` was split off.
+    fn leads_the_shard_split_into(&self, new_shard: ShardId) -> bool {
+        self.shards().iter().any(|shard| {
+            shard.raft.is_leader()
+                && shard
+                    .view
+                    .read(|image| image.bounds.split_off.iter().any(|(id, _)| *id == new_shard))
+        })
     }
 
     /// The sale rules this node has applied for `sku` (`None`: not hosted here, or not on sale).

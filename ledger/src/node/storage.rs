@@ -62,6 +62,8 @@ pub struct OpenedStorage {
     /// Shards whose storage a replica opened since the node started: a split's new half is
     /// seeded only into storage no replica has opened (see [`OpenedStorage::claim`]).
     claimed: Arc<Mutex<std::collections::BTreeSet<ShardId>>>,
+    /// Shards a split seeded on this node since it started, until a replica of one starts.
+    seeded: Arc<Mutex<std::collections::BTreeSet<ShardId>>>,
 }
 
 #[derive(Clone)]
@@ -81,6 +83,7 @@ impl Storage {
                     wal,
                     snapshots: SnapshotBackends::Memory(disk.clone()),
                     claimed: Arc::default(),
+                    seeded: Arc::default(),
                 })
             }
             Storage::Disk => open_disk(data_dir),
@@ -115,6 +118,7 @@ fn open_disk(data_dir: &Path) -> Result<OpenedStorage, StorageError> {
         wal,
         snapshots: SnapshotBackends::Files(crate::applied::snapshot_dir(data_dir)),
         claimed: Arc::default(),
+        seeded: Arc::default(),
     })
 }
 
@@ -157,6 +161,12 @@ impl OpenedStorage {
     pub fn claim(&self, shard_id: ShardId) {
         lock(&self.claimed).insert(shard_id);
     }
+
+    /// Whether a split on this node seeded `shard_id` since the node started (asked once, when
+    /// its replica starts).
+    pub fn take_seeded(&self, shard_id: ShardId) -> bool {
+        lock(&self.seeded).remove(&shard_id)
+    }
 }
 
 impl SplitSeeder for OpenedStorage {
@@ -174,6 +184,7 @@ impl SplitSeeder for OpenedStorage {
         AppliedStore::new(backend)
             .save_image(meta, image)
             .map_err(|e| e.to_string())?;
+        lock(&self.seeded).insert(new_shard);
         Ok(true)
     }
 }

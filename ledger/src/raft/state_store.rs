@@ -304,13 +304,27 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
             batch.push(entry_and_responder);
         }
         self.view.count_load(batch.iter().map(|(entry, _)| entry));
+        // A split's new half is written to disk after the state lock is released (it may be
+        // large; reads and the lease must not wait for it), but before this returns and before
+        // any snapshot can fork the narrowed state: a snapshot after the split lets the log,
+        // and so the split entry, be purged, and the half must be durable by then.
+        let views = self.view.clone();
+        let _no_snapshot_meanwhile = match batch.iter().any(|(entry, _)| split_in(entry).is_some()) {
+            true => Some(views.snapshot_lock.lock().await),
+            false => None,
+        };
+        let mut seeds = Vec::new();
         {
             let mut image = self.view.state.write().unwrap_or_else(|p| p.into_inner());
             for (entry, responder) in batch {
                 let ops = operations_in(&entry);
                 applied_ops += ops;
                 let (reply, changes) = match split_in(&entry) {
-                    Some((at, new_shard)) => (self.split(&mut image, &entry, at, new_shard)?, Changes::default()),
+                    Some((at, new_shard)) => {
+                        let (reply, seed) = self.split(&mut image, &entry, at, new_shard)?;
+                        seeds.extend(seed);
+                        (reply, Changes::default())
+                    }
                     None => apply_entry(&mut image, &entry).map_err(|violation| self.halt(violation))?,
                 };
                 self.view.instruments.applied_entry(ops);
@@ -322,6 +336,9 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
             }
             self.view.ops_since_snapshot.fetch_add(applied_ops, Ordering::Relaxed);
             self.view.publish(&image, &all_changes, last_index);
+        }
+        for seed in seeds {
+            self.seed_half(seed).await?;
         }
         // Answer after the lock is released; the entries are already durable in the Raft log.
         for (responder, reply) in replies {
@@ -439,10 +456,11 @@ impl ShardStateMachine {
         entry: &Entry,
         at: &[u8],
         new_shard: ShardId,
-    ) -> Result<CommandReply, io::Error> {
+    ) -> Result<(CommandReply, Option<SplitHalf>), io::Error> {
         use openraft::vote::RaftLeaderIdExt;
         let log_id = entry.log_id();
         let answer = |outcome: Outcome| CommandReply { outcomes: vec![outcome] };
+        let mut half_to_seed = None;
         let reply = if image.bounds.split_off.iter().any(|(id, _)| *id == new_shard) {
             answer(Outcome::Ok)
         } else if !image.bounds.splits_at(at) {
@@ -453,9 +471,9 @@ impl ShardStateMachine {
                 ),
             })
         } else {
-            let Some(seeder) = &self.seeder else {
+            if self.seeder.is_none() {
                 return Err(io::Error::other("a split entry on a replica that cannot seed the new shard"));
-            };
+            }
             let mut left = image.ledger.clone();
             match left.split_off(at) {
                 Err(reason) => answer(Outcome::Rejected { reason }),
@@ -492,11 +510,13 @@ impl ShardStateMachine {
                         last_log_id: half.meta.applied,
                         last_membership: half.meta.membership.clone(),
                     };
-                    let seeded = seeder
-                        .seed(new_shard, &meta, &half.frozen())
-                        .map_err(|e| io::Error::other(format!("seeding shard {new_shard}: {e}")))?;
                     tracing::info!(shard = self.view.shard_id, new_shard, at = %String::from_utf8_lossy(at),
-                        index = log_id.index, seeded, "split the shard");
+                        index = log_id.index, "split the shard");
+                    half_to_seed = Some(SplitHalf {
+                        new_shard,
+                        meta,
+                        image: half.frozen(),
+                    });
                     image.ledger = left;
                     #[cfg(madsim)]
                     let keep_range = crate::simulation::planted(crate::simulation::PlantedBug::SplitKeepsRange);
@@ -512,8 +532,34 @@ impl ShardStateMachine {
             }
         };
         image.meta.applied = Some(log_id);
-        Ok(reply)
+        Ok((reply, half_to_seed))
     }
+
+    /// Writes a split-off half as its shard's first snapshot, on a thread of its own.
+    async fn seed_half(&self, half: SplitHalf) -> Result<(), io::Error> {
+        let seeder = self
+            .seeder
+            .clone()
+            .ok_or_else(|| io::Error::other("a split entry on a replica that cannot seed the new shard"))?;
+        let started = tokio::time::Instant::now();
+        let new_shard = half.new_shard;
+        let seeded = run_blocking(SnapshotPriority::Normal, move || {
+            seeder
+                .seed(half.new_shard, &half.meta, &half.image)
+                .map_err(|e| AppliedStoreError::Backend(format!("seeding shard {}: {e}", half.new_shard)))
+        })
+        .await?;
+        tracing::info!(shard = self.view.shard_id, new_shard, seeded, ms = started.elapsed().as_millis() as u64,
+            "the split-off half is on disk");
+        Ok(())
+    }
+}
+
+/// A split-off half, to be written as its new shard's first snapshot.
+struct SplitHalf {
+    new_shard: ShardId,
+    meta: SnapshotMeta,
+    image: FrozenImage,
 }
 
 /// The split point and new shard of a `Split` entry.
@@ -883,10 +929,12 @@ mod tests {
             let mut image = machine.view().read(|image| image.clone());
             let (late_reply, _) = apply_entry(&mut image, &entries[64]).expect("applies");
             assert_eq!(late_reply.outcomes, vec![Outcome::WrongShard { epoch: 2 }]);
-            let again = machine.split(&mut image, &entries[65], b"b", 7).expect("applies");
+            let (again, seed) = machine.split(&mut image, &entries[65], b"b", 7).expect("applies");
             assert_eq!(again.outcomes, vec![Outcome::Ok], "a split already made answers done");
-            let outside = machine.split(&mut image, &entries[66], b"zebra", 8).expect("applies");
+            assert!(seed.is_none(), "and seeds nothing");
+            let (outside, seed) = machine.split(&mut image, &entries[66], b"zebra", 8).expect("applies");
             assert!(matches!(outside.outcomes[..], [Outcome::Rejected { .. }]), "{outside:?}");
+            assert!(seed.is_none());
 
             let (bounds, left) = machine.view().read(|image| (image.bounds.clone(), image.ledger.clone()));
             assert_eq!(bounds.end, Some(b"b".to_vec()), "the range ends at the split");
