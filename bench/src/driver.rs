@@ -563,6 +563,30 @@ impl Context_ {
     }
 }
 
+/// The first errors callers saw, by kind (their messages up to the first digit), with counts:
+/// printed at the end of a run so that an error count comes with its causes.
+static ERRORS_SEEN: std::sync::Mutex<std::collections::BTreeMap<String, (u64, String)>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+const ERROR_KINDS_MAX: usize = 20;
+
+fn note_error(error: &flashledger_client::ClientError) {
+    let message = error.to_string();
+    let kind: String = message.chars().take_while(|c| !c.is_ascii_digit()).take(80).collect();
+    let mut seen = ERRORS_SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    if seen.len() >= ERROR_KINDS_MAX && !seen.contains_key(&kind) {
+        return;
+    }
+    seen.entry(kind).or_insert_with(|| (0, message)).0 += 1;
+}
+
+/// Prints the errors callers saw (one line per kind: count and the first message).
+pub fn print_errors_seen() {
+    let seen = ERRORS_SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    for (count, first) in seen.values() {
+        eprintln!("flashbench: {count} x error: {first}");
+    }
+}
+
 async fn execute(client: &Client, context: &Context_, action: Action, caller: usize, sequence: u64) -> Result_ {
     let order_id = || format!("o{}-{caller}-{sequence}", context.run_id);
     let classify = |outcome: Result<Outcome, flashledger_client::ClientError>| match outcome {
@@ -573,7 +597,10 @@ async fn execute(client: &Client, context: &Context_, action: Action, caller: us
         }
         Ok(_) => Result_::Other,
         Err(flashledger_client::ClientError::Overloaded { retry_after, .. }) => Result_::Shed(retry_after),
-        Err(_) => Result_::Error,
+        Err(error) => {
+            note_error(&error);
+            Result_::Error
+        }
     };
     match action {
         Action::Purchase { sku, user } => {

@@ -225,6 +225,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             .with_context(|| format!("opening {}", path.display()))?;
         writeln!(file, "{line}")?;
     }
+    driver::print_errors_seen();
     eprintln!("flashbench: report {}", markdown.display());
     Ok(())
 }

@@ -50,6 +50,9 @@ fn is_idempotent(op: &WriteOp) -> bool {
     !matches!(op, WriteOp::Restock { .. })
 }
 
+/// How many times one batch is regrouped when splits keep moving its SKUs.
+const BATCH_REGROUPS_MAX: u32 = 4;
+
 /// This machine's clock in ms since the Unix epoch: a write's first-attempt stamp.
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -228,33 +231,63 @@ impl Client {
         for op in ops {
             check_sku(op.sku())?;
         }
-        let groups = self.group_by_shard(ops).await?;
-        let sends = groups.iter().map(|indexes| {
+        self.batch_grouped(ops, BATCH_REGROUPS_MAX).await
+    }
+
+    /// Sends `ops` as one batch per shard of the current map; a group a split cut in two on
+    /// the way is regrouped by the newer map (at most `regroups_left` more times). Resending is
+    /// safe for operations keyed by an order id; a group holding others, once an attempt may
+    /// have been applied, ends indeterminate instead.
+    fn batch_grouped<'a>(
+        &'a self,
+        ops: &'a [WriteOp],
+        regroups_left: u32,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<Outcome>, ClientError>> + Send + 'a>> {
+        Box::pin(async move {
+            let groups = self.group_by_shard(ops).await?;
+            let sends = groups.iter().map(|indexes| async move {
             let group_ops: Vec<&WriteOp> = indexes.iter().map(|&i| &ops[i]).collect();
-            self.send_batch(group_ops)
-        });
-        let answers = join_all(sends).await;
-        // One shard's refusal says nothing of what another shard's part did.
-        let spans_shards = groups.len() > 1;
-        let all_refused = answers
-            .iter()
-            .all(|answer| answer.as_ref().is_err_and(ClientError::definitely_not_applied));
-        let mut outcomes: Vec<Option<Outcome>> = vec![None; ops.len()];
-        for (indexes, answer) in groups.iter().zip(answers) {
-            let answer = match answer {
-                Err(error) if spans_shards && !all_refused && error.definitely_not_applied() => {
-                    return Err(ClientError::PartlyFailed(Box::new(error)));
+            match self.send_batch(group_ops).await {
+                Err(ClientError::ShardsChanged { maybe_applied })
+                    if regroups_left > 0 && (!maybe_applied || indexes.iter().all(|&i| is_idempotent(&ops[i]))) =>
+                {
+                    let regrouped: Vec<WriteOp> = indexes.iter().map(|&i| ops[i].clone()).collect();
+                    self.batch_grouped(&regrouped, regroups_left - 1).await
                 }
-                answer => answer?,
-            };
-            for (&index, outcome) in indexes.iter().zip(answer) {
-                outcomes[index] = Some(outcome);
+                Err(ClientError::ShardsChanged { maybe_applied: true }) => Err(ClientError::Indeterminate {
+                    attempts: 0,
+                    refusal: "a split moved some of the batch's SKUs to another shard after an attempt that may have been applied".into(),
+                }),
+                Err(ClientError::ShardsChanged { .. }) => Err(ClientError::Unavailable {
+                    attempts: 0,
+                    last_error: "the batch's shards kept changing while it was sent".into(),
+                }),
+                answer => answer,
             }
-        }
-        outcomes
-            .into_iter()
-            .map(|outcome| outcome.ok_or_else(|| ClientError::Protocol("batch op without an outcome".into())))
-            .collect()
+        });
+            let answers = join_all(sends).await;
+            // One shard's refusal says nothing of what another shard's part did.
+            let spans_shards = groups.len() > 1;
+            let all_refused = answers
+                .iter()
+                .all(|answer| answer.as_ref().is_err_and(ClientError::definitely_not_applied));
+            let mut outcomes: Vec<Option<Outcome>> = vec![None; ops.len()];
+            for (indexes, answer) in groups.iter().zip(answers) {
+                let answer = match answer {
+                    Err(error) if spans_shards && !all_refused && error.definitely_not_applied() => {
+                        return Err(ClientError::PartlyFailed(Box::new(error)));
+                    }
+                    answer => answer?,
+                };
+                for (&index, outcome) in indexes.iter().zip(answer) {
+                    outcomes[index] = Some(outcome);
+                }
+            }
+            outcomes
+                .into_iter()
+                .map(|outcome| outcome.ok_or_else(|| ClientError::Protocol("batch op without an outcome".into())))
+                .collect()
+        })
     }
 
     /// Streams changes to SKUs in `[start, end)` (empty `end`: unbounded) applied after
@@ -370,7 +403,7 @@ impl Client {
         let priority = self.write_priority();
         let answered = self
             .router
-            .call_tracked(op.sku(), kind, |inventory, stamp| {
+            .call_tracked(op.sku(), &[], kind, |inventory, stamp| {
                 let op = convert::write_op_to_wire(&op, stamp.epoch, Some(priority));
                 send_write(inventory, stamp, op)
             })
@@ -407,9 +440,10 @@ impl Client {
             idempotent: ops.iter().all(|op| is_idempotent(op)),
             ..WRITE
         };
+        let skus: Vec<&[u8]> = ops.iter().map(|op| op.sku()).collect();
         let answered = self
             .router
-            .call_tracked(first.sku(), kind, |mut inventory, stamp| {
+            .call_tracked(first.sku(), &skus, kind, |mut inventory, stamp| {
                 let ops = ops
                     .iter()
                     .map(|op| wire::WriteOp {

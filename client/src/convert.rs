@@ -314,7 +314,9 @@ pub(crate) fn shard_map_from_wire(reply: &wire::ShardMapReply) -> Result<ShardMa
             leader: (shard.leader != 0).then_some(shard.leader),
         })
         .collect();
-    ShardMap::new(nodes, shards).map_err(|why| protocol(format!("bad shard map: {why}")))
+    ShardMap::new(nodes, shards)
+        .map(|map| map.with_version(reply.version))
+        .map_err(|why| protocol(format!("bad shard map: {why}")))
 }
 
 #[cfg(test)]

@@ -92,6 +92,11 @@ pub enum ClientError {
     /// The client's role may not make this call (e.g. a reader writing). Nothing was applied.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// A batch's SKUs no longer fall in one shard (a split since it was grouped): the client
+    /// regroups and resends it itself; callers see this only if that keeps failing.
+    /// `maybe_applied`: an earlier attempt may have been applied.
+    #[error("the batch's SKUs now fall in more than one shard (a split); regroup and resend")]
+    ShardsChanged { maybe_applied: bool },
     /// The options or seed list given to [`crate::Client::connect`] are unusable.
     #[error("invalid client configuration: {0}")]
     Config(String),

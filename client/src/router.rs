@@ -189,6 +189,7 @@ impl Router {
         }
         let mut last_error = String::from("no addresses to try");
         let mut tried = 0;
+        let mut saw_older = false;
         for addr in &candidates {
             let Some(budget) = self.attempt_budget(deadline) else {
                 break;
@@ -223,6 +224,13 @@ impl Router {
                 Ok(Ok(reply)) => reply.into_inner(),
             };
             match convert::shard_map_from_wire(&reply) {
+                // A node that has not caught up with the meta group yet: its map would route
+                // back to where the newer one says a split or move took the SKUs from.
+                Ok(map) if map.version() < self.map().version() => {
+                    last_error = format!("{addr}: an older shard map (version {})", map.version());
+                    saw_older = true;
+                    continue;
+                }
                 Ok(map) => {
                     let map = Arc::new(map);
                     *self.map.write().unwrap_or_else(PoisonError::into_inner) = map.clone();
@@ -231,6 +239,10 @@ impl Router {
                 }
                 Err(error) => last_error = format!("{addr}: {error}"),
             }
+        }
+        // Nodes answered, but with older maps than ours: keep ours.
+        if saw_older {
+            return Ok(self.map());
         }
         Err(ClientError::NoSeedReachable { tried, last_error })
     }
@@ -287,7 +299,9 @@ impl Router {
         Send: FnMut(InventoryClient<NodeChannel>, Stamp) -> Sent,
         Sent: Future<Output = Result<tonic::Response<Reply>, Status>>,
     {
-        self.call_tracked(sku, kind, send).await.map(|answered| answered.reply)
+        self.call_tracked(sku, &[], kind, send)
+            .await
+            .map(|answered| answered.reply)
     }
 
     /// [`Router::call`], also saying whether an attempt before the one answered may have been
@@ -295,6 +309,7 @@ impl Router {
     pub(crate) async fn call_tracked<Reply, Send, Sent>(
         &self,
         sku: &[u8],
+        batch_skus: &[&[u8]],
         kind: CallKind,
         mut send: Send,
     ) -> Result<Answered<Reply>, ClientError>
@@ -346,6 +361,18 @@ impl Router {
             }
             attempts += 1;
             let map = self.map();
+            // A batch whose SKUs this map puts in more than one shard (a split since it was
+            // grouped) cannot be sent as one: the caller regroups it. Nothing of this attempt
+            // was sent; an earlier one may have been applied.
+            if let Some(shard) = map.shard_for(sku)
+                && batch_skus
+                    .iter()
+                    .any(|other| map.shard_for(other).is_none_or(|s| s.shard_id != shard.shard_id))
+            {
+                return Err(ClientError::ShardsChanged {
+                    maybe_applied: any_ambiguous,
+                });
+            }
             let Some(shard) = map.shard_for(sku).cloned() else {
                 last_error = format!("no shard covers sku {:?}", String::from_utf8_lossy(sku));
                 last_was_timeout = false;

@@ -39,9 +39,23 @@ pub struct ShardMap {
     nodes: BTreeMap<NodeId, String>,
     /// Sorted by `start`, non-overlapping.
     shards: Vec<Shard>,
+    /// The meta group's version of this map (0: unknown, e.g. a cluster that has not seeded
+    /// its map yet): a refresh never replaces a map with an older one.
+    version: u64,
 }
 
 impl ShardMap {
+    /// This map as version `version` of the meta group's.
+    pub fn with_version(mut self, version: u64) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// The meta group's version of this map (0: unknown).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
     /// Builds a map, sorting the shards; rejects overlapping ranges, an unbounded shard that is
     /// not last, and replicas naming unknown nodes.
     pub fn new(nodes: BTreeMap<NodeId, String>, mut shards: Vec<Shard>) -> Result<Self, String> {
@@ -60,7 +74,11 @@ impl ShardMap {
                 return Err(format!("shard {} names unknown node {missing}", shard.shard_id));
             }
         }
-        Ok(ShardMap { nodes, shards })
+        Ok(ShardMap {
+            nodes,
+            shards,
+            version: 0,
+        })
     }
 
     /// The shard whose range holds `sku`, if any.

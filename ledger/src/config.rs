@@ -451,10 +451,11 @@ impl Default for PlacementSection {
 impl PlacementSection {
     /// When hot ranges are split, if they are.
     pub fn hot_range_policy(&self) -> Option<crate::meta::hot_ranges::HotRangePolicy> {
-        self.split_hot_ranges.then_some(crate::meta::hot_ranges::HotRangePolicy {
-            ops_per_s_min: self.hot_range_ops_per_s as f64,
-            lighter_half_min: HOT_RANGE_LIGHTER_HALF_MIN,
-        })
+        self.split_hot_ranges
+            .then_some(crate::meta::hot_ranges::HotRangePolicy {
+                ops_per_s_min: self.hot_range_ops_per_s as f64,
+                lighter_half_min: HOT_RANGE_LIGHTER_HALF_MIN,
+            })
     }
 
     /// The scheduler's policy these settings ask for.
@@ -837,7 +838,11 @@ impl ClusterConfig {
             // A round costs an RPC per shard the meta leader does not host: not faster than
             // 10 a second; at most an hour, beyond which balance is not being kept.
             setting("placement.interval_ms", self.placement.interval_ms, 100..=HOUR_MS),
-            setting("placement.hot_range_ops_per_s", self.placement.hot_range_ops_per_s, 1..=RATE_OPS_MAX),
+            setting(
+                "placement.hot_range_ops_per_s",
+                self.placement.hot_range_ops_per_s,
+                1..=RATE_OPS_MAX,
+            ),
             setting(
                 "security.tls_handshake_timeout_ms",
                 self.security.tls_handshake_timeout_ms,

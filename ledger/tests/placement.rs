@@ -285,7 +285,11 @@ async fn a_hot_range_of_two_busy_skus_is_split_between_them_and_its_halves_are_l
     }
 
     wait_for("the scheduler splits shard 1 between the two SKUs", || async {
-        meta_map(&cluster).await.shards.get(&1).is_some_and(|shard| shard.end == b"banana")
+        meta_map(&cluster)
+            .await
+            .shards
+            .get(&1)
+            .is_some_and(|shard| shard.end == b"banana")
     })
     .await;
     let map = meta_map(&cluster).await;
@@ -308,7 +312,10 @@ async fn a_hot_range_of_two_busy_skus_is_split_between_them_and_its_halves_are_l
             .await
             .expect("read")
             .expect("on sale");
-        assert_eq!(stock.sold as u64, bought, "{sku}: every confirmed purchase counted once");
+        assert_eq!(
+            stock.sold as u64, bought,
+            "{sku}: every confirmed purchase counted once"
+        );
     }
     let map = meta_map(&cluster).await;
     assert_eq!(map.shards.len(), 3, "one split, not more: {:?}", map.shards);

@@ -156,16 +156,28 @@ async fn an_order_a_split_hands_to_another_shard_lands_once_and_a_reused_id_is_r
         user: "someone-else".into(),
         ..order(12)
     };
-    let reused = vec![order(13), ShippedOrder { order_id: "order-3".into(), ..reused }];
-    let refused = sink
-        .commit(0, 7, new.clone(), watermark_after(20), &reused)
-        .await;
+    let reused = vec![
+        order(13),
+        ShippedOrder {
+            order_id: "order-3".into(),
+            ..reused
+        },
+    ];
+    let refused = sink.commit(0, 7, new.clone(), watermark_after(20), &reused).await;
     assert!(
         matches!(&refused, Err(ledger::shipping::sink::SinkError::Misconfigured { message, .. }) if message.contains("order-3")),
         "{refused:?}"
     );
-    assert_eq!(count(&url, "SELECT count(*) FROM orders").await, 12, "nothing of it written");
-    assert_eq!(sink.watermark(0, 7).await.expect("watermark"), new, "the watermark did not move");
+    assert_eq!(
+        count(&url, "SELECT count(*) FROM orders").await,
+        12,
+        "nothing of it written"
+    );
+    assert_eq!(
+        sink.watermark(0, 7).await.expect("watermark"),
+        new,
+        "the watermark did not move"
+    );
     databases.drop_all().await;
 }
 

@@ -449,7 +449,11 @@ async fn a_shard_splits_while_buyers_buy_and_each_half_sells_only_its_own_skus()
         .await;
         assert!(matches!(refused, Err(NodeError::Reshape(_))), "{why}: {refused:?}");
     }
-    assert_eq!(meta_map(&cluster).await.version, before.version, "refused splits change nothing");
+    assert_eq!(
+        meta_map(&cluster).await.version,
+        before.version,
+        "refused splits change nothing"
+    );
 
     let (_, queued) = reshape(
         &cluster,
@@ -471,9 +475,16 @@ async fn a_shard_splits_while_buyers_buy_and_each_half_sells_only_its_own_skus()
     let map = meta_map(&cluster).await;
     let new_shard = before.next_shard_id;
     assert_eq!(map.shards[&1].end, b"b".to_vec());
-    assert_eq!(map.shards[&1].epoch, before.shards[&1].epoch + 1, "the split bumps the range's epoch");
+    assert_eq!(
+        map.shards[&1].epoch,
+        before.shards[&1].epoch + 1,
+        "the split bumps the range's epoch"
+    );
     let right = &map.shards[&new_shard];
-    assert_eq!((right.start.as_slice(), right.end.as_slice()), (&b"b"[..], before.shards[&1].end.as_slice()));
+    assert_eq!(
+        (right.start.as_slice(), right.end.as_slice()),
+        (&b"b"[..], before.shards[&1].end.as_slice())
+    );
     assert_eq!(right.replicas, vec![1, 2, 3]);
     wait_hosted_everywhere(&cluster, new_shard).await;
 
@@ -489,24 +500,42 @@ async fn a_shard_splits_while_buyers_buy_and_each_half_sells_only_its_own_skus()
     cluster.restart(2).await;
     wait_hosted_everywhere(&cluster, new_shard).await;
 
-    assert_eq!(sold_through_client(&client, "apple").await as u64, apples.load(Ordering::Relaxed));
-    assert_eq!(sold_through_client(&client, "banana").await as u64, bananas.load(Ordering::Relaxed));
+    assert_eq!(
+        sold_through_client(&client, "apple").await as u64,
+        apples.load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        sold_through_client(&client, "banana").await as u64,
+        bananas.load(Ordering::Relaxed)
+    );
     // Each half holds its own SKUs only.
     let leader = cluster.leader(new_shard).await;
-    let right_skus = cluster.node(leader).replica(new_shard).expect("hosted").view.read(|image| {
-        image.ledger.skus.keys().map(|sku| sku.to_vec()).collect::<Vec<_>>()
-    });
+    let right_skus = cluster
+        .node(leader)
+        .replica(new_shard)
+        .expect("hosted")
+        .view
+        .read(|image| image.ledger.skus.keys().map(|sku| sku.to_vec()).collect::<Vec<_>>());
     assert_eq!(right_skus, vec![b"banana".to_vec()]);
     let leader = cluster.leader(1).await;
-    let left_skus = cluster.node(leader).replica(1).expect("hosted").view.read(|image| {
-        image.ledger.skus.keys().map(|sku| sku.to_vec()).collect::<Vec<_>>()
-    });
+    let left_skus = cluster
+        .node(leader)
+        .replica(1)
+        .expect("hosted")
+        .view
+        .read(|image| image.ledger.skus.keys().map(|sku| sku.to_vec()).collect::<Vec<_>>());
     assert_eq!(left_skus, vec![b"apple".to_vec()]);
     // A retried order that bought before the split answers its first answer from the half
     // that owns its SKU now.
-    let replay = client.purchase("banana", 1, "buyer-1", "banana-order-1").await.expect("retry");
+    let replay = client
+        .purchase("banana", 1, "buyer-1", "banana-order-1")
+        .await
+        .expect("retry");
     assert_eq!(replay, ClientOutcome::Confirmed);
-    assert_eq!(sold_through_client(&client, "banana").await as u64, bananas.load(Ordering::Relaxed));
+    assert_eq!(
+        sold_through_client(&client, "banana").await as u64,
+        bananas.load(Ordering::Relaxed)
+    );
     replicas_identical(&cluster, 1).await;
     replicas_identical(&cluster, new_shard).await;
 }
@@ -529,11 +558,20 @@ async fn a_split_cut_short_by_the_crash_of_the_node_leading_the_shard_and_the_me
     // One node leads both the meta group and shard 1, and dies right after the split is queued:
     // the split entry may be committed, half-replicated or lost, and the step is still queued.
     let doomed = cluster.leader(META_SHARD).await;
-    reshape(&cluster, ReshapeRequest::TransferLeader { shard_id: 1, to: doomed })
-        .await
-        .expect("transfer");
+    reshape(
+        &cluster,
+        ReshapeRequest::TransferLeader {
+            shard_id: 1,
+            to: doomed,
+        },
+    )
+    .await
+    .expect("transfer");
     wait_for(&cluster, "the doomed node leads shard 1", |cluster| {
-        cluster.node(doomed).replica(1).is_some_and(|replica| replica.raft.is_leader())
+        cluster
+            .node(doomed)
+            .replica(1)
+            .is_some_and(|replica| replica.raft.is_leader())
     })
     .await;
     let new_shard = meta_map(&cluster).await.next_shard_id;
@@ -566,9 +604,16 @@ async fn a_split_cut_short_by_the_crash_of_the_node_leading_the_shard_and_the_me
         }
     }
     for sku in ["apple", "banana"] {
-        let bought = client.purchase(sku, 1, "u", &format!("{sku}-after")).await.expect("purchase");
+        let bought = client
+            .purchase(sku, 1, "u", &format!("{sku}-after"))
+            .await
+            .expect("purchase");
         assert_eq!(bought, ClientOutcome::Confirmed);
-        assert_eq!(sold_through_client(&client, sku).await, 21, "{sku}: 20 before, 1 after, none twice");
+        assert_eq!(
+            sold_through_client(&client, sku).await,
+            21,
+            "{sku}: 20 before, 1 after, none twice"
+        );
     }
     replicas_identical(&cluster, 1).await;
     replicas_identical(&cluster, new_shard).await;

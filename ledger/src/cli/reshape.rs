@@ -410,8 +410,7 @@ fn step_text(step: &pb::ReshapeStep) -> String {
 }
 
 fn step_json(step: &pb::ReshapeStep) -> serde_json::Value {
-    let mut json =
-        json!({ "id": step.id, "shard_id": step.shard_id, "change": step.change, "node_id": step.node_id });
+    let mut json = json!({ "id": step.id, "shard_id": step.shard_id, "change": step.change, "node_id": step.node_id });
     if step.change == "split" {
         json["split_at"] = json!(String::from_utf8_lossy(&step.split_at));
         json["new_shard_id"] = json!(step.new_shard_id);

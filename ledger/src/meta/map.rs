@@ -774,7 +774,11 @@ mod tests {
             "the id the request named is ignored"
         );
         assert_eq!(map.next_shard_id, 4);
-        assert_eq!(map.shard_for_sku(b"g").map(|(id, _)| id), Some(1), "not split until done");
+        assert_eq!(
+            map.shard_for_sku(b"g").map(|(id, _)| id),
+            Some(1),
+            "not split until done"
+        );
         map.apply(&MetaCommand::StepDone { step_id: step.id }).expect("done");
         assert_eq!(map.shards[&1].end, b"f".to_vec());
         assert_eq!(map.shards[&1].epoch, 2);

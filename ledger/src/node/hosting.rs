@@ -119,7 +119,7 @@ async fn fetch_map_from_peers(node: &Arc<Node>) {
 async fn match_replicas_to(node: &Arc<Node>, map: &ShardMap) {
     let wanted = map.shards_on(node.id);
     for shard_id in &wanted {
-        if node.replica(*shard_id).is_none() {
+        if node.replica(*shard_id).is_none() && !split_not_applied_here_yet(node, map, *shard_id) {
             #[cfg_attr(not(madsim), allow(unused_mut))]
             let mut shard = shard_config(map, *shard_id);
             #[cfg(madsim)]
@@ -140,6 +140,22 @@ async fn match_replicas_to(node: &Arc<Node>, map: &ShardMap) {
             node.retire_replica(shard_id).await;
         }
     }
+}
+
+/// Whether `shard_id` is the new half of a split that this node's replica of the shard it came
+/// from has not applied yet: that replica writes the half to disk when it applies the split, so
+/// the new shard's replica starts from it then, rather than empty now (an empty one must be
+/// sent the whole half by the new group's leader).
+fn split_not_applied_here_yet(node: &Node, map: &ShardMap, shard_id: ShardId) -> bool {
+    let Some(entry) = map.shards.get(&shard_id) else {
+        return false;
+    };
+    node.shards().iter().any(|parent| {
+        map.shards
+            .get(&parent.config.id)
+            .is_some_and(|parent_entry| parent_entry.end == entry.start)
+            && parent.view.read(|image| image.bounds.contains(&entry.start))
+    })
 }
 
 /// A replica's start-up settings from the map: the range and the voters.

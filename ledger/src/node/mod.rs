@@ -276,10 +276,11 @@ impl Node {
         // A half this node's split just wrote: the node that led the shard it came from asks
         // for the new group's leadership at once rather than after an election timeout (the
         // SKUs that moved are unavailable until the new group has a leader).
-        if self.opened.take_seeded(shard_id) && self.leads_the_shard_split_into(shard_id) {
-            if let Err(error) = raft.trigger().elect(true).await {
-                tracing::info!(shard = shard_id, %error, "could not start an election for a split-off shard");
-            }
+        if self.opened.take_seeded(shard_id)
+            && self.leads_the_shard_split_into(shard_id)
+            && let Err(error) = raft.trigger().elect(true).await
+        {
+            tracing::info!(shard = shard_id, %error, "could not start an election for a split-off shard");
         }
         if initialize
             && !raft

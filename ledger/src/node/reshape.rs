@@ -324,12 +324,14 @@ impl Node {
     /// Has `shard_id`'s leader carry out `change`: this node's replica if it leads, else the
     /// leader it or the map's voters name (over `Raft.Reconfigure`).
     async fn ask_shard_leader(&self, map: &ShardMap, shard_id: ShardId, change: Reconfigure) -> Result<(), String> {
-        self.ask_shard_leader_for(map, shard_id, change).await.map_err(|refused| match refused {
-            ReconfigureRefused::Refused(message)
-            | ReconfigureRefused::Failed(message)
-            | ReconfigureRefused::Unreachable(message) => message,
-            ReconfigureRefused::NotLeader(_) => format!("no node leads shard {shard_id}"),
-        })
+        self.ask_shard_leader_for(map, shard_id, change)
+            .await
+            .map_err(|refused| match refused {
+                ReconfigureRefused::Refused(message)
+                | ReconfigureRefused::Failed(message)
+                | ReconfigureRefused::Unreachable(message) => message,
+                ReconfigureRefused::NotLeader(_) => format!("no node leads shard {shard_id}"),
+            })
     }
 
     /// [`Node::ask_shard_leader`], telling a change the shard refused from one not done yet.
@@ -504,13 +506,27 @@ async fn lead_halves_apart(node: Arc<Node>, left: ShardId, right: ShardId) {
                 }) else {
                     return;
                 };
-                let moved = node.reshape(ReshapeRequest::TransferLeader { shard_id: right, to }).await;
-                tracing::info!(node = node.id, left, right, from = leader, to, ok = moved.is_ok(),
-                    "split: the new half is led apart from the old one");
+                let moved = node
+                    .reshape(ReshapeRequest::TransferLeader { shard_id: right, to })
+                    .await;
+                tracing::info!(
+                    node = node.id,
+                    left,
+                    right,
+                    from = leader,
+                    to,
+                    ok = moved.is_ok(),
+                    "split: the new half is led apart from the old one"
+                );
                 return;
             }
             _ if tokio::time::Instant::now() >= deadline => {
-                tracing::info!(node = node.id, left, right, "split: a half has no leader yet; leaders left as they are");
+                tracing::info!(
+                    node = node.id,
+                    left,
+                    right,
+                    "split: a half has no leader yet; leaders left as they are"
+                );
                 return;
             }
             _ => tokio::time::sleep(Duration::from_millis(200)).await,

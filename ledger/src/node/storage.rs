@@ -11,11 +11,11 @@ use crate::applied::AppliedStore;
 use crate::applied::FrozenImage;
 use crate::applied::MemorySnapshots;
 use crate::applied::SnapshotBackend;
+use crate::raft::state_store::SplitSeeder;
 use crate::storage::backend::MemoryBackend;
 use crate::storage::log_store::ShardLogStore;
 use crate::storage::wal::Wal;
 use crate::storage::wal::WalOptions;
-use crate::raft::state_store::SplitSeeder;
 use crate::types::ShardId;
 use crate::types::SnapshotMeta;
 

@@ -93,7 +93,10 @@ impl Node {
         }
         let answer = |image: &crate::applied::ShardImage| {
             // A SKU a split moved away: the log refuses it, for every replica alike.
-            if operations.iter().any(|operation| !image.bounds.contains(operation.sku())) {
+            if operations
+                .iter()
+                .any(|operation| !image.bounds.contains(operation.sku()))
+            {
                 return None;
             }
             let outcomes = operations

@@ -137,7 +137,10 @@ impl ShardView {
         let mut counting = self.load.lock().unwrap_or_else(|p| p.into_inner());
         // Nobody took the counts for a minute (this node no longer leads the meta group, or
         // the scheduler was switched off): stop paying for them.
-        if counting.as_ref().is_some_and(|load| load.since.elapsed() > LOAD_UNCLAIMED) {
+        if counting
+            .as_ref()
+            .is_some_and(|load| load.since.elapsed() > LOAD_UNCLAIMED)
+        {
             *counting = None;
         }
         let Some(load) = counting.as_mut() else { return };
@@ -459,7 +462,9 @@ impl ShardStateMachine {
     ) -> Result<(CommandReply, Option<SplitHalf>), io::Error> {
         use openraft::vote::RaftLeaderIdExt;
         let log_id = entry.log_id();
-        let answer = |outcome: Outcome| CommandReply { outcomes: vec![outcome] };
+        let answer = |outcome: Outcome| CommandReply {
+            outcomes: vec![outcome],
+        };
         let mut half_to_seed = None;
         let reply = if image.bounds.split_off.iter().any(|(id, _)| *id == new_shard) {
             answer(Outcome::Ok)
@@ -472,7 +477,9 @@ impl ShardStateMachine {
             })
         } else {
             if self.seeder.is_none() {
-                return Err(io::Error::other("a split entry on a replica that cannot seed the new shard"));
+                return Err(io::Error::other(
+                    "a split entry on a replica that cannot seed the new shard",
+                ));
             }
             let mut left = image.ledger.clone();
             match left.split_off(at) {
@@ -549,8 +556,13 @@ impl ShardStateMachine {
                 .map_err(|e| AppliedStoreError::Backend(format!("seeding shard {}: {e}", half.new_shard)))
         })
         .await?;
-        tracing::info!(shard = self.view.shard_id, new_shard, seeded, ms = started.elapsed().as_millis() as u64,
-            "the split-off half is on disk");
+        tracing::info!(
+            shard = self.view.shard_id,
+            new_shard,
+            seeded,
+            ms = started.elapsed().as_millis() as u64,
+            "the split-off half is on disk"
+        );
         Ok(())
     }
 }
@@ -596,7 +608,10 @@ fn apply_entry(image: &mut ShardImage, entry: &Entry) -> Result<(CommandReply, C
         EntryPayload::Normal(LogCommand {
             body: CommandBody::Batch(operations),
             ..
-        }) if operations.iter().any(|operation| !image.bounds.contains(operation.sku())) => {
+        }) if operations
+            .iter()
+            .any(|operation| !image.bounds.contains(operation.sku())) =>
+        {
             let epoch = image.bounds.epoch;
             let reply = CommandReply {
                 outcomes: vec![Outcome::WrongShard { epoch }; operations.len()],
@@ -871,8 +886,9 @@ mod tests {
             let seeder = Arc::new(MemorySeeder::default());
             let (machine, mut log, _) = replica();
             let mut machine = machine.with_split_seeder(seeder.clone());
-            let nodes: std::collections::BTreeMap<u64, openraft::BasicNode> =
-                (1..=3).map(|id| (id, openraft::BasicNode::new(format!("127.0.0.1:{id}")))).collect();
+            let nodes: std::collections::BTreeMap<u64, openraft::BasicNode> = (1..=3)
+                .map(|id| (id, openraft::BasicNode::new(format!("127.0.0.1:{id}"))))
+                .collect();
             let membership = openraft::Membership::new(vec![std::collections::BTreeSet::from([1, 2, 3])], nodes)
                 .expect("a membership");
             let put = |sku: &[u8]| Operation::PutSku {
@@ -885,36 +901,48 @@ mod tests {
                     log_id: openraft::testing::log_id::<TypeConfig>(1, 1, 0),
                     payload: EntryPayload::Membership(membership),
                 },
-                entry(1, CommandBody::Configure(LedgerSettings {
-                    hash_key: HashKey([3, 4]),
-                    ..LedgerSettings::default()
-                })),
+                entry(
+                    1,
+                    CommandBody::Configure(LedgerSettings {
+                        hash_key: HashKey([3, 4]),
+                        ..LedgerSettings::default()
+                    }),
+                ),
                 entry(2, CommandBody::Batch(vec![put(b"apple"), put(b"pear")])),
             ];
             entries.extend(traffic(3, 60));
             let split = |index| {
-                entry(index, CommandBody::Split {
-                    at: b"b".to_vec(),
-                    new_shard: 7,
-                })
+                entry(
+                    index,
+                    CommandBody::Split {
+                        at: b"b".to_vec(),
+                        new_shard: 7,
+                    },
+                )
             };
             entries.push(split(63));
             // Routed by an old map: pear is no longer this shard's.
             let late = |index, sku: &[u8]| {
-                entry(index, CommandBody::Batch(vec![Operation::Purchase {
-                    sku: sku.to_vec(),
-                    qty: 1,
-                    user: "u".into(),
-                    order_id: format!("late{index}"),
-                    first_attempt_ms: 1_000 + index,
-                }]))
+                entry(
+                    index,
+                    CommandBody::Batch(vec![Operation::Purchase {
+                        sku: sku.to_vec(),
+                        qty: 1,
+                        user: "u".into(),
+                        order_id: format!("late{index}"),
+                        first_attempt_ms: 1_000 + index,
+                    }]),
+                )
             };
             entries.push(late(64, b"pear"));
             entries.push(split(65));
-            entries.push(entry(66, CommandBody::Split {
-                at: b"zebra".to_vec(),
-                new_shard: 8,
-            }));
+            entries.push(entry(
+                66,
+                CommandBody::Split {
+                    at: b"zebra".to_vec(),
+                    new_shard: 8,
+                },
+            ));
             append(&mut log, entries.clone()).await;
             let whole = {
                 let mut image = ShardImage::default();
@@ -933,15 +961,27 @@ mod tests {
             assert_eq!(again.outcomes, vec![Outcome::Ok], "a split already made answers done");
             assert!(seed.is_none(), "and seeds nothing");
             let (outside, seed) = machine.split(&mut image, &entries[66], b"zebra", 8).expect("applies");
-            assert!(matches!(outside.outcomes[..], [Outcome::Rejected { .. }]), "{outside:?}");
+            assert!(
+                matches!(outside.outcomes[..], [Outcome::Rejected { .. }]),
+                "{outside:?}"
+            );
             assert!(seed.is_none());
 
-            let (bounds, left) = machine.view().read(|image| (image.bounds.clone(), image.ledger.clone()));
+            let (bounds, left) = machine
+                .view()
+                .read(|image| (image.bounds.clone(), image.ledger.clone()));
             assert_eq!(bounds.end, Some(b"b".to_vec()), "the range ends at the split");
-            assert_eq!(bounds.epoch, 2, "one split, one bump: the second split of 7 changed nothing");
+            assert_eq!(
+                bounds.epoch, 2,
+                "one split, one bump: the second split of 7 changed nothing"
+            );
             assert_eq!(bounds.split_off, vec![(7, b"b".to_vec())]);
             let stores = seeder.stores.lock().expect("lock");
-            assert_eq!(stores.keys().copied().collect::<Vec<_>>(), vec![7], "seeded once, and not 8");
+            assert_eq!(
+                stores.keys().copied().collect::<Vec<_>>(),
+                vec![7],
+                "seeded once, and not 8"
+            );
             let right = stores[&7].load().expect("the half loads");
             assert_eq!(right.bounds.start, b"b".to_vec());
             assert_eq!(right.bounds.end, None);
@@ -952,7 +992,11 @@ mod tests {
             );
             let mut expected_left = whole.clone();
             let expected_right = expected_left.split_off(b"b").expect("splits");
-            assert_eq!(left.digest(), expected_left.digest(), "the left half, and the late pear changed nothing");
+            assert_eq!(
+                left.digest(),
+                expected_left.digest(),
+                "the left half, and the late pear changed nothing"
+            );
             assert_eq!(right.ledger.digest(), expected_right.digest());
             assert!(left.stock(b"pear").is_none() && right.ledger.stock(b"pear").is_some());
         });

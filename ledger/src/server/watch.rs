@@ -213,7 +213,10 @@ pub fn start(node: &Arc<Node>, range: SkuRange, options: WatchOptions, slot: Wat
 
 /// The data shards this node hosts, with their epochs.
 fn hosted_shape(node: &Node) -> Vec<(crate::types::ShardId, u64)> {
-    node.shards().iter().map(|shard| (shard.config.id, shard.epoch())).collect()
+    node.shards()
+        .iter()
+        .map(|shard| (shard.config.id, shard.epoch()))
+        .collect()
 }
 
 /// Whether `shard`'s replica here may vouch for its applied index being recent: it knows a

@@ -171,7 +171,11 @@ impl ShippingSink for RecordingSink {
         if current != expected {
             return Ok(CommitOutcome::WatermarkMoved { current });
         }
-        let kept = recorded.orders.get(&postgres_shard).map(Vec::as_slice).unwrap_or_default();
+        let kept = recorded
+            .orders
+            .get(&postgres_shard)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         let mut skipped = Vec::new();
         for order in orders {
             if let Some(first) = kept.iter().find(|kept| kept.order_id == order.order_id) {
