@@ -105,6 +105,20 @@ echo "==> load: 2 equally hot SKUs in shard 1, $CLIENTS callers, $LOAD_SECS s"
   --label "hot pair" --no-progress --out-dir "$results" \
   >"$results/load.line.json" 2>"$results/load.stderr" &
 load_pid=$!
+load_started=$(now_ms)
+
+# CPU seconds each node process used so far (utime + stime), as "id=seconds ..." with a time.
+cpu_sample() {
+  local id pid ticks out="$(now_ms)"
+  for id in 1 2 3; do
+    pid=$(cluster_pid_of "$id")
+    ticks=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+    out+=" $id=$ticks"
+  done
+  echo "$out"
+}
+sleep 5
+cpu_before_from=$(cpu_sample)
 shard_count() {
   "$LEDGER" shard list --config "$config" --seeds "$seeds" --json | python3 -c "
 import json, sys
@@ -112,9 +126,10 @@ print(len(json.load(sys.stdin)['shards']))"
 }
 
 if [ "$MODE" = operator ]; then
-  sleep "$SPLIT_AT_S"
+  sleep $((SPLIT_AT_S - 5))
   kill -0 "$load_pid" 2>/dev/null || fail "the load ended early (see $results/load.stderr)"
   echo "==> split shard 1 at \"b\" (shard 1 led by node $(leader_of 1))"
+  cpu_before_to=$(cpu_sample)
   split_started=$(now_ms)
   "$LEDGER" shard split --shard 1 --at b --wait --config "$config" --seeds "$seeds" --json >"$results/split.json" \
     || fail "the split failed"
@@ -125,7 +140,7 @@ else
   split_started=""
   for attempt in $(seq 1 $((LOAD_SECS * 10))); do
     kill -0 "$load_pid" 2>/dev/null || fail "the load ended and the scheduler split nothing (see the node logs)"
-    if [ "$(shard_count)" -gt 2 ]; then split_started=$(now_ms); break; fi
+    if [ "$(shard_count)" -gt 2 ]; then split_started=$(now_ms); cpu_before_to=$(cpu_sample); break; fi
     sleep 0.1
   done
   [ -n "$split_started" ] || fail "the scheduler split nothing"
@@ -151,16 +166,30 @@ if [ "$new_leader" = "$old_leader" ]; then
   for attempt in $(seq 1 100); do [ "$(leader_of "$new_shard")" = "$to" ] && break; sleep 0.1; done
 fi
 spread_ms=$(now_ms)
+sleep "$SETTLE_SECS"
+cpu_after_from=$(cpu_sample)
+# Until 2 s before the load ends.
+until_end_ms=$(( load_started + (LOAD_SECS - 2) * 1000 - $(now_ms) ))
+[ "$until_end_ms" -gt 0 ] && sleep "$(python3 -c "print($until_end_ms / 1000)")"
+cpu_after_to=$(cpu_sample)
 echo "==> shard 1 led by node $(leader_of 1), shard $new_shard by node $(leader_of "$new_shard")"
 
 wait "$load_pid" || fail "flashbench exited with an error (see $results/load.stderr)"
 load_pid=""
 
 echo "==> checks and figures"
-python3 - "$results" "$split_started" "$split_ended" "$spread_ms" "$SETTLE_SECS" <<'PY' | tee "$summary"
+python3 - "$results" "$split_started" "$split_ended" "$spread_ms" "$SETTLE_SECS" \
+  "$cpu_before_from" "$cpu_before_to" "$cpu_after_from" "$cpu_after_to" "$(getconf CLK_TCK)" <<'PY' | tee "$summary"
 import glob, json, sys
 results = sys.argv[1]
 split_started, split_ended, spread_ms, settle = map(int, sys.argv[2:6])
+samples = [dict([("t", int(s.split()[0]))] + [(int(k), int(v)) for k, v in (p.split("=") for p in s.split()[1:])])
+           for s in sys.argv[6:10]]
+ticks_per_s = int(sys.argv[10])
+
+def cpu_percent(a, b):
+    secs = (b["t"] - a["t"]) / 1000
+    return {node: 100 * (b[node] - a[node]) / ticks_per_s / secs for node in (1, 2, 3)}
 line = json.loads(open(f"{results}/load.line.json").read().strip().splitlines()[-1])
 run = json.load(open(glob.glob(f"{results}/hot-pair-*.json")[0]))
 anchor = run["measure_from_unix_ms"]
@@ -184,6 +213,10 @@ print(f"| after: split at \"b\", the halves led by different nodes | {after:.0f}
 print(f"\nchange: {100 * (after / before - 1):+.0f} %; the split took {(split_ended - split_started) / 1000:.1f} s "
       f"(--wait; 0 when the scheduler split: seen once done), worst second around it {min(during) if during else 'n/a'} ops; "
       f"{line['ok_total']} purchases, {line['errors']} errors")
+before_cpu, after_cpu = cpu_percent(samples[0], samples[1]), cpu_percent(samples[2], samples[3])
+print("\nCPU of each node process (% of one core), before -> after:",
+      ", ".join(f"node {n} {before_cpu[n]:.0f} -> {after_cpu[n]:.0f}" for n in (1, 2, 3)),
+      f"(total {sum(before_cpu.values()):.0f} -> {sum(after_cpu.values()):.0f} of {100 * __import__('os').cpu_count()})")
 for failure in failures:
     print(f"FAILED  {failure}")
 sys.exit(1 if failures else 0)

@@ -82,9 +82,6 @@ impl TestCluster {
         config.raft.election_timeout_ms_max = 600;
         config.raft.heartbeat_interval_ms = 50;
         config.ledger.expire_interval_ms = 100;
-        // Shards stay as configured unless a test turns this on (tests/placement.rs): a
-        // hot-range split under a test that loads a shard would move its SKUs mid-test.
-        config.placement.split_hot_ranges = false;
         tweak(&mut config);
         config.validate().expect("test config is valid");
         let mut cluster = TestCluster {

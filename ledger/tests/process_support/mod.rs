@@ -112,11 +112,6 @@ impl ProcessCluster {
             }
         }
         toml.push_str(extra);
-        // Shards stay as configured unless a test asks for placement: a hot-range split under a
-        // test that loads a shard would move its SKUs mid-test.
-        if !extra.contains("[placement]") {
-            toml.push_str("[placement]\nsplit_hot_ranges = false\n");
-        }
         let config = dir.path().join("cluster.toml");
         std::fs::write(&config, toml).expect("write config");
         if secure {
