@@ -126,6 +126,9 @@ mkdir -p "$data_root"
   done
   printf '\n[[shards]]\nid = 1\nstart = ""\nend = "m"\nreplicas = [1, 2, 3]\n'
   printf '\n[[shards]]\nid = 2\nstart = "m"\nend = ""\nreplicas = [1, 2, 3]\n'
+  # The steps are this script's: the placement scheduler would move replicas onto nodes 4 and
+  # 5 as soon as they join, before the script's own moves.
+  printf '\n[placement]\nbalance_leaders = false\nbalance_replicas = false\n'
   printf '\n[security]\nca_file = "%s"\ntokens_file = "%s"\n' "$data_root/certs/ca.pem" "$data_root/certs/tokens.toml"
   echo "$postgres_toml"
 } >"$config"

@@ -258,10 +258,16 @@ async fn setup(client: &Client, skus: &[String], stock: i64) -> anyhow::Result<(
 
 /// Runs the workload and returns what was measured.
 pub async fn run(config: RunConfig) -> anyhow::Result<Measured> {
+    // Names this run's SKUs and order ids. The process id too, not the time alone: two
+    // flashbench processes started in the same millisecond (scripts/reshape-demo.sh starts
+    // two workloads together) would otherwise send the same order ids for different orders,
+    // which the ledger keeps apart per shard but one PostgreSQL table cannot.
     let run_id = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+        .unwrap_or(0)
+        * 1000
+        + u64::from(std::process::id()) % 1000;
     let admin_options = ClientOptions {
         credentials: config.credentials.clone(),
         ..ClientOptions::default()

@@ -147,7 +147,9 @@ async fn match_replicas_to(node: &Arc<Node>, map: &ShardMap) {
 /// the new shard's replica starts from it then, rather than empty now (an empty one must be
 /// sent the whole half by the new group's leader).
 fn split_not_applied_here_yet(node: &Node, map: &ShardMap, shard_id: ShardId) -> bool {
-    let Some(entry) = map.shards.get(&shard_id) else {
+    // A split's new half never starts at the first SKU; an empty end is "unbounded", no
+    // boundary (the last shard is not the first one's parent).
+    let Some(entry) = map.shards.get(&shard_id).filter(|entry| !entry.start.is_empty()) else {
         return false;
     };
     node.shards().iter().any(|parent| {
