@@ -146,6 +146,8 @@ pub struct ShardMap {
     pub next_step_id: u64,
     /// The id the next new shard (a split's right half) gets.
     pub next_shard_id: ShardId,
+    /// Each shard a split created, with the shard it was split off.
+    pub split_from: BTreeMap<ShardId, ShardId>,
 }
 
 /// Replica counts a 3- or 5-replica group may have; also what a voter set may shrink to.
@@ -434,6 +436,7 @@ impl ShardMap {
         };
         shard.epoch += 1;
         self.shards.insert(new_shard, right);
+        self.split_from.insert(new_shard, shard_id);
         Ok(())
     }
 
@@ -783,6 +786,7 @@ mod tests {
         assert_eq!(map.shards[&1].end, b"f".to_vec());
         assert_eq!(map.shards[&1].epoch, 2);
         assert_eq!(map.shards[&3], entry("f", "m", &[1, 2, 3]));
+        assert_eq!(map.split_from.get(&3), Some(&1));
         assert_eq!(map.shard_for_sku(b"apple").map(|(id, _)| id), Some(1));
         assert_eq!(map.shard_for_sku(b"grape").map(|(id, _)| id), Some(3));
         assert_eq!(map.shard_for_sku(b"melon").map(|(id, _)| id), Some(2));

@@ -147,17 +147,12 @@ async fn match_replicas_to(node: &Arc<Node>, map: &ShardMap) {
 /// the new shard's replica starts from it then, rather than empty now (an empty one must be
 /// sent the whole half by the new group's leader).
 fn split_not_applied_here_yet(node: &Node, map: &ShardMap, shard_id: ShardId) -> bool {
-    // A split's new half never starts at the first SKU; an empty end is "unbounded", no
-    // boundary (the last shard is not the first one's parent).
-    let Some(entry) = map.shards.get(&shard_id).filter(|entry| !entry.start.is_empty()) else {
+    let Some(parent) = map.split_from.get(&shard_id).and_then(|parent| node.replica(*parent)) else {
         return false;
     };
-    node.shards().iter().any(|parent| {
-        map.shards
-            .get(&parent.config.id)
-            .is_some_and(|parent_entry| parent_entry.end == entry.start)
-            && parent.view.read(|image| image.bounds.contains(&entry.start))
-    })
+    !parent
+        .view
+        .read(|image| image.bounds.split_off.iter().any(|(id, _)| *id == shard_id))
 }
 
 /// A replica's start-up settings from the map: the range and the voters.
