@@ -82,6 +82,9 @@ pub struct ShardView {
     /// Operations applied per SKU since the placement scheduler last took them (see
     /// [`ShardView::take_load`]); counted only once it asked, on the meta leader.
     load: Mutex<Option<AppliedLoad>>,
+    /// Whether `load` counts: checked without the lock, so that applying pays nothing while
+    /// no scheduler asks (the default).
+    counting_load: AtomicBool,
 }
 
 /// How long a replica counts its load per SKU without the scheduler taking it.
@@ -120,6 +123,7 @@ impl ShardView {
             ops_since_snapshot: AtomicU64::new(0),
             instruments: ShardInstruments::default(),
             load: Mutex::new(None),
+            counting_load: AtomicBool::new(false),
         }
     }
 
@@ -129,11 +133,15 @@ impl ShardView {
     /// scheduler calls it, so replicas elsewhere never pay for the counting.
     pub fn take_load(&self) -> Option<AppliedLoad> {
         let mut load = self.load.lock().unwrap_or_else(|p| p.into_inner());
+        self.counting_load.store(true, Ordering::Relaxed);
         load.replace(AppliedLoad::new())
     }
 
     /// Counts `entries`' operations per SKU, if the scheduler asked for counts.
     fn count_load<'a>(&self, entries: impl Iterator<Item = &'a Entry>) {
+        if !self.counting_load.load(Ordering::Relaxed) {
+            return;
+        }
         let mut counting = self.load.lock().unwrap_or_else(|p| p.into_inner());
         // Nobody took the counts for a minute (this node no longer leads the meta group, or
         // the scheduler was switched off): stop paying for them.
@@ -142,6 +150,7 @@ impl ShardView {
             .is_some_and(|load| load.since.elapsed() > LOAD_UNCLAIMED)
         {
             *counting = None;
+            self.counting_load.store(false, Ordering::Relaxed);
         }
         let Some(load) = counting.as_mut() else { return };
         for entry in entries {
