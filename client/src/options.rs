@@ -6,8 +6,8 @@
 //! the call to wait) does the call sleep a jittered exponential backoff from
 //! `backoff_ms_initial` doubling up to `backoff_ms_max` ([`crate::Backoff`]), never shorter than
 //! a node's `x-retry-after-ms`. Retries (not redirects) are paid from a budget shared by the
-//! client's calls: at most `retry_budget_percent` % of the calls plus `retry_budget_reserve`
-//! ([`crate::RetryBudget`]). A node that failed `breaker_failures_max` attempts in a row is
+//! client's calls: at most `retry_budget_percent` % of the calls plus `retry_budget_min_per_s`
+//! a second plus `retry_budget_reserve` ([`crate::RetryBudget`]). A node that failed `breaker_failures_max` attempts in a row is
 //! skipped for `breaker_open_ms`, then probed by one call ([`crate::breaker`]).
 
 use std::time::Duration;
@@ -44,6 +44,10 @@ pub struct ClientOptions {
     /// Retries the budget holds (and starts with): what a quiet client can spend riding out a
     /// failover before its calls' own deposits count.
     pub retry_budget_reserve: u32,
+    /// Retries a second the budget earns however few calls there are (Finagle's
+    /// `minRetriesPerSec`): a bucket spent while the cluster was failing fills again with time,
+    /// so the first calls after it recovered can still ride out a leader hand-over.
+    pub retry_budget_min_per_s: u32,
     /// Attempts at one node in a row that get no answer (connection failed, attempt timed out)
     /// before calls route around it; 0: never.
     pub breaker_failures_max: u32,
@@ -76,6 +80,7 @@ impl Default for ClientOptions {
             backoff_ms_max: 100,
             retry_budget_percent: 20,
             retry_budget_reserve: 100,
+            retry_budget_min_per_s: 10,
             breaker_failures_max: 3,
             breaker_open_ms: 500,
             coalesce_ops_max: 0,

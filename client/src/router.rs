@@ -147,7 +147,11 @@ impl Router {
             .and_then(|id| tonic::metadata::MetadataValue::try_from(id).ok());
         Router {
             breakers: Breakers::new(options.breaker_failures_max, options.breaker_open()),
-            retry_budget: RetryBudget::new(options.retry_budget_percent, options.retry_budget_reserve),
+            retry_budget: RetryBudget::new(
+                options.retry_budget_percent,
+                options.retry_budget_reserve,
+                options.retry_budget_min_per_s,
+            ),
             calls: std::sync::atomic::AtomicU64::new(0),
             options,
             seeds,

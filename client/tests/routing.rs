@@ -689,6 +689,8 @@ async fn the_retry_budget_bounds_retries_across_calls() -> anyhow::Result<()> {
         // No share of calls: only the reserve of 3 retries, for every call of the client.
         retry_budget_percent: 0,
         retry_budget_reserve: 3,
+        // Nor any from time: the count below is exact.
+        retry_budget_min_per_s: 0,
         ..fast_options()
     };
     let client = Client::connect(cluster.addrs(), options).await?;

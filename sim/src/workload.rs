@@ -258,6 +258,7 @@ pub fn client_options(coalesce: bool, client_id: &str) -> ClientOptions {
         // breakers are for.
         retry_budget_percent: 20,
         retry_budget_reserve: 100,
+        retry_budget_min_per_s: 10,
         breaker_failures_max: 3,
         breaker_open_ms: 500,
         coalesce_ops_max: if coalesce { 8 } else { 0 },
