@@ -1,4 +1,4 @@
-//! The frame around every snapshot file and backup file: magic (`FLSNAP04`, its last two bytes
+//! The frame around every snapshot file and backup file: magic (`FLSNAP05`, its last two bytes
 //! the format version), payload length, CRC-32 of the payload, then the payload. A damaged or
 //! cut file is reported from its frame before anything decodes its payload.
 
@@ -6,10 +6,11 @@ use crate::applied::AppliedStoreError;
 
 /// The last two bytes are the format version: 02 since sale rules carry rate limits (a SKU
 /// record of format 01 does not decode as one of 02), 03 since an image carries the shard map
-/// (the meta group's state, `crate::meta::map`), 04 since it carries the shard's bounds (splits).
-pub const MAGIC: &[u8; 8] = b"FLSNAP04";
+/// (the meta group's state, `crate::meta::map`), 04 since it carries the shard's bounds (splits),
+/// 05 since the bounds say what was merged in (merges).
+pub const MAGIC: &[u8; 8] = b"FLSNAP05";
 /// What an older format's files begin with, to name them as such.
-const OLDER_MAGICS: [&[u8; 8]; 3] = [b"FLSNAP01", b"FLSNAP02", b"FLSNAP03"];
+const OLDER_MAGICS: [&[u8; 8]; 4] = [b"FLSNAP01", b"FLSNAP02", b"FLSNAP03", b"FLSNAP04"];
 /// magic (8) + payload length (8) + CRC-32 of the payload (4).
 pub const HEADER_BYTES: usize = 8 + 8 + 4;
 /// Where the CRC sits in the header (it is written last, once the payload was streamed).
@@ -31,7 +32,7 @@ pub fn check_header(header: &[u8; HEADER_BYTES], stored: u64) -> Result<(u64, u3
     if OLDER_MAGICS.iter().any(|older| &header[..8] == *older) {
         let version = String::from_utf8_lossy(&header[6..8]).into_owned();
         return Err(format!(
-            "written by an older flashledger (snapshot format {version}; this build reads 04): restore \
+            "written by an older flashledger (snapshot format {version}; this build reads 05): restore \
              this replica from another one, or start it from an empty data directory"
         ));
     }

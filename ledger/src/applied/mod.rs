@@ -17,6 +17,7 @@
 
 pub mod frame;
 mod memory;
+mod merge;
 #[cfg(not(madsim))]
 mod snapshot_file;
 
@@ -115,6 +116,7 @@ pub struct ShardImage {
 /// by an older map and applied after the split is refused by every replica alike
 /// ([`crate::state_machine::command::Outcome::WrongShard`]) instead of selling units that now
 /// belong to the other half. A shard never split is unbounded: the shard map routes to it.
+/// A merge freezes the right shard (it then contains nothing) and widens the left one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardBounds {
     /// Lowest SKU (inclusive); empty: no lower bound.
@@ -126,6 +128,11 @@ pub struct ShardBounds {
     /// The shards split off this one, oldest first: a split proposed again (a meta leader that
     /// crashed before recording it retries) is recognised and answered as done.
     pub split_off: Vec<(crate::types::ShardId, Vec<u8>)>,
+    /// Set by a `Freeze` entry: the shard this one is being merged into. A frozen shard
+    /// applies no operation (its state is carried into that shard as it is).
+    pub frozen_into: Option<crate::types::ShardId>,
+    /// The shards merged into this one, oldest first: a merge proposed again is answered done.
+    pub merged: Vec<crate::types::ShardId>,
 }
 
 impl Default for ShardBounds {
@@ -135,13 +142,15 @@ impl Default for ShardBounds {
             end: None,
             epoch: 1,
             split_off: Vec::new(),
+            frozen_into: None,
+            merged: Vec::new(),
         }
     }
 }
 
 impl ShardBounds {
     pub fn contains(&self, sku: &[u8]) -> bool {
-        sku >= self.start.as_slice() && self.end.as_deref().is_none_or(|end| sku < end)
+        self.frozen_into.is_none() && sku >= self.start.as_slice() && self.end.as_deref().is_none_or(|end| sku < end)
     }
 
     /// Whether `at` splits the range into two non-empty halves.

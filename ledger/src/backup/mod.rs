@@ -3,7 +3,7 @@
 //! A backup is a directory: one shard file per shard (`shard-<id>.snap`) and `manifest.json`,
 //! written last and atomically, so a backup cut short has no manifest and is never restored.
 //! A shard file is the shard's applied state at one log index, as its leader held it: the
-//! snapshot format of `crate::applied` (the `FLSNAP04` frame with its CRC, around the snapshot
+//! snapshot format of `crate::applied` (the `FLSNAP05` frame with its CRC, around the snapshot
 //! metadata and the whole image with its orders inline), forked from the live state the way a
 //! snapshot is, so writes pause only for the fork. The manifest states per shard its range, the
 //! index and term, the state digest (`ledger status`'s, computed from the image in the file)

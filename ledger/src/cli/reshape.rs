@@ -37,6 +37,10 @@ pub enum ShardCommand {
     /// Split a shard at a SKU: a new shard on the same replicas takes the SKUs from it up
     /// (their stock, orders, holdings and unshipped order events go with them).
     Split(SplitArgs),
+    /// Merge two adjacent shards on the same replicas: `--left` (the lower range) takes the
+    /// SKUs of `--right`, which ends (their stock, orders, holdings and unshipped order events
+    /// go with them).
+    Merge(MergeArgs),
     /// Drop a queued step without its change (one that cannot finish, say its node is gone).
     CancelStep {
         #[arg(long)]
@@ -110,6 +114,20 @@ pub struct SplitArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The shard that stays; its range ends where the right one's starts.
+    #[arg(long)]
+    left: u64,
+    /// The shard that ends.
+    #[arg(long)]
+    right: u64,
+    #[command(flatten)]
+    wait: Wait,
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(Debug, Args)]
 pub struct TransferArgs {
     #[arg(long)]
     shard: u64,
@@ -176,6 +194,13 @@ pub async fn run_shard(command: ShardCommand) -> anyhow::Result<()> {
             let change = Change::SplitShard(pb::SplitShard {
                 shard_id: args.shard,
                 at: args.at.into_bytes().into(),
+            });
+            change_and_wait(&args.target, change, &args.wait).await
+        }
+        ShardCommand::Merge(args) => {
+            let change = Change::MergeShards(pb::MergeShards {
+                left_shard_id: args.left,
+                right_shard_id: args.right,
             });
             change_and_wait(&args.target, change, &args.wait).await
         }
@@ -314,6 +339,22 @@ async fn change_and_wait(target: &Target, change: pb::reshape_request::Change, w
             .filter(|id| map.steps.iter().any(|step| step.id == *id))
             .collect();
         for done in pending.iter().filter(|id| !still.contains(id)) {
+            // A split or merge the shard's log refused leaves the queue too, cancelled: the map
+            // tells which (a done one added or removed a shard).
+            if let Some(step) = reply.queued.iter().find(|step| step.id == *done) {
+                let has = |shard_id: u64| map.shards.iter().any(|shard| shard.shard_id == shard_id);
+                let refused = match step.change.as_str() {
+                    "split" => !has(step.new_shard_id),
+                    "merge" => has(step.merge_right_shard_id),
+                    _ => false,
+                };
+                if refused {
+                    bail!(
+                        "{}: refused by the shard, nothing changed (the meta leader's log says why)",
+                        step_text(step)
+                    );
+                }
+            }
             if !target.json {
                 println!("step {done} done after {:.1} s", started.elapsed().as_secs_f64());
             }
@@ -402,6 +443,10 @@ fn step_text(step: &pb::ReshapeStep) -> String {
             String::from_utf8_lossy(&step.split_at),
             step.new_shard_id
         ),
+        "merge" => format!(
+            "step {}: merge shard {} into shard {}",
+            step.id, step.merge_right_shard_id, step.shard_id
+        ),
         _ => format!(
             "step {}: remove node {} from shard {}",
             step.id, step.node_id, step.shard_id
@@ -414,6 +459,9 @@ fn step_json(step: &pb::ReshapeStep) -> serde_json::Value {
     if step.change == "split" {
         json["split_at"] = json!(String::from_utf8_lossy(&step.split_at));
         json["new_shard_id"] = json!(step.new_shard_id);
+    }
+    if step.change == "merge" {
+        json["merge_right_shard_id"] = json!(step.merge_right_shard_id);
     }
     json
 }

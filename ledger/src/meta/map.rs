@@ -92,6 +92,12 @@ pub enum ReplicaChange {
     /// operator cannot cancel it (the shard may already have split, `node/reshape.rs`); it is
     /// cancelled only when the shard's log refused it (nothing split).
     Split { at: Vec<u8>, new_shard: ShardId },
+    /// The shard takes the SKUs of `right`, the shard just above it on the same voters, and
+    /// `right` ends. Carried out by both logs: `right` freezes (applies nothing more), then the
+    /// shard's own log takes `right`'s frozen state (a `Merge` entry); a merge the shard's log
+    /// refuses thaws `right` and is cancelled. Once done the map widens the shard, bumps its
+    /// epoch and drops `right`. An operator cannot cancel it (`right` may be frozen).
+    Merge { right: ShardId },
 }
 
 /// A change asked for by an operator or the scheduler (what [`MetaCommand::Enqueue`] carries).
@@ -148,6 +154,8 @@ pub struct ShardMap {
     pub next_shard_id: ShardId,
     /// Each shard a split created, with the shard it was split off.
     pub split_from: BTreeMap<ShardId, ShardId>,
+    /// Each shard a merge ended, with the shard it was merged into.
+    pub merged_into: BTreeMap<ShardId, ShardId>,
 }
 
 /// Replica counts a 3- or 5-replica group may have; also what a voter set may shrink to.
@@ -260,9 +268,12 @@ impl ShardMap {
                 if let ReplicaChange::Split { at, new_shard } = step.change {
                     return self.record_split(step.shard_id, at, new_shard);
                 }
+                if let ReplicaChange::Merge { right } = step.change {
+                    return self.record_merge(step.shard_id, right);
+                }
                 let (voters, learners, conf_ver) = self.replica_sets_mut(step.shard_id)?;
                 match step.change {
-                    ReplicaChange::Split { .. } => unreachable!("handled above"),
+                    ReplicaChange::Split { .. } | ReplicaChange::Merge { .. } => unreachable!("handled above"),
                     ReplicaChange::Add(node) => {
                         learners.retain(|id| *id != node);
                         if !voters.contains(&node) {
@@ -352,7 +363,7 @@ impl ShardMap {
             match step.change {
                 ReplicaChange::Add(node) => voters.push(node),
                 ReplicaChange::Remove(node) => voters.retain(|id| *id != node),
-                ReplicaChange::Split { .. } => {}
+                ReplicaChange::Split { .. } | ReplicaChange::Merge { .. } => {}
             }
         }
         let voters = sorted(&voters);
@@ -362,8 +373,18 @@ impl ShardMap {
     fn enqueue(&mut self, request: StepRequest) -> Result<(), String> {
         let shard_id = request.shard_id;
         let (planned, _) = self.planned_hosts(shard_id)?;
+        // A shard being merged keeps its replicas and range until the merge is done.
+        if let Some(merging) = self.steps.iter().find(|step| match step.change {
+            ReplicaChange::Merge { right } => step.shard_id == shard_id || right == shard_id,
+            _ => false,
+        }) {
+            return Err(format!(
+                "shard {shard_id} is being merged ({merging}): change it once that is done"
+            ));
+        }
         let mut change = request.change;
         match &mut change {
+            ReplicaChange::Merge { right } => self.check_merge(shard_id, *right)?,
             ReplicaChange::Split { at, new_shard } => {
                 if shard_id == META_SHARD {
                     return Err("the meta group (shard 0) holds no SKUs to split".into());
@@ -437,6 +458,71 @@ impl ShardMap {
         shard.epoch += 1;
         self.shards.insert(new_shard, right);
         self.split_from.insert(new_shard, shard_id);
+        Ok(())
+    }
+
+    /// Whether `left` may take `right`: adjacent data shards (`left` ends where `right`
+    /// starts) on the same voters, neither with learners or queued steps.
+    fn check_merge(&self, left: ShardId, right: ShardId) -> Result<(), String> {
+        if left == META_SHARD || right == META_SHARD {
+            return Err("the meta group (shard 0) holds no SKUs to merge".into());
+        }
+        if left == right {
+            return Err(format!("shard {left} cannot be merged with itself"));
+        }
+        let entry = |id: ShardId| {
+            self.shards
+                .get(&id)
+                .ok_or_else(|| format!("shard {id} is not in the map"))
+        };
+        let (left_entry, right_entry) = (entry(left)?, entry(right)?);
+        if left_entry.end.is_empty() || left_entry.end != right_entry.start {
+            return Err(format!(
+                "shard {left} ([{:?}, {:?})) does not end where shard {right} ([{:?}, {:?})) starts: only \
+                 adjacent shards merge, the lower one first",
+                String::from_utf8_lossy(&left_entry.start),
+                String::from_utf8_lossy(&left_entry.end),
+                String::from_utf8_lossy(&right_entry.start),
+                String::from_utf8_lossy(&right_entry.end),
+            ));
+        }
+        if sorted(&left_entry.replicas) != sorted(&right_entry.replicas) {
+            return Err(format!(
+                "shards {left} and {right} have different replicas ({:?} and {:?}): move replicas \
+                 so that both have the same, then merge",
+                left_entry.replicas, right_entry.replicas
+            ));
+        }
+        if !left_entry.learners.is_empty() || !right_entry.learners.is_empty() {
+            return Err(format!(
+                "shard {left} or {right} has a learner catching up: merge once it is a voter"
+            ));
+        }
+        if let Some(queued) = self
+            .steps
+            .iter()
+            .find(|step| step.shard_id == left || step.shard_id == right)
+        {
+            return Err(format!("{queued} is queued: merge once it is done"));
+        }
+        Ok(())
+    }
+
+    /// A done merge: `left` takes `right`'s range at the next epoch; `right` leaves the map.
+    fn record_merge(&mut self, left: ShardId, right: ShardId) -> Result<(), String> {
+        let right_entry = self
+            .shards
+            .remove(&right)
+            .ok_or_else(|| format!("shard {right} is not in the map"))?;
+        let left_entry = self
+            .shards
+            .get_mut(&left)
+            .ok_or_else(|| format!("shard {left} is not in the map"))?;
+        left_entry.end = right_entry.end;
+        left_entry.epoch += 1;
+        self.split_from.remove(&right);
+        self.split_from.retain(|_, parent| *parent != right);
+        self.merged_into.insert(right, left);
         Ok(())
     }
 
@@ -519,7 +605,7 @@ impl ReplicaChange {
     pub fn node(&self) -> Option<NodeId> {
         match self {
             ReplicaChange::Add(node) | ReplicaChange::Remove(node) => Some(*node),
-            ReplicaChange::Split { .. } => None,
+            ReplicaChange::Split { .. } | ReplicaChange::Merge { .. } => None,
         }
     }
 }
@@ -538,6 +624,9 @@ impl std::fmt::Display for Step {
                 self.shard_id,
                 String::from_utf8_lossy(at)
             ),
+            ReplicaChange::Merge { right } => {
+                write!(f, "step {}: merge shard {right} into shard {}", self.id, self.shard_id)
+            }
         }
     }
 }
@@ -692,7 +781,7 @@ mod tests {
             .iter()
             .filter_map(|step| match step.change {
                 ReplicaChange::Add(node) => Some((step.shard_id, node)),
-                ReplicaChange::Remove(_) | ReplicaChange::Split { .. } => None,
+                ReplicaChange::Remove(_) | ReplicaChange::Split { .. } | ReplicaChange::Merge { .. } => None,
             })
             .collect();
         assert_eq!(adds, vec![(0, 4), (1, 5), (2, 4)]);
@@ -820,5 +909,95 @@ mod tests {
         }]))
         .expect("add");
         assert!(map.apply(&split(1, "c")).unwrap_err().contains("queued steps"));
+    }
+
+    fn merge(left: ShardId, right: ShardId) -> MetaCommand {
+        MetaCommand::Enqueue(vec![StepRequest {
+            shard_id: left,
+            change: ReplicaChange::Merge { right },
+        }])
+    }
+
+    #[test]
+    fn a_merge_once_done_widens_the_left_shard_bumps_its_epoch_and_drops_the_right_one() {
+        let mut map = seeded(3);
+        map.apply(&split(1, "f")).unwrap();
+        let split_step = map.steps[0].id;
+        map.apply(&MetaCommand::StepDone { step_id: split_step }).unwrap();
+        map.apply(&merge(1, 3)).expect("merge queued");
+        let step = map.steps.front().cloned().expect("queued");
+        assert_eq!(
+            map.shard_for_sku(b"grape").map(|(id, _)| id),
+            Some(3),
+            "not merged until done"
+        );
+        map.apply(&MetaCommand::StepDone { step_id: step.id }).expect("done");
+        assert_eq!(map.shards[&1].end, b"m".to_vec());
+        assert_eq!(map.shards[&1].epoch, 3, "one bump for the split, one for the merge");
+        assert!(!map.shards.contains_key(&3));
+        assert_eq!(map.merged_into.get(&3), Some(&1));
+        assert!(!map.split_from.contains_key(&3));
+        assert_eq!(map.shard_for_sku(b"grape").map(|(id, _)| id), Some(1));
+        assert_eq!(map.next_shard_id, 4, "a merged shard's id is never given again");
+        // The unbounded last shard merges too: shard 1 then covers everything.
+        map.apply(&merge(1, 2)).unwrap();
+        let step = map.steps[0].id;
+        map.apply(&MetaCommand::StepDone { step_id: step }).unwrap();
+        assert_eq!(
+            map.shards[&1],
+            ShardEntry {
+                epoch: 4,
+                ..entry("", "", &[1, 2, 3])
+            }
+        );
+        assert_eq!(map.shards.len(), 1);
+    }
+
+    #[test]
+    fn only_adjacent_shards_on_the_same_voters_with_nothing_queued_merge() {
+        let mut map = seeded(4);
+        map.apply(&split(2, "t")).unwrap();
+        let step = map.steps[0].id;
+        map.apply(&MetaCommand::StepDone { step_id: step }).unwrap();
+        // Shards: 1 [, m), 2 [m, t), 3 [t, ).
+        let before = map.clone();
+        for (left, right, why) in [
+            (2, 1, "does not end where"),
+            (1, 3, "does not end where"),
+            (3, 2, "does not end where"),
+            (1, 1, "itself"),
+            (0, 1, "meta group"),
+            (1, 9, "not in the map"),
+        ] {
+            let refused = map.apply(&merge(left, right)).expect_err(why);
+            assert!(refused.contains(why), "{left}+{right}: {refused}");
+            assert_eq!(map, before, "a refused merge changes nothing");
+        }
+        // Different voters: move a replica first.
+        map.apply(&MetaCommand::Enqueue(vec![StepRequest {
+            shard_id: 3,
+            change: ReplicaChange::Add(4),
+        }]))
+        .unwrap();
+        let refused = map.apply(&merge(2, 3)).unwrap_err();
+        assert!(refused.contains("learner") || refused.contains("queued"), "{refused}");
+        let add = map.steps[0].id;
+        map.apply(&MetaCommand::StepDone { step_id: add }).unwrap();
+        let refused = map.apply(&merge(2, 3)).unwrap_err();
+        assert!(refused.contains("different replicas"), "{refused}");
+        // A shard being merged takes no other step, on either side.
+        map.apply(&merge(1, 2)).expect("1 and 2 merge");
+        for (shard_id, change) in [(1, ReplicaChange::Add(4)), (2, ReplicaChange::Remove(1))] {
+            let refused = map
+                .apply(&MetaCommand::Enqueue(vec![StepRequest { shard_id, change }]))
+                .unwrap_err();
+            assert!(refused.contains("being merged"), "{refused}");
+        }
+        assert!(map.apply(&split(2, "p")).unwrap_err().contains("being merged"));
+        assert!(
+            map.apply(&MetaCommand::Drain { node_id: 1 })
+                .unwrap_err()
+                .contains("being merged")
+        );
     }
 }

@@ -9,6 +9,13 @@
 //!   (`add_learner(blocking)`), then makes it a voter; until then the node votes in nothing.
 //! - remove: if the node leads the shard, leadership moves to another voter first (the step is
 //!   retried once it has); then the voter is removed.
+//! - split: the shard's leader proposes a `Split` entry; done again, the shard answers done.
+//! - merge (left takes right, same voters): right's leader proposes `Freeze` (right applies
+//!   nothing more), then left's leader, once its own replica of right has applied the freeze,
+//!   proposes `Merge` carrying that replica's state. Every step answers done when repeated, so a
+//!   merge cut short by a crash is finished by the next meta leader. If left's log refuses the
+//!   merge (its ranges moved, its settings differ: nothing merged), right is thawed and the
+//!   step cancelled.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -52,7 +59,22 @@ pub enum Reconfigure {
     /// Done again for a split already made, it answers `Ok`; a split the shard's log refused
     /// (nothing changed) is `Refused`.
     Split { at: Vec<u8>, new_shard: ShardId },
+    /// Propose a `Freeze` entry: the shard applies nothing more, for a merge into `into`.
+    Freeze { into: ShardId },
+    /// Propose a `Thaw` entry: a shard frozen for `into` serves again.
+    Thaw { into: ShardId },
+    /// Propose a `Merge` entry carrying the frozen state of `right` (`[right_start, right_end)`)
+    /// as this node's replica of it holds it; until that replica has applied the freeze, `Failed`.
+    Merge {
+        right: ShardId,
+        right_start: Vec<u8>,
+        right_end: Vec<u8>,
+    },
 }
+
+/// The most state a `Merge` entry carries: the right shard's state travels in one log entry,
+/// which every replica of the left shard writes to its log and receives in one message.
+pub const MERGE_STATE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// A shard replica's answer to [`Reconfigure`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,6 +133,11 @@ pub enum ReshapeRequest {
         shard_id: ShardId,
         at: Vec<u8>,
     },
+    /// Merge `right` into `left`, the adjacent shard below it on the same voters.
+    MergeShards {
+        left: ShardId,
+        right: ShardId,
+    },
 }
 
 impl Node {
@@ -138,23 +165,26 @@ impl Node {
                 step(shard_id, ReplicaChange::Remove(from)),
             ]),
             ReshapeRequest::CancelStep { step_id } => {
-                let splits = meta.view.read(|image| {
-                    image
-                        .map
-                        .steps
-                        .iter()
-                        .any(|step| step.id == step_id && matches!(step.change, ReplicaChange::Split { .. }))
+                let reshapes_range = meta.view.read(|image| {
+                    image.map.steps.iter().any(|step| {
+                        step.id == step_id
+                            && matches!(step.change, ReplicaChange::Split { .. } | ReplicaChange::Merge { .. })
+                    })
                 });
-                if splits {
+                if reshapes_range {
                     return Err(NodeError::Reshape(format!(
-                        "step {step_id} is a split: it cannot be cancelled (the shard may already have \
-                         split; the step completes once the shard's leader is reachable)"
+                        "step {step_id} is a split or a merge: it cannot be cancelled (the shard may \
+                         already have split, or be frozen for the merge; the step completes once the \
+                         shards' leaders are reachable)"
                     )));
                 }
                 MetaCommand::StepCancelled { step_id }
             }
             ReshapeRequest::SplitShard { shard_id, at } => {
                 MetaCommand::Enqueue(vec![step(shard_id, ReplicaChange::Split { at, new_shard: 0 })])
+            }
+            ReshapeRequest::MergeShards { left, right } => {
+                MetaCommand::Enqueue(vec![step(left, ReplicaChange::Merge { right })])
             }
             ReshapeRequest::TransferLeader { shard_id, to } => {
                 let map = self.shard_map();
@@ -274,19 +304,55 @@ impl Node {
             }
             Reconfigure::ReportLeader => Ok(()),
             Reconfigure::Split { at, new_shard } => {
-                let entry = LogCommand {
-                    timestamp_ms: now_ms(),
-                    body: CommandBody::Split { at, new_shard },
-                };
-                let (outcomes, _) = self
-                    .propose(&replica, entry)
+                self.propose_range_entry(&replica, CommandBody::Split { at, new_shard }, "the split")
                     .await
-                    .map_err(|error| failed(format!("proposing the split: {error}")))?;
-                match outcomes.into_iter().next() {
-                    Some(Outcome::Ok) => Ok(()),
-                    Some(Outcome::Rejected { reason }) => Err(ReconfigureRefused::Refused(reason)),
-                    other => Err(failed(format!("the split was answered {other:?}"))),
+            }
+            Reconfigure::Freeze { into } => {
+                self.propose_range_entry(&replica, CommandBody::Freeze { into }, "the freeze")
+                    .await
+            }
+            Reconfigure::Thaw { into } => {
+                self.propose_range_entry(&replica, CommandBody::Thaw { into }, "the thaw")
+                    .await
+            }
+            Reconfigure::Merge {
+                right,
+                right_start,
+                right_end,
+            } => {
+                if replica.view.read(|image| image.bounds.merged.contains(&right)) {
+                    return Ok(());
                 }
+                let right_replica = self
+                    .replica(right)
+                    .ok_or_else(|| failed(format!("node {} does not host shard {right}", self.id)))?;
+                let state = right_replica.view.read(|image| {
+                    (image.bounds.frozen_into == Some(shard_id)).then(|| bincode::serialize(&image.ledger.frozen()))
+                });
+                let state = match state {
+                    None => {
+                        return Err(failed(format!(
+                            "node {}'s replica of shard {right} has not applied the freeze yet",
+                            self.id
+                        )));
+                    }
+                    Some(Err(error)) => return Err(failed(format!("encoding shard {right}'s state: {error}"))),
+                    Some(Ok(state)) => state,
+                };
+                if state.len() > MERGE_STATE_BYTES_MAX {
+                    return Err(ReconfigureRefused::Refused(format!(
+                        "shard {right}'s state is {} MiB, more than a merge carries ({} MiB)",
+                        state.len() >> 20,
+                        MERGE_STATE_BYTES_MAX >> 20
+                    )));
+                }
+                let body = CommandBody::Merge {
+                    right,
+                    right_start,
+                    right_end,
+                    state,
+                };
+                self.propose_range_entry(&replica, body, "the merge").await
             }
             Reconfigure::TransferLeader { to } => {
                 if to == self.id {
@@ -318,6 +384,29 @@ impl Node {
                     ))),
                 }
             }
+        }
+    }
+
+    /// Proposes a split's or a merge's entry on `replica` (its leader): `Ok` once applied,
+    /// `Refused` when the shard's log refused it (nothing changed).
+    async fn propose_range_entry(
+        &self,
+        replica: &crate::node::ShardReplica,
+        body: CommandBody,
+        what: &str,
+    ) -> Result<(), ReconfigureRefused> {
+        let entry = LogCommand {
+            timestamp_ms: now_ms(),
+            body,
+        };
+        let (outcomes, _) = self
+            .propose(replica, entry)
+            .await
+            .map_err(|error| ReconfigureRefused::Failed(format!("proposing {what}: {error}")))?;
+        match outcomes.into_iter().next() {
+            Some(Outcome::Ok) => Ok(()),
+            Some(Outcome::Rejected { reason }) => Err(ReconfigureRefused::Refused(reason)),
+            other => Err(ReconfigureRefused::Failed(format!("{what} was answered {other:?}"))),
         }
     }
 
@@ -443,6 +532,7 @@ impl Node {
 /// On the meta leader: makes `step`'s change in its shard's Raft group, then records it done.
 pub(super) async fn carry_out(node: &Arc<Node>, map: &ShardMap, step: &Step) -> Result<(), String> {
     let change = match step.change.clone() {
+        ReplicaChange::Merge { right } => return carry_out_merge(node, map, step, right).await,
         ReplicaChange::Split { at, new_shard } => Reconfigure::Split { at, new_shard },
         ReplicaChange::Add(added) => {
             let addr = map
@@ -474,6 +564,54 @@ pub(super) async fn carry_out(node: &Arc<Node>, map: &ShardMap, step: &Step) -> 
         // Off the hosting loop: the new group must first be hosted and elect.
         tokio::spawn(lead_halves_apart(node.clone(), step.shard_id, new_shard));
     }
+    tracing::info!(node = node.id, %step, "reshaping step done");
+    Ok(())
+}
+
+/// A merge step (`left` = the step's shard takes `right`): freeze `right`, merge it into
+/// `left`, record it; a merge `left`'s log refuses thaws `right` and cancels the step.
+async fn carry_out_merge(node: &Arc<Node>, map: &ShardMap, step: &Step, right: ShardId) -> Result<(), String> {
+    let left = step.shard_id;
+    let right_entry = map
+        .shards
+        .get(&right)
+        .ok_or_else(|| format!("shard {right} is not in the map"))?;
+    let unfinished = |refused: ReconfigureRefused| match refused {
+        ReconfigureRefused::Refused(message)
+        | ReconfigureRefused::Failed(message)
+        | ReconfigureRefused::Unreachable(message) => message,
+        ReconfigureRefused::NotLeader(_) => "no node leads the shard".to_string(),
+    };
+    let done = match node
+        .ask_shard_leader_for(map, right, Reconfigure::Freeze { into: left })
+        .await
+    {
+        Ok(()) => {
+            let merge = Reconfigure::Merge {
+                right,
+                right_start: right_entry.start.clone(),
+                right_end: right_entry.end.clone(),
+            };
+            match node.ask_shard_leader_for(map, left, merge).await {
+                Ok(()) => MetaCommand::StepDone { step_id: step.id },
+                Err(ReconfigureRefused::Refused(reason)) => {
+                    tracing::warn!(node = node.id, %step, %reason, "the shard refused a merge: thawing the other");
+                    node.ask_shard_leader_for(map, right, Reconfigure::Thaw { into: left })
+                        .await
+                        .map_err(|refused| format!("thawing shard {right}: {}", unfinished(refused)))?;
+                    MetaCommand::StepCancelled { step_id: step.id }
+                }
+                Err(refused) => return Err(format!("merging into shard {left}: {}", unfinished(refused))),
+            }
+        }
+        // Frozen for another merge, which the map's queue rules out: nothing changed here.
+        Err(ReconfigureRefused::Refused(reason)) => {
+            tracing::warn!(node = node.id, %step, %reason, "the shard refused to freeze: merge dropped");
+            MetaCommand::StepCancelled { step_id: step.id }
+        }
+        Err(refused) => return Err(format!("freezing shard {right}: {}", unfinished(refused))),
+    };
+    node.propose_meta(done).await.map_err(|error| error.to_string())?;
     tracing::info!(node = node.id, %step, "reshaping step done");
     Ok(())
 }

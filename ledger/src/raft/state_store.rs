@@ -477,6 +477,10 @@ impl ShardStateMachine {
         let mut half_to_seed = None;
         let reply = if image.bounds.split_off.iter().any(|(id, _)| *id == new_shard) {
             answer(Outcome::Ok)
+        } else if let Some(into) = image.bounds.frozen_into {
+            answer(Outcome::Rejected {
+                reason: format!("the shard is frozen for a merge into shard {into}"),
+            })
         } else if !image.bounds.splits_at(at) {
             answer(Outcome::Rejected {
                 reason: format!(
@@ -519,7 +523,7 @@ impl ShardStateMachine {
                             start: at.to_vec(),
                             end: image.bounds.end.clone(),
                             epoch: 1,
-                            split_off: Vec::new(),
+                            ..Default::default()
                         },
                     };
                     let meta = SnapshotMeta {
@@ -597,6 +601,9 @@ fn split_in(entry: &Entry) -> Option<(&[u8], ShardId)> {
 /// Applies one committed entry to `image`.
 fn apply_entry(image: &mut ShardImage, entry: &Entry) -> Result<(CommandReply, Changes), InvariantViolation> {
     let log_id = entry.log_id();
+    let one = |outcome: Outcome| CommandReply {
+        outcomes: vec![outcome],
+    };
     let applied = match &entry.payload {
         EntryPayload::Blank => (CommandReply::default(), Changes::default()),
         EntryPayload::Normal(LogCommand {
@@ -611,6 +618,47 @@ fn apply_entry(image: &mut ShardImage, entry: &Entry) -> Result<(CommandReply, C
                 outcomes: vec![outcome],
             };
             (reply, Changes::default())
+        }
+        EntryPayload::Normal(LogCommand {
+            body: CommandBody::Freeze { into },
+            ..
+        }) => (one(image.freeze_for_merge(*into)), Changes::default()),
+        EntryPayload::Normal(LogCommand {
+            body: CommandBody::Thaw { into },
+            ..
+        }) => (one(image.thaw(*into)), Changes::default()),
+        // A shard frozen for a merge applies nothing more: its state as it is now is what the
+        // shard it merges into takes. Operations are sent to the wrong shard; the rest refused.
+        EntryPayload::Normal(LogCommand { body, .. }) if image.bounds.frozen_into.is_some() => {
+            let epoch = image.bounds.epoch;
+            let outcomes = match body {
+                CommandBody::Batch(operations) => vec![Outcome::WrongShard { epoch }; operations.len()],
+                _ => vec![Outcome::Rejected {
+                    reason: "the shard is frozen for a merge".into(),
+                }],
+            };
+            (CommandReply { outcomes }, Changes::default())
+        }
+        EntryPayload::Normal(LogCommand {
+            body:
+                CommandBody::Merge {
+                    right,
+                    right_start,
+                    right_end,
+                    state,
+                },
+            ..
+        }) => {
+            let outcome = image.merge(*right, right_start, right_end, state);
+            if outcome == Outcome::Ok {
+                tracing::info!(
+                    right,
+                    epoch = image.bounds.epoch,
+                    index = log_id.index,
+                    "merged a shard in"
+                );
+            }
+            (one(outcome), Changes::default())
         }
         // Operations for SKUs a split moved away are refused, the whole batch alike, before
         // anything changes: the other half sells those units now.
@@ -1008,6 +1056,97 @@ mod tests {
             );
             assert_eq!(right.ledger.digest(), expected_right.digest());
             assert!(left.stock(b"pear").is_none() && right.ledger.stock(b"pear").is_some());
+
+            tracing::info!("--- the right half freezes, then merges back into the left");
+            let (mut left_image, mut right_image) = (machine.view().read(|image| image.clone()), right);
+            let at = |index| openraft::testing::log_id::<TypeConfig>(1, 1, index);
+            let on_right = |image: &mut ShardImage, index: u64, body: CommandBody| {
+                let mut entry = entry(index, body);
+                entry.log_id = at(index);
+                apply_entry(image, &entry).expect("applies").0.outcomes
+            };
+            assert_eq!(
+                on_right(&mut right_image, 64, CommandBody::Freeze { into: 1 }),
+                vec![Outcome::Ok]
+            );
+            assert_eq!(right_image.bounds.epoch, 2, "the freeze moves the epoch on");
+            let frozen_digest = right_image.ledger.digest();
+            let buy_pear = CommandBody::Batch(vec![Operation::Purchase {
+                sku: b"pear".to_vec(),
+                qty: 1,
+                user: "u".into(),
+                order_id: "after-freeze".into(),
+                first_attempt_ms: 5_000,
+            }]);
+            assert_eq!(
+                on_right(&mut right_image, 65, buy_pear.clone()),
+                vec![Outcome::WrongShard { epoch: 2 }]
+            );
+            assert!(matches!(
+                on_right(&mut right_image, 66, CommandBody::Expire)[..],
+                [Outcome::Rejected { .. }]
+            ));
+            assert!(matches!(
+                on_right(&mut right_image, 67, CommandBody::Freeze { into: 9 })[..],
+                [Outcome::Rejected { .. }]
+            ));
+            assert_eq!(
+                on_right(&mut right_image, 68, CommandBody::Freeze { into: 1 }),
+                vec![Outcome::Ok]
+            );
+            assert_eq!(
+                right_image.ledger.digest(),
+                frozen_digest,
+                "a frozen shard applies nothing"
+            );
+            assert_eq!(right_image.bounds.epoch, 2);
+
+            let state = bincode::serialize(&right_image.ledger.frozen()).expect("encodes");
+            let merge = |start: &[u8], state: &[u8]| CommandBody::Merge {
+                right: 7,
+                right_start: start.to_vec(),
+                right_end: Vec::new(),
+                state: state.to_vec(),
+            };
+            let before = left_image.ledger.digest();
+            for (start, bytes) in [(&b"c"[..], &state[..]), (&b"b"[..], &state[3..])] {
+                assert!(matches!(
+                    on_right(&mut left_image, 70, merge(start, bytes))[..],
+                    [Outcome::Rejected { .. }]
+                ));
+                assert_eq!(left_image.ledger.digest(), before, "a refused merge changes nothing");
+                assert_eq!(left_image.bounds.epoch, 2);
+            }
+            assert_eq!(on_right(&mut left_image, 71, merge(b"b", &state)), vec![Outcome::Ok]);
+            assert_eq!(left_image.bounds.end, None, "the range ends where the right one did");
+            assert_eq!(left_image.bounds.epoch, 3);
+            assert_eq!(left_image.bounds.merged, vec![7]);
+            for sku in [&b"apple"[..], b"pear"] {
+                assert_eq!(
+                    left_image.ledger.stock(sku),
+                    whole.stock(sku),
+                    "{sku:?} as before the split"
+                );
+            }
+            left_image.ledger.check_all().expect("the invariant holds");
+            let merged = left_image.ledger.digest();
+            assert_eq!(on_right(&mut left_image, 72, merge(b"b", &state)), vec![Outcome::Ok]);
+            assert_eq!(left_image.ledger.digest(), merged, "a merge made again changes nothing");
+            assert_eq!(left_image.bounds.epoch, 3);
+            let bought = on_right(&mut left_image, 73, buy_pear);
+            assert_eq!(
+                bought,
+                vec![Outcome::Confirmed],
+                "the merged shard sells the right half's skus"
+            );
+
+            tracing::info!("--- a thaw (the merge was refused) makes the right half serve again");
+            assert_eq!(
+                on_right(&mut right_image, 69, CommandBody::Thaw { into: 1 }),
+                vec![Outcome::Ok]
+            );
+            assert_eq!(right_image.bounds.epoch, 3);
+            assert!(right_image.bounds.contains(b"pear"));
         });
     }
 }

@@ -241,6 +241,10 @@ fn step_info(step: &Step) -> pb::ReshapeStep {
             info.split_at = at.clone().into();
             info.new_shard_id = *new_shard;
         }
+        ReplicaChange::Merge { right } => {
+            info.change = "merge".into();
+            info.merge_right_shard_id = *right;
+        }
     }
     info
 }
@@ -312,6 +316,10 @@ fn reshape_request(request: pb::ReshapeRequest) -> Result<ReshapeRequest, Status
                 at: split.at.to_vec(),
             }
         }
+        Change::MergeShards(merge) => ReshapeRequest::MergeShards {
+            left: merge.left_shard_id,
+            right: merge.right_shard_id,
+        },
     })
 }
 

@@ -141,6 +141,27 @@ pub enum CommandBody {
     /// snapshot, `crate::raft::state_store`). Proposed by the meta leader carrying out a
     /// `Split` step; proposed again for a `new_shard` already split off, it changes nothing.
     Split { at: Sku, new_shard: crate::types::ShardId },
+    /// First half of a merge, in the right shard's log: from this entry on the shard applies
+    /// nothing (every operation is refused as sent to the wrong shard) so that its state, now
+    /// final, can be carried into `into`, the shard just left of it. Proposed again for the
+    /// same `into`, it changes nothing.
+    Freeze { into: crate::types::ShardId },
+    /// Undoes a `Freeze` for `into` (the merge was refused by the left shard's log, so the
+    /// right shard serves again); for a shard not frozen for `into`, it changes nothing.
+    Thaw { into: crate::types::ShardId },
+    /// Second half of a merge, in the left shard's log: the frozen state of shard `right`
+    /// (`state`: a bincode-encoded `FrozenLedger`, read by the proposing leader from its own
+    /// replica of `right`) joins this shard (`LedgerState::absorb`), whose range then ends
+    /// where `right`'s did (`right_end`; empty: unbounded). Carrying the state in the entry
+    /// makes applying it a function of the log alone: every replica merges the same bytes, and
+    /// a replica that never ran `right` merges too. Proposed again for a `right` already
+    /// merged, it changes nothing.
+    Merge {
+        right: crate::types::ShardId,
+        right_start: Sku,
+        right_end: Sku,
+        state: Vec<u8>,
+    },
 }
 
 /// Settings every replica of a shard must apply identically, so they travel through the log
@@ -202,6 +223,11 @@ impl std::fmt::Display for LogCommand {
                 String::from_utf8_lossy(at),
                 self.timestamp_ms
             ),
+            CommandBody::Freeze { into } => write!(f, "freeze(for shard {into} @{})", self.timestamp_ms),
+            CommandBody::Thaw { into } => write!(f, "thaw(from shard {into} @{})", self.timestamp_ms),
+            CommandBody::Merge { right, state, .. } => {
+                write!(f, "merge(shard {right}, {} bytes @{})", state.len(), self.timestamp_ms)
+            }
         }
     }
 }

@@ -181,7 +181,11 @@ impl Model {
                 self.settings = LedgerSettings { hash_key, ..*settings };
                 vec![]
             }
-            CommandBody::Meta(_) | CommandBody::Split { .. } => vec![],
+            CommandBody::Meta(_)
+            | CommandBody::Split { .. }
+            | CommandBody::Freeze { .. }
+            | CommandBody::Thaw { .. }
+            | CommandBody::Merge { .. } => vec![],
         };
         // Batches prune when the log's second changes; every other entry always.
         if self.clock / PRUNE_INTERVAL_MS != previous_clock / PRUNE_INTERVAL_MS

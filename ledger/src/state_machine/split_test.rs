@@ -203,9 +203,13 @@ impl Run {
                     })
                     .collect()
             }
-            CommandBody::Expire | CommandBody::Configure(_) | CommandBody::Meta(_) | CommandBody::Split { .. } => {
-                self.parts.iter().map(|_| command.clone()).collect()
-            }
+            CommandBody::Expire
+            | CommandBody::Configure(_)
+            | CommandBody::Meta(_)
+            | CommandBody::Split { .. }
+            | CommandBody::Freeze { .. }
+            | CommandBody::Thaw { .. }
+            | CommandBody::Merge { .. } => self.parts.iter().map(|_| command.clone()).collect(),
         };
         self.whole.apply(index, &command).expect("the invariant holds");
         for (part, part_command) in self.parts.iter_mut().zip(part_commands) {

@@ -390,7 +390,11 @@ impl LedgerState {
             CommandBody::Meta(_) => Vec::new(),
             // A split cuts the whole image, bounds included (`raft::state_store`), not only the
             // ledger.
-            CommandBody::Split { .. } => Vec::new(),
+            // So do a merge's entries (the bounds, and the right shard's whole state).
+            CommandBody::Split { .. }
+            | CommandBody::Freeze { .. }
+            | CommandBody::Thaw { .. }
+            | CommandBody::Merge { .. } => Vec::new(),
         };
         for sku in &changes.skus {
             if let Some(record) = self.skus.get_mut(sku) {
