@@ -618,3 +618,199 @@ async fn a_split_cut_short_by_the_crash_of_the_node_leading_the_shard_and_the_me
     replicas_identical(&cluster, 1).await;
     replicas_identical(&cluster, new_shard).await;
 }
+
+/// Splits shard 1 at "b" and waits until both halves are hosted; returns the new shard's id.
+async fn split_at_b(cluster: &TestCluster) -> ShardId {
+    let new_shard = meta_map(cluster).await.next_shard_id;
+    reshape(
+        cluster,
+        ReshapeRequest::SplitShard {
+            shard_id: 1,
+            at: b"b".to_vec(),
+        },
+    )
+    .await
+    .expect("split queued");
+    wait_steps_done(cluster).await;
+    wait_hosted_everywhere(cluster, new_shard).await;
+    new_shard
+}
+
+/// Until no running node hosts `shard` (a merged shard's replicas retire).
+async fn wait_retired_everywhere(cluster: &TestCluster, shard: ShardId) {
+    wait_for(cluster, &format!("no node hosts shard {shard}"), |cluster| {
+        cluster
+            .running_ids()
+            .iter()
+            .all(|id| cluster.node(*id).replica(shard).is_none())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn split_halves_merge_back_while_buyers_buy_and_the_merged_shard_sells_both() {
+    let mut cluster = cluster_of(3).await;
+    cluster.put_sku("apple", 1_000_000).await;
+    cluster.put_sku("banana", 1_000_000).await;
+    let client = client_of(&cluster).await;
+    for sku in ["apple", "banana"] {
+        let bought = client
+            .purchase(sku, 1, "early", &format!("{sku}-early"))
+            .await
+            .expect("buy");
+        assert_eq!(bought, ClientOutcome::Confirmed);
+    }
+    let right = split_at_b(&cluster).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (apples, bananas) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let apple_buyer = buy_in_background(client.clone(), "apple", stop.clone(), apples.clone());
+    let banana_buyer = buy_in_background(client.clone(), "banana", stop.clone(), bananas.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let before = meta_map(&cluster).await;
+    for (left, right_id, why) in [
+        (right, 1, "the lower shard first"),
+        (1, 2, "not adjacent: shard 1 ends at b, shard 2 starts at m"),
+        (1, 1, "itself"),
+        (0, 1, "the meta group"),
+    ] {
+        let refused = reshape(&cluster, ReshapeRequest::MergeShards { left, right: right_id }).await;
+        assert!(matches!(refused, Err(NodeError::Reshape(_))), "{why}: {refused:?}");
+    }
+    assert_eq!(
+        meta_map(&cluster).await.version,
+        before.version,
+        "refused merges change nothing"
+    );
+
+    let (_, queued) = reshape(&cluster, ReshapeRequest::MergeShards { left: 1, right })
+        .await
+        .expect("merge queued");
+    assert_eq!(queued.len(), 1);
+    let cancel = reshape(&cluster, ReshapeRequest::CancelStep { step_id: queued[0] }).await;
+    assert!(
+        matches!(&cancel, Err(NodeError::Reshape(reason)) if reason.contains("cannot be cancelled")),
+        "{cancel:?}"
+    );
+    wait_steps_done(&cluster).await;
+    let map = meta_map(&cluster).await;
+    assert!(!map.shards.contains_key(&right), "the right shard ended: {map:?}");
+    assert_eq!(
+        map.shards[&1].end, before.shards[&right].end,
+        "shard 1 takes the right range"
+    );
+    assert_eq!(
+        map.shards[&1].epoch,
+        before.shards[&1].epoch + 1,
+        "the merge bumps the epoch"
+    );
+    assert_eq!(map.merged_into.get(&right), Some(&1));
+    wait_retired_everywhere(&cluster, right).await;
+
+    // Buying goes on through the merge, with no error a caller sees.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    apple_buyer.await.expect("no apple purchase failed");
+    banana_buyer.await.expect("no banana purchase failed");
+    assert!(bananas.load(Ordering::Relaxed) > 0 && apples.load(Ordering::Relaxed) > 0);
+    cluster.kill(2).await;
+    cluster.restart(2).await;
+    cluster
+        .wait_applied(2, 1, cluster.last_log_index(cluster.leader(1).await, 1))
+        .await;
+
+    for (sku, bought) in [("apple", &apples), ("banana", &bananas)] {
+        assert_eq!(
+            sold_through_client(&client, sku).await as u64,
+            bought.load(Ordering::Relaxed) + 1,
+            "{sku}: the early order and the buyer's, none twice"
+        );
+        // An order bought before the split, retried now, answers from the merged shard.
+        let replay = client
+            .purchase(sku, 1, "early", &format!("{sku}-early"))
+            .await
+            .expect("retry");
+        assert_eq!(replay, ClientOutcome::Confirmed);
+        assert_eq!(
+            sold_through_client(&client, sku).await as u64,
+            bought.load(Ordering::Relaxed) + 1
+        );
+    }
+    let leader = cluster.leader(1).await;
+    let skus = cluster
+        .node(leader)
+        .replica(1)
+        .expect("hosted")
+        .view
+        .read(|image| image.ledger.skus.keys().map(|sku| sku.to_vec()).collect::<Vec<_>>());
+    assert_eq!(skus, vec![b"apple".to_vec(), b"banana".to_vec()]);
+    replicas_identical(&cluster, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_merge_cut_short_by_the_crash_of_the_node_leading_both_shards_and_the_meta_group_completes() {
+    let mut cluster = cluster_of(3).await;
+    cluster.put_sku("apple", 1_000).await;
+    cluster.put_sku("banana", 1_000).await;
+    let client = client_of(&cluster).await;
+    let right = split_at_b(&cluster).await;
+    for n in 0..20 {
+        for sku in ["apple", "banana"] {
+            let bought = client
+                .purchase(sku, 1, "u", &format!("{sku}-before-{n}"))
+                .await
+                .expect("purchase");
+            assert_eq!(bought, ClientOutcome::Confirmed);
+        }
+    }
+    // One node leads the meta group and both shards, and dies right after the merge is queued:
+    // the right shard may be frozen or not, the merge entry committed, half-replicated or lost.
+    let doomed = cluster.leader(META_SHARD).await;
+    for shard_id in [1, right] {
+        reshape(&cluster, ReshapeRequest::TransferLeader { shard_id, to: doomed })
+            .await
+            .expect("transfer");
+    }
+    wait_for(&cluster, "the doomed node leads both shards", |cluster| {
+        [1, right].iter().all(|shard| {
+            cluster
+                .node(doomed)
+                .replica(*shard)
+                .is_some_and(|replica| replica.raft.is_leader())
+        })
+    })
+    .await;
+    reshape(&cluster, ReshapeRequest::MergeShards { left: 1, right })
+        .await
+        .expect("merge queued");
+    cluster.kill(doomed).await;
+    wait_steps_done(&cluster).await;
+    let map = meta_map(&cluster).await;
+    assert!(!map.shards.contains_key(&right), "{map:?}");
+    cluster.restart(doomed).await;
+    wait_retired_everywhere(&cluster, right).await;
+
+    for n in 0..20 {
+        for sku in ["apple", "banana"] {
+            let replay = client
+                .purchase(sku, 1, "u", &format!("{sku}-before-{n}"))
+                .await
+                .expect("retry");
+            assert_eq!(replay, ClientOutcome::Confirmed, "{sku}-before-{n}");
+        }
+    }
+    for sku in ["apple", "banana"] {
+        let bought = client
+            .purchase(sku, 1, "u", &format!("{sku}-after"))
+            .await
+            .expect("purchase");
+        assert_eq!(bought, ClientOutcome::Confirmed);
+        assert_eq!(
+            sold_through_client(&client, sku).await,
+            21,
+            "{sku}: 20 before, 1 after, none twice"
+        );
+    }
+    replicas_identical(&cluster, 1).await;
+}
