@@ -1,6 +1,6 @@
 //! The reshaping CLI against real `ledger serve` processes with TLS and tokens: `ledger shard
 //! list`, `ledger node add`, `ledger shard move --wait`, `ledger shard transfer-leader`,
-//! `ledger shard split --wait`, and bad input, which is refused with a clear message and changes nothing. (The long run under
+//! `ledger shard split --wait`, `ledger shard merge --wait`, and bad input, which is refused with a clear message and changes nothing. (The long run under
 //! load, with drains and measurements, is `scripts/reshape-demo.sh`.)
 
 #![cfg(not(madsim))]
@@ -142,5 +142,48 @@ fn an_operator_adds_a_node_moves_a_replica_and_hands_a_leadership_over_from_the_
     assert!(stock.status.success(), "{}", stderr(&stock));
     let stock: Value = serde_json::from_str(&stdout(&stock)).expect("get --json is JSON");
     assert_eq!(stock["sold"], 3, "the order before the split went with banana: {stock}");
+
+    // Merge the halves back: banana returns to shard 1, the new shard ends.
+    let not_adjacent = cluster.cli(&["shard", "merge", "--left", "1", "--right", "2"]);
+    assert!(!not_adjacent.status.success());
+    assert!(
+        stderr(&not_adjacent).contains("does not end where"),
+        "{}",
+        stderr(&not_adjacent)
+    );
+    let merged = cluster.cli(&[
+        "shard",
+        "merge",
+        "--left",
+        "1",
+        "--right",
+        &new_shard.to_string(),
+        "--wait",
+        "--json",
+    ]);
+    assert!(merged.status.success(), "shard merge: {}", stderr(&merged));
+    let merged: Value = serde_json::from_str(&stdout(&merged)).expect("merge --json is JSON");
+    assert_eq!(merged["queued"][0]["change"], "merge", "{merged}");
+    assert_eq!(merged["queued"][0]["merge_right_shard_id"], new_shard, "{merged}");
+    let map = shard_list(&cluster);
+    assert_eq!(shard(&map, 1)["end"], "m", "{map}");
+    assert_eq!(shard(&map, 1)["epoch"], 3, "{map}");
+    assert!(
+        map["shards"]
+            .as_array()
+            .expect("shards")
+            .iter()
+            .all(|s| s["shard_id"] != new_shard),
+        "{map}"
+    );
+    let again = cluster.cli(&["purchase", "banana", "1", "--user", "u", "--order", "before-split"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    let bought = cluster.cli(&["purchase", "banana", "1", "--user", "u", "--order", "after-merge"]);
+    assert!(bought.status.success(), "{}", stderr(&bought));
+    let stock: Value = serde_json::from_str(&stdout(&cluster.cli(&["get", "banana", "--json"]))).expect("JSON");
+    assert_eq!(
+        stock["sold"], 4,
+        "the retried order counted once, the new one once: {stock}"
+    );
     cluster.wait_converged();
 }
