@@ -58,6 +58,11 @@ pub enum Fault {
     /// Ask the meta leader to split the `shard_pick`-th data shard of its map (mod their count)
     /// at the `at_pick`-th single-letter SKU strictly inside its range (none left: skipped).
     Split { shard_pick: usize, at_pick: usize },
+    /// Ask the meta leader to merge the `pair_pick`-th pair (mod their count) of adjacent data
+    /// shards of its map that have the same voters (none: skipped). Three times in four only
+    /// pairs split from one seeded shard (they share its hash key, so the merge can be made);
+    /// else any pair, whose merge the left shard's log may refuse (the right one is thawed).
+    Merge { pair_pick: usize },
 }
 
 /// When each fault fires, in ms after the safety phase starts.
@@ -176,6 +181,19 @@ impl FaultPlan {
                 },
             ));
             at += split_rng.gen_range(2_000..6_000);
+        }
+        // Merges from a fourth stream, for the same reason; they undo splits, so they start
+        // later and come less often.
+        let mut merge_rng = SmallRng::seed_from_u64(seed ^ 0x6d65_7267_65);
+        let mut at = merge_rng.gen_range(3_000..6_000);
+        while at < phase_ms {
+            faults.push((
+                at,
+                Fault::Merge {
+                    pair_pick: merge_rng.gen_range(0..8),
+                },
+            ));
+            at += merge_rng.gen_range(3_000..8_000);
         }
         faults.sort_by_key(|(at, _)| *at);
         FaultPlan {
@@ -450,6 +468,33 @@ fn fire(sim: &mut SimCluster, fault: &Fault, start: Instant, fault_log: &FaultLo
                     shard_id: **shard_id,
                     at,
                 })
+            });
+            None
+        }
+        Fault::Merge { pair_pick } => {
+            reshape(sim, start, fault_log, |map| {
+                let mut shards: Vec<_> = map.shards.iter().collect();
+                shards.sort_by(|a, b| a.1.start.cmp(&b.1.start));
+                let same_voters = |a: &ledger::meta::map::ShardEntry, b: &ledger::meta::map::ShardEntry| {
+                    let (mut a, mut b) = (a.replicas.clone(), b.replicas.clone());
+                    a.sort_unstable();
+                    b.sort_unstable();
+                    a == b
+                };
+                let root = |mut shard: ShardId| {
+                    while let Some(parent) = map.split_from.get(&shard) {
+                        shard = *parent;
+                    }
+                    shard
+                };
+                let pairs: Vec<(ShardId, ShardId)> = shards
+                    .windows(2)
+                    .filter(|pair| pair[0].1.end == pair[1].1.start && same_voters(pair[0].1, pair[1].1))
+                    .map(|pair| (*pair[0].0, *pair[1].0))
+                    .filter(|(left, right)| pair_pick % 4 == 0 || root(*left) == root(*right))
+                    .collect();
+                let (left, right) = *pairs.get(pair_pick % pairs.len().max(1))?;
+                Some(ReshapeRequest::MergeShards { left, right })
             });
             None
         }

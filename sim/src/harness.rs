@@ -271,6 +271,12 @@ impl SimCluster {
             return;
         }
         self.handle.restart(node.handle.id());
+        // A restart gives the node a new task context: the old handle would spawn into the
+        // killed one, where a task is dropped unpolled (every reshaping asked of a restarted
+        // meta leader was, silently, before this).
+        if let Some(fresh) = self.handle.get_node(node.handle.id()) {
+            node.handle = fresh;
+        }
         node.up = true;
     }
 

@@ -13,8 +13,10 @@ use crate::types::ShardId;
 
 impl ShardImage {
     /// `Freeze { into }`: from here on the shard applies no operation (its range contains
-    /// nothing; the epoch moves on, so a client routed by the old map is told to look again).
-    /// Done again for the same `into`: `Ok`, nothing changes.
+    /// nothing, so every operation and read is refused as routed to the wrong shard, and the
+    /// client looks again until the map shows the merge). The epoch stays: it is the map's, and
+    /// the map changes only once the merge is done (or not at all, if it is refused and the
+    /// shard thawed). Done again for the same `into`: `Ok`, nothing changes.
     pub fn freeze_for_merge(&mut self, into: ShardId) -> Outcome {
         match self.bounds.frozen_into {
             Some(frozen_for) if frozen_for == into => Outcome::Ok,
@@ -23,7 +25,6 @@ impl ShardImage {
             },
             None => {
                 self.bounds.frozen_into = Some(into);
-                self.bounds.epoch += 1;
                 Outcome::Ok
             }
         }
@@ -34,7 +35,6 @@ impl ShardImage {
     pub fn thaw(&mut self, into: ShardId) -> Outcome {
         if self.bounds.frozen_into == Some(into) {
             self.bounds.frozen_into = None;
-            self.bounds.epoch += 1;
         }
         Outcome::Ok
     }

@@ -28,20 +28,20 @@ pub fn check(history: &History, ledgers: &[&LedgerState], recorded: &Recorded) -
     if let Some((order_id, count)) = shipped.iter().find(|(_, count)| **count > 1) {
         return Err(format!("order {order_id} was shipped {count} times"));
     }
-    // An order the sink skipped as already there may come again only from another shard: the
-    // one a split handed its unshipped event to. Its own shard shipping it twice is a shipper
-    // that lost its watermark (Postgres would hide it; the checker must not).
+    // An order the sink skipped as already there may come again only as an event handed over:
+    // by a split to the new shard, or by a merge back into the shard it left, under a new
+    // sequence number there. Its own shard shipping the same event (same shard, same sequence
+    // number) twice is a shipper that lost its watermark (Postgres would hide it; the checker
+    // must not).
+    let mut deliveries: BTreeSet<(&str, u64, u64)> = BTreeSet::new();
+    for order in recorded.orders.values().flatten() {
+        deliveries.insert((order.order_id.as_str(), order.ledger_shard, order.event_seq));
+    }
     for again in &recorded.skipped {
-        let first = recorded
-            .orders
-            .values()
-            .flatten()
-            .find(|order| order.order_id == again.order_id)
-            .map(|order| order.ledger_shard);
-        if first == Some(again.ledger_shard) {
+        if !deliveries.insert((again.order_id.as_str(), again.ledger_shard, again.event_seq)) {
             return Err(format!(
-                "order {} was shipped twice by shard {}",
-                again.order_id, again.ledger_shard
+                "order {} was shipped twice by shard {} as its event {}",
+                again.order_id, again.ledger_shard, again.event_seq
             ));
         }
     }
