@@ -42,10 +42,13 @@ pub enum PlantedBug {
     /// SKUs that moved): an operation routed by an older map is applied there, against a state
     /// that no longer holds its SKU, instead of being sent on to the new shard.
     SplitKeepsRange,
+    /// A shard frozen for a merge goes on applying operations: what it applies after the left
+    /// shard took its state is lost when it retires.
+    FrozenShardServes,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 8] = [
+    pub const ALL: [PlantedBug; 9] = [
         PlantedBug::ConfirmWithoutReservation,
         PlantedBug::AckBeforeDurable,
         PlantedBug::StaleLeaderRead,
@@ -54,6 +57,7 @@ impl PlantedBug {
         PlantedBug::ShedAfterPropose,
         PlantedBug::JoinerBootstraps,
         PlantedBug::SplitKeepsRange,
+        PlantedBug::FrozenShardServes,
     ];
 
     /// The name the simulator's command line uses.
@@ -67,6 +71,7 @@ impl PlantedBug {
             PlantedBug::ShedAfterPropose => "shed-after-propose",
             PlantedBug::JoinerBootstraps => "joiner-bootstraps",
             PlantedBug::SplitKeepsRange => "split-keeps-range",
+            PlantedBug::FrozenShardServes => "frozen-shard-serves",
         }
     }
 
@@ -84,6 +89,7 @@ impl PlantedBug {
             PlantedBug::ShedAfterPropose => 6,
             PlantedBug::JoinerBootstraps => 7,
             PlantedBug::SplitKeepsRange => 8,
+            PlantedBug::FrozenShardServes => 9,
         }
     }
 }

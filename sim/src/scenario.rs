@@ -380,7 +380,7 @@ async fn simulate(seed: u64, options: SimOptions) -> SeedReport {
         .values()
         .filter_map(|states| states.first().map(|r| &r.ledger))
         .collect();
-    // Splits add shards: count those of the final map.
+    // Splits add shards, merges take some: count those of the final map.
     let map_shards = sim
         .leader_of(ledger::meta::map::META_SHARD)
         .and_then(|leader| sim.live_nodes().get(&leader).map(|node| node.shard_map().shards.len()))
@@ -525,7 +525,20 @@ fn pending_convergence(sim: &SimCluster) -> Option<String> {
     if let Some(step) = map.steps.front() {
         return Some(format!("reshaping not done: {step} (and {} more)", map.steps.len() - 1));
     }
-    // The map's shards: a split added some.
+    // A shard a merge ended is retired by every node once its map shows the merge.
+    for (id, node) in &live {
+        if let Some(gone) = node
+            .shards()
+            .iter()
+            .map(|replica| replica.config.id)
+            .find(|shard| *shard != ledger::meta::map::META_SHARD && !map.shards.contains_key(shard))
+        {
+            return Some(format!(
+                "node {id} still runs shard {gone}, which the map no longer has"
+            ));
+        }
+    }
+    // The map's shards: a split added some, a merge took some.
     for shard_id in map.shards.keys() {
         let statuses: Vec<_> = live
             .values()

@@ -150,13 +150,23 @@ impl Default for ShardBounds {
 
 impl ShardBounds {
     pub fn contains(&self, sku: &[u8]) -> bool {
-        self.frozen_into.is_none() && sku >= self.start.as_slice() && self.end.as_deref().is_none_or(|end| sku < end)
+        (self.frozen_into.is_none() || frozen_shard_serves())
+            && sku >= self.start.as_slice()
+            && self.end.as_deref().is_none_or(|end| sku < end)
     }
 
     /// Whether `at` splits the range into two non-empty halves.
     pub fn splits_at(&self, at: &[u8]) -> bool {
         at > self.start.as_slice() && self.end.as_deref().is_none_or(|end| at < end)
     }
+}
+
+/// Whether a frozen shard goes on serving (the simulator's planted bug; never in production).
+pub(crate) fn frozen_shard_serves() -> bool {
+    #[cfg(madsim)]
+    return crate::simulation::planted(crate::simulation::PlantedBug::FrozenShardServes);
+    #[cfg(not(madsim))]
+    false
 }
 
 /// The latest snapshot: its metadata and the encoded [`ShardImage`].

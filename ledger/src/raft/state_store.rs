@@ -629,7 +629,9 @@ fn apply_entry(image: &mut ShardImage, entry: &Entry) -> Result<(CommandReply, C
         }) => (one(image.thaw(*into)), Changes::default()),
         // A shard frozen for a merge applies nothing more: its state as it is now is what the
         // shard it merges into takes. Operations are sent to the wrong shard; the rest refused.
-        EntryPayload::Normal(LogCommand { body, .. }) if image.bounds.frozen_into.is_some() => {
+        EntryPayload::Normal(LogCommand { body, .. })
+            if image.bounds.frozen_into.is_some() && !crate::applied::frozen_shard_serves() =>
+        {
             let epoch = image.bounds.epoch;
             let outcomes = match body {
                 CommandBody::Batch(operations) => vec![Outcome::WrongShard { epoch }; operations.len()],
