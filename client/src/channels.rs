@@ -87,6 +87,9 @@ pub fn node_channel(addr: &str, connect_timeout: Duration, credentials: &Credent
     if credentials.ca_pem.is_some() {
         return Err("TLS is not available in the simulator".into());
     }
+    // The simulator's channels carry no token, but a bad one is refused there too.
+    #[cfg(madsim)]
+    AddToken::new(credentials.token.as_deref())?;
     let channel = endpoint.connect_lazy();
     #[cfg(not(madsim))]
     let channel =
