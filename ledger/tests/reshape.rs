@@ -546,15 +546,7 @@ async fn a_split_cut_short_by_the_crash_of_the_node_leading_the_shard_and_the_me
     cluster.put_sku("apple", 1_000).await;
     cluster.put_sku("banana", 1_000).await;
     let client = client_of(&cluster).await;
-    for n in 0..20 {
-        for sku in ["apple", "banana"] {
-            let bought = client
-                .purchase(sku, 1, "u", &format!("{sku}-before-{n}"))
-                .await
-                .expect("purchase");
-            assert_eq!(bought, ClientOutcome::Confirmed);
-        }
-    }
+    buy_twenty_of_each(&client).await;
     // One node leads both the meta group and shard 1, and dies right after the split is queued:
     // the split entry may be committed, half-replicated or lost, and the step is still queued.
     let doomed = cluster.leader(META_SHARD).await;
@@ -594,6 +586,27 @@ async fn a_split_cut_short_by_the_crash_of_the_node_leading_the_shard_and_the_me
 
     // Every order bought before the split answers its first answer from the half that owns it,
     // and each half sells on.
+    replay_twenty_of_each_and_buy_one_more(&client).await;
+    replicas_identical(&cluster, 1).await;
+    replicas_identical(&cluster, new_shard).await;
+}
+
+/// Buys one unit of apple and of banana 20 times each (orders `{sku}-before-{n}`).
+async fn buy_twenty_of_each(client: &Client) {
+    for n in 0..20 {
+        for sku in ["apple", "banana"] {
+            let bought = client
+                .purchase(sku, 1, "u", &format!("{sku}-before-{n}"))
+                .await
+                .expect("purchase");
+            assert_eq!(bought, ClientOutcome::Confirmed);
+        }
+    }
+}
+
+/// Retries every order of [`buy_twenty_of_each`] (each answers its first answer, nothing is
+/// bought again) and buys one more of each SKU: 21 sold of each.
+async fn replay_twenty_of_each_and_buy_one_more(client: &Client) {
     for n in 0..20 {
         for sku in ["apple", "banana"] {
             let replay = client
@@ -615,8 +628,6 @@ async fn a_split_cut_short_by_the_crash_of_the_node_leading_the_shard_and_the_me
             "{sku}: 20 before, 1 after, none twice"
         );
     }
-    replicas_identical(&cluster, 1).await;
-    replicas_identical(&cluster, new_shard).await;
 }
 
 /// Splits shard 1 at "b" and waits until both halves are hosted; returns the new shard's id.
@@ -755,15 +766,7 @@ async fn a_merge_cut_short_by_the_crash_of_the_node_leading_both_shards_and_the_
     cluster.put_sku("banana", 1_000).await;
     let client = client_of(&cluster).await;
     let right = split_at_b(&cluster).await;
-    for n in 0..20 {
-        for sku in ["apple", "banana"] {
-            let bought = client
-                .purchase(sku, 1, "u", &format!("{sku}-before-{n}"))
-                .await
-                .expect("purchase");
-            assert_eq!(bought, ClientOutcome::Confirmed);
-        }
-    }
+    buy_twenty_of_each(&client).await;
     // One node leads the meta group and both shards, and dies right after the merge is queued:
     // the right shard may be frozen or not, the merge entry committed, half-replicated or lost.
     let doomed = cluster.leader(META_SHARD).await;
@@ -791,26 +794,7 @@ async fn a_merge_cut_short_by_the_crash_of_the_node_leading_both_shards_and_the_
     cluster.restart(doomed).await;
     wait_retired_everywhere(&cluster, right).await;
 
-    for n in 0..20 {
-        for sku in ["apple", "banana"] {
-            let replay = client
-                .purchase(sku, 1, "u", &format!("{sku}-before-{n}"))
-                .await
-                .expect("retry");
-            assert_eq!(replay, ClientOutcome::Confirmed, "{sku}-before-{n}");
-        }
-    }
-    for sku in ["apple", "banana"] {
-        let bought = client
-            .purchase(sku, 1, "u", &format!("{sku}-after"))
-            .await
-            .expect("purchase");
-        assert_eq!(bought, ClientOutcome::Confirmed);
-        assert_eq!(
-            sold_through_client(&client, sku).await,
-            21,
-            "{sku}: 20 before, 1 after, none twice"
-        );
-    }
+    // Every order bought before the merge answers its first answer from the merged shard.
+    replay_twenty_of_each_and_buy_one_more(&client).await;
     replicas_identical(&cluster, 1).await;
 }
