@@ -623,7 +623,7 @@ async fn replay_twenty_of_each_and_buy_one_more(client: &Client) {
             .expect("purchase");
         assert_eq!(bought, ClientOutcome::Confirmed);
         assert_eq!(
-            sold_through_client(&client, sku).await,
+            sold_through_client(client, sku).await,
             21,
             "{sku}: 20 before, 1 after, none twice"
         );
