@@ -483,7 +483,9 @@ fn applied_by_node(status: &Value) -> std::collections::BTreeMap<u64, u64> {
 
 #[test]
 fn a_node_with_a_certificate_from_another_ca_cannot_join() {
-    let mut cluster = ProcessCluster::start_secure(3);
+    // The placement scheduler off: the test asserts that no leadership moved while node 3
+    // knocked, and a balancing round may hand one over (it did, on a CI run).
+    let mut cluster = ProcessCluster::start_with(3, true, NO_PLACEMENT);
     let certs = cluster.certs.clone().expect("secured cluster");
     let put = cluster.cli(&["put-sku", "apple", "--total", "100"]);
     assert!(succeeded(&put), "{}", stderr(&put));

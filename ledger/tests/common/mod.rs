@@ -159,7 +159,8 @@ impl TestCluster {
     }
 
     /// Waits until a running node leads `shard` (as seen by a running node's metrics, and
-    /// that leader itself agrees) and returns it.
+    /// that leader itself agrees) and returns it. A shard the map has just created (a split)
+    /// may not be hosted anywhere yet: that is waited for too.
     pub async fn leader(&self, shard: ShardId) -> NodeId {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
@@ -175,16 +176,17 @@ impl TestCluster {
                 tokio::time::Instant::now() < deadline,
                 "no leader for shard {shard} within {WAIT:?}"
             );
-            let any = self
-                .running
-                .values()
-                .find_map(|running| running.node.replica(shard))
-                .expect("a running node hosts the shard");
-            let _ = any
-                .raft
-                .wait(Some(Duration::from_millis(100)))
-                .metrics(|m| m.current_leader.is_some(), "leader known")
-                .await;
+            match self.running.values().find_map(|running| running.node.replica(shard)) {
+                Some(any) => {
+                    let _ = any
+                        .raft
+                        .wait(Some(Duration::from_millis(100)))
+                        .metrics(|m| m.current_leader.is_some(), "leader known")
+                        .await;
+                }
+                // Hosting follows the map every 200 ms.
+                None => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
         }
     }
 
