@@ -431,11 +431,7 @@ async fn a_shard_splits_while_buyers_buy_and_each_half_sells_only_its_own_skus()
     cluster.put_sku("apple", 1_000_000).await;
     cluster.put_sku("banana", 1_000_000).await;
     let client = client_of(&cluster).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (apples, bananas) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let apple_buyer = buy_in_background(client.clone(), "apple", stop.clone(), apples.clone());
-    let banana_buyer = buy_in_background(client.clone(), "banana", stop.clone(), bananas.clone());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let buyers = AppleAndBananaBuyers::start(&client).await;
 
     let before = meta_map(&cluster).await;
     for (at, why) in [("zebra", "outside shard 1's range"), ("", "an empty SKU")] {
@@ -455,23 +451,15 @@ async fn a_shard_splits_while_buyers_buy_and_each_half_sells_only_its_own_skus()
         "refused splits change nothing"
     );
 
-    let (_, queued) = reshape(
+    // A split cannot be cancelled: the shard may already have split.
+    queue_uncancellable_step_and_wait(
         &cluster,
         ReshapeRequest::SplitShard {
             shard_id: 1,
             at: b"b".to_vec(),
         },
     )
-    .await
-    .expect("split");
-    assert_eq!(queued.len(), 1);
-    // A split cannot be cancelled: the shard may already have split.
-    let cancel = reshape(&cluster, ReshapeRequest::CancelStep { step_id: queued[0] }).await;
-    assert!(
-        matches!(&cancel, Err(NodeError::Reshape(reason)) if reason.contains("cannot be cancelled")),
-        "{cancel:?}"
-    );
-    wait_steps_done(&cluster).await;
+    .await;
     let map = meta_map(&cluster).await;
     let new_shard = before.next_shard_id;
     assert_eq!(map.shards[&1].end, b"b".to_vec());
@@ -490,24 +478,15 @@ async fn a_shard_splits_while_buyers_buy_and_each_half_sells_only_its_own_skus()
 
     // Buying goes on through the split.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    apple_buyer.await.expect("no apple purchase failed");
-    banana_buyer.await.expect("no banana purchase failed");
-    assert!(bananas.load(Ordering::Relaxed) > 0 && apples.load(Ordering::Relaxed) > 0);
+    let (apples, bananas) = buyers.stop().await;
     // A node killed and restarted after the split comes back with both halves (the new one
     // from the snapshot the split wrote, or its own later one).
     cluster.kill(2).await;
     cluster.restart(2).await;
     wait_hosted_everywhere(&cluster, new_shard).await;
 
-    assert_eq!(
-        sold_through_client(&client, "apple").await as u64,
-        apples.load(Ordering::Relaxed)
-    );
-    assert_eq!(
-        sold_through_client(&client, "banana").await as u64,
-        bananas.load(Ordering::Relaxed)
-    );
+    assert_eq!(sold_through_client(&client, "apple").await as u64, apples);
+    assert_eq!(sold_through_client(&client, "banana").await as u64, bananas);
     // Each half holds its own SKUs only.
     let leader = cluster.leader(new_shard).await;
     let right_skus = cluster
@@ -532,10 +511,7 @@ async fn a_shard_splits_while_buyers_buy_and_each_half_sells_only_its_own_skus()
         .await
         .expect("retry");
     assert_eq!(replay, ClientOutcome::Confirmed);
-    assert_eq!(
-        sold_through_client(&client, "banana").await as u64,
-        bananas.load(Ordering::Relaxed)
-    );
+    assert_eq!(sold_through_client(&client, "banana").await as u64, bananas);
     replicas_identical(&cluster, 1).await;
     replicas_identical(&cluster, new_shard).await;
 }
@@ -589,6 +565,55 @@ async fn a_split_cut_short_by_the_crash_of_the_node_leading_the_shard_and_the_me
     replay_twenty_of_each_and_buy_one_more(&client).await;
     replicas_identical(&cluster, 1).await;
     replicas_identical(&cluster, new_shard).await;
+}
+
+/// One buyer of apple and one of banana in the background, through one client.
+struct AppleAndBananaBuyers {
+    stop: Arc<AtomicBool>,
+    bought: [Arc<AtomicU64>; 2],
+    tasks: [tokio::task::JoinHandle<()>; 2],
+}
+
+impl AppleAndBananaBuyers {
+    /// Starts both and lets them buy for 300 ms.
+    async fn start(client: &Client) -> AppleAndBananaBuyers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let bought = [Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0))];
+        let tasks = [
+            buy_in_background(client.clone(), "apple", stop.clone(), bought[0].clone()),
+            buy_in_background(client.clone(), "banana", stop.clone(), bought[1].clone()),
+        ];
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        AppleAndBananaBuyers { stop, bought, tasks }
+    }
+
+    /// Stops both; fails the test if either saw an error or bought nothing. Returns how many
+    /// apples and bananas they bought.
+    async fn stop(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        let [apple_buyer, banana_buyer] = self.tasks;
+        apple_buyer.await.expect("no apple purchase failed");
+        banana_buyer.await.expect("no banana purchase failed");
+        let [apples, bananas] = self.bought.map(|bought| bought.load(Ordering::Relaxed));
+        assert!(
+            apples > 0 && bananas > 0,
+            "both bought: {apples} apples, {bananas} bananas"
+        );
+        (apples, bananas)
+    }
+}
+
+/// Queues `request` (one step), checks that the step cannot be cancelled, and waits until it
+/// is done.
+async fn queue_uncancellable_step_and_wait(cluster: &TestCluster, request: ReshapeRequest) {
+    let (_, queued) = reshape(cluster, request.clone()).await.expect("queued");
+    assert_eq!(queued.len(), 1, "{request:?}");
+    let cancel = reshape(cluster, ReshapeRequest::CancelStep { step_id: queued[0] }).await;
+    assert!(
+        matches!(&cancel, Err(NodeError::Reshape(reason)) if reason.contains("cannot be cancelled")),
+        "{cancel:?}"
+    );
+    wait_steps_done(cluster).await;
 }
 
 /// Buys one unit of apple and of banana 20 times each (orders `{sku}-before-{n}`).
@@ -673,11 +698,7 @@ async fn split_halves_merge_back_while_buyers_buy_and_the_merged_shard_sells_bot
     }
     let right = split_at_b(&cluster).await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (apples, bananas) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let apple_buyer = buy_in_background(client.clone(), "apple", stop.clone(), apples.clone());
-    let banana_buyer = buy_in_background(client.clone(), "banana", stop.clone(), bananas.clone());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let buyers = AppleAndBananaBuyers::start(&client).await;
 
     let before = meta_map(&cluster).await;
     for (left, right_id, why) in [
@@ -695,16 +716,8 @@ async fn split_halves_merge_back_while_buyers_buy_and_the_merged_shard_sells_bot
         "refused merges change nothing"
     );
 
-    let (_, queued) = reshape(&cluster, ReshapeRequest::MergeShards { left: 1, right })
-        .await
-        .expect("merge queued");
-    assert_eq!(queued.len(), 1);
-    let cancel = reshape(&cluster, ReshapeRequest::CancelStep { step_id: queued[0] }).await;
-    assert!(
-        matches!(&cancel, Err(NodeError::Reshape(reason)) if reason.contains("cannot be cancelled")),
-        "{cancel:?}"
-    );
-    wait_steps_done(&cluster).await;
+    // Nor can a merge: the right shard may be frozen already.
+    queue_uncancellable_step_and_wait(&cluster, ReshapeRequest::MergeShards { left: 1, right }).await;
     let map = meta_map(&cluster).await;
     assert!(!map.shards.contains_key(&right), "the right shard ended: {map:?}");
     assert_eq!(
@@ -721,20 +734,17 @@ async fn split_halves_merge_back_while_buyers_buy_and_the_merged_shard_sells_bot
 
     // Buying goes on through the merge, with no error a caller sees.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    apple_buyer.await.expect("no apple purchase failed");
-    banana_buyer.await.expect("no banana purchase failed");
-    assert!(bananas.load(Ordering::Relaxed) > 0 && apples.load(Ordering::Relaxed) > 0);
+    let (apples, bananas) = buyers.stop().await;
     cluster.kill(2).await;
     cluster.restart(2).await;
     cluster
         .wait_applied(2, 1, cluster.last_log_index(cluster.leader(1).await, 1))
         .await;
 
-    for (sku, bought) in [("apple", &apples), ("banana", &bananas)] {
+    for (sku, bought) in [("apple", apples), ("banana", bananas)] {
         assert_eq!(
             sold_through_client(&client, sku).await as u64,
-            bought.load(Ordering::Relaxed) + 1,
+            bought + 1,
             "{sku}: the early order and the buyer's, none twice"
         );
         // An order bought before the split, retried now, answers from the merged shard.
@@ -743,10 +753,7 @@ async fn split_halves_merge_back_while_buyers_buy_and_the_merged_shard_sells_bot
             .await
             .expect("retry");
         assert_eq!(replay, ClientOutcome::Confirmed);
-        assert_eq!(
-            sold_through_client(&client, sku).await as u64,
-            bought.load(Ordering::Relaxed) + 1
-        );
+        assert_eq!(sold_through_client(&client, sku).await as u64, bought + 1);
     }
     let leader = cluster.leader(1).await;
     let skus = cluster
