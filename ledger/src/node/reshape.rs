@@ -89,6 +89,18 @@ pub enum ReconfigureRefused {
     Refused(String),
 }
 
+impl ReconfigureRefused {
+    /// What an operator or a log line is told about a change of `shard_id` that was not made.
+    fn message(self, shard_id: ShardId) -> String {
+        match self {
+            ReconfigureRefused::Refused(message)
+            | ReconfigureRefused::Failed(message)
+            | ReconfigureRefused::Unreachable(message) => message,
+            ReconfigureRefused::NotLeader(_) => format!("no node leads shard {shard_id}"),
+        }
+    }
+}
+
 /// How long one attempt waits for a learner to catch up; the learner stays in the group and goes
 /// on catching up, and the next attempt (the step is retried) waits again.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -415,12 +427,7 @@ impl Node {
     async fn ask_shard_leader(&self, map: &ShardMap, shard_id: ShardId, change: Reconfigure) -> Result<(), String> {
         self.ask_shard_leader_for(map, shard_id, change)
             .await
-            .map_err(|refused| match refused {
-                ReconfigureRefused::Refused(message)
-                | ReconfigureRefused::Failed(message)
-                | ReconfigureRefused::Unreachable(message) => message,
-                ReconfigureRefused::NotLeader(_) => format!("no node leads shard {shard_id}"),
-            })
+            .map_err(|refused| refused.message(shard_id))
     }
 
     /// [`Node::ask_shard_leader`], telling a change the shard refused from one not done yet.
@@ -552,8 +559,7 @@ pub(super) async fn carry_out(node: &Arc<Node>, map: &ShardMap, step: &Step) -> 
             tracing::warn!(node = node.id, %step, %reason, "the shard refused a reshaping step: dropped");
             MetaCommand::StepCancelled { step_id: step.id }
         }
-        Err(ReconfigureRefused::Failed(message) | ReconfigureRefused::Unreachable(message)) => return Err(message),
-        Err(ReconfigureRefused::NotLeader(_)) => return Err(format!("no node leads shard {}", step.shard_id)),
+        Err(refused) => return Err(refused.message(step.shard_id)),
     };
     let split_off = match (&done, &step.change) {
         (MetaCommand::StepDone { .. }, ReplicaChange::Split { new_shard, .. }) => Some(*new_shard),
@@ -576,12 +582,6 @@ async fn carry_out_merge(node: &Arc<Node>, map: &ShardMap, step: &Step, right: S
         .shards
         .get(&right)
         .ok_or_else(|| format!("shard {right} is not in the map"))?;
-    let unfinished = |refused: ReconfigureRefused| match refused {
-        ReconfigureRefused::Refused(message)
-        | ReconfigureRefused::Failed(message)
-        | ReconfigureRefused::Unreachable(message) => message,
-        ReconfigureRefused::NotLeader(_) => "no node leads the shard".to_string(),
-    };
     let done = match node
         .ask_shard_leader_for(map, right, Reconfigure::Freeze { into: left })
         .await
@@ -598,10 +598,10 @@ async fn carry_out_merge(node: &Arc<Node>, map: &ShardMap, step: &Step, right: S
                     tracing::warn!(node = node.id, %step, %reason, "the shard refused a merge: thawing the other");
                     node.ask_shard_leader_for(map, right, Reconfigure::Thaw { into: left })
                         .await
-                        .map_err(|refused| format!("thawing shard {right}: {}", unfinished(refused)))?;
+                        .map_err(|refused| format!("thawing shard {right}: {}", refused.message(right)))?;
                     MetaCommand::StepCancelled { step_id: step.id }
                 }
-                Err(refused) => return Err(format!("merging into shard {left}: {}", unfinished(refused))),
+                Err(refused) => return Err(format!("merging into shard {left}: {}", refused.message(left))),
             }
         }
         // Frozen for another merge, which the map's queue rules out: nothing changed here.
@@ -609,7 +609,7 @@ async fn carry_out_merge(node: &Arc<Node>, map: &ShardMap, step: &Step, right: S
             tracing::warn!(node = node.id, %step, %reason, "the shard refused to freeze: merge dropped");
             MetaCommand::StepCancelled { step_id: step.id }
         }
-        Err(refused) => return Err(format!("freezing shard {right}: {}", unfinished(refused))),
+        Err(refused) => return Err(format!("freezing shard {right}: {}", refused.message(right))),
     };
     node.propose_meta(done).await.map_err(|error| error.to_string())?;
     tracing::info!(node = node.id, %step, "reshaping step done");
